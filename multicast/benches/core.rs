@@ -1,0 +1,3 @@
+//! Benchmarks of the multicast core; see the README.
+
+fn main() {}

@@ -1,0 +1,163 @@
+//! Gap recovery, shared by learners and acceptors: when a decision is known
+//! to exist beyond the next instance one has (`horizon > frontier`) and the
+//! gap persists for `recovery_timeout`, ask an acceptor for the missing
+//! instances, rotating through acceptors on every ask. When nothing at all
+//! has arrived for ten timeouts, ask anyway, in case the tail was lost.
+
+use std::time::Instant;
+
+use super::config::Params;
+use super::messages::LearnRequest;
+use super::types::{Instance, NodeId, RingId};
+
+#[derive(Clone, Debug)]
+pub(crate) struct Catchup {
+    gap_since: Option<Instant>,
+    last_request: Option<Instant>,
+    last_frontier: Instance,
+    last_progress: Instant,
+    next_peer: usize,
+}
+
+impl Catchup {
+    pub(crate) fn new(frontier: Instance, now: Instant) -> Self {
+        Catchup {
+            gap_since: None,
+            last_request: None,
+            last_frontier: frontier,
+            last_progress: now,
+            next_peer: 0,
+        }
+    }
+
+    /// How long the frontier has not moved.
+    pub(crate) fn stalled_for(&self, now: Instant) -> std::time::Duration {
+        now.duration_since(self.last_progress)
+    }
+
+    /// A request to send now, if one is due.
+    pub(crate) fn poll(
+        &mut self,
+        now: Instant,
+        ring: RingId,
+        frontier: Instance,
+        horizon: Instance,
+        peers: &[NodeId],
+        params: &Params,
+    ) -> Option<(NodeId, LearnRequest)> {
+        if frontier != self.last_frontier {
+            self.last_frontier = frontier;
+            self.last_progress = now;
+            self.gap_since = None;
+            self.last_request = None;
+        }
+        let wait = params.recovery_timeout;
+        let due_after = if horizon > frontier {
+            let since = *self.gap_since.get_or_insert(now);
+            if now.duration_since(since) < wait {
+                return None;
+            }
+            wait
+        } else {
+            self.gap_since = None;
+            if now.duration_since(self.last_progress) < wait * 10 {
+                return None;
+            }
+            wait * 10
+        };
+        if self
+            .last_request
+            .is_some_and(|t| now.duration_since(t) < due_after)
+            || peers.is_empty()
+        {
+            return None;
+        }
+        self.last_request = Some(now);
+        let peer = peers[self.next_peer % peers.len()];
+        self.next_peer = self.next_peer.wrapping_add(1);
+        let batch_end = frontier.saturating_add(params.recovery_batch);
+        let to = if horizon > frontier {
+            horizon.min(batch_end)
+        } else {
+            batch_end
+        };
+        Some((
+            peer,
+            LearnRequest {
+                ring,
+                from: frontier,
+                to,
+            },
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn asks_after_the_gap_persists_and_rotates_peers() {
+        let params = Params::default();
+        let t0 = Instant::now();
+        let peers = [NodeId(1), NodeId(2)];
+        let mut c = Catchup::new(5, t0);
+        assert!(c.poll(t0, RingId(0), 5, 9, &peers, &params).is_none());
+        let t1 = t0 + params.recovery_timeout;
+        let (to, req) = c.poll(t1, RingId(0), 5, 9, &peers, &params).unwrap();
+        assert_eq!((to, req.from, req.to), (NodeId(1), 5, 9));
+        assert!(
+            c.poll(
+                t1 + Duration::from_millis(1),
+                RingId(0),
+                5,
+                9,
+                &peers,
+                &params
+            )
+            .is_none()
+        );
+        let (to, _) = c
+            .poll(
+                t1 + params.recovery_timeout,
+                RingId(0),
+                5,
+                9,
+                &peers,
+                &params,
+            )
+            .unwrap();
+        assert_eq!(to, NodeId(2));
+    }
+
+    #[test]
+    fn polls_when_idle_for_long() {
+        let params = Params::default();
+        let t0 = Instant::now();
+        let mut c = Catchup::new(5, t0);
+        assert!(
+            c.poll(
+                t0 + params.recovery_timeout * 9,
+                RingId(0),
+                5,
+                5,
+                &[NodeId(1)],
+                &params
+            )
+            .is_none()
+        );
+        let (_, req) = c
+            .poll(
+                t0 + params.recovery_timeout * 10,
+                RingId(0),
+                5,
+                5,
+                &[NodeId(1)],
+                &params,
+            )
+            .unwrap();
+        assert_eq!((req.from, req.to), (5, 5 + params.recovery_batch));
+    }
+}

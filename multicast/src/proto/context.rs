@@ -1,0 +1,103 @@
+//! What a role needs while it handles one input: the time, the parameters,
+//! the failure detector's view, and where to put records and messages.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::config::{Params, RingConfig};
+use super::failure::FailureDetector;
+use super::messages::Message;
+use super::metrics::NodeMetrics;
+use super::outbox::Outbox;
+use super::types::NodeId;
+use crate::storage::{Record, Storage, StorageError};
+
+pub(crate) struct Ctx<'a> {
+    pub(crate) now: Instant,
+    pub(crate) params: &'a Params,
+    pub(crate) detector: &'a FailureDetector,
+    pub(crate) out: &'a mut Outbox,
+    pub(crate) storage: &'a mut dyn Storage,
+    /// Set when a record was appended: messages wait for a sync.
+    pub(crate) dirty: &'a mut bool,
+    pub(crate) metrics: &'a mut NodeMetrics,
+}
+
+impl Ctx<'_> {
+    /// Appends a record; messages produced from now on leave only after it is durable.
+    pub(crate) fn append(&mut self, record: Record) -> Result<(), StorageError> {
+        self.storage.append(&record)?;
+        *self.dirty = true;
+        Ok(())
+    }
+
+    pub(crate) fn send(&mut self, to: NodeId, message: Message) {
+        self.out.send(to, message);
+    }
+
+    pub(crate) fn me(&self) -> NodeId {
+        self.out.me()
+    }
+}
+
+/// A ring as seen from one of its acceptors.
+#[derive(Clone, Debug)]
+pub(crate) struct Membership {
+    pub(crate) config: Arc<RingConfig>,
+    /// This node's position in the ring order.
+    pub(crate) me: usize,
+}
+
+impl Membership {
+    pub(crate) fn n(&self) -> usize {
+        self.config.acceptors.len()
+    }
+
+    pub(crate) fn quorum(&self) -> usize {
+        self.config.quorum()
+    }
+
+    pub(crate) fn is_member(&self, node: NodeId) -> bool {
+        self.config.position(node).is_some()
+    }
+
+    /// The first acceptor after this one, in ring order, that is not
+    /// suspected and for whose position `wanted` holds.
+    pub(crate) fn successor(
+        &self,
+        ctx: &Ctx<'_>,
+        wanted: impl Fn(usize) -> bool,
+    ) -> Option<NodeId> {
+        let n = self.n();
+        (1..n)
+            .map(|step| (self.me + step) % n)
+            .filter(|&pos| wanted(pos))
+            .map(|pos| self.config.acceptors[pos])
+            .find(|&node| !ctx.detector.suspects(node, ctx.now))
+    }
+
+    /// The acceptor this node believes coordinates the ring: the first in
+    /// ring order that it does not suspect.
+    pub(crate) fn believed_coordinator(
+        &self,
+        ctx_now: Instant,
+        detector: &FailureDetector,
+    ) -> NodeId {
+        *self
+            .config
+            .acceptors
+            .iter()
+            .find(|&&a| !detector.suspects(a, ctx_now))
+            .expect("a node never suspects itself")
+    }
+
+    /// The other acceptors that are not suspected.
+    pub(crate) fn live_peers(&self, ctx: &Ctx<'_>) -> Vec<NodeId> {
+        self.config
+            .acceptors
+            .iter()
+            .copied()
+            .filter(|&a| a != ctx.me() && !ctx.detector.suspects(a, ctx.now))
+            .collect()
+    }
+}

@@ -1,0 +1,428 @@
+//! The coordinator role of one ring (DESIGN.md section 4).
+//!
+//! ```text
+//!   start ──Prepare(ballot, from)──> Preparing ──f+1 Promises──> Leading
+//!                                        │                         │ propose / tick
+//!                                        └──── retry Prepare       ├─ batches (size, time) within the window
+//!                                                                  ├─ retransmit Accepts that got no decision
+//!                                                                  └─ rate leveling every Δ
+//! ```
+//!
+//! Phase 1 runs once per term, for every instance from the first one the
+//! coordinator does not know to be decided. From the promises it re-proposes,
+//! per instance, a value reported decided, else the value of the highest
+//! ballot, and fills holes with a skip of one; new proposals follow.
+//!
+//! Accepts go to the coordinator's own acceptor first (through the node's
+//! loopback), which votes and passes them on along the ring.
+//!
+//! Rate leveling: every Δ, a ring with no client traffic (idle) advances its
+//! merge position to at least λ·Δ beyond where it was at the previous tick and
+//! λ·Δ beyond the busiest ring this node observes; a busy ring only catches
+//! up with the other busy rings. Idle rings thus lead, so a learner merging a
+//! busy ring with idle ones never waits on them, and no global start time or
+//! rate needs to be agreed: a ring that falls behind jumps to the others.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::context::{Ctx, Membership};
+use super::messages::{Accept, Message, Prepare, Promise};
+use super::types::{Ballot, Command, Instance, NodeId, Value, VoteSet};
+
+struct InFlight {
+    value: Value,
+    sent_at: Instant,
+}
+
+enum Phase {
+    Preparing {
+        from: Instance,
+        promises: BTreeMap<NodeId, Promise>,
+        sent_at: Instant,
+    },
+    Leading,
+}
+
+/// What this node sees of the other rings, for rate leveling.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct LevelView {
+    /// Highest merge position among the other rings that are busy.
+    pub(crate) busy_max: Option<u64>,
+}
+
+/// Coordinator state of one ring at the node that leads it.
+pub(crate) struct Coordinator {
+    ballot: Ballot,
+    phase: Phase,
+    pending: VecDeque<Command>,
+    pending_bytes: usize,
+    pending_since: Option<Instant>,
+    in_flight: BTreeMap<Instance, InFlight>,
+    /// Values Phase 1 found for instances from the base on, re-proposed in
+    /// order as the window allows.
+    backlog: VecDeque<Value>,
+    next_instance: Instance,
+    next_position: u64,
+    next_level: Instant,
+    level_position: u64,
+    last_batch_at: Option<Instant>,
+}
+
+impl Coordinator {
+    /// Starts a term with `ballot`: Phase 1 for every instance from `from`.
+    pub(crate) fn start(
+        ctx: &mut Ctx<'_>,
+        members: &Membership,
+        ballot: Ballot,
+        from: Instance,
+    ) -> Coordinator {
+        ctx.metrics.elections += 1;
+        let c = Coordinator {
+            ballot,
+            phase: Phase::Preparing {
+                from,
+                promises: BTreeMap::new(),
+                sent_at: ctx.now,
+            },
+            pending: VecDeque::new(),
+            pending_bytes: 0,
+            pending_since: None,
+            in_flight: BTreeMap::new(),
+            backlog: VecDeque::new(),
+            next_instance: from,
+            next_position: 0,
+            next_level: ctx.now,
+            level_position: 0,
+            last_batch_at: None,
+        };
+        c.send_prepare(ctx, members, |_| true);
+        c
+    }
+
+    pub(crate) fn ballot(&self) -> Ballot {
+        self.ballot
+    }
+
+    pub(crate) fn is_leading(&self) -> bool {
+        matches!(self.phase, Phase::Leading)
+    }
+
+    /// Takes the queued commands (when the role ends, they go to the next coordinator).
+    pub(crate) fn take_pending(&mut self) -> Vec<Command> {
+        self.pending_bytes = 0;
+        self.pending_since = None;
+        self.pending.drain(..).collect()
+    }
+
+    fn send_prepare(&self, ctx: &mut Ctx<'_>, members: &Membership, to: impl Fn(NodeId) -> bool) {
+        let Phase::Preparing { from, .. } = self.phase else {
+            return;
+        };
+        for &acceptor in members.config.acceptors.iter().filter(|&&a| to(a)) {
+            let prepare = Prepare {
+                ring: members.config.id,
+                ballot: self.ballot,
+                from,
+            };
+            ctx.send(acceptor, Message::Prepare(prepare));
+        }
+    }
+
+    /// Queues commands; they are proposed as soon as the window and batching allow.
+    pub(crate) fn propose(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        members: &Membership,
+        commands: Vec<Command>,
+    ) {
+        for command in commands {
+            if self.pending.len() >= ctx.params.max_pending_commands {
+                ctx.metrics.commands_dropped += 1;
+                continue;
+            }
+            self.pending_bytes += command.payload.len();
+            self.pending.push_back(command);
+        }
+        if !self.pending.is_empty() {
+            self.pending_since.get_or_insert(ctx.now);
+        }
+        self.flush(ctx, members);
+    }
+
+    /// A Phase 1b answer.
+    pub(crate) fn on_promise(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        members: &Membership,
+        from: NodeId,
+        p: Promise,
+    ) {
+        let Phase::Preparing { promises, .. } = &mut self.phase else {
+            return;
+        };
+        if p.ballot != self.ballot {
+            return;
+        }
+        promises.insert(from, p);
+        if promises.len() >= members.quorum() {
+            self.finish_phase1(ctx, members);
+        }
+    }
+
+    fn finish_phase1(&mut self, ctx: &mut Ctx<'_>, members: &Membership) {
+        let Phase::Preparing { promises, .. } = std::mem::replace(&mut self.phase, Phase::Leading)
+        else {
+            return;
+        };
+        let (base, base_position) = promises
+            .values()
+            .map(|p| (p.frontier, p.frontier_position))
+            .max()
+            .expect("a quorum is never empty");
+        let chosen = choose_values(promises.into_values(), base);
+        let end = chosen.keys().next_back().map_or(base, |&last| last + 1);
+        self.next_instance = base;
+        self.next_position = base_position;
+        self.backlog = (base..end)
+            .map(|instance| chosen.get(&instance).cloned().unwrap_or(Value::Skip(1)))
+            .collect();
+        self.level_position = self.next_position;
+        self.next_level = ctx.now;
+        self.flush(ctx, members);
+    }
+
+    /// Gives `value` the next instance and sends its Accept.
+    fn assign(&mut self, ctx: &mut Ctx<'_>, members: &Membership, value: Value) {
+        let instance = self.next_instance;
+        self.next_instance += 1;
+        self.next_position = self.next_position.saturating_add(value.positions());
+        if matches!(value, Value::Batch(_)) {
+            self.last_batch_at = Some(ctx.now);
+        }
+        self.in_flight.insert(
+            instance,
+            InFlight {
+                value,
+                sent_at: ctx.now,
+            },
+        );
+        self.send_accept(ctx, members, instance);
+    }
+
+    fn send_accept(&mut self, ctx: &mut Ctx<'_>, members: &Membership, instance: Instance) {
+        let decided_below = self.decided_below();
+        let Some(flight) = self.in_flight.get_mut(&instance) else {
+            return;
+        };
+        flight.sent_at = ctx.now;
+        let accept = Accept {
+            ring: members.config.id,
+            instance,
+            ballot: self.ballot,
+            value: flight.value.clone(),
+            votes: VoteSet::default(),
+            decided_below,
+        };
+        ctx.send(ctx.me(), Message::Accept(accept));
+    }
+
+    /// Every instance below this is decided.
+    fn decided_below(&self) -> Instance {
+        self.in_flight
+            .keys()
+            .next()
+            .copied()
+            .unwrap_or(self.next_instance)
+    }
+
+    /// An instance this coordinator may have proposed is decided.
+    pub(crate) fn on_decided(&mut self, instance: Instance) {
+        self.in_flight.remove(&instance);
+    }
+
+    /// Re-proposes the Phase 1 backlog, then proposes batches, while the
+    /// window has room.
+    pub(crate) fn flush(&mut self, ctx: &mut Ctx<'_>, members: &Membership) {
+        if !self.is_leading() {
+            return;
+        }
+        while self.window_open(ctx) {
+            let Some(value) = self.backlog.pop_front() else {
+                break;
+            };
+            self.assign(ctx, members, value);
+        }
+        while self.backlog.is_empty() && self.window_open(ctx) && self.batch_due(ctx) {
+            let batch = self.take_batch(ctx);
+            self.assign(ctx, members, Value::Batch(batch));
+        }
+    }
+
+    fn window_open(&self, ctx: &Ctx<'_>) -> bool {
+        (self.in_flight.len() as u64) < ctx.params.window
+    }
+
+    fn batch_due(&self, ctx: &Ctx<'_>) -> bool {
+        let params = ctx.params;
+        let Some(since) = self.pending_since else {
+            return false;
+        };
+        self.pending.len() >= params.batch_max_commands
+            || self.pending_bytes >= params.batch_max_bytes
+            || ctx.now.duration_since(since) >= params.batch_delay
+    }
+
+    fn take_batch(&mut self, ctx: &Ctx<'_>) -> Arc<[Command]> {
+        let params = ctx.params;
+        let mut batch = Vec::with_capacity(self.pending.len().min(params.batch_max_commands));
+        let mut bytes = 0;
+        while let Some(next) = self.pending.front() {
+            let full = batch.len() >= params.batch_max_commands
+                || (!batch.is_empty() && bytes + next.payload.len() > params.batch_max_bytes);
+            if full {
+                break;
+            }
+            bytes += next.payload.len();
+            batch.push(self.pending.pop_front().expect("front exists"));
+        }
+        self.pending_bytes -= bytes;
+        self.pending_since = if self.pending.is_empty() {
+            None
+        } else {
+            Some(ctx.now)
+        };
+        batch.into()
+    }
+
+    /// Timers: Phase 1 and Accept retransmission, batch delay, rate leveling.
+    pub(crate) fn tick(&mut self, ctx: &mut Ctx<'_>, members: &Membership, view: LevelView) {
+        let retry = ctx.params.retry_timeout;
+        if let Phase::Preparing {
+            promises, sent_at, ..
+        } = &mut self.phase
+        {
+            if ctx.now.duration_since(*sent_at) >= retry {
+                *sent_at = ctx.now;
+                let answered: Vec<NodeId> = promises.keys().copied().collect();
+                self.send_prepare(ctx, members, |a| !answered.contains(&a));
+            }
+            return;
+        }
+        let stale: Vec<Instance> = self
+            .in_flight
+            .iter()
+            .filter(|(_, f)| ctx.now.duration_since(f.sent_at) >= retry)
+            .map(|(&i, _)| i)
+            .collect();
+        for instance in stale {
+            self.send_accept(ctx, members, instance);
+        }
+        self.flush(ctx, members);
+        self.level(ctx, members, view);
+    }
+
+    fn is_busy(&self, now: Instant, delta: Duration) -> bool {
+        !self.pending.is_empty()
+            || !self.backlog.is_empty()
+            || self
+                .last_batch_at
+                .is_some_and(|t| now.duration_since(t) < delta * 2)
+    }
+
+    fn level(&mut self, ctx: &mut Ctx<'_>, members: &Membership, view: LevelView) {
+        if ctx.now < self.next_level {
+            return;
+        }
+        let delta = ctx.params.delta;
+        self.next_level = ctx.now + delta;
+        let lead = ctx.params.lead();
+        let target = if self.is_busy(ctx.now, delta) {
+            view.busy_max
+        } else {
+            let floor = self.level_position.saturating_add(lead);
+            Some(
+                view.busy_max
+                    .map_or(floor, |max| floor.max(max.saturating_add(lead))),
+            )
+        };
+        if let Some(target) = target.filter(|&t| t > self.next_position) {
+            if self.window_open(ctx) && self.backlog.is_empty() {
+                self.assign(ctx, members, Value::Skip(target - self.next_position));
+            }
+        }
+        self.level_position = self.next_position;
+    }
+}
+
+/// Per instance at or above `base`: a value some promise reports decided,
+/// else the value accepted at the highest ballot.
+fn choose_values(
+    promises: impl Iterator<Item = Promise>,
+    base: Instance,
+) -> BTreeMap<Instance, Value> {
+    let mut best: BTreeMap<Instance, (bool, Ballot, Value)> = BTreeMap::new();
+    for slot in promises
+        .flat_map(|p| p.slots)
+        .filter(|s| s.instance >= base)
+    {
+        let candidate = (slot.decided, slot.ballot, slot.value);
+        match best.get(&slot.instance) {
+            Some((decided, ballot, _)) if (*decided, *ballot) >= (candidate.0, candidate.1) => {}
+            _ => {
+                best.insert(slot.instance, candidate);
+            }
+        }
+    }
+    best.into_iter().map(|(i, (_, _, v))| (i, v)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::messages::PromisedSlot;
+    use crate::proto::types::RingId;
+
+    fn slot(instance: Instance, round: u64, value: u64, decided: bool) -> PromisedSlot {
+        PromisedSlot {
+            instance,
+            ballot: Ballot {
+                round,
+                node: NodeId(1),
+            },
+            value: Value::Skip(value),
+            decided,
+        }
+    }
+
+    fn promise(slots: Vec<PromisedSlot>) -> Promise {
+        Promise {
+            ring: RingId(0),
+            ballot: Ballot::ZERO,
+            frontier: 0,
+            frontier_position: 0,
+            slots,
+        }
+    }
+
+    // Reference: Paxos Phase 2a rule — propose the value of the highest ballot reported.
+    #[test]
+    fn highest_ballot_wins_and_decided_beats_any_ballot() {
+        let chosen = choose_values(
+            vec![
+                promise(vec![slot(5, 1, 10, false), slot(6, 3, 20, false)]),
+                promise(vec![
+                    slot(5, 2, 11, false),
+                    slot(6, 1, 21, true),
+                    slot(2, 9, 9, false),
+                ]),
+            ]
+            .into_iter(),
+            4,
+        );
+        assert_eq!(chosen.get(&5), Some(&Value::Skip(11)));
+        assert_eq!(chosen.get(&6), Some(&Value::Skip(21)));
+        assert_eq!(chosen.get(&2), None, "below the base is decided already");
+    }
+}

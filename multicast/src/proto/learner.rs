@@ -1,0 +1,292 @@
+//! The learner: delivers the decisions of the rings it subscribes to, each
+//! ring in instance order, each command at most once per ring.
+//!
+//! ```text
+//!  Decide(ring, i, v) ──> per-ring buffer ──in order──> dedupe ──> poll_delivery()
+//!          gap for recovery_timeout ──> LearnRequest to an acceptor (rotating)
+//! ```
+//!
+//! A replica process is one learner subscribed to all the rings of its
+//! threads; it feeds each thread's [`Merger`](super::merger::Merger) with the
+//! deliveries of that thread's rings.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::time::Instant;
+
+use thiserror::Error;
+
+use super::catchup::Catchup;
+use super::codec;
+use super::config::{ConfigError, MulticastConfig, Params};
+use super::dedupe::Dedupe;
+use super::messages::{Decide, Message, Transmit, Trimmed};
+use super::metrics::LearnerMetrics;
+use super::types::{Command, Instance, NodeId, RingId, Value};
+
+/// One delivered instance.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Delivery {
+    /// Ring.
+    pub ring: RingId,
+    /// Instance; consecutive per ring.
+    pub instance: Instance,
+    /// The decided value, without commands delivered before (retries).
+    pub value: Value,
+}
+
+/// Why a learner could not be created.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum LearnerError {
+    /// The configuration is invalid.
+    #[error("invalid configuration: {0}")]
+    Config(#[from] ConfigError),
+    /// A subscription names a ring that does not exist.
+    #[error("subscription to unknown ring {ring}")]
+    UnknownRing {
+        /// The ring.
+        ring: RingId,
+    },
+    /// The learner is not listed among the ring's learners, so no acceptor
+    /// would send it decisions.
+    #[error("{node} is not listed in rings[{ring}].learners")]
+    NotListed {
+        /// The learner.
+        node: NodeId,
+        /// The ring.
+        ring: RingId,
+    },
+}
+
+/// Decisions this learner can no longer get: every acceptor trimmed them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Lost {
+    /// Ring.
+    pub ring: RingId,
+    /// First instance missing.
+    pub from: Instance,
+    /// First instance available again.
+    pub below: Instance,
+}
+
+struct LearnerRing {
+    acceptors: Vec<NodeId>,
+    next: Instance,
+    buffer: BTreeMap<Instance, Value>,
+    horizon: Instance,
+    dedupe: Dedupe,
+    catchup: Catchup,
+    lost: Option<Lost>,
+}
+
+/// A subscriber to one or more rings.
+pub struct Learner {
+    params: Params,
+    rings: BTreeMap<RingId, LearnerRing>,
+    out: VecDeque<Transmit>,
+    deliveries: VecDeque<Delivery>,
+    metrics: LearnerMetrics,
+    next_tick: Instant,
+}
+
+impl Learner {
+    /// A learner `id` of `config` subscribed to `subscriptions`, from instance 0.
+    pub fn new(
+        id: NodeId,
+        config: &MulticastConfig,
+        subscriptions: &[RingId],
+        now: Instant,
+    ) -> Result<Learner, LearnerError> {
+        config.validate()?;
+        let mut rings = BTreeMap::new();
+        for &ring in subscriptions {
+            let rc = config
+                .ring(ring)
+                .ok_or(LearnerError::UnknownRing { ring })?;
+            if !rc.learners.contains(&id) {
+                return Err(LearnerError::NotListed { node: id, ring });
+            }
+            let state = LearnerRing {
+                acceptors: rc.acceptors.clone(),
+                next: 0,
+                buffer: BTreeMap::new(),
+                horizon: 0,
+                dedupe: Dedupe::new(config.params.dedupe_horizon),
+                catchup: Catchup::new(0, now),
+                lost: None,
+            };
+            rings.insert(ring, state);
+        }
+        Ok(Learner {
+            params: config.params.clone(),
+            rings,
+            out: VecDeque::new(),
+            deliveries: VecDeque::new(),
+            metrics: LearnerMetrics::default(),
+            next_tick: now,
+        })
+    }
+
+    /// Counters.
+    pub fn metrics(&self) -> &LearnerMetrics {
+        &self.metrics
+    }
+
+    /// The next instance to deliver on `ring`.
+    pub fn next_instance(&self, ring: RingId) -> Option<Instance> {
+        self.rings.get(&ring).map(|r| r.next)
+    }
+
+    /// Rings on which decisions were lost to trimming: the learner stops
+    /// delivering them (its state must be rebuilt from a replica checkpoint).
+    pub fn lost(&self) -> impl Iterator<Item = Lost> + '_ {
+        self.rings.values().filter_map(|r| r.lost)
+    }
+
+    /// Handles one encoded frame body (after the length prefix).
+    pub fn handle_frame(&mut self, now: Instant, from: NodeId, body: &[u8]) {
+        match codec::decode_body(body) {
+            Ok(message) => self.handle_message(now, from, message),
+            Err(_) => self.metrics.bad_frames += 1,
+        }
+    }
+
+    /// Handles one message from an acceptor.
+    pub fn handle_message(&mut self, _now: Instant, from: NodeId, message: Message) {
+        let Some(ring_id) = message.ring() else {
+            return;
+        };
+        let Some(ring) = self.rings.get_mut(&ring_id) else {
+            self.metrics.unknown_ring += 1;
+            return;
+        };
+        if !ring.acceptors.contains(&from) {
+            self.metrics.unknown_peer += 1;
+            return;
+        }
+        match message {
+            Message::Decide(d) => self.on_decide(d),
+            Message::Trimmed(t) => self.on_trimmed(t),
+            _ => {}
+        }
+    }
+
+    fn on_decide(&mut self, d: Decide) {
+        let ring = self.rings.get_mut(&d.ring).expect("checked");
+        ring.horizon = ring.horizon.max(d.instance.saturating_add(1));
+        if d.instance < ring.next || ring.buffer.contains_key(&d.instance) {
+            self.metrics.duplicate_decisions += 1;
+            return;
+        }
+        if d.instance - ring.next >= self.params.learner_buffer {
+            self.metrics.beyond_buffer += 1;
+            return;
+        }
+        ring.buffer.insert(d.instance, d.value);
+        self.deliver_ready(d.ring);
+    }
+
+    fn deliver_ready(&mut self, ring_id: RingId) {
+        let ring = self.rings.get_mut(&ring_id).expect("checked");
+        if ring.lost.is_some() {
+            return;
+        }
+        while let Some(value) = ring.buffer.remove(&ring.next) {
+            let instance = ring.next;
+            ring.next += 1;
+            let value = filter(&mut ring.dedupe, instance, value, &mut self.metrics);
+            ring.dedupe.sweep(instance);
+            self.metrics.delivered_instances += 1;
+            self.metrics.delivered_commands += value.commands().len() as u64;
+            self.deliveries.push_back(Delivery {
+                ring: ring_id,
+                instance,
+                value,
+            });
+        }
+    }
+
+    fn on_trimmed(&mut self, t: Trimmed) {
+        let ring = self.rings.get_mut(&t.ring).expect("checked");
+        if t.below > ring.next && ring.lost.is_none() {
+            ring.lost = Some(Lost {
+                ring: t.ring,
+                from: ring.next,
+                below: t.below,
+            });
+        }
+    }
+
+    /// Asks acceptors for missing decisions.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if now < self.next_tick {
+            return;
+        }
+        self.next_tick = now + self.params.recovery_timeout / 4;
+        for (&id, ring) in &mut self.rings {
+            if ring.lost.is_some() {
+                continue;
+            }
+            let request = ring.catchup.poll(
+                now,
+                id,
+                ring.next,
+                ring.horizon,
+                &ring.acceptors,
+                &self.params,
+            );
+            if let Some((to, request)) = request {
+                self.metrics.recovery_requests += 1;
+                self.out.push_back(Transmit {
+                    to,
+                    message: Message::LearnRequest(request),
+                });
+            }
+        }
+    }
+
+    /// The next message to send.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.out.pop_front()
+    }
+
+    /// When [`Learner::handle_timeout`] should be called next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        Some(self.next_tick)
+    }
+
+    /// The next delivered instance, in order per ring.
+    pub fn poll_delivery(&mut self) -> Option<Delivery> {
+        self.deliveries.pop_front()
+    }
+}
+
+/// Removes commands already delivered on this ring. Allocates only when
+/// something is removed.
+fn filter(
+    dedupe: &mut Dedupe,
+    instance: Instance,
+    value: Value,
+    metrics: &mut LearnerMetrics,
+) -> Value {
+    let Value::Batch(commands) = value else {
+        return value;
+    };
+    let mut kept: Option<Vec<Command>> = None;
+    for (i, command) in commands.iter().enumerate() {
+        let admitted = dedupe.admit(instance, command);
+        match (&mut kept, admitted) {
+            (None, true) => {}
+            (None, false) => kept = Some(commands[..i].to_vec()),
+            (Some(kept), true) => kept.push(command.clone()),
+            (Some(_), false) => {}
+        }
+        if !admitted {
+            metrics.duplicate_commands += 1;
+        }
+    }
+    match kept {
+        None => Value::Batch(commands),
+        Some(kept) => Value::Batch(Arc::from(kept)),
+    }
+}

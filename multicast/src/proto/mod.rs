@@ -1,0 +1,42 @@
+//! The sans-IO protocol core of Multi-Ring Paxos.
+//!
+//! Nothing here does I/O, reads a clock, or draws unseeded randomness: time
+//! comes in as `now`, messages come in through `handle_*` and go out through
+//! `poll_transmit`, and storage is an injected [`crate::storage::Storage`].
+//! The QUIC transport and the simulator are two drivers of the same code.
+//!
+//! | role | type | inputs | outputs |
+//! |---|---|---|---|
+//! | acceptor process (acceptor of its rings, coordinator of those it leads) | [`AcceptorNode`] | `handle_message`, `handle_frame`, `handle_timeout` | `poll_transmit`, `poll_timeout` |
+//! | learner (a replica process) | [`Learner`] | `handle_message`, `handle_frame`, `handle_timeout` | `poll_transmit`, `poll_timeout`, `poll_delivery` |
+//! | merge of a learner's rings (one per replica thread) | [`Merger`] | `push` | `poll` |
+//! | proposer (a client) | [`Proposer`] | `propose`, `done`, `handle_timeout` | `poll_transmit`, `poll_timeout` |
+
+mod acceptor;
+mod catchup;
+pub mod codec;
+mod config;
+mod context;
+mod coordinator;
+mod dedupe;
+mod failure;
+mod learner;
+mod merger;
+mod messages;
+mod metrics;
+mod node;
+mod outbox;
+mod proposer;
+mod types;
+
+pub use config::{ConfigError, MAX_RING_ACCEPTORS, MulticastConfig, Params, RingConfig};
+pub use learner::{Delivery, Learner, LearnerError, Lost};
+pub use merger::{MergeError, Merged, Merger};
+pub use messages::{
+    Accept, Decide, LearnRequest, Message, Nack, Prepare, Promise, PromisedSlot, Propose, Transmit,
+    Trimmed,
+};
+pub use metrics::{LearnerMetrics, NodeMetrics};
+pub use node::{AcceptorNode, NodeError};
+pub use proposer::{ProposeError, Proposer};
+pub use types::{Ballot, Command, CommandId, Instance, NodeId, ProposerId, RingId, Value, VoteSet};

@@ -1,0 +1,469 @@
+//! An acceptor process as a sans-IO state machine: its acceptor role in every
+//! ring it belongs to, the coordinator role of the rings it leads, the
+//! failure detector, and its storage.
+//!
+//! ```text
+//!  driver                              AcceptorNode
+//!  ------                              ------------
+//!  handle_message(now, from, msg) ---> dispatch by ring and message kind
+//!  handle_frame(now, from, bytes) ---> decode, count bad frames, dispatch
+//!  handle_timeout(now)             ---> heartbeats, elections, catch-up, retries, leveling
+//!  poll_transmit()                <--- sync storage once for all new records, then messages
+//!  poll_timeout()                 <--- when to call handle_timeout next
+//! ```
+//!
+//! A node is coordinator of a ring when every acceptor before it in the
+//! ring order is suspected; it then runs Phase 1 with a ballot above any it
+//! has seen. It steps down when an earlier acceptor is heard from again or a
+//! higher ballot shows up, handing its queued commands to the new coordinator.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use thiserror::Error;
+
+use super::acceptor::AcceptorRing;
+use super::codec;
+use super::config::{ConfigError, MulticastConfig, Params};
+use super::context::{Ctx, Membership};
+use super::coordinator::{Coordinator, LevelView};
+use super::failure::FailureDetector;
+use super::messages::{Message, Propose, Transmit};
+use super::metrics::NodeMetrics;
+use super::outbox::Outbox;
+use super::types::{Ballot, Command, Instance, NodeId, RingId};
+use crate::storage::{Storage, StorageError};
+
+/// Why a node could not be created.
+#[derive(Debug, Error)]
+pub enum NodeError {
+    /// The configuration is invalid.
+    #[error("invalid configuration: {0}")]
+    Config(#[from] ConfigError),
+    /// The node is not an acceptor of any ring.
+    #[error("{node} is not an acceptor of any ring")]
+    NotAnAcceptor {
+        /// The node.
+        node: NodeId,
+    },
+    /// Recovery from storage failed.
+    #[error("storage recovery failed: {0}")]
+    Storage(#[from] StorageError),
+}
+
+struct RingState {
+    acceptor: AcceptorRing,
+    coordinator: Option<Coordinator>,
+    /// Highest ballot heard of in a Nack; a new term must exceed it.
+    seen: Ballot,
+    /// When this node last started a term.
+    term_started: Option<Instant>,
+}
+
+impl RingState {
+    fn members(&self) -> &Membership {
+        &self.acceptor.members
+    }
+}
+
+/// An acceptor process: the protocol core of all its rings.
+pub struct AcceptorNode {
+    id: NodeId,
+    params: Params,
+    rings: BTreeMap<RingId, RingState>,
+    detector: FailureDetector,
+    storage: Box<dyn Storage>,
+    outbox: Outbox,
+    dirty: bool,
+    metrics: NodeMetrics,
+    next_heartbeat: Instant,
+    next_tick: Instant,
+    halted: Option<StorageError>,
+}
+
+impl AcceptorNode {
+    /// Creates the node `id` of `config`, recovering its state from `storage`.
+    pub fn new(
+        id: NodeId,
+        config: &MulticastConfig,
+        mut storage: Box<dyn Storage>,
+        now: Instant,
+    ) -> Result<AcceptorNode, NodeError> {
+        config.validate()?;
+        let mut recovered = storage.recover()?;
+        let mut rings = BTreeMap::new();
+        let mut peers = Vec::new();
+        for ring in &config.rings {
+            let Some(me) = ring.position(id) else {
+                continue;
+            };
+            peers.extend(ring.acceptors.iter().copied().filter(|&a| a != id));
+            let members = Membership {
+                config: Arc::new(ring.clone()),
+                me,
+            };
+            let state = recovered.rings.remove(&ring.id).unwrap_or_default();
+            let acceptor = AcceptorRing::new(members, state, recovered.values_lost, now);
+            let seen = Ballot::ZERO;
+            let state = RingState {
+                acceptor,
+                coordinator: None,
+                seen,
+                term_started: None,
+            };
+            rings.insert(ring.id, state);
+        }
+        if rings.is_empty() {
+            return Err(NodeError::NotAnAcceptor { node: id });
+        }
+        let detector = FailureDetector::new(peers, config.params.suspect_timeout, now);
+        let mut node = AcceptorNode {
+            id,
+            params: config.params.clone(),
+            rings,
+            detector,
+            storage,
+            outbox: Outbox::new(id),
+            dirty: false,
+            metrics: NodeMetrics::default(),
+            next_heartbeat: now,
+            next_tick: now,
+            halted: None,
+        };
+        node.handle_timeout(now);
+        Ok(node)
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// Counters.
+    pub fn metrics(&self) -> &NodeMetrics {
+        &self.metrics
+    }
+
+    /// The storage error that stopped this node, if any. A halted node sends
+    /// nothing more: its driver should report the error and exit.
+    pub fn halted(&self) -> Option<&StorageError> {
+        self.halted.as_ref()
+    }
+
+    /// Whether this node currently leads `ring` (Phase 1 done).
+    pub fn is_coordinator(&self, ring: RingId) -> bool {
+        self.rings
+            .get(&ring)
+            .and_then(|r| r.coordinator.as_ref())
+            .is_some_and(Coordinator::is_leading)
+    }
+
+    /// Whether this node lost accepted values of `ring` in a restart and has
+    /// not caught up yet (it does not take part in Phase 1 meanwhile).
+    pub fn is_amnesiac(&self, ring: RingId) -> bool {
+        self.rings
+            .get(&ring)
+            .is_some_and(|r| r.acceptor.is_amnesiac())
+    }
+
+    /// The first instance of `ring` this node does not know to be decided.
+    pub fn frontier(&self, ring: RingId) -> Option<Instance> {
+        self.rings.get(&ring).map(|r| r.acceptor.frontier())
+    }
+
+    /// Handles one encoded frame body (the bytes after the length prefix).
+    pub fn handle_frame(&mut self, now: Instant, from: NodeId, body: &[u8]) {
+        match codec::decode_body(body) {
+            Ok(message) => self.handle_message(now, from, message),
+            Err(_) => self.metrics.bad_frames += 1,
+        }
+    }
+
+    /// Handles one message from `from`.
+    pub fn handle_message(&mut self, now: Instant, from: NodeId, message: Message) {
+        if self.halted.is_some() {
+            return;
+        }
+        self.detector.heard(from, now);
+        self.dispatch(now, from, message);
+        self.drain_local(now);
+    }
+
+    /// Runs the timers that are due.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.halted.is_some() {
+            return;
+        }
+        if now >= self.next_heartbeat {
+            self.next_heartbeat = now + self.params.heartbeat_interval;
+            let peers: Vec<NodeId> = self.detector.peers().collect();
+            for peer in peers {
+                self.outbox.send(peer, Message::Heartbeat);
+            }
+        }
+        if now >= self.next_tick {
+            self.next_tick = now + self.tick_interval();
+            let ids: Vec<RingId> = self.rings.keys().copied().collect();
+            for ring in ids {
+                self.tick_ring(now, ring);
+            }
+        }
+        self.drain_local(now);
+    }
+
+    /// The next message to send. Before the first message after new records,
+    /// storage is synced once for all of them.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        if self.halted.is_some() {
+            return None;
+        }
+        if self.dirty && !self.outbox.remote.is_empty() {
+            if let Err(e) = self.storage.sync() {
+                self.halted = Some(e);
+                self.outbox.remote.clear();
+                return None;
+            }
+            self.dirty = false;
+        }
+        self.outbox.remote.pop_front()
+    }
+
+    /// When [`AcceptorNode::handle_timeout`] should be called next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.halted.is_some() {
+            return None;
+        }
+        Some(self.next_tick.min(self.next_heartbeat))
+    }
+
+    fn tick_interval(&self) -> Duration {
+        let p = &self.params;
+        p.delta
+            .min(p.heartbeat_interval)
+            .min(p.retry_timeout / 2)
+            .min(p.recovery_timeout / 2)
+            .max(Duration::from_micros(100))
+    }
+
+    fn drain_local(&mut self, now: Instant) {
+        while let Some(message) = self.outbox.local.pop_front() {
+            if self.halted.is_some() {
+                return;
+            }
+            self.dispatch(now, self.id, message);
+        }
+    }
+
+    fn dispatch(&mut self, now: Instant, from: NodeId, message: Message) {
+        let Some(ring) = message.ring() else {
+            if !self.detector.knows(from) {
+                self.metrics.unknown_peer += 1;
+            }
+            return;
+        };
+        if !self.rings.contains_key(&ring) {
+            self.metrics.unknown_ring += 1;
+            return;
+        }
+        if let Err(e) = self.dispatch_ring(now, from, ring, message) {
+            self.halted = Some(e);
+            self.outbox.remote.clear();
+        }
+    }
+
+    fn dispatch_ring(
+        &mut self,
+        now: Instant,
+        from: NodeId,
+        ring: RingId,
+        message: Message,
+    ) -> Result<(), StorageError> {
+        let AcceptorNode {
+            params,
+            rings,
+            detector,
+            storage,
+            outbox,
+            dirty,
+            metrics,
+            ..
+        } = self;
+        let state = rings.get_mut(&ring).expect("checked by dispatch");
+        let mut ctx = Ctx {
+            now,
+            params,
+            detector,
+            out: outbox,
+            storage: storage.as_mut(),
+            dirty,
+            metrics,
+        };
+        let member = state.members().is_member(from);
+        let peer_only = !matches!(message, Message::Propose(_) | Message::LearnRequest(_));
+        if peer_only && !member {
+            ctx.metrics.unknown_peer += 1;
+            return Ok(());
+        }
+        match message {
+            Message::Propose(p) => on_propose(&mut ctx, state, p),
+            Message::Prepare(p) => state.acceptor.on_prepare(&mut ctx, from, p)?,
+            Message::Promise(p) => {
+                let members = state.acceptor.members.clone();
+                if let Some(c) = state.coordinator.as_mut() {
+                    c.on_promise(&mut ctx, &members, from, p);
+                }
+            }
+            Message::Nack(n) => state.seen = state.seen.max(n.promised),
+            Message::Accept(a) => state.acceptor.on_accept(&mut ctx, a)?,
+            Message::Decide(d) => state.acceptor.on_decide(&mut ctx, d)?,
+            Message::LearnRequest(r) => state.acceptor.on_learn_request(&mut ctx, from, r),
+            Message::Trimmed(t) => state.acceptor.on_trimmed(&mut ctx, t)?,
+            Message::Heartbeat => {}
+        }
+        settle(&mut ctx, state);
+        Ok(())
+    }
+
+    fn tick_ring(&mut self, now: Instant, ring: RingId) {
+        let view = self.level_view(now, ring);
+        let AcceptorNode {
+            params,
+            rings,
+            detector,
+            storage,
+            outbox,
+            dirty,
+            metrics,
+            halted,
+            ..
+        } = self;
+        let state = rings.get_mut(&ring).expect("ring exists");
+        let mut ctx = Ctx {
+            now,
+            params,
+            detector,
+            out: outbox,
+            storage: storage.as_mut(),
+            dirty,
+            metrics,
+        };
+        if let Err(e) = state.acceptor.tick(&mut ctx) {
+            *halted = Some(e);
+            return;
+        }
+        settle(&mut ctx, state);
+        let members = state.acceptor.members.clone();
+        if stalled_leader(&ctx, state) {
+            new_term(&mut ctx, state, &members);
+        }
+        if let Some(c) = state.coordinator.as_mut() {
+            c.tick(&mut ctx, &members, view);
+        }
+    }
+
+    fn level_view(&self, now: Instant, ring: RingId) -> LevelView {
+        let window = self.params.delta * 2;
+        let busy_max = self
+            .rings
+            .iter()
+            .filter(|(id, r)| **id != ring && r.acceptor.busy_since(now, window))
+            .map(|(_, r)| r.acceptor.frontier_position())
+            .max();
+        LevelView { busy_max }
+    }
+}
+
+/// After any input: hand new decisions to the coordinator, then make sure
+/// the right node coordinates.
+fn settle(ctx: &mut Ctx<'_>, state: &mut RingState) {
+    let members = state.acceptor.members.clone();
+    let ring = members.config.id;
+    if let Some(c) = state.coordinator.as_mut() {
+        for &(r, instance) in &ctx.out.decided {
+            if r == ring {
+                c.on_decided(instance);
+            }
+        }
+        c.flush(ctx, &members);
+    }
+    ctx.out.decided.clear();
+    reconcile_role(ctx, state, &members);
+}
+
+/// A leader whose own acceptor cannot fill a gap for a long time: no live
+/// acceptor knows those instances to be decided any more (they restarted),
+/// so a new term re-proposes them from the acceptors' accepted values.
+fn stalled_leader(ctx: &Ctx<'_>, state: &RingState) -> bool {
+    let timeout = ctx.params.recovery_timeout * 10;
+    let leading = state
+        .coordinator
+        .as_ref()
+        .is_some_and(Coordinator::is_leading);
+    let quiet = state
+        .term_started
+        .is_none_or(|t| ctx.now.duration_since(t) >= timeout);
+    leading && quiet && state.acceptor.stalled(ctx.now, timeout)
+}
+
+/// Starts a term with a ballot above any seen, from this node's frontier,
+/// carrying over the commands queued in the previous term.
+fn new_term(ctx: &mut Ctx<'_>, state: &mut RingState, members: &Membership) {
+    let pending = state
+        .coordinator
+        .as_mut()
+        .map(Coordinator::take_pending)
+        .unwrap_or_default();
+    let highest = state.acceptor.promised().max(state.seen);
+    let ballot = highest.next_for(ctx.me());
+    let from = state.acceptor.frontier();
+    let mut next = Coordinator::start(ctx, members, ballot, from);
+    next.propose(ctx, members, pending);
+    state.coordinator = Some(next);
+    state.term_started = Some(ctx.now);
+}
+
+/// Starts, restarts or ends this node's coordinator term for the ring.
+fn reconcile_role(ctx: &mut Ctx<'_>, state: &mut RingState, members: &Membership) {
+    let eligible = members.believed_coordinator(ctx.now, ctx.detector) == ctx.me();
+    let highest = state.acceptor.promised().max(state.seen);
+    match state.coordinator.as_mut() {
+        None if eligible => new_term(ctx, state, members),
+        Some(c) if eligible && c.ballot() < highest => new_term(ctx, state, members),
+        Some(c) if !eligible => {
+            let pending = c.take_pending();
+            state.coordinator = None;
+            forward(ctx, members, pending);
+        }
+        _ => {}
+    }
+}
+
+fn on_propose(ctx: &mut Ctx<'_>, state: &mut RingState, p: Propose) {
+    ctx.metrics.commands_received += p.commands.len() as u64;
+    let members = state.acceptor.members.clone();
+    match state.coordinator.as_mut() {
+        Some(c) => c.propose(ctx, &members, p.commands),
+        None if p.forwarded => ctx.metrics.commands_dropped += p.commands.len() as u64,
+        None => forward(ctx, &members, p.commands),
+    }
+}
+
+/// Sends commands to the coordinator this node believes in.
+fn forward(ctx: &mut Ctx<'_>, members: &Membership, commands: Vec<Command>) {
+    if commands.is_empty() {
+        return;
+    }
+    let to = members.believed_coordinator(ctx.now, ctx.detector);
+    if to == ctx.me() {
+        ctx.metrics.commands_dropped += commands.len() as u64;
+        return;
+    }
+    ctx.metrics.commands_forwarded += commands.len() as u64;
+    let propose = Propose {
+        ring: members.config.id,
+        commands,
+        forwarded: true,
+    };
+    ctx.send(to, Message::Propose(propose));
+}

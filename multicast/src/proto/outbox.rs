@@ -1,0 +1,43 @@
+//! Where a role puts what it sends. Messages to the node itself (a
+//! coordinator's own Prepare and Accept) stay local and are handled before the
+//! driver sees anything, so the coordinator votes through the same code path
+//! as every other acceptor.
+
+use std::collections::VecDeque;
+
+use super::messages::{Message, Transmit};
+use super::types::{Instance, NodeId, RingId};
+
+/// Outgoing messages of one node.
+#[derive(Debug)]
+pub(crate) struct Outbox {
+    me: NodeId,
+    pub(crate) remote: VecDeque<Transmit>,
+    pub(crate) local: VecDeque<Message>,
+    /// Instances newly known to be decided while handling the current input;
+    /// the node hands them to its coordinators.
+    pub(crate) decided: Vec<(RingId, Instance)>,
+}
+
+impl Outbox {
+    pub(crate) fn new(me: NodeId) -> Self {
+        Outbox {
+            me,
+            remote: VecDeque::new(),
+            local: VecDeque::new(),
+            decided: Vec::new(),
+        }
+    }
+
+    pub(crate) fn send(&mut self, to: NodeId, message: Message) {
+        if to == self.me {
+            self.local.push_back(message);
+        } else {
+            self.remote.push_back(Transmit { to, message });
+        }
+    }
+
+    pub(crate) fn me(&self) -> NodeId {
+        self.me
+    }
+}

@@ -1,0 +1,637 @@
+//! A deterministic simulator of Multi-Ring Paxos (DESIGN.md section 9).
+//!
+//! One thread, one seed. The seed draws the [`Scenario`] (rings of 3 or 5
+//! acceptors, P-SMR-shaped learners, protocol parameters, fault rates) and
+//! every random choice of the run. A run has two phases:
+//!
+//! 1. safety: proposers propose while the network delays, loses, duplicates
+//!    and reorders messages and acceptors crash and restart (never more than
+//!    a minority of any ring at once, counting memory-mode acceptors that
+//!    have not caught up since their restart), coordinators included;
+//! 2. liveness: every acceptor is restarted, the network heals, and the run
+//!    continues until every proposal is delivered everywhere it should be,
+//!    or the deadline passes (a validity violation).
+//!
+//! The [`Checker`] checks agreement, integrity and order on every delivery,
+//! and merge order and validity at the end. A failure prints `seed=N`;
+//! [`run`] with that seed replays the run exactly.
+
+mod checker;
+mod disk;
+mod scenario;
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+pub use checker::{Checker, Violation};
+pub use disk::{DiskMode, SimDisk};
+pub use scenario::{G_ALL, LearnerSpec, NetworkFaults, Scenario, SimOptions};
+
+use crate::proto::{
+    AcceptorNode, Learner, Message, NodeId, Proposer, ProposerId, RingId, Transmit,
+};
+
+/// What a successful run did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Report {
+    /// The seed.
+    pub seed: u64,
+    /// Messages sent.
+    pub messages: u64,
+    /// Messages lost by the network (or sent to a crashed node).
+    pub lost: u64,
+    /// Acceptor crashes.
+    pub crashes: u32,
+    /// Commands proposed.
+    pub commands: usize,
+    /// Virtual time when every proposal was delivered.
+    pub finished_at: Duration,
+    /// Hash of every delivery, in order: equal for two runs of one seed.
+    pub trace: u64,
+}
+
+/// A run in which a property did not hold.
+#[derive(Clone, Debug)]
+pub struct Failure {
+    /// The seed: [`run`] with it replays the run.
+    pub seed: u64,
+    /// What went wrong.
+    pub violation: Violation,
+    /// Virtual time of the violation.
+    pub at: Duration,
+    /// A summary of the scenario.
+    pub scenario: String,
+    /// The state of every node when the run stopped.
+    pub state: String,
+    /// Environment settings, besides the seed, that replay this run.
+    pub replay_flags: &'static str,
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "seed={} at {:?}: {} [{}] (replay: PSMR_SIM_SEED={}{} cargo test -p psmr-multicast --test sim replay -- --nocapture)",
+            self.seed, self.at, self.violation, self.scenario, self.seed, self.replay_flags
+        )
+    }
+}
+
+/// Runs the scenario drawn from `seed` and `options`.
+pub fn run(seed: u64, options: SimOptions) -> Result<Report, Box<Failure>> {
+    let scenario = Scenario::from_seed(seed, options);
+    let summary = summarize(&scenario);
+    let mut world = World::new(scenario);
+    match world.run() {
+        Ok(()) => Ok(world.report()),
+        Err(violation) => Err(Box::new(Failure {
+            seed,
+            violation,
+            at: Duration::from_nanos(world.now),
+            scenario: summary,
+            state: world.describe(),
+            replay_flags: match (options.harsh, options.broken) {
+                (false, false) => "",
+                (true, false) => " PSMR_SIM_HARSH=1",
+                (false, true) => " PSMR_SIM_BROKEN=1",
+                (true, true) => " PSMR_SIM_HARSH=1 PSMR_SIM_BROKEN=1",
+            },
+        })),
+    }
+}
+
+fn summarize(s: &Scenario) -> String {
+    let rings: Vec<usize> = s.config.rings.iter().map(|r| r.acceptors.len()).collect();
+    format!(
+        "acceptors={} rings={:?} disk={:?} {:?} window={} m={} loss={:.3} dup={:.3}",
+        s.acceptors.len(),
+        rings,
+        s.disk,
+        s.options,
+        s.config.params.window,
+        s.config.params.merge_m,
+        s.network.loss,
+        s.network.duplicate
+    )
+}
+
+enum Event {
+    Deliver {
+        from: NodeId,
+        to: NodeId,
+        message: Message,
+    },
+    Propose {
+        proposer: NodeId,
+    },
+    Crash,
+    Restart {
+        node: NodeId,
+    },
+    Heal,
+}
+
+struct Scheduled {
+    at: u64,
+    seq: u64,
+    event: Event,
+}
+
+impl PartialEq for Scheduled {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+impl Eq for Scheduled {}
+impl PartialOrd for Scheduled {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Scheduled {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.at, self.seq).cmp(&(other.at, other.seq))
+    }
+}
+
+struct AcceptorSlot {
+    node: Option<AcceptorNode>,
+    disk: SimDisk,
+}
+
+#[derive(Clone, Copy)]
+enum Who {
+    Acceptor(NodeId),
+    Learner(NodeId),
+    Proposer(NodeId),
+}
+
+struct World {
+    scenario: Scenario,
+    rng: ChaCha8Rng,
+    base: Instant,
+    now: u64,
+    queue: BinaryHeap<Reverse<Scheduled>>,
+    seq: u64,
+    acceptors: BTreeMap<NodeId, AcceptorSlot>,
+    learners: BTreeMap<NodeId, Learner>,
+    proposers: BTreeMap<NodeId, Proposer>,
+    checker: Checker,
+    healed: bool,
+    messages: u64,
+    lost: u64,
+    crashes: u32,
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+impl World {
+    fn new(scenario: Scenario) -> World {
+        let base = Instant::now();
+        let config = &scenario.config;
+        let acceptors = scenario
+            .acceptors
+            .iter()
+            .map(|&id| {
+                let disk = SimDisk::new(scenario.disk, scenario.options.broken);
+                let node =
+                    AcceptorNode::new(id, config, disk.storage(), base).expect("valid scenario");
+                (
+                    id,
+                    AcceptorSlot {
+                        node: Some(node),
+                        disk,
+                    },
+                )
+            })
+            .collect();
+        let learners = scenario
+            .learners
+            .iter()
+            .map(|spec| {
+                (
+                    spec.id,
+                    Learner::new(spec.id, config, &spec.rings, base).expect("valid learner"),
+                )
+            })
+            .collect();
+        let proposers = scenario
+            .proposers
+            .iter()
+            .map(|&id| {
+                (
+                    id,
+                    Proposer::new(ProposerId(u64::from(id.0)), config, scenario.retry),
+                )
+            })
+            .collect();
+        let checker = Checker::new(&scenario.learners, config.params.merge_m);
+        World {
+            rng: ChaCha8Rng::seed_from_u64(scenario.seed ^ 0x5eed_0f5e_5510_11ff),
+            scenario,
+            base,
+            now: 0,
+            queue: BinaryHeap::new(),
+            seq: 0,
+            acceptors,
+            learners,
+            proposers,
+            checker,
+            healed: false,
+            messages: 0,
+            lost: 0,
+            crashes: 0,
+        }
+    }
+
+    fn instant(&self) -> Instant {
+        self.base + Duration::from_nanos(self.now)
+    }
+
+    fn schedule(&mut self, at: u64, event: Event) {
+        self.seq += 1;
+        self.queue.push(Reverse(Scheduled {
+            at,
+            seq: self.seq,
+            event,
+        }));
+    }
+
+    fn run(&mut self) -> Result<(), Violation> {
+        self.plan();
+        let deadline = nanos(self.scenario.safety + self.scenario.liveness);
+        let mut next_check = 0;
+        while let Some(at) = self.step()? {
+            if at > deadline {
+                break;
+            }
+            if self.healed && at >= next_check {
+                next_check = at + 1_000_000;
+                if self.checker.all_delivered() {
+                    break;
+                }
+            }
+        }
+        self.checker.finish(self.healed)
+    }
+
+    /// Schedules the proposals, the crashes and the healing.
+    fn plan(&mut self) {
+        let safety = nanos(self.scenario.safety);
+        for proposer in self.scenario.proposers.clone() {
+            for _ in 0..self.scenario.commands_per_proposer {
+                let at = self.rng.random_range(0..safety);
+                self.schedule(at, Event::Propose { proposer });
+            }
+        }
+        let every = nanos(self.scenario.crash_every);
+        let mut at = self.rng.random_range(every / 2..=every * 3 / 2);
+        while at < safety {
+            self.schedule(at, Event::Crash);
+            at += self.rng.random_range(every / 2..=every * 3 / 2);
+        }
+        self.schedule(safety, Event::Heal);
+    }
+
+    /// Runs the earliest event or timer; returns its time, or `None` when idle.
+    fn step(&mut self) -> Result<Option<u64>, Violation> {
+        let timer = self.earliest_timer();
+        let event_at = self.queue.peek().map(|s| s.0.at);
+        match (timer, event_at) {
+            (None, None) => Ok(None),
+            (Some((t, who)), e) if e.is_none_or(|e| t < e) => {
+                self.now = self.now.max(t);
+                self.fire(who)?;
+                Ok(Some(self.now))
+            }
+            _ => {
+                let Reverse(s) = self.queue.pop().expect("peeked");
+                self.now = self.now.max(s.at);
+                self.handle(s.event)?;
+                Ok(Some(self.now))
+            }
+        }
+    }
+
+    fn earliest_timer(&self) -> Option<(u64, Who)> {
+        let since = |i: Instant| nanos(i.saturating_duration_since(self.base));
+        let acceptors = self.acceptors.iter().filter_map(|(&id, s)| {
+            Some((since(s.node.as_ref()?.poll_timeout()?), Who::Acceptor(id)))
+        });
+        let learners = self
+            .learners
+            .iter()
+            .filter_map(|(&id, l)| Some((since(l.poll_timeout()?), Who::Learner(id))));
+        let proposers = self
+            .proposers
+            .iter()
+            .filter_map(|(&id, p)| Some((since(p.poll_timeout()?), Who::Proposer(id))));
+        acceptors.chain(learners).chain(proposers).fold(
+            None,
+            |best: Option<(u64, Who)>, (t, who)| match best {
+                Some((b, _)) if b <= t => best,
+                _ => Some((t, who)),
+            },
+        )
+    }
+
+    fn fire(&mut self, who: Who) -> Result<(), Violation> {
+        let now = self.instant();
+        match who {
+            Who::Acceptor(id) => {
+                if let Some(node) = self.acceptors.get_mut(&id).and_then(|s| s.node.as_mut()) {
+                    node.handle_timeout(now);
+                }
+                self.drain_acceptor(id)
+            }
+            Who::Learner(id) => {
+                self.learners
+                    .get_mut(&id)
+                    .expect("learner")
+                    .handle_timeout(now);
+                self.drain_learner(id)
+            }
+            Who::Proposer(id) => {
+                self.proposers
+                    .get_mut(&id)
+                    .expect("proposer")
+                    .handle_timeout(now);
+                self.drain_proposer(id);
+                Ok(())
+            }
+        }
+    }
+
+    fn handle(&mut self, event: Event) -> Result<(), Violation> {
+        match event {
+            Event::Deliver { from, to, message } => self.deliver(from, to, message),
+            Event::Propose { proposer } => {
+                self.propose(proposer);
+                Ok(())
+            }
+            Event::Crash => {
+                self.crash();
+                Ok(())
+            }
+            Event::Restart { node } => {
+                self.restart(node);
+                self.drain_acceptor(node)
+            }
+            Event::Heal => self.heal(),
+        }
+    }
+
+    fn deliver(&mut self, from: NodeId, to: NodeId, message: Message) -> Result<(), Violation> {
+        let now = self.instant();
+        if let Some(slot) = self.acceptors.get_mut(&to) {
+            match slot.node.as_mut() {
+                Some(node) => node.handle_message(now, from, message),
+                None => self.lost += 1,
+            }
+            return self.drain_acceptor(to);
+        }
+        if let Some(learner) = self.learners.get_mut(&to) {
+            learner.handle_message(now, from, message);
+            return self.drain_learner(to);
+        }
+        Ok(())
+    }
+
+    fn propose(&mut self, proposer: NodeId) {
+        let now = self.instant();
+        let rings = self.scenario.config.rings.len() as u16;
+        let ring = RingId(self.rng.random_range(0..rings));
+        let mut payload = vec![0u8; self.rng.random_range(1..=24)];
+        self.rng.fill(&mut payload[..]);
+        let payload = Bytes::from(payload);
+        let p = self.proposers.get_mut(&proposer).expect("proposer");
+        let id = p
+            .propose(now, ring, payload.clone())
+            .expect("scenario rings exist");
+        self.checker.proposed(id, ring, payload);
+        self.drain_proposer(proposer);
+    }
+
+    fn drain_acceptor(&mut self, id: NodeId) -> Result<(), Violation> {
+        let mut out = Vec::new();
+        if let Some(node) = self.acceptors.get_mut(&id).and_then(|s| s.node.as_mut()) {
+            while let Some(t) = node.poll_transmit() {
+                out.push(t);
+            }
+            if node.metrics().conflicting_decisions > 0 {
+                return Err(Violation::AcceptorConflict { acceptor: id });
+            }
+        }
+        out.into_iter().for_each(|t| self.send(id, t));
+        Ok(())
+    }
+
+    fn drain_learner(&mut self, id: NodeId) -> Result<(), Violation> {
+        let learner = self.learners.get_mut(&id).expect("learner");
+        let mut out = Vec::new();
+        while let Some(t) = learner.poll_transmit() {
+            out.push(t);
+        }
+        let mut deliveries = Vec::new();
+        while let Some(d) = learner.poll_delivery() {
+            deliveries.push(d);
+        }
+        for d in &deliveries {
+            self.checker.delivered(id, d)?;
+            for command in d.value.commands() {
+                let owner = NodeId(command.id.proposer.0 as u32);
+                if let Some(p) = self.proposers.get_mut(&owner) {
+                    p.done(command.id);
+                }
+            }
+        }
+        out.into_iter().for_each(|t| self.send(id, t));
+        Ok(())
+    }
+
+    fn drain_proposer(&mut self, id: NodeId) {
+        let p = self.proposers.get_mut(&id).expect("proposer");
+        let mut out = Vec::new();
+        while let Some(t) = p.poll_transmit() {
+            out.push(t);
+        }
+        out.into_iter().for_each(|t| self.send(id, t));
+    }
+
+    /// The network: delay, loss, duplication and reordering, then delivery.
+    fn send(&mut self, from: NodeId, t: Transmit) {
+        self.messages += 1;
+        let net = self.scenario.network.clone();
+        let faulty = !self.healed;
+        if faulty && self.rng.random_bool(net.loss) {
+            self.lost += 1;
+            return;
+        }
+        let copies = if faulty && self.rng.random_bool(net.duplicate) {
+            2
+        } else {
+            1
+        };
+        for _ in 0..copies {
+            let mut delay = self
+                .rng
+                .random_range(nanos(net.min_delay)..=nanos(net.max_delay));
+            if faulty && self.rng.random_bool(net.slow) {
+                delay += self.rng.random_range(0..=nanos(net.slow_extra));
+            }
+            let event = Event::Deliver {
+                from,
+                to: t.to,
+                message: t.message.clone(),
+            };
+            self.schedule(self.now + delay, event);
+        }
+    }
+
+    /// Whether `node` counts as failed in `ring`: crashed, or restarted in
+    /// memory mode and not caught up.
+    fn down_in(&self, node: NodeId, ring: RingId) -> bool {
+        match &self.acceptors[&node].node {
+            None => true,
+            Some(n) => n.is_amnesiac(ring),
+        }
+    }
+
+    /// Whether crashing `victim` keeps every ring within its `f` failures.
+    fn may_crash(&self, victim: NodeId) -> bool {
+        self.scenario.config.rings.iter().all(|ring| {
+            if ring.position(victim).is_none() {
+                return true;
+            }
+            let down = ring
+                .acceptors
+                .iter()
+                .filter(|&&a| a == victim || self.down_in(a, ring.id))
+                .count();
+            down <= ring.faults()
+        })
+    }
+
+    fn crash(&mut self) {
+        let alive: Vec<NodeId> = self
+            .acceptors
+            .iter()
+            .filter(|(_, s)| s.node.is_some())
+            .map(|(&id, _)| id)
+            .filter(|&id| self.may_crash(id))
+            .collect();
+        let coordinators: Vec<NodeId> = alive
+            .iter()
+            .copied()
+            .filter(|&id| {
+                let node = self.acceptors[&id].node.as_ref().expect("alive");
+                self.scenario
+                    .config
+                    .rings
+                    .iter()
+                    .any(|r| node.is_coordinator(r.id))
+            })
+            .collect();
+        let target_coordinator = self.rng.random_bool(self.scenario.coordinator_crash);
+        let pool = if target_coordinator && !coordinators.is_empty() {
+            coordinators
+        } else {
+            alive
+        };
+        if pool.is_empty() {
+            return;
+        }
+        let victim = pool[self.rng.random_range(0..pool.len())];
+        let slot = self.acceptors.get_mut(&victim).expect("victim");
+        slot.node = None;
+        slot.disk.crash();
+        self.crashes += 1;
+        let downtime = self
+            .rng
+            .random_range(5_000_000..=nanos(self.scenario.max_downtime).max(5_000_001));
+        self.schedule(self.now + downtime, Event::Restart { node: victim });
+    }
+
+    fn restart(&mut self, id: NodeId) {
+        let now = self.instant();
+        let config = self.scenario.config.clone();
+        let slot = self.acceptors.get_mut(&id).expect("acceptor");
+        if slot.node.is_none() {
+            let node = AcceptorNode::new(id, &config, slot.disk.storage(), now).expect("recovery");
+            slot.node = Some(node);
+        }
+    }
+
+    fn heal(&mut self) -> Result<(), Violation> {
+        self.healed = true;
+        let ids: Vec<NodeId> = self.acceptors.keys().copied().collect();
+        for id in ids {
+            self.restart(id);
+            self.drain_acceptor(id)?;
+        }
+        Ok(())
+    }
+
+    /// Per acceptor and ring: frontier, coordinator, amnesia; per learner
+    /// and ring: next instance.
+    fn describe(&self) -> String {
+        let mut out = String::new();
+        for (id, slot) in &self.acceptors {
+            let Some(node) = &slot.node else {
+                out.push_str(&format!("{id}: down\n"));
+                continue;
+            };
+            let rings: Vec<String> = self
+                .scenario
+                .config
+                .rings
+                .iter()
+                .filter_map(|r| {
+                    let f = node.frontier(r.id)?;
+                    let lead = if node.is_coordinator(r.id) { "*" } else { "" };
+                    let amnesiac = if node.is_amnesiac(r.id) { "?" } else { "" };
+                    Some(format!("{}{lead}{amnesiac}={f}", r.id))
+                })
+                .collect();
+            out.push_str(&format!("{id}: {} {:?}\n", rings.join(" "), node.metrics()));
+        }
+        for (id, learner) in &self.learners {
+            let rings: Vec<String> = self
+                .scenario
+                .config
+                .rings
+                .iter()
+                .filter_map(|r| Some(format!("{}={}", r.id, learner.next_instance(r.id)?)))
+                .collect();
+            out.push_str(&format!(
+                "{id}: {} {:?}\n",
+                rings.join(" "),
+                learner.metrics()
+            ));
+        }
+        for (id, p) in &self.proposers {
+            out.push_str(&format!("{id}: {} outstanding\n", p.outstanding()));
+        }
+        out
+    }
+
+    fn report(&self) -> Report {
+        Report {
+            seed: self.scenario.seed,
+            messages: self.messages,
+            lost: self.lost,
+            crashes: self.crashes,
+            commands: self.checker.proposed_count(),
+            finished_at: Duration::from_nanos(self.now),
+            trace: self.checker.trace,
+        }
+    }
+}

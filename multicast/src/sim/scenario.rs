@@ -1,0 +1,241 @@
+//! Every parameter of a simulated run, drawn from its seed (the way
+//! TigerBeetle's VOPR does): the topology, the protocol parameters, the
+//! network's misbehaviour and the crash schedule's rates.
+
+use std::time::Duration;
+
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use super::disk::DiskMode;
+use crate::proto::{MulticastConfig, NodeId, Params, RingConfig, RingId};
+
+/// The ring every replica thread subscribes to.
+pub const G_ALL: RingId = RingId(0);
+
+/// First learner id; proposers start at [`FIRST_PROPOSER`].
+pub(super) const FIRST_LEARNER: u32 = 100;
+/// First proposer id.
+pub(super) const FIRST_PROPOSER: u32 = 1000;
+
+/// A learner and the merges it feeds (one per replica thread, and one of all its rings).
+#[derive(Clone, Debug)]
+pub struct LearnerSpec {
+    /// Its node id.
+    pub id: NodeId,
+    /// Rings it subscribes to.
+    pub rings: Vec<RingId>,
+    /// Ring sets of the merges fed by this learner.
+    pub merges: Vec<Vec<RingId>>,
+}
+
+/// How the network misbehaves during the safety phase.
+#[derive(Clone, Debug)]
+pub struct NetworkFaults {
+    /// Smallest delay of a message.
+    pub min_delay: Duration,
+    /// Largest ordinary delay.
+    pub max_delay: Duration,
+    /// Probability that a message is much slower (reordering).
+    pub slow: f64,
+    /// Largest extra delay of a slow message.
+    pub slow_extra: Duration,
+    /// Probability that a message is lost.
+    pub loss: f64,
+    /// Probability that a message is delivered twice.
+    pub duplicate: f64,
+}
+
+/// What kind of run to draw.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SimOptions {
+    /// Three-acceptor rings, a crash every 15–60 ms, downtimes of 6–40 ms.
+    pub harsh: bool,
+    /// Restarted acceptors forget everything they promised and accepted
+    /// (the bug the checker must catch).
+    pub broken: bool,
+}
+
+/// Everything about one run.
+#[derive(Clone, Debug)]
+pub struct Scenario {
+    /// The seed everything was drawn from.
+    pub seed: u64,
+    /// Rings, acceptors, learners and protocol parameters.
+    pub config: MulticastConfig,
+    /// The acceptor processes.
+    pub acceptors: Vec<NodeId>,
+    /// The learners.
+    pub learners: Vec<LearnerSpec>,
+    /// Proposer ids.
+    pub proposers: Vec<NodeId>,
+    /// Commands each proposer proposes during the safety phase.
+    pub commands_per_proposer: u32,
+    /// Storage mode of every acceptor.
+    pub disk: DiskMode,
+    /// The options the scenario was drawn with.
+    pub options: SimOptions,
+    /// Network misbehaviour during the safety phase.
+    pub network: NetworkFaults,
+    /// Mean time between crashes during the safety phase.
+    pub crash_every: Duration,
+    /// Longest downtime of a crashed acceptor.
+    pub max_downtime: Duration,
+    /// Probability that a crash targets the coordinator of some ring.
+    pub coordinator_crash: f64,
+    /// Length of the safety phase.
+    pub safety: Duration,
+    /// Longest the liveness phase may take before validity is declared violated.
+    pub liveness: Duration,
+    /// Proposer retry timeout.
+    pub retry: Duration,
+}
+
+impl Scenario {
+    /// Draws a scenario from `seed`.
+    pub fn from_seed(seed: u64, options: SimOptions) -> Scenario {
+        let SimOptions { harsh, broken } = options;
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let pool_size = if harsh || rng.random_bool(0.5) { 3 } else { 5 };
+        let pool: Vec<NodeId> = (1..=pool_size).map(NodeId).collect();
+        let threads = rng.random_range(1..=3u16);
+        let rings = draw_rings(&mut rng, &pool, threads);
+        let mut acceptors: Vec<NodeId> = rings
+            .iter()
+            .flat_map(|r| r.acceptors.iter().copied())
+            .collect();
+        acceptors.sort_unstable();
+        acceptors.dedup();
+        let learners = learner_specs(threads);
+        let rings = with_learners(rings, &learners);
+        let params = draw_params(&mut rng);
+        let proposers = (0..rng.random_range(1..=3u32))
+            .map(|i| NodeId(FIRST_PROPOSER + i))
+            .collect();
+        let disk = if broken || rng.random_bool(0.5) {
+            DiskMode::Memory
+        } else {
+            DiskMode::Durable
+        };
+        Scenario {
+            seed,
+            config: MulticastConfig { rings, params },
+            acceptors,
+            learners,
+            proposers,
+            commands_per_proposer: rng.random_range(10..=40),
+            disk,
+            options,
+            network: draw_network(&mut rng),
+            crash_every: ms(if harsh {
+                rng.random_range(15..=60)
+            } else {
+                rng.random_range(80..=400)
+            }),
+            max_downtime: ms(if harsh {
+                rng.random_range(6..=40)
+            } else {
+                rng.random_range(20..=300)
+            }),
+            coordinator_crash: rng.random_range(0.2..=0.8),
+            safety: ms(rng.random_range(1000..=2000)),
+            liveness: Duration::from_secs(20),
+            retry: ms(rng.random_range(60..=200)),
+        }
+    }
+}
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// Rings g_1..g_K and g_all; each has all acceptors of the pool or three of
+/// them, in an order rotated per ring so that coordinators spread.
+fn draw_rings(rng: &mut ChaCha8Rng, pool: &[NodeId], threads: u16) -> Vec<RingConfig> {
+    (0..=threads)
+        .map(|i| {
+            let mut members: Vec<NodeId> = pool.to_vec();
+            if pool.len() == 5 && rng.random_bool(0.5) {
+                let drop_a = rng.random_range(0..5);
+                members.remove(drop_a);
+                let drop_b = rng.random_range(0..4);
+                members.remove(drop_b);
+            }
+            let shift = usize::from(i) % members.len();
+            members.rotate_left(shift);
+            RingConfig {
+                id: RingId(i),
+                acceptors: members,
+                learners: Vec::new(),
+            }
+        })
+        .collect()
+}
+
+/// Two full replicas (one merge per thread over {g_i, g_all}, plus one over
+/// all rings) and a partial learner of {g_1, g_all}.
+fn learner_specs(threads: u16) -> Vec<LearnerSpec> {
+    let all: Vec<RingId> = (0..=threads).map(RingId).collect();
+    let replica = |id: u32| {
+        let mut merges: Vec<Vec<RingId>> = (1..=threads).map(|t| vec![RingId(t), G_ALL]).collect();
+        merges.push(all.clone());
+        LearnerSpec {
+            id: NodeId(id),
+            rings: all.clone(),
+            merges,
+        }
+    };
+    let partial = LearnerSpec {
+        id: NodeId(FIRST_LEARNER + 2),
+        rings: vec![RingId(1), G_ALL],
+        merges: vec![vec![RingId(1), G_ALL]],
+    };
+    vec![replica(FIRST_LEARNER), replica(FIRST_LEARNER + 1), partial]
+}
+
+fn with_learners(mut rings: Vec<RingConfig>, learners: &[LearnerSpec]) -> Vec<RingConfig> {
+    for ring in &mut rings {
+        ring.learners = learners
+            .iter()
+            .filter(|l| l.rings.contains(&ring.id))
+            .map(|l| l.id)
+            .collect();
+    }
+    rings
+}
+
+fn draw_params(rng: &mut ChaCha8Rng) -> Params {
+    let delta = ms(rng.random_range(2..=6));
+    Params {
+        window: rng.random_range(2..=32),
+        batch_max_commands: rng.random_range(1..=8),
+        batch_delay: if rng.random_bool(0.3) {
+            ms(rng.random_range(1..=5))
+        } else {
+            Duration::ZERO
+        },
+        heartbeat_interval: ms(10),
+        suspect_timeout: ms(rng.random_range(40..=80)),
+        retry_timeout: ms(rng.random_range(20..=50)),
+        delta,
+        lambda: rng.random_range(500..=200_000),
+        merge_m: rng.random_range(1..=3),
+        retention: 100_000,
+        vote_bound_reserve: rng.random_range(8..=64),
+        recovery_timeout: ms(rng.random_range(10..=30)),
+        recovery_batch: rng.random_range(4..=64),
+        learner_buffer: 10_000,
+        ..Params::default()
+    }
+}
+
+fn draw_network(rng: &mut ChaCha8Rng) -> NetworkFaults {
+    NetworkFaults {
+        min_delay: Duration::from_micros(50),
+        max_delay: Duration::from_micros(rng.random_range(200..=2000)),
+        slow: rng.random_range(0.0..=0.1),
+        slow_extra: ms(rng.random_range(5..=40)),
+        loss: rng.random_range(0.0..=0.08),
+        duplicate: rng.random_range(0.0..=0.05),
+    }
+}
