@@ -365,7 +365,10 @@ impl AcceptorRing {
         if matches!(value, Value::Batch(_)) {
             self.last_batch_at = Some(ctx.now);
         }
-        let known = self.log.get(&instance).is_some_and(|s| s.value == value);
+        let known = self
+            .log
+            .get(&instance)
+            .is_some_and(|s| s.value.same_as(&value));
         if !known {
             let record = Record::Accept {
                 ring: self.ring(),
@@ -380,10 +383,11 @@ impl AcceptorRing {
             value: value.clone(),
             decided: true,
         });
-        if slot.decided && slot.value != value {
+        let same = slot.value.same_as(&value);
+        if slot.decided && !same {
             ctx.metrics.conflicting_decisions += 1;
         }
-        if slot.value != value {
+        if !same {
             slot.ballot = ballot;
             slot.value = value;
         }

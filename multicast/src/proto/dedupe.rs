@@ -7,22 +7,67 @@
 //! deliver the same commands: per proposer, a command is delivered if its
 //! `seq` is at or above the proposer's low-water mark and was not delivered
 //! before. Proposers idle for `dedupe_horizon` instances are forgotten.
+//!
+//! Commands of a proposer mostly arrive in `seq` order, so the delivered set
+//! is kept as "everything from the low-water mark up to `contiguous`" plus
+//! the few delivered out of order above it: the common case is O(1).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
+
+use rustc_hash::FxHashMap;
 
 use super::types::{Command, Instance, ProposerId};
 
 #[derive(Debug, Default)]
 struct ProposerState {
+    /// Commands below this are not delivered (again).
     low_water: u64,
-    delivered: BTreeSet<u64>,
+    /// Every seq in `[low_water, contiguous)` was delivered.
+    contiguous: u64,
+    /// Delivered seqs above `contiguous`.
+    ahead: BTreeSet<u64>,
     last_instance: Instance,
+}
+
+impl ProposerState {
+    fn raise_low_water(&mut self, low_water: u64) {
+        if low_water <= self.low_water {
+            return;
+        }
+        self.low_water = low_water;
+        self.contiguous = self.contiguous.max(low_water);
+        while self.ahead.first().is_some_and(|&seq| seq < self.contiguous) {
+            self.ahead.pop_first();
+        }
+        self.absorb();
+    }
+
+    /// Moves `contiguous` over seqs delivered ahead of it.
+    fn absorb(&mut self) {
+        while self.ahead.first() == Some(&self.contiguous) {
+            self.ahead.pop_first();
+            self.contiguous += 1;
+        }
+    }
+
+    /// Marks `seq` delivered; false if it was (or may not be) delivered.
+    fn admit(&mut self, seq: u64) -> bool {
+        if seq < self.contiguous {
+            return false;
+        }
+        if seq == self.contiguous {
+            self.contiguous += 1;
+            self.absorb();
+            return true;
+        }
+        self.ahead.insert(seq)
+    }
 }
 
 /// The filter of one ring at one learner.
 #[derive(Debug)]
 pub(crate) struct Dedupe {
-    proposers: HashMap<ProposerId, ProposerState>,
+    proposers: FxHashMap<ProposerId, ProposerState>,
     horizon: u64,
     next_sweep: Instance,
 }
@@ -30,7 +75,7 @@ pub(crate) struct Dedupe {
 impl Dedupe {
     pub(crate) fn new(horizon: u64) -> Self {
         Dedupe {
-            proposers: HashMap::new(),
+            proposers: FxHashMap::default(),
             horizon,
             next_sweep: horizon,
         }
@@ -40,11 +85,8 @@ impl Dedupe {
     pub(crate) fn admit(&mut self, instance: Instance, command: &Command) -> bool {
         let state = self.proposers.entry(command.id.proposer).or_default();
         state.last_instance = instance;
-        if command.low_water > state.low_water {
-            state.low_water = command.low_water;
-            state.delivered = state.delivered.split_off(&command.low_water);
-        }
-        command.id.seq >= state.low_water && state.delivered.insert(command.id.seq)
+        state.raise_low_water(command.low_water);
+        state.admit(command.id.seq)
     }
 
     /// Forgets proposers not seen for a horizon; call once per instance.
@@ -90,6 +132,28 @@ mod tests {
             "seq 1 is below the low-water mark 3"
         );
         assert!(!d.admit(4, &cmd(1, 5, 0)));
+        assert!(d.admit(4, &cmd(1, 4, 0)));
+        assert!(
+            d.admit(4, &cmd(1, 3, 0)),
+            "3 is at the low-water mark and new"
+        );
+        assert!(!d.admit(4, &cmd(1, 3, 0)));
+    }
+
+    #[test]
+    fn out_of_order_seqs_are_each_delivered_once() {
+        let mut d = Dedupe::new(1000);
+        let order = [3, 1, 0, 2, 2, 7, 5, 4, 6, 0, 7];
+        let admitted: Vec<bool> = order.iter().map(|&s| d.admit(1, &cmd(9, s, 0))).collect();
+        assert_eq!(
+            admitted,
+            vec![
+                true, true, true, true, false, true, true, true, true, false, false
+            ]
+        );
+        let state = &d.proposers[&ProposerId(9)];
+        assert_eq!(state.contiguous, 8);
+        assert!(state.ahead.is_empty());
     }
 
     #[test]

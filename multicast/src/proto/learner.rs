@@ -79,6 +79,63 @@ struct LearnerRing {
     lost: Option<Lost>,
 }
 
+/// Where a ring's deliveries and counters go.
+struct Out<'a> {
+    metrics: &'a mut LearnerMetrics,
+    deliveries: &'a mut VecDeque<Delivery>,
+    ring: RingId,
+}
+
+impl LearnerRing {
+    fn on_decide(&mut self, d: Decide, buffer_limit: u64, out: &mut Out<'_>) {
+        self.horizon = self.horizon.max(d.instance.saturating_add(1));
+        if d.instance < self.next || self.buffer.contains_key(&d.instance) {
+            out.metrics.duplicate_decisions += 1;
+            return;
+        }
+        if d.instance - self.next >= buffer_limit {
+            out.metrics.beyond_buffer += 1;
+            return;
+        }
+        if self.lost.is_some() {
+            return;
+        }
+        if d.instance == self.next {
+            self.deliver(d.value, out);
+        } else {
+            self.buffer.insert(d.instance, d.value);
+        }
+        while let Some(value) = self.buffer.remove(&self.next) {
+            self.deliver(value, out);
+        }
+    }
+
+    /// Delivers `value` as the next instance of the ring.
+    fn deliver(&mut self, value: Value, out: &mut Out<'_>) {
+        let instance = self.next;
+        self.next += 1;
+        let value = filter(&mut self.dedupe, instance, value, out.metrics);
+        self.dedupe.sweep(instance);
+        out.metrics.delivered_instances += 1;
+        out.metrics.delivered_commands += value.commands().len() as u64;
+        out.deliveries.push_back(Delivery {
+            ring: out.ring,
+            instance,
+            value,
+        });
+    }
+
+    fn on_trimmed(&mut self, t: Trimmed) {
+        if t.below > self.next && self.lost.is_none() {
+            self.lost = Some(Lost {
+                ring: t.ring,
+                from: self.next,
+                below: t.below,
+            });
+        }
+    }
+}
+
 /// A subscriber to one or more rings.
 pub struct Learner {
     params: Params,
@@ -164,56 +221,15 @@ impl Learner {
             self.metrics.unknown_peer += 1;
             return;
         }
+        let mut out = Out {
+            metrics: &mut self.metrics,
+            deliveries: &mut self.deliveries,
+            ring: ring_id,
+        };
         match message {
-            Message::Decide(d) => self.on_decide(d),
-            Message::Trimmed(t) => self.on_trimmed(t),
+            Message::Decide(d) => ring.on_decide(d, self.params.learner_buffer, &mut out),
+            Message::Trimmed(t) => ring.on_trimmed(t),
             _ => {}
-        }
-    }
-
-    fn on_decide(&mut self, d: Decide) {
-        let ring = self.rings.get_mut(&d.ring).expect("checked");
-        ring.horizon = ring.horizon.max(d.instance.saturating_add(1));
-        if d.instance < ring.next || ring.buffer.contains_key(&d.instance) {
-            self.metrics.duplicate_decisions += 1;
-            return;
-        }
-        if d.instance - ring.next >= self.params.learner_buffer {
-            self.metrics.beyond_buffer += 1;
-            return;
-        }
-        ring.buffer.insert(d.instance, d.value);
-        self.deliver_ready(d.ring);
-    }
-
-    fn deliver_ready(&mut self, ring_id: RingId) {
-        let ring = self.rings.get_mut(&ring_id).expect("checked");
-        if ring.lost.is_some() {
-            return;
-        }
-        while let Some(value) = ring.buffer.remove(&ring.next) {
-            let instance = ring.next;
-            ring.next += 1;
-            let value = filter(&mut ring.dedupe, instance, value, &mut self.metrics);
-            ring.dedupe.sweep(instance);
-            self.metrics.delivered_instances += 1;
-            self.metrics.delivered_commands += value.commands().len() as u64;
-            self.deliveries.push_back(Delivery {
-                ring: ring_id,
-                instance,
-                value,
-            });
-        }
-    }
-
-    fn on_trimmed(&mut self, t: Trimmed) {
-        let ring = self.rings.get_mut(&t.ring).expect("checked");
-        if t.below > ring.next && ring.lost.is_none() {
-            ring.lost = Some(Lost {
-                ring: t.ring,
-                from: ring.next,
-                below: t.below,
-            });
         }
     }
 

@@ -32,6 +32,8 @@ pub struct NodeMetrics {
     pub learn_requests: u64,
     /// Frames that could not be decoded.
     pub bad_frames: u64,
+    /// Terms not started because a peer announced the highest possible ballot.
+    pub ballots_exhausted: u64,
 }
 
 /// Counters of a learner.

@@ -407,15 +407,21 @@ fn stalled_leader(ctx: &Ctx<'_>, state: &RingState) -> bool {
 }
 
 /// Starts a term with a ballot above any seen, from this node's frontier,
-/// carrying over the commands queued in the previous term.
+/// carrying over the commands queued in the previous term. If no higher
+/// ballot exists (a peer sent the highest one), the node does not lead and
+/// hands its queued commands on.
 fn new_term(ctx: &mut Ctx<'_>, state: &mut RingState, members: &Membership) {
     let pending = state
         .coordinator
-        .as_mut()
-        .map(Coordinator::take_pending)
+        .take()
+        .map(|mut c| c.take_pending())
         .unwrap_or_default();
     let highest = state.acceptor.promised().max(state.seen);
-    let ballot = highest.next_for(ctx.me());
+    let Some(ballot) = highest.next_for(ctx.me()) else {
+        ctx.metrics.ballots_exhausted += 1;
+        forward(ctx, members, pending);
+        return;
+    };
     let from = state.acceptor.frontier();
     let mut next = Coordinator::start(ctx, members, ballot, from);
     next.propose(ctx, members, pending);
@@ -427,8 +433,9 @@ fn new_term(ctx: &mut Ctx<'_>, state: &mut RingState, members: &Membership) {
 fn reconcile_role(ctx: &mut Ctx<'_>, state: &mut RingState, members: &Membership) {
     let eligible = members.believed_coordinator(ctx.now, ctx.detector) == ctx.me();
     let highest = state.acceptor.promised().max(state.seen);
+    let can_lead = highest.next_for(ctx.me()).is_some();
     match state.coordinator.as_mut() {
-        None if eligible => new_term(ctx, state, members),
+        None if eligible && can_lead => new_term(ctx, state, members),
         Some(c) if eligible && c.ballot() < highest => new_term(ctx, state, members),
         Some(c) if !eligible => {
             let pending = c.take_pending();

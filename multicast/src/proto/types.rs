@@ -56,14 +56,15 @@ impl Ballot {
         node: NodeId(0),
     };
 
-    /// The smallest ballot of `node` that is higher than `self`.
-    pub fn next_for(self, node: NodeId) -> Ballot {
+    /// The smallest ballot of `node` that is higher than `self`, if any (a
+    /// peer can exhaust the ballot space only by sending a round of `u64::MAX`).
+    pub fn next_for(self, node: NodeId) -> Option<Ballot> {
         let round = if node > self.node {
             self.round.max(1)
         } else {
-            self.round.saturating_add(1)
+            self.round.checked_add(1)?
         };
-        Ballot { round, node }
+        Some(Ballot { round, node })
     }
 }
 
@@ -127,6 +128,15 @@ impl Value {
         }
     }
 
+    /// Equality that first compares batch pointers: a value handed from node
+    /// to node in memory is the same allocation.
+    pub fn same_as(&self, other: &Value) -> bool {
+        match (self, other) {
+            (Value::Batch(a), Value::Batch(b)) => Arc::ptr_eq(a, b) || a == b,
+            _ => self == other,
+        }
+    }
+
     /// Payload bytes carried, for batching limits.
     pub fn payload_bytes(&self) -> usize {
         self.commands().iter().map(|c| c.payload.len()).sum()
@@ -177,25 +187,24 @@ mod tests {
         };
         assert!(a < b);
         assert!(Ballot::ZERO < a);
-        let next = a.next_for(NodeId(2));
+        let next = a.next_for(NodeId(2)).unwrap();
         assert!(next > a);
         assert_eq!(next.node, NodeId(2));
-        assert_eq!(
-            a.next_for(NodeId(4)),
-            Ballot {
-                round: 1,
-                node: NodeId(4)
-            }
-        );
+        let same_round = Ballot {
+            round: 1,
+            node: NodeId(4),
+        };
+        assert_eq!(a.next_for(NodeId(4)), Some(same_round));
     }
 
     #[test]
-    fn next_ballot_saturates_instead_of_overflowing() {
+    fn an_exhausted_ballot_space_has_no_next_ballot() {
         let top = Ballot {
             round: u64::MAX,
             node: NodeId(9),
         };
-        assert_eq!(top.next_for(NodeId(1)).round, u64::MAX);
+        assert_eq!(top.next_for(NodeId(1)), None);
+        assert!(top.next_for(NodeId(10)).is_some_and(|b| b > top));
     }
 
     #[test]

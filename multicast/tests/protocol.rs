@@ -1,0 +1,283 @@
+//! Exact outputs of the protocol core for given inputs (DESIGN.md section 9,
+//! "sans-IO cores: unit tests that assert exact outputs for given inputs").
+//!
+//! Ring r0 has acceptors n1, n2, n3 (in that order) and learner n9.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use psmr_multicast::proto::{
+    Accept, AcceptorNode, Ballot, Command, CommandId, Decide, Learner, Message, MulticastConfig,
+    Nack, NodeId, Params, Prepare, Promise, Propose, ProposerId, RingConfig, RingId, Transmit,
+    Value, VoteSet,
+};
+use psmr_multicast::storage::MemoryStorage;
+
+const R: RingId = RingId(0);
+const N1: NodeId = NodeId(1);
+const N2: NodeId = NodeId(2);
+const N3: NodeId = NodeId(3);
+const L: NodeId = NodeId(9);
+
+fn config() -> MulticastConfig {
+    MulticastConfig {
+        rings: vec![RingConfig {
+            id: R,
+            acceptors: vec![N1, N2, N3],
+            learners: vec![L],
+        }],
+        params: Params {
+            // Leveling far away, so that tests see only what they cause.
+            delta: Duration::from_secs(3600),
+            ..Params::default()
+        },
+    }
+}
+
+fn node(id: NodeId, now: Instant) -> AcceptorNode {
+    AcceptorNode::new(id, &config(), Box::new(MemoryStorage::ephemeral()), now).unwrap()
+}
+
+fn drain(node: &mut AcceptorNode) -> Vec<Transmit> {
+    std::iter::from_fn(|| node.poll_transmit())
+        .filter(|t| t.message != Message::Heartbeat)
+        .collect()
+}
+
+fn ballot(round: u64, node: NodeId) -> Ballot {
+    Ballot { round, node }
+}
+
+fn command(seq: u64) -> Command {
+    Command {
+        id: CommandId {
+            proposer: ProposerId(77),
+            seq,
+        },
+        low_water: 0,
+        payload: Bytes::from(vec![seq as u8; 8]),
+    }
+}
+
+fn to(to: NodeId, message: Message) -> Transmit {
+    Transmit { to, message }
+}
+
+/// n1 leads r0 after Phase 1 with n2's promise.
+fn leader(now: Instant) -> AcceptorNode {
+    let mut n1 = node(N1, now);
+    drain(&mut n1);
+    let promise = Promise {
+        ring: R,
+        ballot: ballot(1, N1),
+        frontier: 0,
+        frontier_position: 0,
+        slots: vec![],
+    };
+    n1.handle_message(now, N2, Message::Promise(promise));
+    assert!(n1.is_coordinator(R));
+    n1
+}
+
+// Reference: DESIGN.md section 4 — the first acceptor in ring order runs Phase 1 at start.
+#[test]
+fn the_first_acceptor_prepares_at_start() {
+    let now = Instant::now();
+    let mut n1 = node(N1, now);
+    let prepare = |dest| {
+        let p = Prepare {
+            ring: R,
+            ballot: ballot(1, N1),
+            from: 0,
+        };
+        to(dest, Message::Prepare(p))
+    };
+    assert_eq!(drain(&mut n1), vec![prepare(N2), prepare(N3)]);
+    let mut n2 = node(N2, now);
+    assert_eq!(drain(&mut n2), vec![], "n2 is not first in ring order");
+}
+
+// Reference: DESIGN.md section 4 — Phase 2 travels the ring; decision at f+1 votes.
+#[test]
+fn phase_two_goes_along_the_ring_and_decides_at_f_plus_one() {
+    let now = Instant::now();
+    let mut n1 = leader(now);
+    let propose = Propose {
+        ring: R,
+        commands: vec![command(1)],
+        forwarded: false,
+    };
+    n1.handle_message(now, NodeId(500), Message::Propose(propose));
+    let value = Value::Batch(Arc::from(vec![command(1)]));
+    let accept = Accept {
+        ring: R,
+        instance: 0,
+        ballot: ballot(1, N1),
+        value: value.clone(),
+        votes: VoteSet(0b001),
+        decided_below: 0,
+    };
+    assert_eq!(
+        drain(&mut n1),
+        vec![to(N2, Message::Accept(accept.clone()))]
+    );
+
+    // n2 has promised nothing yet: it votes, reaching f+1 = 2 votes.
+    let mut n2 = node(N2, now);
+    n2.handle_message(now, N1, Message::Accept(accept));
+    let decide = Decide {
+        ring: R,
+        instance: 0,
+        ballot: ballot(1, N1),
+        value,
+        relay: false,
+        hops: 0,
+    };
+    let relay = Decide {
+        relay: true,
+        hops: 1,
+        ..decide.clone()
+    };
+    assert_eq!(
+        drain(&mut n2),
+        vec![
+            to(L, Message::Decide(decide)),
+            to(N3, Message::Decide(relay.clone()))
+        ]
+    );
+    assert_eq!(n2.metrics().decided, 1);
+
+    // n3 learns it and passes it on to the coordinator, which stops the relay.
+    let mut n3 = node(N3, now);
+    n3.handle_message(now, N2, Message::Decide(relay.clone()));
+    let onward = Decide { hops: 2, ..relay };
+    assert_eq!(
+        drain(&mut n3),
+        vec![to(N1, Message::Decide(onward.clone()))]
+    );
+    n1.handle_message(now, N3, Message::Decide(onward));
+    assert_eq!(drain(&mut n1), vec![]);
+    assert_eq!(n1.frontier(R), Some(1));
+}
+
+// Reference: Paxos Phase 1b — a promise reports accepted values; a lower ballot is refused.
+#[test]
+fn promises_report_accepted_values_and_stale_ballots_get_a_nack() {
+    let now = Instant::now();
+    let mut n2 = node(N2, now);
+    let accept = Accept {
+        ring: R,
+        instance: 4,
+        ballot: ballot(1, N1),
+        value: Value::Skip(3),
+        votes: VoteSet(0b001),
+        decided_below: 0,
+    };
+    n2.handle_message(now, N1, Message::Accept(accept));
+    drain(&mut n2);
+    let prepare = Prepare {
+        ring: R,
+        ballot: ballot(2, N3),
+        from: 0,
+    };
+    n2.handle_message(now, N3, Message::Prepare(prepare));
+    let Transmit {
+        to: dest,
+        message: Message::Promise(promise),
+    } = drain(&mut n2).remove(0)
+    else {
+        panic!("expected a promise")
+    };
+    assert_eq!(dest, N3);
+    assert_eq!(promise.slots.len(), 1);
+    assert_eq!(promise.slots[0].instance, 4);
+    assert_eq!(promise.slots[0].ballot, ballot(1, N1));
+    assert_eq!(promise.slots[0].value, Value::Skip(3));
+
+    // The old coordinator's next Accept is below the promise.
+    let stale = Accept {
+        ring: R,
+        instance: 5,
+        ballot: ballot(1, N1),
+        value: Value::Skip(1),
+        votes: VoteSet(0b001),
+        decided_below: 0,
+    };
+    n2.handle_message(now, N1, Message::Accept(stale));
+    let nack = Nack {
+        ring: R,
+        promised: ballot(2, N3),
+    };
+    assert_eq!(drain(&mut n2), vec![to(N1, Message::Nack(nack))]);
+    assert_eq!(n2.metrics().stale_ballot, 1);
+}
+
+// Reference: DESIGN.md section 4 — a new coordinator re-proposes the highest
+// accepted value and fills holes with a skip.
+#[test]
+fn a_new_coordinator_reproposes_and_fills_holes() {
+    let now = Instant::now();
+    let mut n1 = node(N1, now);
+    drain(&mut n1);
+    let reported = |instance, round, value| psmr_multicast::proto::PromisedSlot {
+        instance,
+        ballot: ballot(round, N2),
+        value,
+        decided: false,
+    };
+    let promise = Promise {
+        ring: R,
+        ballot: ballot(1, N1),
+        frontier: 0,
+        frontier_position: 0,
+        slots: vec![
+            reported(0, 1, Value::Skip(5)),
+            reported(2, 1, Value::Skip(7)),
+        ],
+    };
+    n1.handle_message(now, N2, Message::Promise(promise));
+    let accepts: Vec<(u64, Value)> = drain(&mut n1)
+        .into_iter()
+        .filter_map(|t| match t.message {
+            Message::Accept(a) => Some((a.instance, a.value)),
+            _ => None,
+        })
+        .collect();
+    let expected = vec![
+        (0, Value::Skip(5)),
+        (1, Value::Skip(1)),
+        (2, Value::Skip(7)),
+    ];
+    assert_eq!(accepts, expected);
+}
+
+#[test]
+fn a_learner_delivers_in_order_and_recovers_gaps() {
+    let now = Instant::now();
+    let mut learner = Learner::new(L, &config(), &[R], now).unwrap();
+    let decide = |instance, n| Decide {
+        ring: R,
+        instance,
+        ballot: ballot(1, N1),
+        value: Value::Skip(n),
+        relay: false,
+        hops: 0,
+    };
+    learner.handle_message(now, N2, Message::Decide(decide(1, 10)));
+    assert!(learner.poll_delivery().is_none(), "instance 0 is missing");
+    learner.handle_timeout(now);
+    let later = now + Params::default().recovery_timeout;
+    learner.handle_timeout(later);
+    let request = learner.poll_transmit().expect("a learn request");
+    assert_eq!(request.to, N1);
+    let Message::LearnRequest(r) = request.message else {
+        panic!()
+    };
+    assert_eq!((r.from, r.to), (0, 2));
+    learner.handle_message(later, N1, Message::Decide(decide(0, 20)));
+    let delivered: Vec<u64> = std::iter::from_fn(|| learner.poll_delivery())
+        .map(|d| d.instance)
+        .collect();
+    assert_eq!(delivered, vec![0, 1]);
+}
