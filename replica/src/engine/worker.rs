@@ -1,0 +1,201 @@
+//! One worker thread t_i: merges its rings, executes batches from its own
+//! group in parallel mode, and takes part in the synchronous mode for batches
+//! from `g_all` (the opt-PSMR paper's Algorithm 1, thread side).
+
+use std::sync::RwLockReadGuard;
+use std::sync::mpsc::Receiver;
+use std::time::Duration;
+
+use psmr_multicast::proto::{Command, Merged, Merger};
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use super::execute::{Access, ExecMetrics, execute_command};
+use super::{EngineState, Input, Shared};
+use crate::rendezvous::Aborted;
+use crate::service::{Lane, Service};
+use crate::wire::Reply;
+
+/// Wakes the other workers for good when this one stops, normally or not:
+/// no synchronization can complete without it.
+struct StopGuard<'a, S: Service>(&'a Shared<S>);
+
+impl<S: Service> Drop for StopGuard<'_, S> {
+    fn drop(&mut self) {
+        self.0.rendezvous.abort();
+    }
+}
+
+struct Worker<'a, S: Service> {
+    shared: &'a Shared<S>,
+    lane: Lane,
+    merger: Merger,
+    inputs: Receiver<Input>,
+    metrics: ExecMetrics,
+    round: u64,
+    jitter: Option<(ChaCha8Rng, Duration)>,
+}
+
+/// Runs worker `thread` until its inputs close; returns its counters.
+pub(super) fn run<S: Service>(
+    shared: &Shared<S>,
+    thread: usize,
+    inputs: Receiver<Input>,
+) -> ExecMetrics {
+    let _stop = StopGuard(shared);
+    let config = &shared.config;
+    let mut rings = vec![config.all_ring];
+    rings.extend(config.thread_rings.get(thread).copied());
+    let jitter = config.jitter.map(|j| {
+        let rng =
+            ChaCha8Rng::seed_from_u64(j.seed ^ (thread as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        (rng, j.max_pause)
+    });
+    let mut worker = Worker {
+        shared,
+        lane: Lane {
+            thread,
+            threads: config.threads(),
+        },
+        merger: Merger::new(&rings, config.merge_m).expect("validated configuration"),
+        inputs,
+        metrics: ExecMetrics::default(),
+        round: 0,
+        jitter,
+    };
+    if worker.lane.threads == 1 {
+        worker.run_alone();
+    } else {
+        let _ = worker.run_parallel();
+    }
+    worker.metrics
+}
+
+impl<S: Service> Worker<'_, S> {
+    /// The next merged batch; blocks for input; `None` when inputs closed.
+    fn next_batch(&mut self) -> Option<Merged> {
+        loop {
+            if let Some(batch) = self.merger.poll() {
+                return Some(batch);
+            }
+            let Input::Deliver {
+                ring,
+                instance,
+                value,
+            } = self.inputs.recv().ok()?;
+            self.merger
+                .push(ring, instance, value)
+                .expect("engine routes only merged rings");
+        }
+    }
+
+    /// A single worker holds exclusive access for good.
+    fn run_alone(&mut self) {
+        let shared = self.shared;
+        let mut state = shared.state.write().unwrap_or_else(|e| e.into_inner());
+        while let Some(batch) = self.next_batch() {
+            let lane = (batch.ring != shared.config.all_ring).then_some(self.lane);
+            for command in batch.commands.iter() {
+                self.pause();
+                let access = Access::Exclusive {
+                    state: &mut state,
+                    lane,
+                };
+                let reply = execute_command(&*shared.service, access, command, &mut self.metrics);
+                shared.sink.reply(self.lane.thread, reply);
+            }
+        }
+    }
+
+    fn run_parallel(&mut self) -> Result<(), Aborted> {
+        let shared = self.shared;
+        let mut guard = read(shared);
+        while let Some(batch) = self.next_batch() {
+            if batch.ring == shared.config.all_ring {
+                drop(guard);
+                self.synchronous(&batch.commands)?;
+                guard = read(shared);
+                continue;
+            }
+            let state = &*guard;
+            for command in batch.commands.iter() {
+                self.pause();
+                let access = Access::Shared {
+                    state,
+                    lane: self.lane,
+                };
+                let reply = execute_command(&*shared.service, access, command, &mut self.metrics);
+                shared.sink.reply(self.lane.thread, reply);
+            }
+        }
+        Ok(())
+    }
+
+    /// Synchronous mode for a batch of `g_all` commands: one handoff for the
+    /// whole batch, or one per command without batch synchronization.
+    fn synchronous(&mut self, commands: &[Command]) -> Result<(), Aborted> {
+        if self.shared.config.batch_sync {
+            return self.handoff(commands);
+        }
+        for command in commands {
+            self.handoff(std::slice::from_ref(command))?;
+        }
+        Ok(())
+    }
+
+    fn handoff(&mut self, commands: &[Command]) -> Result<(), Aborted> {
+        let shared = self.shared;
+        let round = self.round;
+        self.round += 1;
+        self.metrics.syncs += 1;
+        if self.lane.thread != 0 {
+            self.pause();
+            return shared.rendezvous.follow(round);
+        }
+        shared.rendezvous.gather(round)?;
+        let replies = self.execute_exclusively(commands);
+        shared.rendezvous.release(round);
+        for reply in replies {
+            shared.sink.reply(self.lane.thread, reply);
+        }
+        Ok(())
+    }
+
+    fn execute_exclusively(&mut self, commands: &[Command]) -> Vec<Reply> {
+        let shared = self.shared;
+        let mut state = shared.state.write().unwrap_or_else(|e| e.into_inner());
+        let mut replies = Vec::with_capacity(commands.len());
+        for command in commands {
+            self.pause();
+            let access = Access::Exclusive {
+                state: &mut state,
+                lane: None,
+            };
+            replies.push(execute_command(
+                &*shared.service,
+                access,
+                command,
+                &mut self.metrics,
+            ));
+        }
+        replies
+    }
+
+    /// Test jitter: now and then, yield or sleep a little.
+    fn pause(&mut self) {
+        let Some((rng, max)) = self.jitter.as_mut() else {
+            return;
+        };
+        match rng.random_range(0..8u8) {
+            0 => std::thread::yield_now(),
+            1 => std::thread::sleep(Duration::from_nanos(
+                rng.random_range(0..=max.as_nanos() as u64),
+            )),
+            _ => {}
+        }
+    }
+}
+
+fn read<S: Service>(shared: &Shared<S>) -> RwLockReadGuard<'_, EngineState<S::State>> {
+    shared.state.read().unwrap_or_else(|e| e.into_inner())
+}

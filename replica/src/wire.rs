@@ -1,0 +1,163 @@
+//! What clients send to replicas through the multicast, and what replicas
+//! answer.
+//!
+//! A [`Request`] travels as the payload of a multicast command; the command's
+//! proposer id is the client id. A request keeps its [`RequestId`] when the
+//! client sends it again (after a timeout, or conservatively after a
+//! `Retry`), which is what lets a replica answer a repeat from its table of
+//! executed requests instead of executing it twice.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// A client, identified like its multicast proposer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ClientId(pub u64);
+
+/// A request of one client; increasing per client, kept across resends.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub struct RequestId(pub u64);
+
+/// Which service a request is for; a replica refuses requests for another.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ServiceId(pub u16);
+
+/// How the client chose the request's group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Mode {
+    /// CC-G: the group covers every possible dependency; execute as delivered.
+    Conservative,
+    /// OC-G: only static dependencies are covered; run the safety check first.
+    Optimistic,
+}
+
+/// A client request, as multicast.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    /// Its id.
+    pub id: RequestId,
+    /// Every request of this client below this id was answered: replicas may
+    /// forget their responses.
+    pub low_water: RequestId,
+    /// Group choice.
+    pub mode: Mode,
+    /// The service the operation is for.
+    pub service: ServiceId,
+    /// The service's encoding of the operation.
+    pub op: Bytes,
+}
+
+impl Request {
+    /// Encodes the request as a multicast payload.
+    pub fn encode(&self) -> Bytes {
+        Bytes::from(postcard::to_allocvec(self).expect("a request always serializes"))
+    }
+
+    /// Decodes a multicast payload.
+    pub fn decode(bytes: &[u8]) -> Result<Request, WireError> {
+        postcard::from_bytes(bytes).map_err(WireError::Request)
+    }
+}
+
+/// A replica's answer to one request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reply {
+    /// The client.
+    pub client: ClientId,
+    /// The request; `None` if the request could not even be decoded.
+    pub request: Option<RequestId>,
+    /// What happened.
+    pub outcome: Outcome,
+}
+
+impl Reply {
+    /// Encodes the reply for the wire.
+    pub fn encode(&self) -> Bytes {
+        Bytes::from(postcard::to_allocvec(self).expect("a reply always serializes"))
+    }
+
+    /// Decodes a reply.
+    pub fn decode(bytes: &[u8]) -> Result<Reply, WireError> {
+        postcard::from_bytes(bytes).map_err(WireError::Reply)
+    }
+}
+
+/// The outcome of a request.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Outcome {
+    /// Executed (now or earlier); the service's encoded response.
+    Done(Bytes),
+    /// Not executed: the optimistic safety check failed. Send the request
+    /// again, conservatively (CC-G), with the same id.
+    Retry,
+    /// Not executed, and sending it again will not help.
+    Refused(Refusal),
+}
+
+/// Why a replica refused a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, Error)]
+pub enum Refusal {
+    /// The multicast payload is not a request.
+    #[error("the request could not be decoded")]
+    MalformedRequest,
+    /// The request is for a service this replica does not run.
+    #[error("request for service {requested}, but this replica runs service {served}")]
+    WrongService {
+        /// The service named by the request.
+        requested: u16,
+        /// The service this replica runs.
+        served: u16,
+    },
+    /// The service could not decode the operation.
+    #[error("the operation could not be decoded by the service")]
+    MalformedOperation,
+    /// The request is below the client's own low-water mark: it was
+    /// answered long ago and its response forgotten.
+    #[error("the request was answered before and its response is forgotten")]
+    Stale,
+    /// Executing the operation in parallel broke the service's concurrency
+    /// contract; the replica reported it (a bug in the mapping or the service).
+    #[error("the operation violated the service's concurrency contract")]
+    ContractViolation,
+}
+
+/// Why bytes could not be decoded.
+#[derive(Debug, Error)]
+pub enum WireError {
+    /// Not a request.
+    #[error("malformed request: {0}")]
+    Request(#[source] postcard::Error),
+    /// Not a reply.
+    #[error("malformed reply: {0}")]
+    Reply(#[source] postcard::Error),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_and_replies_round_trip() {
+        let request = Request {
+            id: RequestId(9),
+            low_water: RequestId(3),
+            mode: Mode::Optimistic,
+            service: ServiceId(2),
+            op: Bytes::from_static(b"op"),
+        };
+        assert_eq!(Request::decode(&request.encode()).unwrap(), request);
+        let reply = Reply {
+            client: ClientId(4),
+            request: Some(RequestId(9)),
+            outcome: Outcome::Refused(Refusal::WrongService {
+                requested: 2,
+                served: 1,
+            }),
+        };
+        assert_eq!(Reply::decode(&reply.encode()).unwrap(), reply);
+        assert!(Request::decode(&[0xff; 3]).is_err());
+    }
+}

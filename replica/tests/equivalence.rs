@@ -1,0 +1,153 @@
+//! Every engine returns the same responses as the sequential execution of
+//! the same delivered streams, and ends with the same digest; two runs with
+//! different thread timings agree (DESIGN.md section 9, "engines").
+//!
+//! `PSMR_ENGINE_SEEDS=N` runs N seeds per service (default 40). A failure
+//! names its seed: `PSMR_ENGINE_SEED=S` replays it alone.
+
+mod common;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use psmr_replica::services::{LinkedList, ListOp, ListService, NullOp, NullService};
+use psmr_replica::workload::{self, Submission, WorkloadOptions};
+use psmr_replica::{ClientId, GroupMapping, Service};
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+fn seeds() -> Vec<u64> {
+    if let Some(seed) = std::env::var("PSMR_ENGINE_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        return vec![seed];
+    }
+    let n = std::env::var("PSMR_ENGINE_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(40);
+    (0..n).collect()
+}
+
+/// Runs one seed: a random engine on a random workload, twice.
+fn check_seed<S, F>(service: S, state: impl Fn() -> S::State, seed: u64, op: F)
+where
+    S: Service + GroupMapping<Op = <S as Service>::Op>,
+    F: Fn(&mut ChaCha8Rng, bool) -> Bytes,
+{
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let config = common::draw_config(&mut rng);
+    let dependent = rng.random_range(0..=100) as f64 / 100.0;
+    let clients = rng.random_range(1..=6u64);
+    let count = rng.random_range(50..400);
+    let submissions: Vec<Submission> = (0..count)
+        .map(|_| {
+            let client = ClientId(rng.random_range(1..=clients));
+            let is_dependent = rng.random_bool(dependent);
+            Submission {
+                client,
+                op: op(&mut rng, is_dependent),
+            }
+        })
+        .collect();
+    let options = WorkloadOptions {
+        round: rng.random_range(1..=40),
+        resend: 0.05,
+        seed,
+    };
+    let what = format!(
+        "seed={seed} {:?} K={} dependent={dependent}",
+        config.kind,
+        config.threads()
+    );
+    let streams = workload::build(&service, &service, &config, state(), &submissions, options);
+    let expected = workload::canonical(&streams.reference);
+    let service = Arc::new(service);
+    let mut digests = vec![service.digest(&streams.state)];
+    for run in 0..2 {
+        let (replies, final_state, _) =
+            common::run_engine(&service, &config, state(), &streams, seed * 2 + run);
+        assert_eq!(
+            workload::canonical(&replies),
+            expected,
+            "{what}: run {run} replied differently"
+        );
+        digests.push(service.digest(&final_state));
+    }
+    assert!(
+        digests.windows(2).all(|w| w[0] == w[1]),
+        "{what}: digests differ: {digests:?}"
+    );
+}
+
+#[test]
+fn null_service_engines_match_sequential_execution() {
+    for seed in seeds() {
+        check_seed(
+            NullService,
+            || (),
+            seed,
+            |rng, _| {
+                NullOp {
+                    tag: rng.random_range(0..64),
+                }
+                .encode()
+            },
+        );
+    }
+}
+
+#[test]
+fn linked_list_engines_match_sequential_execution() {
+    let op = |rng: &mut ChaCha8Rng, dependent: bool| {
+        let x = rng.random_range(0..40);
+        let op = match (dependent, rng.random_bool(0.5)) {
+            (true, true) => ListOp::Add(x),
+            (true, false) => ListOp::Remove(x),
+            (false, true) => ListOp::Contains(x),
+            (false, false) => ListOp::Get(x),
+        };
+        op.encode()
+    };
+    for seed in seeds() {
+        check_seed(ListService, || LinkedList::from_values(0..20), seed, op);
+    }
+}
+
+#[test]
+fn resends_are_answered_from_the_table_not_executed_twice() {
+    let service = ListService;
+    let config = psmr_replica::EngineConfig::new(psmr_replica::EngineKind::Psmr, 3);
+    let submissions: Vec<Submission> = (0..200)
+        .map(|i| Submission {
+            client: ClientId(i % 3),
+            op: ListOp::Add(i).encode(),
+        })
+        .collect();
+    let options = WorkloadOptions {
+        round: 8,
+        resend: 0.5,
+        seed: 11,
+    };
+    let streams = workload::build(
+        &service,
+        &service,
+        &config,
+        LinkedList::new(),
+        &submissions,
+        options,
+    );
+    let service = Arc::new(service);
+    let (replies, list, metrics) =
+        common::run_engine(&service, &config, LinkedList::new(), &streams, 5);
+    let from_table: u64 = metrics.iter().map(|m| m.from_table).sum();
+    let executed: u64 = metrics.iter().map(|m| m.executed).sum();
+    assert!(
+        from_table > 50,
+        "resends were answered from the table: {from_table}"
+    );
+    assert_eq!(executed, 200, "every add executed exactly once");
+    assert_eq!(list.len(), 200);
+    assert_eq!(replies.len() as u64, executed + from_table);
+}
