@@ -8,11 +8,13 @@
 //!  leader   t_0:  wait(arrived = K-1) ─ execute ─ release(round) ──> resume
 //! ```
 //!
-//! Waiting spins first, then parks on a condition variable. Spinning costs
-//! about 0.1 µs per handoff when every thread has a core, but with more
-//! threads than cores a spinning thread steals the core of the thread it
-//! waits for; parking costs about 25 µs. So the default spins only when the
-//! threads fit on the cores, and parks at once otherwise.
+//! Waiting busy-waits first, then parks on a condition variable. Spinning
+//! costs about 0.1 µs per handoff when every thread has a core, but with
+//! more threads than cores a spinning thread steals the core of the thread
+//! it waits for; parking costs about 25 µs per thread woken. So the default
+//! spins when the threads fit on the cores, and otherwise yields the core a
+//! bounded number of times, which hands it to a thread that still has to
+//! arrive, before parking.
 //!
 //! Every thread counts its synchronizations (`round`); all threads see the
 //! same sequence of `g_all` commands, so their counts agree. A follower can
@@ -22,28 +24,46 @@
 //! If a thread dies, [`Rendezvous::abort`] wakes every waiter, who then gets
 //! `Err(Aborted)` instead of waiting forever.
 
-use crate::shim::{AtomicBool, AtomicU64, AtomicUsize, Condvar, Mutex, Ordering, spin_loop};
+use crate::shim::{
+    AtomicBool, AtomicU64, AtomicUsize, Condvar, Mutex, Ordering, spin_loop, yield_now,
+};
 
 /// How a thread waits at a synchronization.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WaitPolicy {
-    /// Spin up to 16,384 times when the threads fit on the machine's cores,
-    /// park at once otherwise.
+    /// Spin up to 16,384 times when the threads fit on the machine's cores;
+    /// with more threads than cores, yield the core up to 256 times (a
+    /// waiting thread then hands its core to one that still has to
+    /// arrive); then park.
     Auto,
     /// Spin up to this many times, then park.
     Spin(u32),
+    /// Yield up to this many times, then park.
+    Yield(u32),
     /// Park at once.
     Park,
 }
 
+/// How long to busy-wait, and how, before parking.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Patience {
+    /// Busy-wait iterations before parking.
+    pub iterations: u32,
+    /// Whether each iteration yields the core (else it is a spin hint).
+    pub yields: bool,
+}
+
 impl WaitPolicy {
-    /// Spin iterations for `threads` threads on `cores` cores.
-    pub fn spin_limit(self, threads: usize, cores: usize) -> u32 {
-        match self {
-            WaitPolicy::Auto if threads <= cores => 1 << 14,
-            WaitPolicy::Auto | WaitPolicy::Park => 0,
-            WaitPolicy::Spin(n) => n,
-        }
+    /// How `threads` threads on `cores` cores wait.
+    pub fn patience(self, threads: usize, cores: usize) -> Patience {
+        let (iterations, yields) = match self {
+            WaitPolicy::Auto if threads <= cores => (1 << 14, false),
+            WaitPolicy::Auto => (256, true),
+            WaitPolicy::Spin(n) => (n, false),
+            WaitPolicy::Yield(n) => (n, true),
+            WaitPolicy::Park => (0, false),
+        };
+        Patience { iterations, yields }
     }
 }
 
@@ -55,7 +75,7 @@ pub struct Aborted;
 #[derive(Debug)]
 pub struct Rendezvous {
     threads: usize,
-    spin_limit: u32,
+    patience: Patience,
     arrived: AtomicUsize,
     released: AtomicU64,
     aborted: AtomicBool,
@@ -65,12 +85,12 @@ pub struct Rendezvous {
 }
 
 impl Rendezvous {
-    /// A rendezvous of `threads` threads that spin up to `spin_limit` times.
-    pub fn new(threads: usize, spin_limit: u32) -> Rendezvous {
+    /// A rendezvous of `threads` threads that busy-wait with `patience`.
+    pub fn new(threads: usize, patience: Patience) -> Rendezvous {
         assert!(threads >= 1);
         Rendezvous {
             threads,
-            spin_limit,
+            patience,
             arrived: AtomicUsize::new(0),
             released: AtomicU64::new(0),
             aborted: AtomicBool::new(false),
@@ -127,11 +147,15 @@ impl Rendezvous {
 
     fn wait_until(&self, done: impl Fn() -> bool) -> Result<(), Aborted> {
         let ready = || done() || self.aborted.load(Ordering::SeqCst);
-        for _ in 0..self.spin_limit {
+        for _ in 0..self.patience.iterations {
             if ready() {
                 break;
             }
-            spin_loop();
+            if self.patience.yields {
+                yield_now();
+            } else {
+                spin_loop();
+            }
         }
         if !ready() {
             let mut guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());

@@ -8,3 +8,8 @@ pub(crate) use std::sync::{Condvar, Mutex};
 pub(crate) fn spin_loop() {
     std::hint::spin_loop();
 }
+
+/// Gives the core to another runnable thread.
+pub(crate) fn yield_now() {
+    std::thread::yield_now();
+}

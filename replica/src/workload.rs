@@ -13,6 +13,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use psmr_multicast::proto::{Command, CommandId, Instance, Merger, ProposerId, RingId, Value};
@@ -21,7 +22,9 @@ use rand_chacha::ChaCha8Rng;
 use rustc_hash::FxHashMap;
 
 use crate::engine::execute::{Access, ExecMetrics, execute_command};
-use crate::engine::{Engine, EngineConfig, EngineError, EngineKind, EngineState, ReplySink};
+use crate::engine::{
+    Engine, EngineConfig, EngineError, EngineKind, EngineState, Finished, ReplySink,
+};
 use crate::service::{Group, GroupMapping, Lane, Service};
 use crate::wire::{ClientId, Mode, Outcome, Reply, Request, RequestId};
 
@@ -322,6 +325,26 @@ pub fn feed<S: Service, T>(
         }
     }
     Ok(())
+}
+
+/// Builds an engine of `config` from `state`, queues `streams` (interleaved
+/// by `feed_seed`), then starts the workers and waits until every command
+/// is executed. Returns what the engine left and how long execution took
+/// (from the start of the workers to the end of the last one).
+pub fn run<S: Service, T>(
+    service: &Arc<S>,
+    config: EngineConfig,
+    state: S::State,
+    streams: &Streams<T>,
+    feed_seed: u64,
+    sink: Arc<dyn ReplySink>,
+) -> Result<(Finished<S::State>, Duration), EngineError> {
+    let mut engine = Engine::new(service.clone(), state, config, sink)?;
+    feed(&engine, streams, feed_seed)?;
+    let start = Instant::now();
+    engine.spawn()?;
+    let finished = engine.finish()?;
+    Ok((finished, start.elapsed()))
 }
 
 /// A sink that keeps every reply.

@@ -15,20 +15,24 @@ mod shim {
     pub(crate) fn spin_loop() {
         shuttle::thread::yield_now();
     }
+
+    pub(crate) fn yield_now() {
+        shuttle::thread::yield_now();
+    }
 }
 
 #[allow(dead_code, unreachable_pub)]
 #[path = "../src/rendezvous.rs"]
 mod rendezvous;
 
-use rendezvous::Rendezvous;
+use rendezvous::{Patience, Rendezvous};
 use shuttle::sync::Arc;
 use shuttle::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 const ROUNDS: u64 = 3;
 
-fn handoff(threads: usize, spin: u32) {
-    let rv = Arc::new(Rendezvous::new(threads, spin));
+fn handoff(threads: usize, patience: Patience) {
+    let rv = Arc::new(Rendezvous::new(threads, patience));
     let working = Arc::new(AtomicUsize::new(0));
     let exclusive = Arc::new(AtomicU64::new(0));
     let handles: Vec<_> = (0..threads)
@@ -68,8 +72,9 @@ fn handoff(threads: usize, spin: u32) {
 #[test]
 fn the_leader_runs_alone_and_followers_resume_after_it() {
     for threads in 2..=4 {
-        for spin in [0, 3] {
-            shuttle::check_random(move || handoff(threads, spin), 300);
+        for (iterations, yields) in [(0, false), (3, false), (3, true)] {
+            let patience = Patience { iterations, yields };
+            shuttle::check_random(move || handoff(threads, patience), 300);
         }
     }
 }
@@ -78,7 +83,11 @@ fn the_leader_runs_alone_and_followers_resume_after_it() {
 fn an_aborted_rendezvous_releases_every_waiter() {
     shuttle::check_random(
         || {
-            let rv = Arc::new(Rendezvous::new(3, 0));
+            let patience = Patience {
+                iterations: 0,
+                yields: false,
+            };
+            let rv = Arc::new(Rendezvous::new(3, patience));
             let follower = {
                 let rv = rv.clone();
                 shuttle::thread::spawn(move || rv.follow(0))

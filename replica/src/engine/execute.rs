@@ -7,6 +7,9 @@
 //!      │               │               │              │              │ fail: Retry (nothing recorded)
 //!   Refused         Refused     Done(stored)       Refused
 //! ```
+//!
+//! A thread's own table is locked once per command (the lock is never
+//! contended in parallel mode: only its thread takes it then).
 
 use bytes::Bytes;
 use psmr_multicast::proto::Command;
@@ -51,6 +54,12 @@ pub struct ExecMetrics {
     pub syncs: u64,
 }
 
+/// A decoded request about to run.
+struct Job<'r> {
+    client: ClientId,
+    request: &'r Request,
+}
+
 /// Executes `command` and returns the reply to send.
 pub(crate) fn execute_command<S: Service>(
     service: &S,
@@ -59,114 +68,156 @@ pub(crate) fn execute_command<S: Service>(
     metrics: &mut ExecMetrics,
 ) -> Reply {
     let client = ClientId(command.id.proposer.0);
-    let reply = |request, outcome| Reply {
-        client,
-        request,
-        outcome,
-    };
     let Ok(request) = Request::decode(&command.payload) else {
         metrics.refused += 1;
-        return reply(None, Outcome::Refused(Refusal::MalformedRequest));
+        return Reply {
+            client,
+            request: None,
+            outcome: Outcome::Refused(Refusal::MalformedRequest),
+        };
     };
-    let id = Some(request.id);
-    if request.service != service.id() {
+    let job = Job {
+        client,
+        request: &request,
+    };
+    let outcome = if request.service != service.id() {
         metrics.refused += 1;
-        let refusal = Refusal::WrongService {
+        Outcome::Refused(Refusal::WrongService {
             requested: request.service.0,
             served: service.id().0,
-        };
-        return reply(id, Outcome::Refused(refusal));
+        })
+    } else {
+        match access {
+            Access::Shared { state, lane } => shared(service, state, lane, &job, metrics),
+            Access::Exclusive { state, lane } => exclusive(service, state, lane, &job, metrics),
+        }
+    };
+    Reply {
+        client,
+        request: Some(request.id),
+        outcome,
     }
-    match lookup(&access, client, &request) {
+}
+
+/// Parallel mode: the thread's own table and the synchronous-mode table.
+fn shared<S: Service>(
+    service: &S,
+    state: &EngineState<S::State>,
+    lane: Lane,
+    job: &Job<'_>,
+    metrics: &mut ExecMetrics,
+) -> Outcome {
+    let mut own = state.thread_tables[lane.thread]
+        .0
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if let Some(outcome) = seen_before([&*own, &state.sync_table], job, metrics) {
+        return outcome;
+    }
+    let Some(op) = decode(service, job, metrics) else {
+        return Outcome::Refused(Refusal::MalformedOperation);
+    };
+    if job.request.mode == Mode::Optimistic && !check(service, &state.service, lane, &op, metrics) {
+        return Outcome::Retry;
+    }
+    match service.execute_shared(&state.service, lane, &op) {
+        Ok(response) => record(&mut own, job, response, metrics),
+        Err(violation) => contract_violated(lane, &violation, metrics),
+    }
+}
+
+/// Exclusive access: with a lane, that thread's table and the
+/// synchronous-mode table; without (synchronous mode), every table.
+fn exclusive<S: Service>(
+    service: &S,
+    state: &mut EngineState<S::State>,
+    lane: Option<Lane>,
+    job: &Job<'_>,
+    metrics: &mut ExecMetrics,
+) -> Outcome {
+    let EngineState {
+        service: service_state,
+        sync_table,
+        thread_tables,
+    } = state;
+    match lane {
+        Some(lane) => {
+            let own = thread_tables[lane.thread]
+                .0
+                .get_mut()
+                .unwrap_or_else(|e| e.into_inner());
+            if let Some(outcome) = seen_before([&*own, &*sync_table], job, metrics) {
+                return outcome;
+            }
+            match run_exclusive(service, service_state, Some(lane), job, metrics) {
+                Ok(response) => record(own, job, response, metrics),
+                Err(outcome) => outcome,
+            }
+        }
+        None => {
+            let threads = thread_tables
+                .iter_mut()
+                .map(|t| &*t.0.get_mut().unwrap_or_else(|e| e.into_inner()));
+            if let Some(outcome) =
+                seen_before(std::iter::once(&*sync_table).chain(threads), job, metrics)
+            {
+                return outcome;
+            }
+            match run_exclusive(service, service_state, None, job, metrics) {
+                Ok(response) => record(sync_table, job, response, metrics),
+                Err(outcome) => outcome,
+            }
+        }
+    }
+}
+
+/// Decodes, safety-checks (an optimistic command on a thread's group) and
+/// executes with exclusive access.
+fn run_exclusive<S: Service>(
+    service: &S,
+    state: &mut S::State,
+    lane: Option<Lane>,
+    job: &Job<'_>,
+    metrics: &mut ExecMetrics,
+) -> Result<Bytes, Outcome> {
+    let op = decode(service, job, metrics).ok_or(Outcome::Refused(Refusal::MalformedOperation))?;
+    if let Some(lane) = lane.filter(|_| job.request.mode == Mode::Optimistic) {
+        if !check(service, state, lane, &op, metrics) {
+            return Err(Outcome::Retry);
+        }
+    }
+    Ok(service.execute(state, &op))
+}
+
+/// The answer to a request executed before, if it was.
+fn seen_before<'t>(
+    tables: impl IntoIterator<Item = &'t ExecutedTable>,
+    job: &Job<'_>,
+    metrics: &mut ExecMetrics,
+) -> Option<Outcome> {
+    let seen = tables
+        .into_iter()
+        .map(|t| t.seen(job.client, job.request.id))
+        .find(|s| *s != Seen::New)?;
+    match seen {
         Seen::Answered(response) => {
             metrics.from_table += 1;
-            return reply(id, Outcome::Done(response));
+            Some(Outcome::Done(response))
         }
         Seen::Forgotten => {
             metrics.refused += 1;
-            return reply(id, Outcome::Refused(Refusal::Stale));
+            Some(Outcome::Refused(Refusal::Stale))
         }
-        Seen::New => {}
+        Seen::New => None,
     }
-    let Some(op) = service.decode(&request.op) else {
+}
+
+fn decode<S: Service>(service: &S, job: &Job<'_>, metrics: &mut ExecMetrics) -> Option<S::Op> {
+    let op = service.decode(&job.request.op);
+    if op.is_none() {
         metrics.refused += 1;
-        return reply(id, Outcome::Refused(Refusal::MalformedOperation));
-    };
-    reply(id, run(service, access, client, &request, &op, metrics))
-}
-
-/// Looks a request up where a resend of it could have been recorded: the
-/// thread's own table and the synchronous-mode table; in synchronous mode,
-/// every table.
-fn lookup<T>(access: &Access<'_, T>, client: ClientId, request: &Request) -> Seen {
-    let first_seen = |tables: &mut dyn Iterator<Item = Seen>| {
-        for seen in tables {
-            if seen != Seen::New {
-                return seen;
-            }
-        }
-        Seen::New
-    };
-    match access {
-        Access::Shared { state, lane } => {
-            let own = lock(&state.thread_tables[lane.thread]).seen(client, request.id);
-            first_seen(&mut [own, state.sync_table.seen(client, request.id)].into_iter())
-        }
-        Access::Exclusive {
-            state,
-            lane: Some(lane),
-        } => {
-            let own = lock(&state.thread_tables[lane.thread]).seen(client, request.id);
-            first_seen(&mut [own, state.sync_table.seen(client, request.id)].into_iter())
-        }
-        Access::Exclusive { state, lane: None } => {
-            let sync = state.sync_table.seen(client, request.id);
-            let threads = state
-                .thread_tables
-                .iter()
-                .map(|t| lock(t).seen(client, request.id));
-            first_seen(&mut std::iter::once(sync).chain(threads))
-        }
     }
-}
-
-/// Safety check (for optimistic commands on a thread's group), execution,
-/// and recording of the response.
-fn run<S: Service>(
-    service: &S,
-    access: Access<'_, S::State>,
-    client: ClientId,
-    request: &Request,
-    op: &S::Op,
-    metrics: &mut ExecMetrics,
-) -> Outcome {
-    let optimistic = request.mode == Mode::Optimistic;
-    match access {
-        Access::Shared { state, lane } => {
-            if optimistic && !check(service, &state.service, lane, op, metrics) {
-                return Outcome::Retry;
-            }
-            let response = match service.execute_shared(&state.service, lane, op) {
-                Ok(response) => response,
-                Err(violation) => return contract_violated(lane, &violation, metrics),
-            };
-            let mut table = lock(&state.thread_tables[lane.thread]);
-            record(&mut table, client, request, response, metrics)
-        }
-        Access::Exclusive { state, lane } => {
-            if let Some(lane) = lane.filter(|_| optimistic) {
-                if !check(service, &state.service, lane, op, metrics) {
-                    return Outcome::Retry;
-                }
-            }
-            let response = service.execute(&mut state.service, op);
-            let table = match lane {
-                Some(lane) => get_mut(&mut state.thread_tables[lane.thread]),
-                None => &mut state.sync_table,
-            };
-            record(table, client, request, response, metrics)
-        }
-    }
+    op
 }
 
 fn check<S: Service>(
@@ -187,14 +238,13 @@ fn check<S: Service>(
 
 fn record(
     table: &mut ExecutedTable,
-    client: ClientId,
-    request: &Request,
+    job: &Job<'_>,
     response: Bytes,
     metrics: &mut ExecMetrics,
 ) -> Outcome {
     metrics.executed += 1;
-    table.advance(client, request.low_water);
-    table.record(client, request.id, response.clone());
+    table.advance(job.client, job.request.low_water);
+    table.record(job.client, job.request.id, response.clone());
     Outcome::Done(response)
 }
 
@@ -213,12 +263,4 @@ fn contract_violated(
     }
     metrics.violations += 1;
     Outcome::Refused(Refusal::ContractViolation)
-}
-
-fn lock(table: &std::sync::Mutex<ExecutedTable>) -> std::sync::MutexGuard<'_, ExecutedTable> {
-    table.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn get_mut(table: &mut std::sync::Mutex<ExecutedTable>) -> &mut ExecutedTable {
-    table.get_mut().unwrap_or_else(|e| e.into_inner())
 }

@@ -189,16 +189,23 @@ pub(crate) struct EngineState<T> {
     pub(crate) service: T,
     /// Requests executed in synchronous mode (written only then).
     pub(crate) sync_table: ExecutedTable,
-    /// Requests executed by each worker in parallel mode.
-    pub(crate) thread_tables: Vec<Mutex<ExecutedTable>>,
+    /// Requests executed by each worker in parallel mode, each on its own
+    /// cache lines (the owner locks its table for every command).
+    pub(crate) thread_tables: Vec<Padded<Mutex<ExecutedTable>>>,
 }
+
+/// A value alone on its cache lines: two threads writing two neighbouring
+/// values would otherwise bounce one line between their cores.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub(crate) struct Padded<T>(pub(crate) T);
 
 impl<T> EngineState<T> {
     pub(crate) fn new(service: T, threads: usize) -> Self {
         EngineState {
             service,
             sync_table: ExecutedTable::default(),
-            thread_tables: (0..threads).map(|_| Mutex::default()).collect(),
+            thread_tables: (0..threads).map(|_| Padded::default()).collect(),
         }
     }
 }
@@ -219,10 +226,12 @@ pub(crate) enum Input {
     },
 }
 
-/// A running engine.
+/// An engine: its workers, their input queues, the shared state.
 pub struct Engine<S: Service> {
     shared: Arc<Shared<S>>,
     inputs: Vec<mpsc::Sender<Input>>,
+    /// Queues not yet handed to a worker (before [`Engine::spawn`]).
+    queued: Vec<mpsc::Receiver<Input>>,
     workers: Vec<JoinHandle<ExecMetrics>>,
 }
 
@@ -242,33 +251,49 @@ impl<S: Service> Engine<S> {
         config: EngineConfig,
         sink: Arc<dyn ReplySink>,
     ) -> Result<Engine<S>, EngineError> {
+        let mut engine = Engine::new(service, state, config, sink)?;
+        engine.spawn()?;
+        Ok(engine)
+    }
+
+    /// An engine whose workers do not run yet: deliveries queue up until
+    /// [`Engine::spawn`] (benchmarks measure execution alone this way).
+    pub fn new(
+        service: Arc<S>,
+        state: S::State,
+        config: EngineConfig,
+        sink: Arc<dyn ReplySink>,
+    ) -> Result<Engine<S>, EngineError> {
         config.validate()?;
         let threads = config.threads();
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let shared = Arc::new(Shared {
             service,
             state: RwLock::new(EngineState::new(state, threads)),
-            rendezvous: Rendezvous::new(threads, config.wait.spin_limit(threads, cores)),
+            rendezvous: Rendezvous::new(threads, config.wait.patience(threads, cores)),
             sink,
             config,
         });
-        let mut inputs = Vec::with_capacity(threads);
-        let mut workers = Vec::with_capacity(threads);
-        for thread in 0..threads {
-            let (tx, rx) = mpsc::channel();
-            inputs.push(tx);
-            let shared = shared.clone();
+        let (inputs, queued) = (0..threads).map(|_| mpsc::channel()).unzip();
+        Ok(Engine {
+            shared,
+            inputs,
+            queued,
+            workers: Vec::new(),
+        })
+    }
+
+    /// Starts the worker threads (once).
+    pub fn spawn(&mut self) -> Result<(), EngineError> {
+        for (thread, rx) in std::mem::take(&mut self.queued).into_iter().enumerate() {
+            let shared = self.shared.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("psmr-worker-{thread}"))
                 .spawn(move || worker::run(&shared, thread, rx))
                 .map_err(|source| EngineError::Spawn { thread, source })?;
-            workers.push(handle);
+            self.workers.push(handle);
         }
-        Ok(Engine {
-            shared,
-            inputs,
-            workers,
-        })
+        Ok(())
     }
 
     /// Hands a delivered instance to the workers that merge its ring.
@@ -305,7 +330,8 @@ impl<S: Service> Engine<S> {
 
     /// Waits until every delivered command that can be merged is executed,
     /// stops the workers and returns the state.
-    pub fn finish(self) -> Result<Finished<S::State>, EngineError> {
+    pub fn finish(mut self) -> Result<Finished<S::State>, EngineError> {
+        self.spawn()?;
         drop(self.inputs);
         let mut metrics = Vec::new();
         let mut failure = None;

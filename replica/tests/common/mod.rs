@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use psmr_replica::workload::{self, CollectSink, Streams};
-use psmr_replica::{Engine, EngineConfig, EngineKind, ExecMetrics, Jitter, Reply, Service};
+use psmr_replica::{EngineConfig, EngineKind, ExecMetrics, Jitter, Reply, Service};
 
 /// Runs `config` on `streams` from `state`, with thread jitter and feed order from `seed`.
 pub(crate) fn run_engine<S: Service>(
@@ -23,10 +23,8 @@ pub(crate) fn run_engine<S: Service>(
         max_pause: Duration::from_micros(50),
     });
     let sink = Arc::new(CollectSink::default());
-    let engine =
-        Engine::start(service.clone(), state, config, sink.clone()).expect("engine starts");
-    workload::feed(&engine, streams, seed).expect("engine accepts the streams");
-    let finished = engine.finish().expect("engine finishes");
+    let (finished, _) = workload::run(service, config, state, streams, seed, sink.clone())
+        .expect("the engine runs");
     (sink.take(), finished.state, finished.metrics)
 }
 

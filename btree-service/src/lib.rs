@@ -1,0 +1,20 @@
+//! psmr-btree: the reference service of psmr, a B+-tree key-value store
+//! (DESIGN.md section 6).
+//!
+//! - [`tree`]: the B+-tree, with its concurrency contract in the types:
+//!   `&mut BTree` may change the shape, `&BTree` plus a thread's partition
+//!   may only touch that thread's keys without splits or merges;
+//! - [`partition`]: range partitioning of the key space over K threads;
+//! - [`op`]: operations and responses;
+//! - [`service`]: [`BTreeService`], the `Service` and `GroupMapping`
+//!   (CC-G, OC-G, safety check) for the replica engines.
+
+pub mod op;
+pub mod partition;
+pub mod service;
+pub mod tree;
+
+pub use op::{Invalid, MAX_SCAN, Op, Response};
+pub use partition::Partitioning;
+pub use service::BTreeService;
+pub use tree::{BTree, ContractViolation, SnapshotError, ViolationKind};

@@ -1,0 +1,135 @@
+//! The B+-tree as a replicated service: [`Service`] (execution in
+//! sequential, synchronous and parallel mode, the safety check) and
+//! [`GroupMapping`] (CC-G and OC-G, DESIGN.md section 6).
+//!
+//! | op | CC-G | OC-G | safety check (parallel mode) |
+//! |---|---|---|---|
+//! | Read, Update | g(k) | g(k) | — |
+//! | Insert | g_all | g(k) | key exists, or k's leaf is inside the partition and has room |
+//! | Delete | g_all | g(k) | key absent, or k's leaf is inside the partition and stays half full |
+//! | Scan | g_all | g(k) | every entry it returns lies in k's partition |
+//!
+//! where g(k) is the group of the thread whose partition holds k.
+
+use bytes::Bytes;
+use psmr_replica::{Group, GroupMapping, Lane, Service, ServiceId};
+
+use crate::op::{Invalid, MAX_SCAN, Op, Response};
+use crate::partition::Partitioning;
+use crate::tree::{BTree, ContractViolation};
+
+/// The B+-tree service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BTreeService {
+    key_space: u64,
+}
+
+impl BTreeService {
+    /// The service's id in requests.
+    pub const ID: ServiceId = ServiceId(1);
+
+    /// A service partitioning `[0, key_space)` over the threads (0: all of `u64`).
+    pub fn new(key_space: u64) -> BTreeService {
+        BTreeService { key_space }
+    }
+
+    /// The partitioning for `threads` threads.
+    pub fn partitioning(&self, threads: usize) -> Partitioning {
+        Partitioning::new(threads, self.key_space)
+    }
+}
+
+fn scan_count(count: u32) -> Result<(usize, bool), Response> {
+    if count == 0 {
+        return Err(Response::Invalid(Invalid::EmptyScan));
+    }
+    Ok((count.min(MAX_SCAN) as usize, count > MAX_SCAN))
+}
+
+impl Service for BTreeService {
+    type State = BTree;
+    type Op = Op;
+    type Violation = ContractViolation;
+
+    fn id(&self) -> ServiceId {
+        Self::ID
+    }
+
+    fn decode(&self, op: &[u8]) -> Option<Op> {
+        Op::decode(op)
+    }
+
+    fn execute(&self, tree: &mut BTree, op: &Op) -> Bytes {
+        let response = match *op {
+            Op::Read(k) => Response::Value(tree.get(k)),
+            Op::Update(k, v) => Response::Value(tree.update(k, v)),
+            Op::Insert(k, v) => Response::Value(tree.insert(k, v)),
+            Op::Delete(k) => Response::Value(tree.remove(k)),
+            Op::Scan(k, n) => match scan_count(n) {
+                Ok((n, capped)) => Response::Entries {
+                    entries: tree.scan(k, n),
+                    capped,
+                },
+                Err(invalid) => invalid,
+            },
+        };
+        response.encode()
+    }
+
+    fn execute_shared(
+        &self,
+        tree: &BTree,
+        lane: Lane,
+        op: &Op,
+    ) -> Result<Bytes, ContractViolation> {
+        let p = self.partitioning(lane.threads);
+        let t = lane.thread;
+        let response = match *op {
+            Op::Read(k) => Response::Value(tree.get_shared(&p, t, k)?),
+            Op::Update(k, v) => Response::Value(tree.update_shared(&p, t, k, v)?),
+            Op::Insert(k, v) => Response::Value(tree.insert_shared(&p, t, k, v)?),
+            Op::Delete(k) => Response::Value(tree.remove_shared(&p, t, k)?),
+            Op::Scan(k, n) => match scan_count(n) {
+                Ok((n, capped)) => Response::Entries {
+                    entries: tree.scan_shared(&p, t, k, n)?,
+                    capped,
+                },
+                Err(invalid) => invalid,
+            },
+        };
+        Ok(response.encode())
+    }
+
+    fn safety_check(&self, tree: &BTree, lane: Lane, op: &Op) -> bool {
+        let p = self.partitioning(lane.threads);
+        let t = lane.thread;
+        match *op {
+            Op::Read(k) | Op::Update(k, _) => p.owner(k) == t,
+            Op::Insert(k, _) => tree.insert_is_safe(&p, t, k),
+            Op::Delete(k) => tree.remove_is_safe(&p, t, k),
+            Op::Scan(k, n) => match scan_count(n) {
+                Ok((n, _)) => tree.scan_is_safe(&p, t, k, n),
+                Err(_) => p.owner(k) == t,
+            },
+        }
+    }
+
+    fn digest(&self, tree: &BTree) -> u64 {
+        tree.digest()
+    }
+}
+
+impl GroupMapping for BTreeService {
+    type Op = Op;
+
+    fn conservative(&self, op: &Op, threads: usize) -> Group {
+        match op {
+            Op::Read(k) | Op::Update(k, _) => Group::Thread(self.partitioning(threads).owner(*k)),
+            Op::Insert(..) | Op::Delete(_) | Op::Scan(..) => Group::All,
+        }
+    }
+
+    fn optimistic(&self, op: &Op, threads: usize) -> Group {
+        Group::Thread(self.partitioning(threads).owner(op.key()))
+    }
+}

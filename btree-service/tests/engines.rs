@@ -1,0 +1,169 @@
+//! The engines on the B+-tree (issue: "Equivalence tests"): random workloads
+//! with 0–100 % dependent commands, K in {1, 2, 3, 4, 8}, random pauses in
+//! the worker threads. Every engine returns the same responses as the
+//! sequential execution of the same delivered streams, with the same Retry
+//! set for opt-psmr, and ends with the same digest; two runs with different
+//! timings agree.
+//!
+//! Small fanouts and a preloaded tree make splits, merges and failed safety
+//! checks frequent. `PSMR_ENGINE_SEEDS=N` runs N seeds (default 40);
+//! `PSMR_ENGINE_SEED=S` replays one.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use psmr_btree::{BTree, BTreeService, Op};
+use psmr_replica::workload::{self, CollectSink, Submission, WorkloadOptions};
+use psmr_replica::{ClientId, EngineConfig, EngineKind, Jitter, Outcome};
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+fn seeds() -> Vec<u64> {
+    if let Some(seed) = std::env::var("PSMR_ENGINE_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        return vec![seed];
+    }
+    let n = std::env::var("PSMR_ENGINE_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(40);
+    (0..n).collect()
+}
+
+fn random_op(rng: &mut ChaCha8Rng, keys: u64, dependent: bool) -> Op {
+    let k = rng.random_range(0..keys);
+    match (dependent, rng.random_range(0..10)) {
+        (true, 0) => Op::Scan(k, rng.random_range(0..12)),
+        (true, 1..=5) => Op::Insert(k, rng.random()),
+        (true, _) => Op::Delete(k),
+        (false, 0..=5) => Op::Read(k),
+        (false, _) => Op::Update(k, rng.random()),
+    }
+}
+
+#[test]
+fn every_engine_matches_sequential_execution() {
+    let kinds = [EngineKind::Smr, EngineKind::Psmr, EngineKind::OptPsmr];
+    let mut retries = 0u64;
+    for seed in seeds() {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let kind = kinds[seed as usize % 3];
+        let threads = [1, 2, 3, 4, 8][rng.random_range(0..5)];
+        let mut config = EngineConfig::new(kind, threads);
+        config.merge_m = rng.random_range(1..=2);
+        config.batch_sync = rng.random_bool(0.5);
+        let keys = rng.random_range(100..2000);
+        let fanout = rng.random_range(4..=16);
+        let dependent = rng.random_range(0..=100) as f64 / 100.0;
+        let preload: Vec<(u64, u64)> = (0..keys).filter(|k| k % 3 != 0).map(|k| (k, k)).collect();
+        let state = || BTree::bulk_load(fanout, 0.7, preload.iter().copied());
+        let submissions: Vec<Submission> = (0..rng.random_range(100..600))
+            .map(|_| {
+                let client = ClientId(rng.random_range(1..=5));
+                let is_dependent = rng.random_bool(dependent);
+                Submission {
+                    client,
+                    op: random_op(&mut rng, keys, is_dependent).encode(),
+                }
+            })
+            .collect();
+        let options = WorkloadOptions {
+            round: rng.random_range(1..=48),
+            resend: 0.03,
+            seed,
+        };
+        let what =
+            format!("seed={seed} {kind:?} K={threads} fanout={fanout} dependent={dependent}");
+        let service = BTreeService::new(keys);
+        let streams = workload::build(&service, &service, &config, state(), &submissions, options);
+        retries += streams.metrics.retries;
+        let expected = workload::canonical(&streams.reference);
+        let digest = streams.state.digest();
+        let service = Arc::new(service);
+        for run in 0..2 {
+            let mut config = config.clone();
+            config.jitter = Some(Jitter {
+                seed: seed * 2 + run,
+                max_pause: Duration::from_micros(30),
+            });
+            let sink = Arc::new(CollectSink::default());
+            let (finished, _) = workload::run(
+                &service,
+                config,
+                state(),
+                &streams,
+                seed + run,
+                sink.clone(),
+            )
+            .unwrap_or_else(|e| panic!("{what}: run {run}: {e}"));
+            assert_eq!(
+                workload::canonical(&sink.take()),
+                expected,
+                "{what}: run {run} replied differently"
+            );
+            assert_eq!(
+                finished.state.digest(),
+                digest,
+                "{what}: run {run} ended with another state"
+            );
+            finished.state.assert_invariants();
+        }
+    }
+    if seeds().len() >= 20 {
+        assert!(
+            retries > 0,
+            "no opt-psmr safety check ever failed: the workloads are too tame"
+        );
+    }
+}
+
+/// opt-psmr with 100 % inserts on full leaves: safety checks fail, the
+/// commands come back conservatively, and each is executed exactly once.
+#[test]
+fn failed_safety_checks_are_retried_and_executed_once() {
+    let keys = 4000;
+    let config = EngineConfig::new(EngineKind::OptPsmr, 4);
+    let service = BTreeService::new(keys);
+    let preload: Vec<(u64, u64)> = (0..keys).step_by(2).map(|k| (k, k)).collect();
+    let state = || BTree::bulk_load(8, 1.0, preload.iter().copied());
+    let submissions: Vec<Submission> = (0..600u64)
+        .map(|i| Submission {
+            client: ClientId(i % 7),
+            op: Op::Insert((i * 2_654_435_761 % keys) | 1, i).encode(),
+        })
+        .collect();
+    let options = WorkloadOptions {
+        round: 32,
+        ..WorkloadOptions::default()
+    };
+    let streams = workload::build(&service, &service, &config, state(), &submissions, options);
+    assert!(
+        streams.metrics.retries > 50,
+        "retries: {}",
+        streams.metrics.retries
+    );
+    let sink = Arc::new(CollectSink::default());
+    let (finished, _) = workload::run(
+        &Arc::new(service),
+        config,
+        state(),
+        &streams,
+        1,
+        sink.clone(),
+    )
+    .unwrap();
+    let replies = sink.take();
+    let done = replies
+        .iter()
+        .filter(|r| matches!(r.outcome, Outcome::Done(_)))
+        .count();
+    let retry = replies
+        .iter()
+        .filter(|r| r.outcome == Outcome::Retry)
+        .count();
+    assert_eq!(done, 600, "every insert answered once");
+    assert_eq!(retry as u64, streams.metrics.retries);
+    assert_eq!(finished.state.len(), preload.len() + 600);
+}
