@@ -16,7 +16,7 @@
 //! rest reads) of 0, 10, 25, 50, 75 and 100 %, for K = 1, 2, 4, 8; and the
 //! same op mix on `BTreeMap` single-threaded as a reference. Commands/s
 //! count commands answered (a retried command counts once). The table is
-//! printed and the CSV written (default `target/engines.csv`).
+//! printed and the CSV written (default `target/engines.csv` in the workspace).
 
 // A benchmark program reports on standard output.
 #![allow(clippy::print_stdout)]
@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use psmr_btree::{BTree, BTreeService, Op};
 use psmr_replica::workload::{self, Submission, WorkloadOptions};
-use psmr_replica::{ClientId, EngineConfig, EngineKind, Outcome, Reply, ReplySink};
+use psmr_replica::{ClientId, EngineConfig, EngineKind, Outcome, Reply, ReplySink, WaitPolicy};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -42,6 +42,9 @@ struct Args {
     shares: Vec<u32>,
     threads: Vec<usize>,
     engines: Vec<String>,
+    batch_compare: bool,
+    wait: WaitPolicy,
+    run_engines: bool,
 }
 
 fn args() -> Args {
@@ -49,11 +52,14 @@ fn args() -> Args {
         keys: 1_000_000,
         commands: 600_000,
         fanout: 64,
-        csv: "target/engines.csv".into(),
+        csv: concat!(env!("CARGO_MANIFEST_DIR"), "/../target/engines.csv").into(),
         repeat: 5,
         shares: vec![0, 10, 25, 50, 75, 100],
         threads: vec![1, 2, 4, 8],
         engines: vec!["smr".into(), "psmr".into(), "opt-psmr".into()],
+        batch_compare: true,
+        wait: WaitPolicy::Auto,
+        run_engines: true,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -65,6 +71,17 @@ fn args() -> Args {
             "--fanout" => args.fanout = value().parse().expect("--fanout N"),
             "--csv" => args.csv = value(),
             "--repeat" => args.repeat = value().parse::<usize>().expect("--repeat N").max(1),
+            "--no-batch-compare" => args.batch_compare = false,
+            "--no-engines" => args.run_engines = false,
+            "--wait" => {
+                args.wait = match value().as_str() {
+                    "auto" => WaitPolicy::Auto,
+                    "spin" => WaitPolicy::Spin(1 << 14),
+                    "yield" => WaitPolicy::Yield(256),
+                    "park" => WaitPolicy::Park,
+                    other => panic!("--wait auto|spin|yield|park, not {other}"),
+                }
+            }
             "--engines" => args.engines = value().split(',').map(String::from).collect(),
             "--threads" => {
                 args.threads = value()
@@ -102,7 +119,9 @@ fn main() {
         args.keys, args.commands, args.fanout
     );
     tree_against_std(&args);
-    engines(&args);
+    if args.run_engines {
+        engines(&args);
+    }
 }
 
 /// Preloaded entries: every even key of `[0, 2N)`.
@@ -281,7 +300,7 @@ fn engines(args: &Args) {
         row.push(format!("{:.2}", fail.map_or(0.0, |p| p.fail_rate * 100.0)));
         println!("| {} |", row.join(" | "));
     }
-    if args.engines.iter().any(|e| e == "psmr") {
+    if args.batch_compare && args.engines.iter().any(|e| e == "psmr") {
         batch_sync_comparison(args, &mut points);
     }
     write_csv(args, &points);
@@ -311,7 +330,8 @@ fn std_reference(args: &Args, submissions: &[Submission]) -> f64 {
     })
 }
 
-fn measure(args: &Args, submissions: &[Submission], config: EngineConfig, share: u32) -> Point {
+fn measure(args: &Args, submissions: &[Submission], mut config: EngineConfig, share: u32) -> Point {
+    config.wait = args.wait;
     let service = Arc::new(BTreeService::new(2 * args.keys));
     let tree = || BTree::bulk_load(args.fanout, 0.7, preload(args.keys));
     let options = WorkloadOptions {
@@ -390,6 +410,9 @@ fn write_csv(args: &Args, points: &[Point]) {
             "{},{},{},{},{:.0},{:.4},{}\n",
             p.engine, p.threads, p.dependent, p.batch_sync, p.cmds_per_s, p.fail_rate, p.retries
         ));
+    }
+    if let Some(dir) = std::path::Path::new(&args.csv).parent() {
+        let _ = std::fs::create_dir_all(dir);
     }
     match std::fs::write(&args.csv, csv) {
         Ok(()) => println!("\ncsv written to {}", args.csv),

@@ -216,11 +216,14 @@ impl BTree {
         self.inner_children[node as usize * (self.fanout + 1) + i]
     }
 
-    /// Index of the child of `node` that `key` is routed to.
+    /// Index of the child of `node` that `key` is routed to: the number of
+    /// separators at or below `key`. A branchless count, which the compiler
+    /// vectorizes, reads the node's cache lines in order; at 10 million
+    /// keys it beats a binary search.
     fn child_index(&self, node: u32, key: u64) -> usize {
         let base = node as usize * self.fanout;
         let keys = &self.inner_keys[base..base + self.inner_len(node)];
-        keys.partition_point(|&k| k <= key)
+        keys.iter().map(|&k| usize::from(k <= key)).sum()
     }
 
     /// The leaf `key` is routed to.
