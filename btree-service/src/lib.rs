@@ -7,13 +7,17 @@
 //! - [`partition`]: range partitioning of the key space over K threads;
 //! - [`op`]: operations and responses;
 //! - [`service`]: [`BTreeService`], the `Service` and `GroupMapping`
-//!   (CC-G, OC-G, safety check) for the replica engines.
+//!   (CC-G, OC-G, safety check) for the replica engines;
+//! - [`client`]: [`BTreeClient`], a typed client (`get`, `put`, `insert`,
+//!   `delete`, `scan`) on the psmr SDK.
 
+pub mod client;
 pub mod op;
 pub mod partition;
 pub mod service;
 pub mod tree;
 
+pub use client::{BTreeClient, BTreeError, Scan};
 pub use op::{Invalid, MAX_SCAN, Op, Response};
 pub use partition::Partitioning;
 pub use service::BTreeService;

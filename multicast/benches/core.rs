@@ -129,6 +129,7 @@ fn ring(id: u16, acceptors: &[u32]) -> RingConfig {
 fn one_ring(batch: usize, total: u64) -> f64 {
     let config = MulticastConfig {
         rings: vec![ring(0, &[1, 2, 3])],
+        merges: Vec::new(),
         params: Params {
             batch_max_commands: batch,
             ..Params::default()
@@ -227,6 +228,7 @@ fn merge_decisions(rings: u16) -> (MulticastConfig, Vec<RingId>, Vec<Message>) {
     const TOTAL_INSTANCES: u64 = 180_000;
     let config = MulticastConfig {
         rings: (0..rings).map(|r| ring(r, &[1, 2, 3])).collect(),
+        merges: Vec::new(),
         params: Params::default(),
     };
     let ids: Vec<RingId> = (0..rings).map(RingId).collect();

@@ -20,6 +20,7 @@
 //!   under message loss, duplication, reordering and crashes, with a checker
 //!   of the atomic multicast properties.
 
+pub mod net;
 pub mod proto;
 pub mod sim;
 pub mod storage;

@@ -24,6 +24,7 @@ fn config() -> MulticastConfig {
             acceptors: vec![N1, N2, N3],
             learners: vec![L],
         }],
+        merges: Vec::new(),
         params: Params {
             delta: Duration::from_secs(3600),
             ..Params::default()

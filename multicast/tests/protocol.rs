@@ -27,6 +27,7 @@ fn config() -> MulticastConfig {
             acceptors: vec![N1, N2, N3],
             learners: vec![L],
         }],
+        merges: Vec::new(),
         params: Params {
             // Leveling far away, so that tests see only what they cause.
             delta: Duration::from_secs(3600),

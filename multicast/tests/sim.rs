@@ -125,3 +125,25 @@ fn replay() {
         Err(f) => panic!("{f}\n{}", f.state),
     }
 }
+
+/// Rate leveling keeps a lone client's merge latency near the consensus
+/// latency (a few message delays), not a multiple of the leveling period:
+/// idle rings must lead the ring the client uses, also when the client's
+/// pauses leave its rings idle in turn.
+#[test]
+fn a_lone_client_never_waits_for_idle_rings() {
+    for seed in 0..4 {
+        let think = std::time::Duration::from_millis(2);
+        let mut latencies = sim::latency_probe(seed, 2, 300, think);
+        assert_eq!(latencies.len(), 300, "seed={seed}: the probe stalled");
+        latencies.sort();
+        let p50 = latencies[latencies.len() / 2];
+        let max = *latencies.last().expect("latencies");
+        eprintln!("seed={seed}: p50 {p50:?} max {max:?}");
+        // Four message delays of 100 µs, plus at most one leveling period (Δ = 1 ms).
+        assert!(
+            max <= std::time::Duration::from_micros(1_500),
+            "seed={seed}: a command waited {max:?}"
+        );
+    }
+}

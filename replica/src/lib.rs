@@ -19,8 +19,10 @@
 //! - [`workload`]: streams for tests and benchmarks, and their sequential execution;
 //! - [`services`]: the null service and the linked list.
 
+pub mod cluster;
 pub mod engine;
 pub mod rendezvous;
+pub mod runtime;
 pub mod service;
 pub mod services;
 mod shim;
@@ -32,5 +34,5 @@ pub use engine::{
     Engine, EngineConfig, EngineError, EngineKind, ExecMetrics, Finished, Jitter, ReplySink,
 };
 pub use rendezvous::WaitPolicy;
-pub use service::{Group, GroupMapping, Lane, Service};
+pub use service::{Group, GroupMapping, Lane, Service, route};
 pub use wire::{ClientId, Mode, Outcome, Refusal, Reply, Request, RequestId, ServiceId};

@@ -17,7 +17,8 @@
 
 use bytes::Bytes;
 
-use crate::wire::ServiceId;
+use crate::engine::EngineKind;
+use crate::wire::{Mode, ServiceId};
 
 /// The thread executing in parallel mode, among `threads`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -83,4 +84,28 @@ pub trait GroupMapping {
 
     /// OC-G: covers static dependencies only.
     fn optimistic(&self, op: &Self::Op, threads: usize) -> Group;
+}
+
+/// How a client sends `op` to an engine of `kind` with `threads` threads:
+/// smr: everything to `g_all`; psmr: CC-G; opt-psmr: OC-G, optimistically,
+/// where it differs from CC-G (Algorithm 1, lines 1–3).
+pub fn route<M: GroupMapping>(
+    kind: EngineKind,
+    mapping: &M,
+    op: &M::Op,
+    threads: usize,
+) -> (Mode, Group) {
+    match kind {
+        EngineKind::Smr => (Mode::Conservative, Group::All),
+        EngineKind::Psmr => (Mode::Conservative, mapping.conservative(op, threads)),
+        EngineKind::OptPsmr => {
+            let conservative = mapping.conservative(op, threads);
+            let optimistic = mapping.optimistic(op, threads);
+            if optimistic == conservative {
+                (Mode::Conservative, conservative)
+            } else {
+                (Mode::Optimistic, optimistic)
+            }
+        }
+    }
 }

@@ -22,10 +22,8 @@ use rand_chacha::ChaCha8Rng;
 use rustc_hash::FxHashMap;
 
 use crate::engine::execute::{Access, ExecMetrics, execute_command};
-use crate::engine::{
-    Engine, EngineConfig, EngineError, EngineKind, EngineState, Finished, ReplySink,
-};
-use crate::service::{Group, GroupMapping, Lane, Service};
+use crate::engine::{Engine, EngineConfig, EngineError, EngineState, Finished, ReplySink};
+use crate::service::{Group, GroupMapping, Lane, Service, route};
 use crate::wire::{ClientId, Mode, Outcome, Reply, Request, RequestId};
 
 /// An operation a client submits.
@@ -170,20 +168,9 @@ impl<S: Service, M: GroupMapping<Op = S::Op>> Builder<'_, S, M> {
     fn request(&mut self, submission: &Submission) -> (Group, Request) {
         let threads = self.config.threads();
         let op = self.service.decode(&submission.op);
-        let (mode, group) = match (self.config.kind, op) {
-            (EngineKind::Smr, _) | (_, None) => (Mode::Conservative, Group::All),
-            (EngineKind::Psmr, Some(op)) => {
-                (Mode::Conservative, self.mapping.conservative(&op, threads))
-            }
-            (EngineKind::OptPsmr, Some(op)) => {
-                let conservative = self.mapping.conservative(&op, threads);
-                let optimistic = self.mapping.optimistic(&op, threads);
-                if optimistic == conservative {
-                    (Mode::Conservative, conservative)
-                } else {
-                    (Mode::Optimistic, optimistic)
-                }
-            }
+        let (mode, group) = match op {
+            Some(op) => route(self.config.kind, self.mapping, &op, threads),
+            None => (Mode::Conservative, Group::All),
         };
         let client = self.clients.entry(submission.client).or_default();
         let id = RequestId(client.next_request);

@@ -41,6 +41,9 @@ pub(crate) struct AcceptorRing {
     log: BTreeMap<Instance, Slot>,
     frontier: Instance,
     frontier_position: u64,
+    /// Merge position just past the last batch below the frontier: what
+    /// merged rings must reach so that no learner waits on this one.
+    content_position: u64,
     trimmed_below: Instance,
     trim_position: u64,
     vote_bound: Instance,
@@ -106,6 +109,7 @@ impl AcceptorRing {
             log,
             frontier,
             frontier_position,
+            content_position: frontier_position,
             trimmed_below: trimmed,
             trim_position: recovered.trim_position,
             vote_bound: recovered.vote_bound,
@@ -132,6 +136,10 @@ impl AcceptorRing {
 
     pub(crate) fn frontier_position(&self) -> u64 {
         self.frontier_position
+    }
+
+    pub(crate) fn content_position(&self) -> u64 {
+        self.content_position
     }
 
     pub(crate) fn is_amnesiac(&self) -> bool {
@@ -432,6 +440,9 @@ impl AcceptorRing {
             self.frontier_position = self
                 .frontier_position
                 .saturating_add(slot.value.positions());
+            if matches!(slot.value, Value::Batch(_)) {
+                self.content_position = self.frontier_position;
+            }
             self.frontier += 1;
         }
         if self
@@ -496,6 +507,7 @@ impl AcceptorRing {
         self.log = self.log.split_off(&t.below);
         self.frontier = t.below;
         self.frontier_position = t.position;
+        self.content_position = self.content_position.max(t.position);
         self.trimmed_below = t.below;
         self.trim_position = t.position;
         self.note_horizon(t.below);

@@ -46,7 +46,9 @@ impl RingConfig {
 /// Protocol parameters shared by every node of a cluster.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Params {
-    /// Instances a coordinator may have proposed and not yet seen decided. Default 128.
+    /// Instances a coordinator may have proposed and not yet seen decided.
+    /// Under load, commands wait while the window is full and go out in
+    /// bigger batches: a small window batches more. Default 16.
     pub window: u64,
     /// Most commands in one batch (one instance). Default 64.
     pub batch_max_commands: usize,
@@ -96,7 +98,7 @@ pub struct Params {
 impl Default for Params {
     fn default() -> Self {
         Params {
-            window: 128,
+            window: 16,
             batch_max_commands: 64,
             batch_max_bytes: 256 * 1024,
             batch_delay: Duration::ZERO,
@@ -178,6 +180,11 @@ impl Params {
 pub struct MulticastConfig {
     /// Every ring of the cluster.
     pub rings: Vec<RingConfig>,
+    /// The sets of rings that learners merge together (P-SMR: `{g_i, g_all}`
+    /// per thread). Rate leveling keeps each ring ahead of the busy rings it
+    /// is merged with, and only of those. Empty: every ring is merged with
+    /// every other.
+    pub merges: Vec<Vec<RingId>>,
     /// Protocol parameters.
     pub params: Params,
 }
@@ -202,7 +209,30 @@ impl MulticastConfig {
             }
             validate_ring(ring)?;
         }
+        for (index, merge) in self.merges.iter().enumerate() {
+            if let Some(&ring) = merge.iter().find(|r| !ids.contains(r)) {
+                return Err(ConfigError::UnknownMergedRing { index, ring });
+            }
+        }
         Ok(())
+    }
+
+    /// The rings merged with `ring` by some learner.
+    pub fn partners(&self, ring: RingId) -> Vec<RingId> {
+        let mut partners: Vec<RingId> = if self.merges.is_empty() {
+            self.rings.iter().map(|r| r.id).collect()
+        } else {
+            self.merges
+                .iter()
+                .filter(|m| m.contains(&ring))
+                .flatten()
+                .copied()
+                .collect()
+        };
+        partners.sort_unstable();
+        partners.dedup();
+        partners.retain(|&r| r != ring);
+        partners
     }
 }
 
@@ -280,6 +310,14 @@ pub enum ConfigError {
         /// Acceptors listed.
         n: usize,
     },
+    /// A merge names a ring that does not exist.
+    #[error("merges[{index}]: ring {ring} does not exist")]
+    UnknownMergedRing {
+        /// Position of the merge.
+        index: usize,
+        /// The ring.
+        ring: RingId,
+    },
     /// A node appears twice in one list of a ring.
     #[error("rings[{ring}].{field}: {node} is listed twice")]
     DuplicateMember {
@@ -308,6 +346,7 @@ mod tests {
     fn defaults_are_valid() {
         let cfg = MulticastConfig {
             rings: vec![ring(0, &[1, 2, 3])],
+            merges: Vec::new(),
             params: Params::default(),
         };
         assert_eq!(cfg.validate(), Ok(()));
@@ -319,6 +358,7 @@ mod tests {
         for acceptors in [&[][..], &[1, 2][..]] {
             let cfg = MulticastConfig {
                 rings: vec![ring(4, acceptors)],
+                merges: Vec::new(),
                 params: Params::default(),
             };
             let err = cfg.validate().unwrap_err();
@@ -331,18 +371,40 @@ mod tests {
     fn duplicates_are_rejected_naming_the_field() {
         let cfg = MulticastConfig {
             rings: vec![ring(0, &[1, 2, 1])],
+            merges: Vec::new(),
             params: Params::default(),
         };
         let err = cfg.validate().unwrap_err();
         assert_eq!(err.to_string(), "rings[r0].acceptors: n1 is listed twice");
         let cfg = MulticastConfig {
             rings: vec![ring(0, &[1]), ring(0, &[2])],
+            merges: Vec::new(),
             params: Params::default(),
         };
         assert_eq!(
             cfg.validate(),
             Err(ConfigError::DuplicateRing { ring: RingId(0) })
         );
+    }
+
+    #[test]
+    fn partners_are_the_rings_merged_together() {
+        let cfg = MulticastConfig {
+            rings: vec![ring(0, &[1]), ring(1, &[1]), ring(2, &[1])],
+            merges: vec![vec![RingId(1), RingId(0)], vec![RingId(2), RingId(0)]],
+            params: Params::default(),
+        };
+        assert_eq!(cfg.validate(), Ok(()));
+        assert_eq!(cfg.partners(RingId(0)), vec![RingId(1), RingId(2)]);
+        assert_eq!(cfg.partners(RingId(1)), vec![RingId(0)]);
+        let bad = MulticastConfig {
+            merges: vec![vec![RingId(7)]],
+            ..cfg
+        };
+        assert!(matches!(
+            bad.validate(),
+            Err(ConfigError::UnknownMergedRing { index: 0, .. })
+        ));
     }
 
     #[test]

@@ -17,11 +17,22 @@
 //! loopback), which votes and passes them on along the ring.
 //!
 //! Rate leveling: every Δ, a ring with no client traffic (idle) advances its
-//! merge position to at least λ·Δ beyond where it was at the previous tick and
-//! λ·Δ beyond the busiest ring this node observes; a busy ring only catches
-//! up with the other busy rings. Idle rings thus lead, so a learner merging a
-//! busy ring with idle ones never waits on them, and no global start time or
-//! rate needs to be agreed: a ring that falls behind jumps to the others.
+//! merge position to λ·Δ beyond the busy rings it is merged with (as this
+//! node observes them); a busy ring only catches up with them. Rings that no
+//! learner merges together ignore each other (in P-SMR, the threads' rings
+//! follow `g_all` and `g_all` follows them, but two threads' rings never
+//! chase each other, which would ratchet positions up for nothing). An idle
+//! ring re-leads only when its margin has shrunk to λ·Δ/2. Every ring, busy
+//! or idle, reaches the position just past its partners' last batches (which
+//! only grows with real batches, so it cannot ratchet): a partner's batch
+//! never waits on it for long, even when its busy spell went unobserved (a
+//! new coordinator, a crash). A ring with no busy partner stays where it is,
+//! unless some partner is hosted on other nodes and cannot be observed: then
+//! it advances λ·Δ every Δ (the design's deficit rule). Idle rings thus lead, so a
+//! learner merging a busy ring with idle ones never waits on them, and no
+//! global start time or rate needs to be agreed: a ring that falls behind
+//! jumps to the others. When no ring is busy, no learner waits on anything,
+//! and an idle cluster stays quiet.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -45,11 +56,16 @@ enum Phase {
     Leading,
 }
 
-/// What this node sees of the other rings, for rate leveling.
+/// What this node sees of the rings merged with this one, for rate leveling.
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct LevelView {
-    /// Highest merge position among the other rings that are busy.
+    /// Highest merge position among the busy rings merged with this one.
     pub(crate) busy_max: Option<u64>,
+    /// Highest position just past a batch among the rings merged with this
+    /// one: this ring must reach it, or that batch waits.
+    pub(crate) content_max: u64,
+    /// Some ring merged with this one is not hosted at this node.
+    pub(crate) unobserved: bool,
 }
 
 /// Coordinator state of one ring at the node that leads it.
@@ -66,7 +82,7 @@ pub(crate) struct Coordinator {
     next_instance: Instance,
     next_position: u64,
     next_level: Instant,
-    level_position: u64,
+    next_idle_skip: Instant,
     last_batch_at: Option<Instant>,
 }
 
@@ -94,7 +110,7 @@ impl Coordinator {
             next_instance: from,
             next_position: 0,
             next_level: ctx.now,
-            level_position: 0,
+            next_idle_skip: ctx.now,
             last_batch_at: None,
         };
         c.send_prepare(ctx, members, |_| true);
@@ -103,6 +119,11 @@ impl Coordinator {
 
     pub(crate) fn ballot(&self) -> Ballot {
         self.ballot
+    }
+
+    /// The instance and merge position of the next proposal.
+    pub(crate) fn next(&self) -> (Instance, u64) {
+        (self.next_instance, self.next_position)
     }
 
     pub(crate) fn is_leading(&self) -> bool {
@@ -130,13 +151,10 @@ impl Coordinator {
         }
     }
 
-    /// Queues commands; they are proposed as soon as the window and batching allow.
-    pub(crate) fn propose(
-        &mut self,
-        ctx: &mut Ctx<'_>,
-        members: &Membership,
-        commands: Vec<Command>,
-    ) {
+    /// Queues commands; the next [`Coordinator::flush`] proposes them, in
+    /// batches, as the window allows. The node flushes once per round of
+    /// input, so that every command that arrived in the round shares a batch.
+    pub(crate) fn propose(&mut self, ctx: &mut Ctx<'_>, commands: Vec<Command>) {
         for command in commands {
             if self.pending.len() >= ctx.params.max_pending_commands {
                 ctx.metrics.commands_dropped += 1;
@@ -148,7 +166,6 @@ impl Coordinator {
         if !self.pending.is_empty() {
             self.pending_since.get_or_insert(ctx.now);
         }
-        self.flush(ctx, members);
     }
 
     /// A Phase 1b answer.
@@ -188,7 +205,6 @@ impl Coordinator {
         self.backlog = (base..end)
             .map(|instance| chosen.get(&instance).cloned().unwrap_or(Value::Skip(1)))
             .collect();
-        self.level_position = self.next_position;
         self.next_level = ctx.now;
         self.flush(ctx, members);
     }
@@ -338,23 +354,44 @@ impl Coordinator {
         let delta = ctx.params.delta;
         self.next_level = ctx.now + delta;
         let lead = ctx.params.lead();
-        let target = if self.is_busy(ctx.now, delta) {
+        let lead_target = if self.is_busy(ctx.now, delta) {
             view.busy_max
+        } else if let Some(max) = view.busy_max {
+            // Re-lead only when the margin has shrunk to half: one skip per
+            // λ·Δ/2 positions the busy rings advance, not one per tick.
+            (self.next_position < max.saturating_add(lead / 2)).then(|| max.saturating_add(lead))
+        } else if view.unobserved && ctx.now >= self.next_idle_skip {
+            // Rings merged with this one that this node does not host cannot
+            // be observed: advance at λ so that their learners never wait long.
+            Some(self.next_position.saturating_add(lead))
         } else {
-            let floor = self.level_position.saturating_add(lead);
-            Some(
-                view.busy_max
-                    .map_or(floor, |max| floor.max(max.saturating_add(lead))),
-            )
+            None
         };
+        // Whatever else: never leave a partner's batch waiting on this ring.
+        // The merge releases a batch once every ring has finished its turn of
+        // M positions: reach the end of that turn.
+        let m = u64::from(ctx.params.merge_m.max(1));
+        let content = view.content_max.div_ceil(m).saturating_mul(m);
+        let target = lead_target.max((content > 0).then_some(content));
         if let Some(target) = target.filter(|&t| t > self.next_position) {
             if self.window_open(ctx) && self.backlog.is_empty() {
+                tracing::debug!(
+                    ring = %members.config.id,
+                    from = self.next_position,
+                    to = target,
+                    busy = self.is_busy(ctx.now, delta),
+                    busy_max = ?view.busy_max,
+                    "leveling skip"
+                );
                 self.assign(ctx, members, Value::Skip(target - self.next_position));
+                self.next_idle_skip = ctx.now + delta * IDLE_FLOOR_TICKS;
             }
         }
-        self.level_position = self.next_position;
     }
 }
+
+/// A ring with unobservable partners skips once per this many Δ.
+const IDLE_FLOOR_TICKS: u32 = 1;
 
 /// Per instance at or above `base`: a value some promise reports decided,
 /// else the value accepted at the highest ballot.

@@ -105,6 +105,33 @@ impl Merger {
         Ok(())
     }
 
+    /// A one-line account of the merge's state: whose turn, how far into it,
+    /// and per ring the skip credit and the instances queued.
+    pub fn describe(&self) -> String {
+        let rings: Vec<String> = self
+            .rings
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let next = self.queues[i]
+                    .front()
+                    .map(|(inst, v)| format!(" next {inst}:{}", v.positions()));
+                format!(
+                    "{r}: credit {} queued {}{}",
+                    self.credit[i],
+                    self.queues[i].len(),
+                    next.unwrap_or_default()
+                )
+            })
+            .collect();
+        format!(
+            "turn of {} ({} left); {}",
+            self.rings[self.cursor],
+            self.left,
+            rings.join(", ")
+        )
+    }
+
     /// Instances fed and not merged yet.
     pub fn queued(&self) -> usize {
         self.queues.iter().map(VecDeque::len).sum()

@@ -37,6 +37,6 @@ pub use messages::{
     Trimmed,
 };
 pub use metrics::{LearnerMetrics, NodeMetrics};
-pub use node::{AcceptorNode, NodeError};
+pub use node::{AcceptorNode, NodeError, RingPositions};
 pub use proposer::{ProposeError, Proposer};
 pub use types::{Ballot, Command, CommandId, Instance, NodeId, ProposerId, RingId, Value, VoteSet};

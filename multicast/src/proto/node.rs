@@ -52,8 +52,23 @@ pub enum NodeError {
     Storage(#[from] StorageError),
 }
 
+/// Where a ring stands at a node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RingPositions {
+    /// First instance not known decided.
+    pub frontier: Instance,
+    /// Merge position of the frontier.
+    pub frontier_position: u64,
+    /// Merge position just past the last batch below the frontier.
+    pub content_position: u64,
+    /// If this node coordinates the ring: the instance and position of its next proposal.
+    pub next_proposal: Option<(Instance, u64)>,
+}
+
 struct RingState {
     acceptor: AcceptorRing,
+    /// Rings merged with this one by some learner (rate leveling looks at those).
+    partners: Vec<RingId>,
     coordinator: Option<Coordinator>,
     /// Highest ballot heard of in a Nack; a new term must exceed it.
     seen: Ballot,
@@ -80,6 +95,10 @@ pub struct AcceptorNode {
     next_heartbeat: Instant,
     next_tick: Instant,
     halted: Option<StorageError>,
+    /// Input arrived since the coordinators last formed batches.
+    flush_due: bool,
+    /// The latest `now` the driver gave.
+    last_now: Instant,
 }
 
 impl AcceptorNode {
@@ -108,6 +127,7 @@ impl AcceptorNode {
             let seen = Ballot::ZERO;
             let state = RingState {
                 acceptor,
+                partners: config.partners(ring.id),
                 coordinator: None,
                 seen,
                 term_started: None,
@@ -130,6 +150,8 @@ impl AcceptorNode {
             next_heartbeat: now,
             next_tick: now,
             halted: None,
+            flush_due: false,
+            last_now: now,
         };
         node.handle_timeout(now);
         Ok(node)
@@ -151,6 +173,11 @@ impl AcceptorNode {
         self.halted.as_ref()
     }
 
+    /// Takes the storage error that stopped this node, if any.
+    pub fn take_halted(&mut self) -> Option<StorageError> {
+        self.halted.take()
+    }
+
     /// Whether this node currently leads `ring` (Phase 1 done).
     pub fn is_coordinator(&self, ring: RingId) -> bool {
         self.rings
@@ -165,6 +192,17 @@ impl AcceptorNode {
         self.rings
             .get(&ring)
             .is_some_and(|r| r.acceptor.is_amnesiac())
+    }
+
+    /// Where `ring` stands at this node (for diagnostics and tests).
+    pub fn positions(&self, ring: RingId) -> Option<RingPositions> {
+        let state = self.rings.get(&ring)?;
+        Some(RingPositions {
+            frontier: state.acceptor.frontier(),
+            frontier_position: state.acceptor.frontier_position(),
+            content_position: state.acceptor.content_position(),
+            next_proposal: state.coordinator.as_ref().map(Coordinator::next),
+        })
     }
 
     /// The first instance of `ring` this node does not know to be decided.
@@ -186,6 +224,8 @@ impl AcceptorNode {
             return;
         }
         self.detector.heard(from, now);
+        self.last_now = self.last_now.max(now);
+        self.flush_due = true;
         self.dispatch(now, from, message);
         self.drain_local(now);
     }
@@ -195,6 +235,7 @@ impl AcceptorNode {
         if self.halted.is_some() {
             return;
         }
+        self.last_now = self.last_now.max(now);
         if now >= self.next_heartbeat {
             self.next_heartbeat = now + self.params.heartbeat_interval;
             let peers: Vec<NodeId> = self.detector.peers().collect();
@@ -212,11 +253,17 @@ impl AcceptorNode {
         self.drain_local(now);
     }
 
-    /// The next message to send. Before the first message after new records,
-    /// storage is synced once for all of them.
+    /// The next message to send. First, the coordinators turn the commands
+    /// that arrived since the last call into batches (one batch per ring for
+    /// all of them, as the window allows); before the first message after
+    /// new records, storage is synced once for all of them.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         if self.halted.is_some() {
             return None;
+        }
+        if self.flush_due {
+            self.flush_due = false;
+            self.flush_coordinators();
         }
         if self.dirty && !self.outbox.remote.is_empty() {
             if let Err(e) = self.storage.sync() {
@@ -235,6 +282,36 @@ impl AcceptorNode {
             return None;
         }
         Some(self.next_tick.min(self.next_heartbeat))
+    }
+
+    fn flush_coordinators(&mut self) {
+        let now = self.last_now;
+        let AcceptorNode {
+            params,
+            rings,
+            detector,
+            storage,
+            outbox,
+            dirty,
+            metrics,
+            ..
+        } = self;
+        for state in rings.values_mut() {
+            let Some(c) = state.coordinator.as_mut() else {
+                continue;
+            };
+            let mut ctx = Ctx {
+                now,
+                params,
+                detector,
+                out: outbox,
+                storage: storage.as_mut(),
+                dirty,
+                metrics,
+            };
+            c.flush(&mut ctx, &state.acceptor.members);
+        }
+        self.drain_local(now);
     }
 
     fn tick_interval(&self) -> Duration {
@@ -364,13 +441,25 @@ impl AcceptorNode {
 
     fn level_view(&self, now: Instant, ring: RingId) -> LevelView {
         let window = self.params.delta * 2;
+        let partners = &self.rings[&ring].partners;
         let busy_max = self
             .rings
             .iter()
-            .filter(|(id, r)| **id != ring && r.acceptor.busy_since(now, window))
+            .filter(|(id, r)| partners.contains(id) && r.acceptor.busy_since(now, window))
             .map(|(_, r)| r.acceptor.frontier_position())
             .max();
-        LevelView { busy_max }
+        let content_max = partners
+            .iter()
+            .filter_map(|p| self.rings.get(p))
+            .map(|r| r.acceptor.content_position())
+            .max()
+            .unwrap_or(0);
+        let unobserved = partners.iter().any(|p| !self.rings.contains_key(p));
+        LevelView {
+            busy_max,
+            content_max,
+            unobserved,
+        }
     }
 }
 
@@ -385,7 +474,6 @@ fn settle(ctx: &mut Ctx<'_>, state: &mut RingState) {
                 c.on_decided(instance);
             }
         }
-        c.flush(ctx, &members);
     }
     ctx.out.decided.clear();
     reconcile_role(ctx, state, &members);
@@ -424,7 +512,7 @@ fn new_term(ctx: &mut Ctx<'_>, state: &mut RingState, members: &Membership) {
     };
     let from = state.acceptor.frontier();
     let mut next = Coordinator::start(ctx, members, ballot, from);
-    next.propose(ctx, members, pending);
+    next.propose(ctx, pending);
     state.coordinator = Some(next);
     state.term_started = Some(ctx.now);
 }
@@ -450,7 +538,7 @@ fn on_propose(ctx: &mut Ctx<'_>, state: &mut RingState, p: Propose) {
     ctx.metrics.commands_received += p.commands.len() as u64;
     let members = state.acceptor.members.clone();
     match state.coordinator.as_mut() {
-        Some(c) => c.propose(ctx, &members, p.commands),
+        Some(c) => c.propose(ctx, p.commands),
         None if p.forwarded => ctx.metrics.commands_dropped += p.commands.len() as u64,
         None => forward(ctx, &members, p.commands),
     }

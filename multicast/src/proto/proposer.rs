@@ -204,6 +204,7 @@ mod tests {
                 acceptors: vec![NodeId(1), NodeId(2), NodeId(3)],
                 learners: vec![],
             }],
+            merges: Vec::new(),
             params: Default::default(),
         }
     }

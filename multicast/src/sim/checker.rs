@@ -81,6 +81,8 @@ pub enum Violation {
         command: CommandId,
         /// Its ring.
         ring: RingId,
+        /// The merge (its rings) that never released it; `None`: the learner never delivered it.
+        merge: Option<Vec<RingId>>,
     },
 }
 
@@ -152,10 +154,22 @@ impl fmt::Display for Violation {
                 learner,
                 command,
                 ring,
+                merge: None,
             } => {
                 write!(
                     f,
                     "validity: {learner} never delivered {command:?} of {ring} after healing"
+                )
+            }
+            Violation::Validity {
+                learner,
+                command,
+                ring,
+                merge: Some(rings),
+            } => {
+                write!(
+                    f,
+                    "validity: {learner}'s merge of {rings:?} never released {command:?} of {ring} after healing"
                 )
             }
         }
@@ -183,6 +197,8 @@ pub struct Checker {
     merges: Vec<MergeLog>,
     /// Hash of every delivery in order, to compare two runs of one seed.
     pub trace: u64,
+    /// When each command first came out of a merge (virtual nanoseconds).
+    merged_at: HashMap<CommandId, u64>,
 }
 
 impl Checker {
@@ -212,6 +228,7 @@ impl Checker {
             learners,
             merges,
             trace: 0,
+            merged_at: HashMap::new(),
         }
     }
 
@@ -226,7 +243,7 @@ impl Checker {
     }
 
     /// A learner delivered an instance; checks agreement, integrity, order.
-    pub fn delivered(&mut self, learner: NodeId, d: &Delivery) -> Result<(), Violation> {
+    pub fn delivered(&mut self, learner: NodeId, d: &Delivery, now: u64) -> Result<(), Violation> {
         let digest = digest(&d.value);
         self.trace = mix(self.trace, digest ^ u64::from(learner.0));
         let log = self.learners.get_mut(&learner).expect("known learner");
@@ -267,11 +284,24 @@ impl Checker {
                 });
             }
         }
-        self.feed_merges(learner, d);
+        self.feed_merges(learner, d, now);
         Ok(())
     }
 
-    fn feed_merges(&mut self, learner: NodeId, d: &Delivery) {
+    /// The state of every merge, one line each.
+    pub fn describe_merges(&self) -> String {
+        self.merges
+            .iter()
+            .map(|m| format!("{} merge: {}\n", m.learner, m.merger.describe()))
+            .collect()
+    }
+
+    /// When `command` first came out of a merge.
+    pub fn merged_at(&self, command: CommandId) -> Option<u64> {
+        self.merged_at.get(&command).copied()
+    }
+
+    fn feed_merges(&mut self, learner: NodeId, d: &Delivery, now: u64) {
         for log in self.merges.iter_mut().filter(|m| m.learner == learner) {
             if log.merger.rings().contains(&d.ring) {
                 log.merger
@@ -281,6 +311,9 @@ impl Checker {
                     log.sequence
                         .extend(batch.commands.iter().map(|c| (batch.ring, c.id)));
                     log.merged.extend(batch.commands.iter().map(|c| c.id));
+                    for c in batch.commands.iter() {
+                        self.merged_at.entry(c.id).or_insert(now);
+                    }
                 }
             }
         }
@@ -302,6 +335,7 @@ impl Checker {
                         learner,
                         command,
                         ring: *ring,
+                        merge: None,
                     });
                 }
             }
@@ -312,6 +346,7 @@ impl Checker {
                         learner: merge.learner,
                         command,
                         ring: *ring,
+                        merge: Some(merge.merger.rings().to_vec()),
                     });
                 }
             }

@@ -106,6 +106,48 @@ pub fn run(seed: u64, options: SimOptions) -> Result<Report, Box<Failure>> {
     }
 }
 
+/// Merge latency of a lone client: one command at a time, each to a random
+/// thread ring of a P-SMR layout with `threads` thread rings, after a random
+/// pause of up to `think` (so that rings go busy and idle in turn), on a
+/// clean network (every message takes 100 µs). Returns each command's time
+/// from proposal to its first merged delivery. Rate leveling must keep this
+/// near the consensus latency; a ring that does not lead shows up here as
+/// waits of many Δ.
+pub fn latency_probe(seed: u64, threads: u16, commands: usize, think: Duration) -> Vec<Duration> {
+    let scenario = Scenario::quiet(seed, threads);
+    let mut world = World::new(scenario);
+    world.healed = true;
+    let proposer = world.scenario.proposers[0];
+    let mut latencies = Vec::with_capacity(commands);
+    let limit = nanos(Duration::from_secs(60));
+    let first = RingId(1 + world.rng.random_range(0..threads));
+    let mut current = world.propose_to(proposer, first);
+    while latencies.len() < commands && world.now < limit {
+        let (id, sent) = current;
+        if let Some(merged) = world.checker.merged_at(id) {
+            latencies.push(Duration::from_nanos(merged - sent));
+            let pause = world.now + world.rng.random_range(0..=nanos(think));
+            while world.now < pause {
+                match world.step() {
+                    Ok(Some(_)) => {}
+                    _ => break,
+                }
+            }
+            let ring = RingId(1 + world.rng.random_range(0..threads));
+            current = world.propose_to(proposer, ring);
+            continue;
+        }
+        if world
+            .step()
+            .expect("a clean run keeps every property")
+            .is_none()
+        {
+            break;
+        }
+    }
+    latencies
+}
+
 fn summarize(s: &Scenario) -> String {
     let rings: Vec<usize> = s.config.rings.iter().map(|r| r.acceptors.len()).collect();
     format!(
@@ -406,9 +448,14 @@ impl World {
     }
 
     fn propose(&mut self, proposer: NodeId) {
-        let now = self.instant();
         let rings = self.scenario.config.rings.len() as u16;
         let ring = RingId(self.rng.random_range(0..rings));
+        self.propose_to(proposer, ring);
+    }
+
+    /// Proposes a random command to `ring`; returns its id and when.
+    fn propose_to(&mut self, proposer: NodeId, ring: RingId) -> (crate::proto::CommandId, u64) {
+        let now = self.instant();
         let mut payload = vec![0u8; self.rng.random_range(1..=24)];
         self.rng.fill(&mut payload[..]);
         let payload = Bytes::from(payload);
@@ -418,6 +465,7 @@ impl World {
             .expect("scenario rings exist");
         self.checker.proposed(id, ring, payload);
         self.drain_proposer(proposer);
+        (id, self.now)
     }
 
     fn drain_acceptor(&mut self, id: NodeId) -> Result<(), Violation> {
@@ -445,7 +493,7 @@ impl World {
             deliveries.push(d);
         }
         for d in &deliveries {
-            self.checker.delivered(id, d)?;
+            self.checker.delivered(id, d, self.now)?;
             for command in d.value.commands() {
                 let owner = NodeId(command.id.proposer.0 as u32);
                 if let Some(p) = self.proposers.get_mut(&owner) {
@@ -595,10 +643,17 @@ impl World {
                 .rings
                 .iter()
                 .filter_map(|r| {
-                    let f = node.frontier(r.id)?;
+                    let p = node.positions(r.id)?;
                     let lead = if node.is_coordinator(r.id) { "*" } else { "" };
                     let amnesiac = if node.is_amnesiac(r.id) { "?" } else { "" };
-                    Some(format!("{}{lead}{amnesiac}={f}", r.id))
+                    let next = p
+                        .next_proposal
+                        .map(|(i, pos)| format!(" next={i}@{pos}"))
+                        .unwrap_or_default();
+                    Some(format!(
+                        "{}{lead}{amnesiac}={}@{}(content {}){next}",
+                        r.id, p.frontier, p.frontier_position, p.content_position
+                    ))
                 })
                 .collect();
             out.push_str(&format!("{id}: {} {:?}\n", rings.join(" "), node.metrics()));
@@ -620,6 +675,7 @@ impl World {
         for (id, p) in &self.proposers {
             out.push_str(&format!("{id}: {} outstanding\n", p.outstanding()));
         }
+        out.push_str(&self.checker.describe_merges());
         out
     }
 

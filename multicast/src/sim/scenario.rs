@@ -119,7 +119,11 @@ impl Scenario {
         };
         Scenario {
             seed,
-            config: MulticastConfig { rings, params },
+            config: MulticastConfig {
+                rings,
+                merges: merges_of(&learners),
+                params,
+            },
             acceptors,
             learners,
             proposers,
@@ -141,6 +145,52 @@ impl Scenario {
             safety: ms(rng.random_range(1000..=2000)),
             liveness: Duration::from_secs(20),
             retry: ms(rng.random_range(60..=200)),
+        }
+    }
+}
+
+impl Scenario {
+    /// No faults at all: three acceptors, `threads` thread rings and `g_all`,
+    /// default protocol parameters, every message delayed 100 µs.
+    pub fn quiet(seed: u64, threads: u16) -> Scenario {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let pool: Vec<NodeId> = (1..=3).map(NodeId).collect();
+        let mut rings = draw_rings(&mut rng, &pool, threads);
+        for (i, ring) in rings.iter_mut().enumerate() {
+            ring.acceptors = pool.clone();
+            ring.acceptors.rotate_left(i % pool.len());
+        }
+        let learners = learner_specs(threads);
+        let rings = with_learners(rings, &learners);
+        let hundred = Duration::from_micros(100);
+        Scenario {
+            seed,
+            config: MulticastConfig {
+                rings,
+                // A P-SMR deployment's merges: {g_i, g_all} per thread.
+                merges: (1..=threads).map(|t| vec![RingId(t), G_ALL]).collect(),
+                params: Params::default(),
+            },
+            acceptors: pool,
+            learners,
+            proposers: vec![NodeId(FIRST_PROPOSER)],
+            commands_per_proposer: 0,
+            disk: DiskMode::Memory,
+            options: SimOptions::default(),
+            network: NetworkFaults {
+                min_delay: hundred,
+                max_delay: hundred,
+                slow: 0.0,
+                slow_extra: Duration::ZERO,
+                loss: 0.0,
+                duplicate: 0.0,
+            },
+            crash_every: Duration::from_secs(3600),
+            max_downtime: Duration::from_millis(10),
+            coordinator_crash: 0.0,
+            safety: Duration::ZERO,
+            liveness: Duration::from_secs(60),
+            retry: Duration::from_secs(1),
         }
     }
 }
@@ -191,6 +241,14 @@ fn learner_specs(threads: u16) -> Vec<LearnerSpec> {
         merges: vec![vec![RingId(1), G_ALL]],
     };
     vec![replica(FIRST_LEARNER), replica(FIRST_LEARNER + 1), partial]
+}
+
+/// Every merge of every learner.
+fn merges_of(learners: &[LearnerSpec]) -> Vec<Vec<RingId>> {
+    learners
+        .iter()
+        .flat_map(|l| l.merges.iter().cloned())
+        .collect()
 }
 
 fn with_learners(mut rings: Vec<RingConfig>, learners: &[LearnerSpec]) -> Vec<RingConfig> {

@@ -1,0 +1,130 @@
+//! A typed client of the replicated B+-tree, on the SDK.
+//!
+//! ```no_run
+//! use psmr_btree::BTreeClient;
+//! use psmr_client::ClientOptions;
+//! use psmr_replica::cluster::ClusterConfig;
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let cluster = ClusterConfig::load("cluster.toml".as_ref())?;
+//! let tree = BTreeClient::connect(&cluster, ClientOptions::default()).await?;
+//! tree.insert(7, 700).await?;
+//! assert_eq!(tree.get(7).await?, Some(700));
+//! let scan = tree.scan(0, 10).await?;
+//! println!("{} entries from 0", scan.entries.len());
+//! # Ok(())
+//! # }
+//! ```
+
+use bytes::Bytes;
+use psmr_client::{Client, ClientError, ClientOptions, ServiceClient};
+use psmr_replica::cluster::ClusterConfig;
+use psmr_replica::{Service, ServiceId};
+use thiserror::Error;
+
+use crate::op::{Invalid, Op, Response};
+use crate::service::BTreeService;
+
+impl ServiceClient for BTreeService {
+    fn service_id(&self) -> ServiceId {
+        Service::id(self)
+    }
+
+    fn encode_op(&self, op: &Op) -> Bytes {
+        op.encode()
+    }
+}
+
+/// Why a B+-tree call failed.
+#[derive(Debug, Error)]
+pub enum BTreeError {
+    /// The call itself failed.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// The operation was not valid.
+    #[error("invalid operation: {0:?}")]
+    Invalid(Invalid),
+    /// The replica answered something that is not a B+-tree response to this operation.
+    #[error("unexpected response to {op:?}")]
+    Unexpected {
+        /// The operation.
+        op: Op,
+    },
+}
+
+/// The result of a scan.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Scan {
+    /// Entries in key order.
+    pub entries: Vec<(u64, u64)>,
+    /// The scan asked for more than the replicas return at once.
+    pub capped: bool,
+}
+
+/// A client of the replicated B+-tree.
+#[derive(Clone)]
+pub struct BTreeClient {
+    client: Client<BTreeService>,
+}
+
+impl BTreeClient {
+    /// Connects to the cluster.
+    pub async fn connect(
+        cluster: &ClusterConfig,
+        options: ClientOptions,
+    ) -> Result<BTreeClient, ClientError> {
+        let service = BTreeService::new(cluster.service.key_space());
+        Ok(BTreeClient {
+            client: Client::connect(cluster, service, options).await?,
+        })
+    }
+
+    /// The SDK client underneath.
+    pub fn inner(&self) -> &Client<BTreeService> {
+        &self.client
+    }
+
+    async fn value(&self, op: Op) -> Result<Option<u64>, BTreeError> {
+        match self.run(op).await? {
+            Response::Value(v) => Ok(v),
+            _ => Err(BTreeError::Unexpected { op }),
+        }
+    }
+
+    async fn run(&self, op: Op) -> Result<Response, BTreeError> {
+        let bytes = self.client.call(op).await?;
+        match Response::decode(&bytes).ok_or(BTreeError::Unexpected { op })? {
+            Response::Invalid(invalid) => Err(BTreeError::Invalid(invalid)),
+            response => Ok(response),
+        }
+    }
+
+    /// The value of `key`.
+    pub async fn get(&self, key: u64) -> Result<Option<u64>, BTreeError> {
+        self.value(Op::Read(key)).await
+    }
+
+    /// Sets the value of an existing key; returns the previous value (`None`: absent, nothing set).
+    pub async fn put(&self, key: u64, value: u64) -> Result<Option<u64>, BTreeError> {
+        self.value(Op::Update(key, value)).await
+    }
+
+    /// Inserts or replaces; returns the previous value.
+    pub async fn insert(&self, key: u64, value: u64) -> Result<Option<u64>, BTreeError> {
+        self.value(Op::Insert(key, value)).await
+    }
+
+    /// Removes `key`; returns its value.
+    pub async fn delete(&self, key: u64) -> Result<Option<u64>, BTreeError> {
+        self.value(Op::Delete(key)).await
+    }
+
+    /// Up to `count` entries from `from` on.
+    pub async fn scan(&self, from: u64, count: u32) -> Result<Scan, BTreeError> {
+        let op = Op::Scan(from, count);
+        match self.run(op).await? {
+            Response::Entries { entries, capped } => Ok(Scan { entries, capped }),
+            _ => Err(BTreeError::Unexpected { op }),
+        }
+    }
+}

@@ -1,0 +1,250 @@
+//! The task behind a [`crate::Client`]: it owns the multicast proposer and
+//! the calls in flight.
+//!
+//! ```text
+//! new call ──> request id, route ──> proposer.propose ──> Propose to an acceptor
+//! reply    ──> Done | Refused: answer the call, forget the command
+//!          ──> Retry (first time): the same request, conservative, new command
+//! timers   ──> proposer resends unanswered commands; calls past the deadline time out
+//! ```
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use bytes::Bytes;
+use psmr_multicast::net::{Inbound, Network, Purpose};
+use psmr_multicast::proto::codec::{self, DEFAULT_MAX_FRAME};
+use psmr_multicast::proto::{CommandId, Proposer, ProposerId, RingId};
+use psmr_replica::cluster::ClusterConfig;
+use psmr_replica::{ClientId, EngineKind, Group, Mode, Outcome, Reply, Request, RequestId, route};
+use tokio::sync::{mpsc, oneshot};
+use tracing::debug;
+
+use crate::{Call, ClientError, ClientOptions, ClientStats, ServiceClient};
+
+struct Pending<Op> {
+    op: Op,
+    request: Request,
+    command: CommandId,
+    retried: bool,
+    deadline: Instant,
+    reply: oneshot::Sender<Result<Bytes, ClientError>>,
+}
+
+/// Calls and replies taken per round before proposals go out.
+const ROUND: usize = 1024;
+
+pub(crate) struct Driver<M: ServiceClient>
+where
+    M::Op: Send + 'static,
+{
+    service: M,
+    kind: EngineKind,
+    threads: usize,
+    options: ClientOptions,
+    net: Network,
+    proposer: Proposer,
+    pending: HashMap<RequestId, Pending<M::Op>>,
+    outstanding: BTreeSet<RequestId>,
+    deadlines: VecDeque<(Instant, RequestId)>,
+    next_request: u64,
+    stats: Arc<ClientStats>,
+}
+
+impl<M: ServiceClient> Driver<M>
+where
+    M::Op: Send + 'static,
+{
+    pub(crate) fn new(
+        cluster: &ClusterConfig,
+        service: M,
+        options: ClientOptions,
+        id: ClientId,
+        net: Network,
+        stats: Arc<ClientStats>,
+    ) -> Self {
+        let proposer = Proposer::new(ProposerId(id.0), &cluster.multicast(), options.resend_after);
+        Driver {
+            service,
+            kind: cluster.engine(),
+            threads: cluster.threads(),
+            options,
+            net,
+            proposer,
+            pending: HashMap::new(),
+            outstanding: BTreeSet::new(),
+            deadlines: VecDeque::new(),
+            next_request: 0,
+            stats,
+        }
+    }
+
+    pub(crate) async fn run(
+        mut self,
+        mut calls: mpsc::Receiver<Call<M::Op>>,
+        mut inbox: mpsc::Receiver<Inbound>,
+    ) {
+        loop {
+            let wake = self.next_wake().map(tokio::time::Instant::from_std);
+            tokio::select! {
+                call = calls.recv() => match call {
+                    Some(call) => self.start(call),
+                    None => break,
+                },
+                inbound = inbox.recv() => match inbound {
+                    Some(inbound) => self.on_inbound(inbound),
+                    None => break,
+                },
+                () = sleep(wake) => {}
+            }
+            // Everything already there goes out in the same messages.
+            for _ in 0..ROUND {
+                match (calls.try_recv(), inbox.try_recv()) {
+                    (Err(_), Err(_)) => break,
+                    (call, inbound) => {
+                        if let Ok(call) = call {
+                            self.start(call);
+                        }
+                        if let Ok(inbound) = inbound {
+                            self.on_inbound(inbound);
+                        }
+                    }
+                }
+            }
+            self.on_timers(Instant::now());
+            self.flush();
+        }
+        self.net.close();
+    }
+
+    fn next_wake(&self) -> Option<Instant> {
+        let deadline = self.deadlines.front().map(|(at, _)| *at);
+        match (self.proposer.poll_timeout(), deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn ring(&self, group: Group) -> RingId {
+        match group {
+            Group::All => RingId(0),
+            Group::Thread(i) => RingId(i as u16 + 1),
+        }
+    }
+
+    fn start(&mut self, call: Call<M::Op>) {
+        let now = Instant::now();
+        let id = RequestId(self.next_request);
+        self.next_request += 1;
+        self.outstanding.insert(id);
+        let (mode, group) = route(self.kind, &self.service, &call.op, self.threads);
+        let request = Request {
+            id,
+            low_water: *self.outstanding.first().expect("just inserted"),
+            mode,
+            service: self.service.service_id(),
+            op: self.service.encode_op(&call.op),
+        };
+        let command = self.propose(now, group, &request);
+        let deadline = now + self.options.deadline;
+        self.deadlines.push_back((deadline, id));
+        let pending = Pending {
+            op: call.op,
+            request,
+            command,
+            retried: false,
+            deadline,
+            reply: call.reply,
+        };
+        self.pending.insert(id, pending);
+    }
+
+    fn propose(&mut self, now: Instant, group: Group, request: &Request) -> CommandId {
+        let ring = self.ring(group);
+        self.proposer
+            .propose(now, ring, request.encode())
+            .expect("the cluster's rings are the client's rings")
+    }
+
+    fn on_inbound(&mut self, inbound: Inbound) {
+        if inbound.purpose != Purpose::Replies {
+            return;
+        }
+        let Ok(reply) = Reply::decode(&inbound.body) else {
+            debug!(from = %inbound.from, "undecodable reply");
+            return;
+        };
+        let Some(id) = reply.request else { return };
+        match reply.outcome {
+            Outcome::Retry => self.retry(id),
+            Outcome::Done(response) => self.finish(id, Ok(response)),
+            Outcome::Refused(refusal) => self.finish(id, Err(ClientError::Refused(refusal))),
+        }
+    }
+
+    /// The optimistic guess failed: the same request, conservatively, once.
+    fn retry(&mut self, id: RequestId) {
+        let Some(pending) = self.pending.get(&id) else {
+            return;
+        };
+        if pending.retried {
+            return;
+        }
+        let group = self.service.conservative(&pending.op, self.threads);
+        let mut request = pending.request.clone();
+        request.mode = Mode::Conservative;
+        request.low_water = *self
+            .outstanding
+            .first()
+            .expect("the request is outstanding");
+        let old = pending.command;
+        let command = self.propose(Instant::now(), group, &request);
+        self.proposer.done(old);
+        self.stats.retries.fetch_add(1, Ordering::Relaxed);
+        let pending = self.pending.get_mut(&id).expect("looked up above");
+        pending.request = request;
+        pending.command = command;
+        pending.retried = true;
+    }
+
+    fn finish(&mut self, id: RequestId, result: Result<Bytes, ClientError>) {
+        let Some(pending) = self.pending.remove(&id) else {
+            return;
+        };
+        self.outstanding.remove(&id);
+        self.proposer.done(pending.command);
+        let _ = pending.reply.send(result);
+    }
+
+    fn on_timers(&mut self, now: Instant) {
+        self.proposer.handle_timeout(now);
+        while let Some(&(at, id)) = self.deadlines.front() {
+            if at > now {
+                break;
+            }
+            self.deadlines.pop_front();
+            if self.pending.get(&id).is_some_and(|p| p.deadline == at) {
+                self.stats.timeouts.fetch_add(1, Ordering::Relaxed);
+                let deadline = self.options.deadline;
+                self.finish(id, Err(ClientError::Timeout { deadline }));
+            }
+        }
+    }
+
+    fn flush(&mut self) {
+        while let Some(t) = self.proposer.poll_transmit() {
+            if let Ok(frame) = codec::frame(&t.message, DEFAULT_MAX_FRAME) {
+                self.net.send(t.to, Purpose::Propose, frame);
+            }
+        }
+    }
+}
+
+async fn sleep(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,262 @@
+//! psmr-client: the client SDK (DESIGN.md section 7).
+//!
+//! ```text
+//!  call(op) ──> request id, mode and group (smr: g_all; psmr: CC-G; opt-psmr: OC-G)
+//!           ──> Propose to the ring's acceptors ──(multicast)──> replicas
+//!  first reply wins:  Done ──> the response
+//!                     Retry ──> once: the same request, conservatively (CC-G)
+//!                     no reply in `resend_after` ──> the same request again
+//!                     nothing by the deadline ──> ClientError::Timeout
+//! ```
+//!
+//! A [`Client`] is cheap to clone and serves any number of concurrent
+//! calls. Services describe themselves to clients through [`ServiceClient`];
+//! the B+-tree has a typed client on top (`psmr_btree::BTreeClient`).
+//!
+//! ```no_run
+//! use psmr_client::{Client, ClientOptions};
+//! use psmr_replica::cluster::ClusterConfig;
+//! use psmr_replica::services::{ListOp, ListService};
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let cluster = ClusterConfig::load("cluster.toml".as_ref())?;
+//! let client = Client::connect(&cluster, ListService, ClientOptions::default()).await?;
+//! let response = client.call(ListOp::Add(42)).await?;
+//! let added: bool = postcard::from_bytes(&response)?;
+//! println!("added: {added}");
+//! # Ok(())
+//! # }
+//! ```
+
+mod driver;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use psmr_multicast::net::{CertPaths, Identity, NetConfig, NetError, Network, TlsError, frame_of};
+use psmr_multicast::net::{Purpose, Tls};
+use psmr_multicast::proto::NodeId;
+use psmr_replica::cluster::ClusterConfig;
+use psmr_replica::services::{ListOp, ListService, NullOp, NullService};
+use psmr_replica::{ClientId, GroupMapping, Refusal, Service, ServiceId};
+use thiserror::Error;
+use tokio::sync::{mpsc, oneshot};
+
+/// What a client needs to know of a service: its id, its group mapping and
+/// how to encode its operations.
+pub trait ServiceClient: GroupMapping + Send + Sync + 'static
+where
+    Self::Op: Send + 'static,
+{
+    /// The service's id in requests.
+    fn service_id(&self) -> ServiceId;
+    /// Encodes an operation.
+    fn encode_op(&self, op: &Self::Op) -> Bytes;
+}
+
+impl ServiceClient for ListService {
+    fn service_id(&self) -> ServiceId {
+        Service::id(self)
+    }
+    fn encode_op(&self, op: &ListOp) -> Bytes {
+        op.encode()
+    }
+}
+
+impl ServiceClient for NullService {
+    fn service_id(&self) -> ServiceId {
+        Service::id(self)
+    }
+    fn encode_op(&self, op: &NullOp) -> Bytes {
+        op.encode()
+    }
+}
+
+/// How a client behaves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientOptions {
+    /// Sends a request again (same id) when no reply came after this long. Default 300 ms.
+    pub resend_after: Duration,
+    /// Gives up on a request after this long. Default 10 s.
+    pub deadline: Duration,
+    /// How long [`Client::connect`] waits for a replica. Default 5 s.
+    pub connect_timeout: Duration,
+    /// The client id; random by default. Two clients must never share one.
+    pub id: Option<u64>,
+    /// Presents the cluster's client certificate (`client.pem` in the
+    /// certificate directory). Default: when the cluster requires client certificates.
+    pub certificate: Option<bool>,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            resend_after: Duration::from_millis(300),
+            deadline: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(5),
+            id: None,
+            certificate: None,
+        }
+    }
+}
+
+/// Why a call or a connection failed.
+#[derive(Debug, Error)]
+pub enum ClientError {
+    /// Certificates could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The network could not start.
+    #[error(transparent)]
+    Net(#[from] NetError),
+    /// No replica answered the connection attempt.
+    #[error("no replica reachable within {timeout:?} (first error: {first})")]
+    Unreachable {
+        /// How long the client tried.
+        timeout: Duration,
+        /// The first replica's error.
+        first: NetError,
+    },
+    /// No reply by the deadline; the request may or may not have run.
+    #[error("no reply within {deadline:?}; the outcome is unknown")]
+    Timeout {
+        /// The deadline.
+        deadline: Duration,
+    },
+    /// A replica refused the request.
+    #[error("refused by the replicas: {0}")]
+    Refused(Refusal),
+    /// The client was shut down.
+    #[error("the client is closed")]
+    Closed,
+}
+
+/// Counters of a client.
+#[derive(Debug, Default)]
+pub struct ClientStats {
+    /// Calls made.
+    pub calls: AtomicU64,
+    /// `Retry` answers (failed safety checks) re-proposed conservatively.
+    pub retries: AtomicU64,
+    /// Requests that reached their deadline.
+    pub timeouts: AtomicU64,
+}
+
+pub(crate) struct Call<Op> {
+    pub(crate) op: Op,
+    pub(crate) reply: oneshot::Sender<Result<Bytes, ClientError>>,
+}
+
+/// A connection to a psmr cluster running the service `M`.
+pub struct Client<M: ServiceClient>
+where
+    M::Op: Send + 'static,
+{
+    calls: mpsc::Sender<Call<M::Op>>,
+    id: ClientId,
+    stats: Arc<ClientStats>,
+}
+
+impl<M: ServiceClient> Clone for Client<M>
+where
+    M::Op: Send + 'static,
+{
+    fn clone(&self) -> Self {
+        Client {
+            calls: self.calls.clone(),
+            id: self.id,
+            stats: self.stats.clone(),
+        }
+    }
+}
+
+impl<M: ServiceClient> Client<M>
+where
+    M::Op: Send + 'static,
+{
+    /// Connects to the cluster described by `cluster`; returns once a
+    /// replica is reachable.
+    pub async fn connect(
+        cluster: &ClusterConfig,
+        service: M,
+        options: ClientOptions,
+    ) -> Result<Self, ClientError> {
+        let id = ClientId(options.id.unwrap_or_else(rand::random));
+        let paths = CertPaths {
+            dir: cluster.tls.dir.clone(),
+        };
+        let identity = if options
+            .certificate
+            .unwrap_or(cluster.tls.require_client_certificates)
+        {
+            let (cert, key) = paths.client();
+            Some(Identity::load(&cert, &key)?)
+        } else {
+            None
+        };
+        let tls = Tls::load(&paths.ca(), identity)?;
+        let (net, inbox) = Network::start(NetConfig::new(None, None, cluster.addresses(), tls))?;
+        let replicas: Vec<NodeId> = cluster.replicas.iter().map(|r| NodeId(r.id)).collect();
+        reach_a_replica(&net, &replicas, options.connect_timeout).await?;
+        let hello = frame_of(&postcard::to_allocvec(&id.0).expect("an id serializes"));
+        for &replica in &replicas {
+            net.send(replica, Purpose::ClientHello, hello.clone());
+        }
+        let stats = Arc::new(ClientStats::default());
+        let (calls, rx) = mpsc::channel(4096);
+        let driver = driver::Driver::new(cluster, service, options, id, net, stats.clone());
+        tokio::spawn(driver.run(rx, inbox));
+        Ok(Client { calls, id, stats })
+    }
+
+    /// Runs `op` on the replicated service; returns its encoded response.
+    pub async fn call(&self, op: M::Op) -> Result<Bytes, ClientError> {
+        self.stats.calls.fetch_add(1, Ordering::Relaxed);
+        let (reply, response) = oneshot::channel();
+        self.calls
+            .send(Call { op, reply })
+            .await
+            .map_err(|_| ClientError::Closed)?;
+        response.await.map_err(|_| ClientError::Closed)?
+    }
+
+    /// This client's id.
+    pub fn id(&self) -> ClientId {
+        self.id
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &ClientStats {
+        &self.stats
+    }
+}
+
+/// Waits until one replica accepts a connection.
+async fn reach_a_replica(
+    net: &Network,
+    replicas: &[NodeId],
+    timeout: Duration,
+) -> Result<(), ClientError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut first = None;
+    while tokio::time::Instant::now() < deadline {
+        for &replica in replicas {
+            match tokio::time::timeout_at(deadline, net.connect(replica)).await {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(e)) => {
+                    first.get_or_insert(e);
+                }
+                Err(_) => break,
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(ClientError::Unreachable {
+        timeout,
+        first: first.unwrap_or(NetError::UnknownPeer(
+            replicas.first().copied().unwrap_or(NodeId(0)),
+        )),
+    })
+}

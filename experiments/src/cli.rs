@@ -1,0 +1,300 @@
+//! The command line: arguments and the subcommands' entry points.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use psmr_btree::{BTreeClient, BTreeError};
+use psmr_client::{ClientError, ClientOptions};
+use psmr_multicast::net::{TlsError, generate_dev_certs};
+use psmr_multicast::proto::NodeId;
+use psmr_replica::cluster::{ClusterConfig, ClusterError, EngineName, ServiceKind, StorageKind};
+use psmr_replica::runtime::{self, RuntimeError};
+use thiserror::Error;
+
+use crate::load::{LoadError, LoadOptions};
+use crate::local::{LocalError, LocalOptions};
+
+/// Command-line arguments.
+#[derive(Parser, Debug)]
+#[command(
+    name = "psmr",
+    version,
+    about = "Parallel state-machine replication over Multi-Ring Paxos"
+)]
+pub(crate) struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a whole cluster (3 acceptors, 2 replicas) on loopback, with a
+    /// built-in configuration and development certificates.
+    Local(LocalArgs),
+    /// Write a development CA and certificates for every node of a cluster.
+    Certs {
+        /// The cluster file.
+        #[arg(long)]
+        config: PathBuf,
+        /// Where to write them; default: the file's `tls.dir`.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Run one acceptor.
+    Acceptor(NodeArgs),
+    /// Run one replica.
+    Replica(NodeArgs),
+    /// Send commands to a cluster running the B+-tree.
+    Client {
+        /// The cluster file.
+        #[arg(long)]
+        config: PathBuf,
+        #[command(subcommand)]
+        command: ClientCommand,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct NodeArgs {
+    /// The cluster file.
+    #[arg(long)]
+    config: PathBuf,
+    /// This node's id in the file.
+    #[arg(long)]
+    id: u32,
+    /// Exit when standard input closes (how `psmr local` makes its children
+    /// stop with it).
+    #[arg(long)]
+    exit_with_parent: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub(crate) struct LocalArgs {
+    /// Execution engine.
+    #[arg(long, value_enum, default_value = "opt-psmr")]
+    pub(crate) engine: EngineArg,
+    /// Worker threads per replica (K); smr uses 1.
+    #[arg(long, default_value_t = 2)]
+    pub(crate) threads: usize,
+    /// Acceptor storage.
+    #[arg(long, value_enum, default_value = "memory")]
+    pub(crate) storage: StorageArg,
+    /// The replicated service.
+    #[arg(long, value_enum, default_value = "btree")]
+    pub(crate) service: ServiceArg,
+    /// Keys (B+-tree) or elements (list) preloaded.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub(crate) preload: u64,
+    /// First port: acceptors listen on PORT..PORT+2, replicas on PORT+100..PORT+101.
+    #[arg(long, default_value_t = 7100)]
+    pub(crate) port: u16,
+    /// Directory for the configuration, certificates and data (data is wiped at start).
+    #[arg(long, default_value = "psmr-local")]
+    pub(crate) dir: PathBuf,
+    /// Also run a load generator for this long, then keep serving.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub(crate) load: Option<Duration>,
+    /// Stop after this long instead of waiting for Ctrl-C.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub(crate) stop_after: Option<Duration>,
+}
+
+/// Engines, as the command line names them.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum EngineArg {
+    Smr,
+    Psmr,
+    OptPsmr,
+}
+
+impl EngineArg {
+    pub(crate) fn name(self) -> EngineName {
+        match self {
+            EngineArg::Smr => EngineName::Smr,
+            EngineArg::Psmr => EngineName::Psmr,
+            EngineArg::OptPsmr => EngineName::OptPsmr,
+        }
+    }
+}
+
+/// Storage modes, as the command line names them.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum StorageArg {
+    Memory,
+    Durable,
+}
+
+impl StorageArg {
+    pub(crate) fn kind(self) -> StorageKind {
+        match self {
+            StorageArg::Memory => StorageKind::Memory,
+            StorageArg::Durable => StorageKind::Durable,
+        }
+    }
+}
+
+/// Services, as the command line names them.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ServiceArg {
+    Btree,
+    Null,
+    List,
+}
+
+impl ServiceArg {
+    pub(crate) fn kind(self) -> ServiceKind {
+        match self {
+            ServiceArg::Btree => ServiceKind::Btree,
+            ServiceArg::Null => ServiceKind::Null,
+            ServiceArg::List => ServiceKind::List,
+        }
+    }
+}
+
+#[derive(Subcommand, Debug)]
+enum ClientCommand {
+    /// Print the value of KEY.
+    Get { key: u64 },
+    /// Set the value of an existing KEY.
+    Put { key: u64, value: u64 },
+    /// Insert KEY (or replace its value).
+    Insert { key: u64, value: u64 },
+    /// Remove KEY.
+    Delete { key: u64 },
+    /// Print up to COUNT entries from KEY on.
+    Scan { key: u64, count: u32 },
+    /// Generate load and report throughput and latency.
+    Load(LoadOptions),
+}
+
+/// Why a subcommand failed.
+#[derive(Debug, Error)]
+pub(crate) enum CliError {
+    /// The cluster file is unusable.
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    /// Certificates could not be written.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// A process failed.
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    /// A client call failed.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// A B+-tree call failed.
+    #[error(transparent)]
+    BTree(#[from] BTreeError),
+    /// The load generator failed.
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    /// The local cluster failed.
+    #[error(transparent)]
+    Local(#[from] LocalError),
+    /// The async runtime could not start.
+    #[error("cannot start the async runtime: {0}")]
+    AsyncRuntime(#[source] std::io::Error),
+    /// The client subcommand needs the B+-tree.
+    #[error("`psmr client` speaks to the B+-tree; this cluster runs {0:?}")]
+    NotBTree(ServiceKind),
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(CliError::AsyncRuntime)
+}
+
+/// Runs the parsed command line.
+pub(crate) fn run(args: Args) -> Result<(), CliError> {
+    match args.command {
+        Command::Local(local) => Ok(crate::local::run(LocalOptions::from(local))?),
+        Command::Certs { config, dir } => {
+            let cluster = ClusterConfig::load(&config)?;
+            let dir = dir.unwrap_or_else(|| cluster.tls.dir.clone());
+            generate_dev_certs(&dir, &cluster.nodes())?;
+            println!(
+                "certificates for {} nodes written to {}",
+                cluster.nodes().len(),
+                dir.display()
+            );
+            Ok(())
+        }
+        Command::Acceptor(node) => {
+            let cluster = ClusterConfig::load(&node.config)?;
+            runtime()?.block_on(runtime::run_acceptor(
+                &cluster,
+                NodeId(node.id),
+                shutdown(node.exit_with_parent),
+            ))?;
+            Ok(())
+        }
+        Command::Replica(node) => {
+            let cluster = ClusterConfig::load(&node.config)?;
+            let id = NodeId(node.id);
+            runtime()?.block_on(crate::services::run_replica(
+                &cluster,
+                id,
+                shutdown(node.exit_with_parent),
+            ))?;
+            Ok(())
+        }
+        Command::Client { config, command } => {
+            let cluster = ClusterConfig::load(&config)?;
+            if cluster.service.kind != ServiceKind::Btree {
+                return Err(CliError::NotBTree(cluster.service.kind));
+            }
+            runtime()?.block_on(client(&cluster, command))
+        }
+    }
+}
+
+/// Resolves on Ctrl-C, or when standard input closes if `with_parent`.
+async fn shutdown(with_parent: bool) {
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    if with_parent {
+        std::thread::spawn(move || {
+            let mut sink = [0u8; 64];
+            while matches!(std::io::stdin().read(&mut sink), Ok(n) if n > 0) {}
+            let _ = tx.send(());
+        });
+    }
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = rx, if with_parent => {}
+    }
+}
+
+async fn client(cluster: &ClusterConfig, command: ClientCommand) -> Result<(), CliError> {
+    if let ClientCommand::Load(options) = command {
+        let report = crate::load::run(cluster, &options).await?;
+        println!("{report}");
+        return Ok(());
+    }
+    let tree = BTreeClient::connect(cluster, ClientOptions::default()).await?;
+    let show = |v: Option<u64>| v.map_or_else(|| "(none)".to_string(), |v| v.to_string());
+    match command {
+        ClientCommand::Get { key } => println!("{}", show(tree.get(key).await?)),
+        ClientCommand::Put { key, value } => {
+            println!("previous: {}", show(tree.put(key, value).await?))
+        }
+        ClientCommand::Insert { key, value } => {
+            println!("previous: {}", show(tree.insert(key, value).await?))
+        }
+        ClientCommand::Delete { key } => println!("removed: {}", show(tree.delete(key).await?)),
+        ClientCommand::Scan { key, count } => {
+            let scan = tree.scan(key, count).await?;
+            for (k, v) in &scan.entries {
+                println!("{k} {v}");
+            }
+            if scan.capped {
+                println!("(capped at {} entries)", scan.entries.len());
+            }
+        }
+        ClientCommand::Load(_) => unreachable!("handled above"),
+    }
+    Ok(())
+}

@@ -1,0 +1,43 @@
+//! `psmr`: run a replicated service.
+//!
+//! ```text
+//! psmr local                                   a whole cluster on loopback (3 acceptors, 2 replicas)
+//! psmr certs    --config cluster.toml          development CA and certificates for every node
+//! psmr acceptor --config cluster.toml --id 1   one acceptor process
+//! psmr replica  --config cluster.toml --id 101 one replica process
+//! psmr client   --config cluster.toml get 42   one command, or `load` for a load generator
+//! ```
+//!
+//! Errors are printed as one line on standard error, with exit code 1 (2
+//! for a command line that does not parse). Logs go to standard error,
+//! quiet by default; `RUST_LOG=info` (or `debug`) shows more.
+
+// A command-line program reports on standard output.
+#![allow(clippy::print_stdout)]
+
+mod cli;
+mod load;
+mod local;
+mod services;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let args = cli::Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match cli::run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("psmr: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,40 @@
+//! The services a replica process can run, chosen by the cluster file.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use psmr_btree::{BTree, BTreeService};
+use psmr_multicast::proto::NodeId;
+use psmr_replica::cluster::{ClusterConfig, ServiceKind};
+use psmr_replica::runtime::{RuntimeError, run_replica as run};
+use psmr_replica::services::{LinkedList, ListService, NullService};
+use tracing::info;
+
+/// Runs replica `id` with the service of the cluster file, preloaded.
+pub(crate) async fn run_replica(
+    cluster: &ClusterConfig,
+    id: NodeId,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RuntimeError> {
+    let s = &cluster.service;
+    match s.kind {
+        ServiceKind::Btree => {
+            let start = std::time::Instant::now();
+            let tree = BTree::bulk_load(s.fanout, 0.7, (0..s.preload).map(|i| (2 * i, i)));
+            info!(keys = s.preload, elapsed = ?start.elapsed(), "B+-tree preloaded");
+            run(
+                cluster,
+                id,
+                Arc::new(BTreeService::new(s.key_space())),
+                tree,
+                shutdown,
+            )
+            .await
+        }
+        ServiceKind::Null => run(cluster, id, Arc::new(NullService), (), shutdown).await,
+        ServiceKind::List => {
+            let list = LinkedList::from_values(0..s.preload);
+            run(cluster, id, Arc::new(ListService), list, shutdown).await
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! The driver of a sans-IO core over the network: the same loop runs an
+//! acceptor node and a learner.
+//!
+//! ```text
+//! loop {
+//!     wait for a frame or the core's next timeout
+//!     hand every frame that is there to the core (or to the hooks)
+//!     run due timers
+//!     send what the core wants sent, then let the hooks take outputs
+//! }
+//! ```
+
+use std::time::Instant;
+
+use tokio::sync::mpsc;
+
+use super::network::{Inbound, Network};
+use super::stream::Purpose;
+use crate::proto::codec::{self, DEFAULT_MAX_FRAME};
+use crate::proto::{AcceptorNode, Learner, NodeId, Transmit};
+
+/// A sans-IO protocol core the driver can run.
+pub trait Core {
+    /// A frame body from `from`.
+    fn handle_frame(&mut self, now: Instant, from: NodeId, body: &[u8]);
+    /// Timers.
+    fn handle_timeout(&mut self, now: Instant);
+    /// The next message to send.
+    fn poll_transmit(&mut self) -> Option<Transmit>;
+    /// When to call `handle_timeout` next.
+    fn poll_timeout(&self) -> Option<Instant>;
+}
+
+impl Core for AcceptorNode {
+    fn handle_frame(&mut self, now: Instant, from: NodeId, body: &[u8]) {
+        AcceptorNode::handle_frame(self, now, from, body);
+    }
+    fn handle_timeout(&mut self, now: Instant) {
+        AcceptorNode::handle_timeout(self, now);
+    }
+    fn poll_transmit(&mut self) -> Option<Transmit> {
+        AcceptorNode::poll_transmit(self)
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        AcceptorNode::poll_timeout(self)
+    }
+}
+
+impl Core for Learner {
+    fn handle_frame(&mut self, now: Instant, from: NodeId, body: &[u8]) {
+        Learner::handle_frame(self, now, from, body);
+    }
+    fn handle_timeout(&mut self, now: Instant) {
+        Learner::handle_timeout(self, now);
+    }
+    fn poll_transmit(&mut self) -> Option<Transmit> {
+        Learner::poll_transmit(self)
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        Learner::poll_timeout(self)
+    }
+}
+
+/// What a process adds to the driver loop.
+pub trait Hooks<C> {
+    /// A frame of a purpose the core does not take (client hellos at a replica).
+    fn other(&mut self, core: &mut C, inbound: Inbound);
+    /// After each round: take outputs (deliveries), check health. Returning
+    /// false stops the driver.
+    fn after(&mut self, core: &mut C) -> bool;
+}
+
+/// Hooks that take nothing (an acceptor).
+pub struct NoHooks;
+
+impl<C> Hooks<C> for NoHooks {
+    fn other(&mut self, _core: &mut C, _inbound: Inbound) {}
+    fn after(&mut self, _core: &mut C) -> bool {
+        true
+    }
+}
+
+/// Frames handled per round before timers and sends get their turn.
+const ROUND: usize = 512;
+
+/// Runs `core` until the inbox closes or a hook says stop.
+pub async fn drive<C: Core>(
+    core: &mut C,
+    net: &Network,
+    inbox: &mut mpsc::Receiver<Inbound>,
+    hooks: &mut impl Hooks<C>,
+) {
+    loop {
+        let deadline = core.poll_timeout().map(tokio::time::Instant::from_std);
+        tokio::select! {
+            inbound = inbox.recv() => {
+                let Some(first) = inbound else { return };
+                dispatch(core, hooks, first);
+                for _ in 1..ROUND {
+                    match inbox.try_recv() {
+                        Ok(next) => dispatch(core, hooks, next),
+                        Err(_) => break,
+                    }
+                }
+            }
+            () = sleep(deadline) => {}
+        }
+        core.handle_timeout(Instant::now());
+        flush(core, net);
+        if !hooks.after(core) {
+            return;
+        }
+        flush(core, net);
+    }
+}
+
+async fn sleep(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn dispatch<C: Core>(core: &mut C, hooks: &mut impl Hooks<C>, inbound: Inbound) {
+    match inbound.purpose {
+        Purpose::Protocol | Purpose::Propose => {
+            core.handle_frame(Instant::now(), inbound.from, &inbound.body)
+        }
+        Purpose::ClientHello | Purpose::Replies => hooks.other(core, inbound),
+    }
+}
+
+/// Sends everything the core produced.
+pub fn flush<C: Core>(core: &mut C, net: &Network) {
+    while let Some(t) = core.poll_transmit() {
+        if let Ok(frame) = codec::frame(&t.message, DEFAULT_MAX_FRAME) {
+            net.send(t.to, Purpose::Protocol, frame);
+        }
+    }
+}

@@ -1,0 +1,16 @@
+//! The QUIC transport (quinn) that drives the sans-IO core (DESIGN.md section 2).
+//!
+//! - [`tls`]: mutual TLS with a cluster CA; development certificates;
+//! - [`stream`]: a hello, then length-prefixed frames, on each unidirectional stream;
+//! - [`network`]: the endpoint, batched writers per (peer, purpose), reconnection;
+//! - [`driver`]: the loop that runs an acceptor node or a learner over the network.
+
+pub mod driver;
+pub mod network;
+pub mod stream;
+pub mod tls;
+
+pub use driver::{Core, Hooks, NoHooks, drive, flush};
+pub use network::{ANONYMOUS_BASE, Inbound, NetConfig, NetError, NetStats, Network, frame_of};
+pub use stream::{Hello, Purpose, StreamError, push_frame, read_frame};
+pub use tls::{CertPaths, Identity, Tls, TlsError, generate_dev_certs, node_name, peer_is_node};

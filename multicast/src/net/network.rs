@@ -1,0 +1,482 @@
+//! A process's QUIC endpoint: connections to the nodes it sends to, and the
+//! streams others open to it.
+//!
+//! ```text
+//!  send(to, purpose, frame) ──> per (peer, purpose) queue ──> writer task
+//!        one long-lived unidirectional stream; each write carries every frame queued
+//!        since the last (batching); reconnects with backoff when the stream breaks
+//!
+//!  accept ──> per stream: hello (identity checked) ──> frames ──> Inbound channel
+//! ```
+//!
+//! A process that sends to node `n` dials `n` itself, so each direction
+//! between two nodes has its own connection and its own reconnection. A
+//! client cannot be dialed: a replica answers it on the connection the
+//! client opened ([`Network::open`]).
+//!
+//! Bad input closes the stream and is counted in [`NetStats`]: a garbage or
+//! oversized frame (the length is checked before allocation), another wire
+//! version, a peer claiming a node identity without that node's certificate.
+//! The endpoint keeps serving everybody else.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use thiserror::Error;
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+use super::stream::{Hello, Purpose, StreamError, push_frame, read_frame, read_hello};
+use super::tls::{Tls, TlsError, node_name, peer_is_node};
+use crate::proto::NodeId;
+use crate::proto::codec::DEFAULT_MAX_FRAME;
+
+/// Node ids at and above this are given to clients, one per connection.
+pub const ANONYMOUS_BASE: u32 = 1 << 31;
+
+/// Frames queued for one peer and purpose before new ones are dropped (the
+/// protocol retransmits what matters).
+const QUEUE: usize = 16_384;
+
+/// How a process takes part in the network.
+#[derive(Clone)]
+pub struct NetConfig {
+    /// This node, or `None` for a client.
+    pub me: Option<NodeId>,
+    /// Where to listen (nodes), or `None` (clients).
+    pub listen: Option<SocketAddr>,
+    /// Addresses of the nodes this process may send to.
+    pub peers: HashMap<NodeId, SocketAddr>,
+    /// Certificates.
+    pub tls: Tls,
+    /// Whether clients must present a certificate of the cluster CA.
+    pub require_client_certificates: bool,
+    /// Largest frame accepted. Default 16 MiB.
+    pub max_frame: usize,
+}
+
+impl NetConfig {
+    /// A configuration with the default frame limit.
+    pub fn new(
+        me: Option<NodeId>,
+        listen: Option<SocketAddr>,
+        peers: HashMap<NodeId, SocketAddr>,
+        tls: Tls,
+    ) -> NetConfig {
+        NetConfig {
+            me,
+            listen,
+            peers,
+            tls,
+            require_client_certificates: false,
+            max_frame: DEFAULT_MAX_FRAME,
+        }
+    }
+}
+
+/// Why the network could not start.
+#[derive(Debug, Error)]
+pub enum NetError {
+    /// TLS material is unusable.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The endpoint could not bind.
+    #[error("cannot bind {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The destination is not in the address book.
+    #[error("no address for {0}")]
+    UnknownPeer(NodeId),
+    /// Connecting failed.
+    #[error("cannot connect to {peer} at {addr}: {reason}")]
+    Connect {
+        /// The peer.
+        peer: NodeId,
+        /// Its address.
+        addr: SocketAddr,
+        /// What quinn reported.
+        reason: String,
+    },
+    /// The connection closed.
+    #[error("connection lost: {0}")]
+    Connection(#[from] quinn::ConnectionError),
+    /// Writing failed.
+    #[error("write: {0}")]
+    Write(#[from] quinn::WriteError),
+}
+
+/// A frame that arrived.
+#[derive(Debug)]
+pub struct Inbound {
+    /// The sender: a node, or an anonymous id (at or above [`ANONYMOUS_BASE`]) of a client connection.
+    pub from: NodeId,
+    /// What the stream carries.
+    pub purpose: Purpose,
+    /// The frame body.
+    pub body: Bytes,
+    /// The connection it came on (to answer a client on it).
+    pub connection: quinn::Connection,
+}
+
+/// Counters of bad input and dropped output.
+#[derive(Debug, Default)]
+pub struct NetStats {
+    /// Connections accepted.
+    pub connections: AtomicU64,
+    /// Streams closed for a malformed, oversized or out-of-version frame.
+    pub bad_frames: AtomicU64,
+    /// Streams closed because the peer claimed an identity it does not have.
+    pub bad_identity: AtomicU64,
+    /// Frames dropped because a peer's queue was full.
+    pub dropped: AtomicU64,
+    /// Connection attempts that failed.
+    pub connect_failures: AtomicU64,
+}
+
+struct Inner {
+    endpoint: quinn::Endpoint,
+    client_config: quinn::ClientConfig,
+    me: Option<NodeId>,
+    peers: HashMap<NodeId, SocketAddr>,
+    max_frame: usize,
+    connections: Mutex<HashMap<NodeId, quinn::Connection>>,
+    outbound: Mutex<HashMap<(NodeId, Purpose), FrameQueue>>,
+    next_anonymous: AtomicU32,
+    stats: NetStats,
+    inbox: mpsc::Sender<Inbound>,
+}
+
+/// The queue of frames of one writer task.
+type FrameQueue = mpsc::Sender<Vec<u8>>;
+
+/// A process's endpoint. Cheap to clone.
+#[derive(Clone)]
+pub struct Network {
+    inner: Arc<Inner>,
+}
+
+impl Network {
+    /// Binds the endpoint and, for nodes, starts accepting. Frames that
+    /// arrive come out of the returned receiver.
+    pub fn start(config: NetConfig) -> Result<(Network, mpsc::Receiver<Inbound>), NetError> {
+        let client_config = transport(config.tls.client_config()?);
+        let endpoint = match config.listen {
+            Some(addr) => {
+                let mut server = config
+                    .tls
+                    .server_config(config.require_client_certificates)?;
+                server.transport_config(Arc::new(transport_config()));
+                quinn::Endpoint::server(server, addr)
+                    .map_err(|source| NetError::Bind { addr, source })?
+            }
+            None => {
+                let addr: SocketAddr = ([127, 0, 0, 1], 0).into();
+                let any = if config.peers.values().any(|a| !a.ip().is_loopback()) {
+                    ([0, 0, 0, 0], 0).into()
+                } else {
+                    addr
+                };
+                quinn::Endpoint::client(any)
+                    .map_err(|source| NetError::Bind { addr: any, source })?
+            }
+        };
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let inner = Arc::new(Inner {
+            inbox: tx.clone(),
+            endpoint,
+            client_config,
+            me: config.me,
+            peers: config.peers,
+            max_frame: config.max_frame,
+            connections: Mutex::new(HashMap::new()),
+            outbound: Mutex::new(HashMap::new()),
+            next_anonymous: AtomicU32::new(ANONYMOUS_BASE),
+            stats: NetStats::default(),
+        });
+        if config.listen.is_some() {
+            tokio::spawn(accept_loop(inner.clone(), tx));
+        }
+        Ok((Network { inner }, rx))
+    }
+
+    /// The address the endpoint is bound to.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.inner.endpoint.local_addr()
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &NetStats {
+        &self.inner.stats
+    }
+
+    /// Queues a frame for `to` on the stream of `purpose`; never blocks.
+    /// The frame is dropped (and counted) if the peer's queue is full.
+    pub fn send(&self, to: NodeId, purpose: Purpose, frame: Vec<u8>) {
+        let sender = {
+            let mut outbound = self
+                .inner
+                .outbound
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            outbound
+                .entry((to, purpose))
+                .or_insert_with(|| {
+                    let (tx, rx) = mpsc::channel(QUEUE);
+                    tokio::spawn(writer(self.inner.clone(), to, purpose, rx));
+                    tx
+                })
+                .clone()
+        };
+        if sender.try_send(frame).is_err() {
+            self.inner.stats.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Opens a stream of `purpose` on an existing connection (a replica
+    /// answering a client). Frames pushed into the returned sender go out
+    /// batched; the task ends when the sender is dropped or the connection closes.
+    pub fn open(&self, connection: quinn::Connection, purpose: Purpose) -> mpsc::Sender<Vec<u8>> {
+        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(QUEUE);
+        let hello = Hello::new(self.inner.me, purpose);
+        tokio::spawn(async move {
+            let Ok(mut stream) = connection.open_uni().await else {
+                return;
+            };
+            let mut batch = hello.frame();
+            let mut frames = Vec::new();
+            while rx.recv_many(&mut frames, 1024).await > 0 {
+                frames.drain(..).for_each(|f| batch.extend_from_slice(&f));
+                if stream.write_all(&batch).await.is_err() {
+                    return;
+                }
+                batch.clear();
+            }
+        });
+        tx
+    }
+
+    /// Connects to `to` now (or checks the existing connection); other
+    /// sends connect lazily.
+    pub async fn connect(&self, to: NodeId) -> Result<(), NetError> {
+        connection(&self.inner, to).await.map(drop)
+    }
+
+    /// Closes every connection.
+    pub fn close(&self) {
+        self.inner.endpoint.close(0u32.into(), b"shutdown");
+    }
+}
+
+fn transport_config() -> quinn::TransportConfig {
+    let mut t = quinn::TransportConfig::default();
+    t.keep_alive_interval(Some(Duration::from_millis(500)));
+    t.max_idle_timeout(Some(
+        Duration::from_secs(5).try_into().expect("a valid timeout"),
+    ));
+    t.max_concurrent_uni_streams(64u32.into());
+    t.max_concurrent_bidi_streams(0u32.into());
+    t.stream_receive_window((8u32 << 20).into());
+    t.receive_window((32u32 << 20).into());
+    t.send_window(32 << 20);
+    t
+}
+
+fn transport(mut config: quinn::ClientConfig) -> quinn::ClientConfig {
+    config.transport_config(Arc::new(transport_config()));
+    config
+}
+
+/// The connection to `to`: the cached one, or a new one. Streams the peer
+/// opens on a connection dialed here (a replica's replies to a client) are
+/// read like those of accepted connections.
+async fn connection(inner: &Arc<Inner>, to: NodeId) -> Result<quinn::Connection, NetError> {
+    let cached = inner
+        .connections
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&to)
+        .cloned();
+    if let Some(c) = cached.filter(|c| c.close_reason().is_none()) {
+        return Ok(c);
+    }
+    let addr = *inner.peers.get(&to).ok_or(NetError::UnknownPeer(to))?;
+    let failed = |reason: String| NetError::Connect {
+        peer: to,
+        addr,
+        reason,
+    };
+    let connecting = inner
+        .endpoint
+        .connect_with(inner.client_config.clone(), addr, &node_name(to))
+        .map_err(|e| failed(e.to_string()))?;
+    let c = connecting.await.map_err(|e| failed(e.to_string()))?;
+    inner
+        .connections
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(to, c.clone());
+    tokio::spawn(serve_connection(
+        inner.clone(),
+        c.clone(),
+        inner.inbox.clone(),
+    ));
+    Ok(c)
+}
+
+/// Opens a stream of `purpose` to `to` and sends the hello.
+async fn open_stream(
+    inner: &Arc<Inner>,
+    to: NodeId,
+    purpose: Purpose,
+) -> Result<quinn::SendStream, NetError> {
+    let mut stream = connection(inner, to).await?.open_uni().await?;
+    stream
+        .write_all(&Hello::new(inner.me, purpose).frame())
+        .await?;
+    Ok(stream)
+}
+
+/// The writer of one (peer, purpose): one stream, every queued frame per write.
+async fn writer(inner: Arc<Inner>, to: NodeId, purpose: Purpose, mut rx: mpsc::Receiver<Vec<u8>>) {
+    let mut backoff = Duration::from_millis(10);
+    let mut frames = Vec::new();
+    let mut batch = Vec::new();
+    loop {
+        let mut stream = match open_stream(&inner, to, purpose).await {
+            Ok(stream) => {
+                backoff = Duration::from_millis(10);
+                stream
+            }
+            Err(e) => {
+                inner.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
+                debug!(peer = %to, error = %e, "connect failed; retrying in {backoff:?}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                // What queued meanwhile is stale; the protocol resends what matters.
+                while rx.try_recv().is_ok() {}
+                if rx.is_closed() {
+                    return;
+                }
+                continue;
+            }
+        };
+        loop {
+            if rx.recv_many(&mut frames, 1024).await == 0 {
+                let _ = stream.finish();
+                return;
+            }
+            batch.clear();
+            frames.drain(..).for_each(|f| batch.extend_from_slice(&f));
+            if let Err(e) = stream.write_all(&batch).await {
+                debug!(peer = %to, error = %e, "stream broke; reconnecting");
+                inner
+                    .connections
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&to);
+                break;
+            }
+        }
+    }
+}
+
+async fn accept_loop(inner: Arc<Inner>, tx: mpsc::Sender<Inbound>) {
+    while let Some(incoming) = inner.endpoint.accept().await {
+        let (inner, tx) = (inner.clone(), tx.clone());
+        tokio::spawn(async move {
+            match incoming.await {
+                Ok(connection) => {
+                    inner.stats.connections.fetch_add(1, Ordering::Relaxed);
+                    serve_connection(inner, connection, tx).await;
+                }
+                Err(e) => debug!(error = %e, "handshake failed"),
+            }
+        });
+    }
+}
+
+async fn serve_connection(
+    inner: Arc<Inner>,
+    connection: quinn::Connection,
+    tx: mpsc::Sender<Inbound>,
+) {
+    let anonymous = NodeId(inner.next_anonymous.fetch_add(1, Ordering::Relaxed));
+    while let Ok(stream) = connection.accept_uni().await {
+        let (inner, connection, tx) = (inner.clone(), connection.clone(), tx.clone());
+        tokio::spawn(async move {
+            if let Err(e) = read_stream(&inner, &connection, stream, &tx, anonymous).await {
+                let counter = match e {
+                    StreamError::Identity(_) | StreamError::NotANode(_) => {
+                        &inner.stats.bad_identity
+                    }
+                    StreamError::Read(_) => return,
+                    _ => &inner.stats.bad_frames,
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                warn!(peer = %connection.remote_address(), error = %e, "closing stream");
+            }
+        });
+    }
+}
+
+async fn read_stream(
+    inner: &Inner,
+    connection: &quinn::Connection,
+    mut stream: quinn::RecvStream,
+    tx: &mpsc::Sender<Inbound>,
+    anonymous: NodeId,
+) -> Result<(), StreamError> {
+    let result = relay(inner, connection, &mut stream, tx, anonymous).await;
+    if result.is_err() {
+        let _ = stream.stop(1u32.into());
+    }
+    result
+}
+
+async fn relay(
+    inner: &Inner,
+    connection: &quinn::Connection,
+    stream: &mut quinn::RecvStream,
+    tx: &mpsc::Sender<Inbound>,
+    anonymous: NodeId,
+) -> Result<(), StreamError> {
+    let hello = read_hello(stream).await?;
+    let from = match hello.node {
+        Some(node) if node.0 >= ANONYMOUS_BASE || !peer_is_node(connection, node) => {
+            return Err(StreamError::Identity(node));
+        }
+        Some(node) => node,
+        None if hello.purpose == Purpose::Protocol => {
+            return Err(StreamError::NotANode(hello.purpose));
+        }
+        None => anonymous,
+    };
+    while let Some(body) = read_frame(stream, inner.max_frame).await? {
+        let inbound = Inbound {
+            from,
+            purpose: hello.purpose,
+            body: Bytes::from(body),
+            connection: connection.clone(),
+        };
+        if tx.send(inbound).await.is_err() {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+/// Appends a frame with `body` to a batch (for callers building frames themselves).
+pub fn frame_of(body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 + body.len());
+    push_frame(&mut out, body);
+    out
+}

@@ -1,0 +1,113 @@
+//! Frames on QUIC streams.
+//!
+//! Every unidirectional stream opens with a [`Hello`] frame that says who
+//! sends and what the stream carries; the frames that follow use the same
+//! framing as protocol messages ([`crate::proto::codec`]): a length prefix
+//! checked against the maximum before anything is allocated.
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::proto::NodeId;
+use crate::proto::codec::{FrameError, WIRE_VERSION};
+
+/// What a stream carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Purpose {
+    /// Multicast protocol messages between cluster nodes.
+    Protocol,
+    /// A client's proposals to an acceptor.
+    Propose,
+    /// A client announcing itself to a replica; replies come back on the connection.
+    ClientHello,
+    /// A replica's replies to a client.
+    Replies,
+}
+
+/// The first frame of every stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// Wire version; must be [`WIRE_VERSION`].
+    pub version: u8,
+    /// The sending node, or `None` for a client. A node's claim is checked
+    /// against its certificate.
+    pub node: Option<NodeId>,
+    /// What the stream carries.
+    pub purpose: Purpose,
+}
+
+impl Hello {
+    /// A hello of this build's wire version.
+    pub fn new(node: Option<NodeId>, purpose: Purpose) -> Hello {
+        Hello {
+            version: WIRE_VERSION,
+            node,
+            purpose,
+        }
+    }
+
+    /// The hello as a frame.
+    pub fn frame(&self) -> Vec<u8> {
+        let body = postcard::to_allocvec(self).expect("a hello serializes");
+        let mut frame = Vec::with_capacity(4 + body.len());
+        frame.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        frame.extend_from_slice(&body);
+        frame
+    }
+}
+
+/// Why a stream was closed.
+#[derive(Debug, Error)]
+pub enum StreamError {
+    /// A frame was malformed or too large.
+    #[error("bad frame: {0}")]
+    Frame(#[from] FrameError),
+    /// The hello was not a hello.
+    #[error("malformed hello")]
+    Hello,
+    /// The peer speaks another wire version.
+    #[error("peer speaks wire version {0}, this build {WIRE_VERSION}")]
+    Version(u8),
+    /// The peer claims a node identity its certificate does not have.
+    #[error("peer claims to be {0} without that node's certificate")]
+    Identity(NodeId),
+    /// The stream's purpose needs a node, and the peer is a client.
+    #[error("stream purpose {0:?} needs a cluster node")]
+    NotANode(Purpose),
+    /// Reading failed.
+    #[error("read: {0}")]
+    Read(#[from] quinn::ReadExactError),
+}
+
+/// Reads one frame body; `Ok(None)` at the end of the stream.
+pub async fn read_frame(
+    stream: &mut quinn::RecvStream,
+    max: usize,
+) -> Result<Option<Vec<u8>>, StreamError> {
+    let mut prefix = [0u8; 4];
+    match stream.read_exact(&mut prefix).await {
+        Ok(()) => {}
+        Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    let len = crate::proto::codec::frame_len(&prefix, max)?.expect("four bytes read");
+    let mut body = vec![0u8; len];
+    stream.read_exact(&mut body).await?;
+    Ok(Some(body))
+}
+
+/// Reads and checks the hello of a stream.
+pub async fn read_hello(stream: &mut quinn::RecvStream) -> Result<Hello, StreamError> {
+    let body = read_frame(stream, 1024).await?.ok_or(StreamError::Hello)?;
+    let hello: Hello = postcard::from_bytes(&body).map_err(|_| StreamError::Hello)?;
+    if hello.version != WIRE_VERSION {
+        return Err(StreamError::Version(hello.version));
+    }
+    Ok(hello)
+}
+
+/// Appends `body` as a frame to `out`.
+pub fn push_frame(out: &mut Vec<u8>, body: &[u8]) {
+    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    out.extend_from_slice(body);
+}

@@ -1,0 +1,722 @@
+//! The cluster file (DESIGN.md section 8): one TOML document that every
+//! process of a cluster reads.
+//!
+//! ```toml
+//! [[acceptor]]
+//! id = 1
+//! address = "127.0.0.1:7101"
+//! storage = "memory"            # or "durable"; default memory
+//! data_dir = "data/acceptor-1"  # default data/acceptor-<id>
+//!
+//! [[replica]]
+//! id = 101
+//! address = "127.0.0.1:7201"
+//! engine = "opt-psmr"           # smr | psmr | opt-psmr
+//! threads = 2                   # K; every replica runs the same engine and K
+//!
+//! [[ring]]                      # optional: ring 0 is g_all, rings 1..=K are the threads';
+//! id = 0                        # when absent, each ring gets every acceptor,
+//! acceptors = [1, 2, 3]         # in an order rotated per ring
+//!
+//! [tls]
+//! dir = "certs"                 # ca.pem, node-<id>.pem/.key, client.pem/.key
+//! require_client_certificates = false
+//!
+//! [multicast]                   # every field optional; see psmr_multicast::proto::Params
+//! window = 128
+//! batch_delay = "0ms"
+//!
+//! [service]
+//! kind = "btree"                # btree | null | list
+//! preload = 1000000             # B+-tree: every even key of [0, 2 * preload)
+//! key_space = 2000000           # keys are partitioned over [0, key_space)
+//! fanout = 64
+//! ```
+//!
+//! [`ClusterConfig::validate`] rejects what cannot work, naming the field.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use psmr_multicast::proto::{ConfigError, MulticastConfig, NodeId, Params, RingConfig, RingId};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::engine::{EngineConfig, EngineKind};
+
+/// A whole cluster.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// The acceptor processes.
+    #[serde(rename = "acceptor", default)]
+    pub acceptors: Vec<AcceptorEntry>,
+    /// The replica processes.
+    #[serde(rename = "replica", default)]
+    pub replicas: Vec<ReplicaEntry>,
+    /// Rings; derived from the acceptors when empty.
+    #[serde(rename = "ring", default, skip_serializing_if = "Vec::is_empty")]
+    pub rings: Vec<RingEntry>,
+    /// Certificates.
+    #[serde(default)]
+    pub tls: TlsSection,
+    /// Multicast parameters.
+    #[serde(default)]
+    pub multicast: MulticastSection,
+    /// The replicated service.
+    #[serde(default)]
+    pub service: ServiceSection,
+}
+
+/// One acceptor process.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AcceptorEntry {
+    /// Node id, unique in the cluster.
+    pub id: u32,
+    /// Address it listens on.
+    pub address: SocketAddr,
+    /// Storage mode. Default memory.
+    #[serde(default)]
+    pub storage: StorageKind,
+    /// Where its log (durable) or metadata (memory) goes. Default `data/acceptor-<id>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+}
+
+impl AcceptorEntry {
+    /// The data directory, default or configured.
+    pub fn data_dir(&self) -> PathBuf {
+        self.data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(format!("data/acceptor-{}", self.id)))
+    }
+}
+
+/// Acceptor storage mode (DESIGN.md section 4).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageKind {
+    /// Values in memory; promises and vote bounds on disk.
+    #[default]
+    Memory,
+    /// Everything on disk, fsynced before votes leave.
+    Durable,
+}
+
+/// One replica process.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicaEntry {
+    /// Node id, unique in the cluster.
+    pub id: u32,
+    /// Address it listens on.
+    pub address: SocketAddr,
+    /// Execution engine.
+    pub engine: EngineName,
+    /// Worker threads (K).
+    pub threads: usize,
+}
+
+/// An engine as named in the file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EngineName {
+    /// `smr`.
+    #[serde(rename = "smr")]
+    Smr,
+    /// `psmr`.
+    #[serde(rename = "psmr")]
+    Psmr,
+    /// `opt-psmr`.
+    #[serde(rename = "opt-psmr")]
+    OptPsmr,
+}
+
+impl EngineName {
+    /// The engine kind.
+    pub fn kind(self) -> EngineKind {
+        match self {
+            EngineName::Smr => EngineKind::Smr,
+            EngineName::Psmr => EngineKind::Psmr,
+            EngineName::OptPsmr => EngineKind::OptPsmr,
+        }
+    }
+}
+
+/// One ring, listed explicitly.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RingEntry {
+    /// Ring id: 0 is `g_all`, 1..=K the threads'.
+    pub id: u16,
+    /// Acceptor ids, in ring order (the first is the initial coordinator).
+    pub acceptors: Vec<u32>,
+}
+
+/// Certificate files.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    /// Directory of `ca.pem`, `node-<id>.pem`/`.key` and `client.pem`/`.key`. Default `certs`.
+    #[serde(default = "default_cert_dir")]
+    pub dir: PathBuf,
+    /// Whether clients must present a certificate of the cluster CA. Default false.
+    #[serde(default)]
+    pub require_client_certificates: bool,
+}
+
+fn default_cert_dir() -> PathBuf {
+    PathBuf::from("certs")
+}
+
+impl Default for TlsSection {
+    fn default() -> Self {
+        TlsSection {
+            dir: default_cert_dir(),
+            require_client_certificates: false,
+        }
+    }
+}
+
+/// Multicast parameters; each defaults to [`Params::default`].
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct MulticastSection {
+    pub window: Option<u64>,
+    pub batch_max_commands: Option<usize>,
+    pub batch_max_bytes: Option<usize>,
+    #[serde(default, with = "humantime_serde::option")]
+    pub batch_delay: Option<Duration>,
+    pub max_pending_commands: Option<usize>,
+    #[serde(default, with = "humantime_serde::option")]
+    pub heartbeat_interval: Option<Duration>,
+    #[serde(default, with = "humantime_serde::option")]
+    pub suspect_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde::option")]
+    pub retry_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde::option")]
+    pub delta: Option<Duration>,
+    pub lambda: Option<u64>,
+    pub merge_m: Option<u32>,
+    pub retention: Option<u64>,
+    pub vote_bound_reserve: Option<u64>,
+    #[serde(default, with = "humantime_serde::option")]
+    pub recovery_timeout: Option<Duration>,
+}
+
+impl MulticastSection {
+    /// The parameters, defaults filled in.
+    pub fn params(&self) -> Params {
+        let d = Params::default();
+        Params {
+            window: self.window.unwrap_or(d.window),
+            batch_max_commands: self.batch_max_commands.unwrap_or(d.batch_max_commands),
+            batch_max_bytes: self.batch_max_bytes.unwrap_or(d.batch_max_bytes),
+            batch_delay: self.batch_delay.unwrap_or(d.batch_delay),
+            max_pending_commands: self.max_pending_commands.unwrap_or(d.max_pending_commands),
+            heartbeat_interval: self.heartbeat_interval.unwrap_or(d.heartbeat_interval),
+            suspect_timeout: self.suspect_timeout.unwrap_or(d.suspect_timeout),
+            retry_timeout: self.retry_timeout.unwrap_or(d.retry_timeout),
+            delta: self.delta.unwrap_or(d.delta),
+            lambda: self.lambda.unwrap_or(d.lambda),
+            merge_m: self.merge_m.unwrap_or(d.merge_m),
+            retention: self.retention.unwrap_or(d.retention),
+            vote_bound_reserve: self.vote_bound_reserve.unwrap_or(d.vote_bound_reserve),
+            recovery_timeout: self.recovery_timeout.unwrap_or(d.recovery_timeout),
+            ..d
+        }
+    }
+}
+
+/// Which service the replicas run, and its settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSection {
+    /// The service. Default `btree`.
+    #[serde(default)]
+    pub kind: ServiceKind,
+    /// B+-tree: keys preloaded (every even key of `[0, 2 * preload)`);
+    /// list: elements preloaded. Default 1,000,000.
+    #[serde(default = "default_preload")]
+    pub preload: u64,
+    /// B+-tree: the key space partitioned over the threads. Default `2 * preload`.
+    #[serde(default)]
+    pub key_space: Option<u64>,
+    /// B+-tree: keys per node. Default 64.
+    #[serde(default = "default_fanout")]
+    pub fanout: usize,
+}
+
+fn default_preload() -> u64 {
+    1_000_000
+}
+
+fn default_fanout() -> usize {
+    64
+}
+
+impl Default for ServiceSection {
+    fn default() -> Self {
+        ServiceSection {
+            kind: ServiceKind::default(),
+            preload: default_preload(),
+            key_space: None,
+            fanout: default_fanout(),
+        }
+    }
+}
+
+impl ServiceSection {
+    /// The key space, default or configured.
+    pub fn key_space(&self) -> u64 {
+        self.key_space
+            .unwrap_or(self.preload.saturating_mul(2).max(1))
+    }
+}
+
+/// The services psmr ships.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServiceKind {
+    /// The B+-tree key-value store.
+    #[default]
+    Btree,
+    /// The null service.
+    Null,
+    /// The linked list.
+    List,
+}
+
+/// Why a cluster file was rejected.
+#[derive(Debug, Error)]
+pub enum ClusterError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for a cluster.
+    #[error("{path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What the parser reported (it names the line and the field).
+        #[source]
+        source: toml::de::Error,
+    },
+    /// A section that needs entries has none.
+    #[error("{field}: at least one entry is required")]
+    Empty {
+        /// `acceptor` or `replica`.
+        field: &'static str,
+    },
+    /// Two processes share a node id.
+    #[error("{field}[{index}].id: node id {id} is used twice")]
+    DuplicateId {
+        /// `acceptor` or `replica`.
+        field: &'static str,
+        /// Position in the list.
+        index: usize,
+        /// The id.
+        id: u32,
+    },
+    /// Two processes share an address.
+    #[error("{field}[{index}].address: {address} is used twice")]
+    DuplicateAddress {
+        /// `acceptor` or `replica`.
+        field: &'static str,
+        /// Position in the list.
+        index: usize,
+        /// The address.
+        address: SocketAddr,
+    },
+    /// Replicas disagree on the engine or K.
+    #[error(
+        "replica[{index}].{field}: every replica must run the same engine with the same number of threads as replica[0]"
+    )]
+    ReplicasDisagree {
+        /// Position in the list.
+        index: usize,
+        /// `engine` or `threads`.
+        field: &'static str,
+    },
+    /// K is zero, or smr with more than one thread.
+    #[error(
+        "replica[{index}].threads: {threads} threads with engine {engine}; smr has 1, psmr and opt-psmr 1 to 64"
+    )]
+    Threads {
+        /// Position in the list.
+        index: usize,
+        /// The value.
+        threads: usize,
+        /// The engine's name.
+        engine: &'static str,
+    },
+    /// The rings do not match K.
+    #[error(
+        "ring: {engine} with K = {threads} needs rings 0..={threads} (ring 0 is g_all), the file lists {listed:?}"
+    )]
+    RingsDisagree {
+        /// The engine's name.
+        engine: &'static str,
+        /// K.
+        threads: usize,
+        /// Ring ids listed.
+        listed: Vec<u16>,
+    },
+    /// A ring names an acceptor that is not listed.
+    #[error("ring[{index}].acceptors: {id} is not an acceptor")]
+    UnknownAcceptor {
+        /// Position of the ring in the list.
+        index: usize,
+        /// The id.
+        id: u32,
+    },
+    /// A derived ring would have an even number of acceptors.
+    #[error("acceptor: {count} acceptors; rings derived from them need an odd number (2f+1)")]
+    EvenAcceptors {
+        /// How many.
+        count: usize,
+    },
+    /// The multicast parameters or rings are invalid.
+    #[error(transparent)]
+    Multicast(#[from] ConfigError),
+}
+
+impl ClusterConfig {
+    /// Reads and validates a cluster file.
+    pub fn load(path: &Path) -> Result<ClusterConfig, ClusterError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ClusterError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let config: ClusterConfig =
+            toml::from_str(&text).map_err(|source| ClusterError::Parse {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The file's TOML text.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("a cluster serializes")
+    }
+
+    /// A cluster of 3 acceptors and 2 replicas on loopback, from `port`
+    /// (acceptors `port..port+3`, replicas `port+100..port+102`).
+    pub fn local(port: u16, engine: EngineName, threads: usize) -> ClusterConfig {
+        let at = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
+        ClusterConfig {
+            acceptors: (0..3)
+                .map(|i| AcceptorEntry {
+                    id: 1 + u32::from(i),
+                    address: at(port + i),
+                    storage: StorageKind::Memory,
+                    data_dir: None,
+                })
+                .collect(),
+            replicas: (0..2)
+                .map(|i| ReplicaEntry {
+                    id: 101 + u32::from(i),
+                    address: at(port + 100 + i),
+                    engine,
+                    threads: if engine == EngineName::Smr {
+                        1
+                    } else {
+                        threads
+                    },
+                })
+                .collect(),
+            rings: Vec::new(),
+            tls: TlsSection::default(),
+            multicast: MulticastSection::default(),
+            service: ServiceSection::default(),
+        }
+    }
+
+    /// Checks everything a process needs to start; the error names the field.
+    pub fn validate(&self) -> Result<(), ClusterError> {
+        if self.acceptors.is_empty() {
+            return Err(ClusterError::Empty { field: "acceptor" });
+        }
+        if self.replicas.is_empty() {
+            return Err(ClusterError::Empty { field: "replica" });
+        }
+        self.check_unique()?;
+        self.check_replicas()?;
+        self.check_rings()?;
+        self.multicast().validate()?;
+        Ok(())
+    }
+
+    fn check_unique(&self) -> Result<(), ClusterError> {
+        let mut ids = BTreeSet::new();
+        let mut addresses = BTreeSet::new();
+        let entries = self
+            .acceptors
+            .iter()
+            .enumerate()
+            .map(|(i, a)| ("acceptor", i, a.id, a.address))
+            .chain(
+                self.replicas
+                    .iter()
+                    .enumerate()
+                    .map(|(i, r)| ("replica", i, r.id, r.address)),
+            );
+        for (field, index, id, address) in entries {
+            if !ids.insert(id) {
+                return Err(ClusterError::DuplicateId { field, index, id });
+            }
+            if !addresses.insert(address) {
+                return Err(ClusterError::DuplicateAddress {
+                    field,
+                    index,
+                    address,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn check_replicas(&self) -> Result<(), ClusterError> {
+        let first = &self.replicas[0];
+        for (index, r) in self.replicas.iter().enumerate() {
+            if r.engine != first.engine {
+                return Err(ClusterError::ReplicasDisagree {
+                    index,
+                    field: "engine",
+                });
+            }
+            if r.threads != first.threads {
+                return Err(ClusterError::ReplicasDisagree {
+                    index,
+                    field: "threads",
+                });
+            }
+            let smr = r.engine == EngineName::Smr;
+            if r.threads == 0 || r.threads > 64 || (smr && r.threads != 1) {
+                let engine = r.engine.kind().name();
+                return Err(ClusterError::Threads {
+                    index,
+                    threads: r.threads,
+                    engine,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn check_rings(&self) -> Result<(), ClusterError> {
+        if self.rings.is_empty() {
+            let count = self.acceptors.len();
+            return if count % 2 == 0 {
+                Err(ClusterError::EvenAcceptors { count })
+            } else {
+                Ok(())
+            };
+        }
+        let expected: Vec<u16> = (0..=self.ring_count() as u16 - 1).collect();
+        let mut listed: Vec<u16> = self.rings.iter().map(|r| r.id).collect();
+        listed.sort_unstable();
+        if listed != expected {
+            let r = &self.replicas[0];
+            return Err(ClusterError::RingsDisagree {
+                engine: r.engine.kind().name(),
+                threads: r.threads,
+                listed,
+            });
+        }
+        let acceptors: BTreeSet<u32> = self.acceptors.iter().map(|a| a.id).collect();
+        for (index, ring) in self.rings.iter().enumerate() {
+            if let Some(&id) = ring.acceptors.iter().find(|id| !acceptors.contains(id)) {
+                return Err(ClusterError::UnknownAcceptor { index, id });
+            }
+        }
+        Ok(())
+    }
+
+    /// K of the replicas.
+    pub fn threads(&self) -> usize {
+        self.replicas.first().map_or(1, |r| r.threads)
+    }
+
+    /// The engine of the replicas.
+    pub fn engine(&self) -> EngineKind {
+        self.replicas
+            .first()
+            .map_or(EngineKind::Smr, |r| r.engine.kind())
+    }
+
+    fn ring_count(&self) -> usize {
+        match self.engine() {
+            EngineKind::Smr => 1,
+            _ => self.threads() + 1,
+        }
+    }
+
+    /// The rings with their acceptors and learners (every replica).
+    pub fn multicast(&self) -> MulticastConfig {
+        let learners: Vec<NodeId> = self.replicas.iter().map(|r| NodeId(r.id)).collect();
+        let all: Vec<NodeId> = self.acceptors.iter().map(|a| NodeId(a.id)).collect();
+        let rings = (0..self.ring_count() as u16)
+            .map(|id| {
+                let acceptors = match self.rings.iter().find(|r| r.id == id) {
+                    Some(r) => r.acceptors.iter().map(|&a| NodeId(a)).collect(),
+                    None => {
+                        let mut order = all.clone();
+                        order.rotate_left(usize::from(id) % all.len().max(1));
+                        order
+                    }
+                };
+                RingConfig {
+                    id: RingId(id),
+                    acceptors,
+                    learners: learners.clone(),
+                }
+            })
+            .collect();
+        let merges = match self.engine() {
+            EngineKind::Smr => vec![vec![RingId(0)]],
+            _ => (1..=self.threads() as u16)
+                .map(|t| vec![RingId(t), RingId(0)])
+                .collect(),
+        };
+        MulticastConfig {
+            rings,
+            merges,
+            params: self.multicast.params(),
+        }
+    }
+
+    /// The engine configuration of the replicas.
+    pub fn engine_config(&self) -> EngineConfig {
+        let mut config = EngineConfig::new(self.engine(), self.threads());
+        config.merge_m = self.multicast.params().merge_m;
+        config
+    }
+
+    /// Every node's address.
+    pub fn addresses(&self) -> HashMap<NodeId, SocketAddr> {
+        let acceptors = self.acceptors.iter().map(|a| (NodeId(a.id), a.address));
+        let replicas = self.replicas.iter().map(|r| (NodeId(r.id), r.address));
+        acceptors.chain(replicas).collect()
+    }
+
+    /// Every node id.
+    pub fn nodes(&self) -> Vec<NodeId> {
+        let mut ids: Vec<NodeId> = self.addresses().into_keys().collect();
+        ids.sort_unstable();
+        ids
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<ClusterConfig, ClusterError> {
+        let config: ClusterConfig = toml::from_str(text).map_err(|source| ClusterError::Parse {
+            path: PathBuf::from("test.toml"),
+            source,
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    const GOOD: &str = r#"
+        [[acceptor]]
+        id = 1
+        address = "127.0.0.1:7101"
+        [[acceptor]]
+        id = 2
+        address = "127.0.0.1:7102"
+        storage = "durable"
+        [[acceptor]]
+        id = 3
+        address = "127.0.0.1:7103"
+        [[replica]]
+        id = 101
+        address = "127.0.0.1:7201"
+        engine = "opt-psmr"
+        threads = 2
+        [multicast]
+        batch_delay = "2ms"
+        window = 64
+    "#;
+
+    #[test]
+    fn a_good_file_derives_rings_learners_and_parameters() {
+        let c = parse(GOOD).unwrap();
+        let m = c.multicast();
+        assert_eq!(m.rings.len(), 3);
+        assert_eq!(m.rings[1].acceptors, vec![NodeId(2), NodeId(3), NodeId(1)]);
+        assert_eq!(m.rings[0].learners, vec![NodeId(101)]);
+        assert_eq!(m.params.batch_delay, Duration::from_millis(2));
+        assert_eq!(m.params.window, 64);
+        assert_eq!(c.acceptors[1].storage, StorageKind::Durable);
+        assert_eq!(c.acceptors[0].data_dir(), PathBuf::from("data/acceptor-1"));
+        assert_eq!(c.engine(), EngineKind::OptPsmr);
+        let back = parse(&c.to_toml()).unwrap();
+        assert_eq!(back, c);
+    }
+
+    #[test]
+    fn the_local_cluster_is_valid() {
+        for engine in [EngineName::Smr, EngineName::Psmr, EngineName::OptPsmr] {
+            ClusterConfig::local(7100, engine, 2).validate().unwrap();
+        }
+    }
+
+    fn error(text: &str) -> String {
+        parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn bad_files_are_rejected_naming_the_field() {
+        let even = GOOD.replace(
+            "[[replica]]",
+            "[[acceptor]]\nid = 4\naddress = \"127.0.0.1:7104\"\n[[replica]]",
+        );
+        assert_eq!(
+            error(&even),
+            "acceptor: 4 acceptors; rings derived from them need an odd number (2f+1)"
+        );
+        let dup = GOOD.replace("127.0.0.1:7102", "127.0.0.1:7101");
+        assert_eq!(
+            error(&dup),
+            "acceptor[1].address: 127.0.0.1:7101 is used twice"
+        );
+        let dup_id = GOOD.replace("id = 101", "id = 3");
+        assert_eq!(error(&dup_id), "replica[0].id: node id 3 is used twice");
+        let rings = format!("{GOOD}\n[[ring]]\nid = 0\nacceptors = [1, 2, 3]\n");
+        assert!(
+            error(&rings).starts_with("ring: opt-psmr with K = 2 needs rings 0..=2"),
+            "{}",
+            error(&rings)
+        );
+        let smr = GOOD.replace("\"opt-psmr\"", "\"smr\"");
+        assert!(error(&smr).starts_with("replica[0].threads: 2 threads with engine smr"));
+        let unknown = GOOD.replace("window = 64", "windw = 64");
+        assert!(
+            error(&unknown).contains("unknown field `windw`"),
+            "{}",
+            error(&unknown)
+        );
+        let zero = GOOD.replace("window = 64", "window = 0");
+        assert_eq!(error(&zero), "params.window must be greater than zero");
+        let no_replica = GOOD.split("[[replica]]").next().unwrap().to_string();
+        assert_eq!(
+            error(&no_replica),
+            "replica: at least one entry is required"
+        );
+    }
+}

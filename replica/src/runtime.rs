@@ -1,0 +1,255 @@
+//! The acceptor and replica processes (DESIGN.md section 2).
+//!
+//! ```text
+//!  acceptor:  QUIC ──frames──> AcceptorNode ──transmits──> QUIC
+//!  replica:   QUIC ──decisions──> Learner ──deliveries──> Engine ──replies──> client connections
+//!                        client hello ──> a reply stream opened on the client's connection
+//! ```
+//!
+//! Both run the sans-IO core on one tokio task ([`psmr_multicast::net::drive`]);
+//! the engine's workers are OS threads.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+use psmr_multicast::net::{
+    self, Hooks, Identity, Inbound, NetConfig, NetError, Network, Purpose, Tls, TlsError,
+};
+use psmr_multicast::proto::{AcceptorNode, Learner, LearnerError, NodeError, NodeId, RingId};
+use psmr_multicast::storage::{DurableStorage, LogOptions, MemoryStorage, Storage, StorageError};
+use thiserror::Error;
+use tokio::sync::mpsc;
+use tracing::{error, info, warn};
+
+use crate::cluster::{ClusterConfig, StorageKind};
+use crate::engine::{Engine, EngineError, ReplySink};
+use crate::service::Service;
+use crate::wire::{ClientId, Reply};
+
+/// Why a process could not run.
+#[derive(Debug, Error)]
+pub enum RuntimeError {
+    /// The node id is not an acceptor (or replica) of the cluster file.
+    #[error("node {id} is not {role} in the cluster file")]
+    NotInCluster {
+        /// The id.
+        id: u32,
+        /// `an acceptor` or `a replica`.
+        role: &'static str,
+    },
+    /// Certificates could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The network could not start.
+    #[error(transparent)]
+    Net(#[from] NetError),
+    /// Storage could not be opened or failed.
+    #[error("storage: {0}")]
+    Storage(#[from] StorageError),
+    /// The acceptor core refused to start.
+    #[error(transparent)]
+    Node(#[from] NodeError),
+    /// The learner refused to start.
+    #[error(transparent)]
+    Learner(#[from] LearnerError),
+    /// The engine failed.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+}
+
+/// TLS of node `id`: the cluster CA and the node's certificate.
+pub fn node_tls(cluster: &ClusterConfig, id: NodeId) -> Result<Tls, TlsError> {
+    let paths = net::CertPaths {
+        dir: cluster.tls.dir.clone(),
+    };
+    let (cert, key) = paths.node(id);
+    Tls::load(&paths.ca(), Some(Identity::load(&cert, &key)?))
+}
+
+fn net_config(cluster: &ClusterConfig, id: NodeId, tls: Tls) -> NetConfig {
+    let mut config = NetConfig::new(
+        Some(id),
+        cluster.addresses().get(&id).copied(),
+        cluster.addresses(),
+        tls,
+    );
+    config.require_client_certificates = cluster.tls.require_client_certificates;
+    config
+}
+
+/// Runs acceptor `id` until `shutdown` resolves or its storage fails.
+pub async fn run_acceptor(
+    cluster: &ClusterConfig,
+    id: NodeId,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RuntimeError> {
+    let entry =
+        cluster
+            .acceptors
+            .iter()
+            .find(|a| a.id == id.0)
+            .ok_or(RuntimeError::NotInCluster {
+                id: id.0,
+                role: "an acceptor",
+            })?;
+    let dir = entry.data_dir();
+    let storage: Box<dyn Storage> = match entry.storage {
+        StorageKind::Memory => Box::new(MemoryStorage::open(&dir.join("metadata"))?),
+        StorageKind::Durable => Box::new(DurableStorage::open(
+            &dir.join("log"),
+            LogOptions::default(),
+        )?),
+    };
+    let mut node = AcceptorNode::new(id, &cluster.multicast(), storage, Instant::now())?;
+    let (net, mut inbox) = Network::start(net_config(cluster, id, node_tls(cluster, id)?))?;
+    info!(node = %id, address = %entry.address, storage = ?entry.storage, "acceptor listening");
+    let mut hooks = AcceptorHooks { halted: false };
+    tokio::select! {
+        () = net::drive(&mut node, &net, &mut inbox, &mut hooks) => {}
+        () = shutdown => info!(node = %id, "acceptor shutting down"),
+    }
+    net.close();
+    match node.take_halted() {
+        Some(e) => {
+            error!(node = %id, error = %e, "storage failed; the acceptor stopped voting");
+            Err(RuntimeError::Storage(e))
+        }
+        None => Ok(()),
+    }
+}
+
+struct AcceptorHooks {
+    halted: bool,
+}
+
+impl Hooks<AcceptorNode> for AcceptorHooks {
+    fn other(&mut self, _node: &mut AcceptorNode, inbound: Inbound) {
+        warn!(from = %inbound.from, purpose = ?inbound.purpose, "an acceptor takes only protocol messages and proposals");
+    }
+
+    fn after(&mut self, node: &mut AcceptorNode) -> bool {
+        self.halted = node.halted().is_some();
+        !self.halted
+    }
+}
+
+/// Replies routed to the clients that announced themselves.
+#[derive(Default)]
+pub struct ReplyRouter {
+    clients: RwLock<HashMap<ClientId, mpsc::Sender<Vec<u8>>>>,
+    /// Replies to clients without a reply stream (they resend and get the
+    /// answer from the table of executed requests).
+    pub undeliverable: AtomicU64,
+}
+
+impl ReplyRouter {
+    fn register(&self, client: ClientId, sender: mpsc::Sender<Vec<u8>>) {
+        self.clients
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(client, sender);
+    }
+}
+
+impl ReplySink for ReplyRouter {
+    fn reply(&self, _thread: usize, reply: Reply) {
+        let frame = net::frame_of(&reply.encode());
+        let delivered = {
+            let clients = self.clients.read().unwrap_or_else(|e| e.into_inner());
+            clients.get(&reply.client).map(|s| s.try_send(frame))
+        };
+        match delivered {
+            Some(Ok(())) => {}
+            Some(Err(mpsc::error::TrySendError::Closed(_))) => {
+                self.clients
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&reply.client);
+                self.undeliverable.fetch_add(1, Ordering::Relaxed);
+            }
+            Some(Err(_)) | None => {
+                self.undeliverable.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+struct ReplicaHooks<S: Service> {
+    engine: Engine<S>,
+    router: Arc<ReplyRouter>,
+    net: Network,
+    failed: Option<EngineError>,
+}
+
+impl<S: Service> Hooks<Learner> for ReplicaHooks<S> {
+    fn other(&mut self, _learner: &mut Learner, inbound: Inbound) {
+        if inbound.purpose != Purpose::ClientHello {
+            return;
+        }
+        match postcard::from_bytes::<u64>(&inbound.body) {
+            Ok(client) => {
+                let sender = self.net.open(inbound.connection, Purpose::Replies);
+                self.router.register(ClientId(client), sender);
+            }
+            Err(_) => warn!(from = %inbound.from, "malformed client hello"),
+        }
+    }
+
+    fn after(&mut self, learner: &mut Learner) -> bool {
+        while let Some(d) = learner.poll_delivery() {
+            if let Err(e) = self.engine.deliver(d.ring, d.instance, d.value) {
+                self.failed = Some(e);
+                return false;
+            }
+        }
+        if let Some(lost) = learner.lost().next() {
+            error!(ring = %lost.ring, from = lost.from, below = lost.below, "decisions were trimmed before this replica got them; it must be rebuilt");
+            return false;
+        }
+        true
+    }
+}
+
+/// Runs replica `id` of `service` from `state` until `shutdown` resolves.
+pub async fn run_replica<S: Service>(
+    cluster: &ClusterConfig,
+    id: NodeId,
+    service: Arc<S>,
+    state: S::State,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RuntimeError> {
+    let entry =
+        cluster
+            .replicas
+            .iter()
+            .find(|r| r.id == id.0)
+            .ok_or(RuntimeError::NotInCluster {
+                id: id.0,
+                role: "a replica",
+            })?;
+    let multicast = cluster.multicast();
+    let rings: Vec<RingId> = multicast.rings.iter().map(|r| r.id).collect();
+    let mut learner = Learner::new(id, &multicast, &rings, Instant::now())?;
+    let router = Arc::new(ReplyRouter::default());
+    let engine = Engine::start(service, state, cluster.engine_config(), router.clone())?;
+    let (net, mut inbox) = Network::start(net_config(cluster, id, node_tls(cluster, id)?))?;
+    info!(node = %id, address = %entry.address, engine = entry.engine.kind().name(), threads = entry.threads, "replica listening");
+    let mut hooks = ReplicaHooks {
+        engine,
+        router,
+        net: net.clone(),
+        failed: None,
+    };
+    tokio::select! {
+        () = net::drive(&mut learner, &net, &mut inbox, &mut hooks) => {}
+        () = shutdown => info!(node = %id, "replica shutting down"),
+    }
+    net.close();
+    if let Some(e) = hooks.failed {
+        return Err(e.into());
+    }
+    Ok(())
+}
