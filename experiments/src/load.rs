@@ -8,7 +8,7 @@
 //! and deletes (half each), the rest reads.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
@@ -18,7 +18,6 @@ use psmr_replica::cluster::ClusterConfig;
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use thiserror::Error;
-use tokio::sync::Mutex;
 
 /// Options of the load generator.
 #[derive(clap::Args, Clone, Debug)]
@@ -76,11 +75,15 @@ impl Report {
     pub(crate) fn throughput(&self) -> f64 {
         self.completed as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
+
+    /// A latency quantile in milliseconds.
+    pub(crate) fn latency_ms(&self, quantile: f64) -> f64 {
+        self.latency.value_at_quantile(quantile) as f64 / 1000.0
+    }
 }
 
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let q = |p: f64| self.latency.value_at_quantile(p) as f64 / 1000.0;
         write!(
             f,
             "throughput {:.0} commands/s ({} completed, {} failed in {:.1} s); latency ms: p50 {:.3} p99 {:.3} p99.9 {:.3} max {:.3}; retries {}",
@@ -88,19 +91,65 @@ impl fmt::Display for Report {
             self.completed,
             self.failed,
             self.elapsed.as_secs_f64(),
-            q(0.5),
-            q(0.99),
-            q(0.999),
+            self.latency_ms(0.5),
+            self.latency_ms(0.99),
+            self.latency_ms(0.999),
             self.latency.max() as f64 / 1000.0,
             self.retries
         )
     }
 }
 
+/// Counts and latencies of one task (merged at the end: no lock per call).
 struct Tally {
     completed: u64,
     failed: u64,
     latency: Histogram<u64>,
+}
+
+impl Tally {
+    fn new() -> Tally {
+        Tally {
+            completed: 0,
+            failed: 0,
+            latency: Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds"),
+        }
+    }
+
+    /// Records a call that was due at `due`, if it falls in the measured interval.
+    fn note(&mut self, window: &Window, due: Instant, ok: bool) {
+        let now = Instant::now();
+        if due < window.from || now > window.end {
+            return;
+        }
+        if ok {
+            self.completed += 1;
+            let micros = now.duration_since(due).as_micros().max(1) as u64;
+            let _ = self.latency.record(micros.min(60_000_000));
+        } else {
+            self.failed += 1;
+        }
+    }
+
+    fn merge(&mut self, other: &Tally) {
+        self.completed += other.completed;
+        self.failed += other.failed;
+        let _ = self.latency.add(&other.latency);
+    }
+}
+
+/// The measured interval.
+#[derive(Clone, Copy)]
+struct Window {
+    from: Instant,
+    end: Instant,
+}
+
+/// What every call draws from.
+#[derive(Clone, Copy)]
+struct Mix {
+    dependent: f64,
+    key_space: u64,
 }
 
 /// Runs the load against `cluster`.
@@ -111,52 +160,23 @@ pub(crate) async fn run(
     if !(0.0..=1.0).contains(&options.dependent) {
         return Err(LoadError::Dependent(options.dependent));
     }
-    let clients = options.clients.max(1);
-    let mut trees = Vec::with_capacity(clients);
-    for _ in 0..clients {
+    let mut trees = Vec::with_capacity(options.clients.max(1));
+    for _ in 0..options.clients.max(1) {
         trees.push(BTreeClient::connect(cluster, ClientOptions::default()).await?);
     }
-    let tally = Arc::new(Mutex::new(Tally {
-        completed: 0,
-        failed: 0,
-        latency: Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds"),
-    }));
     let start = Instant::now();
-    let measure_from = start + options.warmup;
-    let end = measure_from + options.duration;
-    let key_space = cluster.service.key_space();
-    let mut tasks = Vec::new();
-    match options.rate {
-        Some(rate) => tasks.push(tokio::spawn(open_loop(
-            trees.clone(),
-            rate,
-            options.clone(),
-            key_space,
-            measure_from,
-            end,
-            tally.clone(),
-        ))),
-        None => {
-            for (c, tree) in trees.iter().enumerate() {
-                for slot in 0..options.in_flight.max(1) {
-                    let seed = options.seed ^ ((c * 1_000 + slot) as u64);
-                    let job = closed_loop(
-                        tree.clone(),
-                        seed,
-                        options.dependent,
-                        key_space,
-                        measure_from,
-                        end,
-                        tally.clone(),
-                    );
-                    tasks.push(tokio::spawn(job));
-                }
-            }
-        }
-    }
-    for task in tasks {
-        let _ = task.await;
-    }
+    let window = Window {
+        from: start + options.warmup,
+        end: start + options.warmup + options.duration,
+    };
+    let mix = Mix {
+        dependent: options.dependent,
+        key_space: cluster.service.key_space(),
+    };
+    let mut tally = match options.rate {
+        Some(rate) => open_loop(&trees, rate, options.seed, mix, window).await,
+        None => closed_loops(&trees, options, mix, window).await,
+    };
     let retries = trees
         .iter()
         .map(|t| {
@@ -166,27 +186,19 @@ pub(crate) async fn run(
                 .load(std::sync::atomic::Ordering::Relaxed)
         })
         .sum();
-    let tally = Arc::try_unwrap(tally)
-        .map_err(|_| ())
-        .expect("tasks finished")
-        .into_inner();
+    let total = std::mem::replace(&mut tally, Tally::new());
     Ok(Report {
-        completed: tally.completed,
-        failed: tally.failed,
+        completed: total.completed,
+        failed: total.failed,
         elapsed: options.duration,
-        latency: tally.latency,
+        latency: total.latency,
         retries,
     })
 }
 
-async fn one_call(
-    tree: &BTreeClient,
-    rng: &mut ChaCha8Rng,
-    dependent: f64,
-    key_space: u64,
-) -> Result<(), BTreeError> {
-    let key = rng.random_range(0..key_space);
-    if rng.random_bool(dependent) {
+async fn one_call(tree: &BTreeClient, rng: &mut ChaCha8Rng, mix: Mix) -> Result<(), BTreeError> {
+    let key = rng.random_range(0..mix.key_space);
+    if rng.random_bool(mix.dependent) {
         if rng.random_bool(0.5) {
             tree.insert(key, key).await?;
         } else {
@@ -198,71 +210,64 @@ async fn one_call(
     Ok(())
 }
 
-async fn record(tally: &Mutex<Tally>, due: Instant, measure_from: Instant, end: Instant, ok: bool) {
-    let now = Instant::now();
-    if due < measure_from || now > end {
-        return;
+async fn closed_loops(
+    trees: &[BTreeClient],
+    options: &LoadOptions,
+    mix: Mix,
+    window: Window,
+) -> Tally {
+    let mut tasks = Vec::new();
+    for (c, tree) in trees.iter().enumerate() {
+        for slot in 0..options.in_flight.max(1) {
+            let seed = options.seed ^ ((c * 1_000 + slot) as u64);
+            let tree = tree.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut rng = ChaCha8Rng::seed_from_u64(seed);
+                let mut tally = Tally::new();
+                while Instant::now() < window.end {
+                    let due = Instant::now();
+                    let ok = one_call(&tree, &mut rng, mix).await.is_ok();
+                    tally.note(&window, due, ok);
+                }
+                tally
+            }));
+        }
     }
-    let mut t = tally.lock().await;
-    if ok {
-        t.completed += 1;
-        let micros = now.duration_since(due).as_micros().max(1) as u64;
-        let _ = t.latency.record(micros.min(60_000_000));
-    } else {
-        t.failed += 1;
+    let mut total = Tally::new();
+    for task in tasks {
+        if let Ok(part) = task.await {
+            total.merge(&part);
+        }
     }
+    total
 }
 
-async fn closed_loop(
-    tree: BTreeClient,
-    seed: u64,
-    dependent: f64,
-    key_space: u64,
-    measure_from: Instant,
-    end: Instant,
-    tally: Arc<Mutex<Tally>>,
-) {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    while Instant::now() < end {
-        let due = Instant::now();
-        let ok = one_call(&tree, &mut rng, dependent, key_space)
-            .await
-            .is_ok();
-        record(&tally, due, measure_from, end, ok).await;
-    }
-}
-
-async fn open_loop(
-    trees: Vec<BTreeClient>,
-    rate: u64,
-    options: LoadOptions,
-    key_space: u64,
-    measure_from: Instant,
-    end: Instant,
-    tally: Arc<Mutex<Tally>>,
-) {
+async fn open_loop(trees: &[BTreeClient], rate: u64, seed: u64, mix: Mix, window: Window) -> Tally {
     let interval = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
     let start = Instant::now();
-    let mut rng = ChaCha8Rng::seed_from_u64(options.seed);
-    let mut sent = 0u64;
-    loop {
-        let due = start + interval * sent as u32;
-        if due >= end {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let total = Arc::new(Mutex::new(Tally::new()));
+    let mut tasks = Vec::new();
+    for sent in 0u32.. {
+        let due = start + interval * sent;
+        if due >= window.end {
             break;
         }
         tokio::time::sleep_until(due.into()).await;
         let tree = trees[sent as usize % trees.len()].clone();
-        let seed = rng.random::<u64>();
-        let tally = tally.clone();
-        let dependent = options.dependent;
-        tokio::spawn(async move {
+        let (total, seed) = (total.clone(), rng.random::<u64>());
+        tasks.push(tokio::spawn(async move {
             let mut rng = ChaCha8Rng::seed_from_u64(seed);
-            let ok = one_call(&tree, &mut rng, dependent, key_space)
-                .await
-                .is_ok();
-            record(&tally, due, measure_from, end, ok).await;
-        });
-        sent += 1;
+            let ok = one_call(&tree, &mut rng, mix).await.is_ok();
+            total
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .note(&window, due, ok);
+        }));
     }
-    tokio::time::sleep_until((end + Duration::from_secs(1)).into()).await;
+    for task in tasks {
+        let _ = task.await;
+    }
+    let mut total = total.lock().unwrap_or_else(|e| e.into_inner());
+    std::mem::replace(&mut *total, Tally::new())
 }

@@ -30,7 +30,7 @@ use thiserror::Error;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
-use super::stream::{Hello, Purpose, StreamError, push_frame, read_frame, read_hello};
+use super::stream::{FrameReader, Hello, Purpose, StreamError, push_frame, read_hello};
 use super::tls::{Tls, TlsError, node_name, peer_is_node};
 use crate::proto::NodeId;
 use crate::proto::codec::DEFAULT_MAX_FRAME;
@@ -460,15 +460,19 @@ async fn relay(
         }
         None => anonymous,
     };
-    while let Some(body) = read_frame(stream, inner.max_frame).await? {
-        let inbound = Inbound {
-            from,
-            purpose: hello.purpose,
-            body: Bytes::from(body),
-            connection: connection.clone(),
-        };
-        if tx.send(inbound).await.is_err() {
-            return Ok(());
+    let mut reader = FrameReader::new(inner.max_frame);
+    let mut bodies = Vec::new();
+    while reader.read(stream, &mut bodies).await? {
+        for body in bodies.drain(..) {
+            let inbound = Inbound {
+                from,
+                purpose: hello.purpose,
+                body,
+                connection: connection.clone(),
+            };
+            if tx.send(inbound).await.is_err() {
+                return Ok(());
+            }
         }
     }
     Ok(())

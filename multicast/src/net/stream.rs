@@ -79,6 +79,54 @@ pub enum StreamError {
     Read(#[from] quinn::ReadExactError),
 }
 
+/// Reads a stream chunk by chunk and splits out whole frames without
+/// copying them again; the length of each frame is checked against the
+/// maximum before its bytes are waited for.
+pub struct FrameReader {
+    buf: bytes::BytesMut,
+    max: usize,
+}
+
+impl FrameReader {
+    /// A reader of frames up to `max` bytes.
+    pub fn new(max: usize) -> FrameReader {
+        FrameReader {
+            buf: bytes::BytesMut::with_capacity(64 * 1024),
+            max,
+        }
+    }
+
+    /// Waits for more bytes and appends every complete frame body to `out`.
+    /// Returns false at the end of the stream.
+    pub async fn read(
+        &mut self,
+        stream: &mut quinn::RecvStream,
+        out: &mut Vec<bytes::Bytes>,
+    ) -> Result<bool, StreamError> {
+        let Some(chunk) = stream
+            .read_chunk(256 * 1024, true)
+            .await
+            .map_err(read_error)?
+        else {
+            return Ok(false);
+        };
+        self.buf.extend_from_slice(&chunk.bytes);
+        while let Some(len) = crate::proto::codec::frame_len(&self.buf, self.max)? {
+            if self.buf.len() < 4 + len {
+                self.buf.reserve(4 + len - self.buf.len());
+                break;
+            }
+            let _ = self.buf.split_to(4);
+            out.push(self.buf.split_to(len).freeze());
+        }
+        Ok(true)
+    }
+}
+
+fn read_error(e: quinn::ReadError) -> StreamError {
+    StreamError::Read(quinn::ReadExactError::ReadError(e))
+}
+
 /// Reads one frame body; `Ok(None)` at the end of the stream.
 pub async fn read_frame(
     stream: &mut quinn::RecvStream,
