@@ -6,17 +6,19 @@
 //! reply    ──> Done | Refused: answer the call, forget the command
 //!          ──> Retry (first time): the same request, conservative, new command
 //! timers   ──> proposer resends unanswered commands; calls past the deadline time out
+//!          ──> every HELLO_EVERY, a hello to every replica (replicas answer on the
+//!              connection a hello came on, so a restarted replica learns of us again)
 //! ```
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use psmr_multicast::net::{Inbound, Network, Purpose};
+use psmr_multicast::net::{Inbound, Network, Purpose, frame_of};
 use psmr_multicast::proto::codec::{self, DEFAULT_MAX_FRAME};
-use psmr_multicast::proto::{CommandId, Proposer, ProposerId, RingId};
+use psmr_multicast::proto::{CommandId, NodeId, Proposer, ProposerId, RingId};
 use psmr_replica::cluster::ClusterConfig;
 use psmr_replica::{ClientId, EngineKind, Group, Mode, Outcome, Reply, Request, RequestId, route};
 use tokio::sync::{mpsc, oneshot};
@@ -36,6 +38,9 @@ struct Pending<Op> {
 /// Calls and replies taken per round before proposals go out.
 const ROUND: usize = 1024;
 
+/// How often the client greets every replica again.
+const HELLO_EVERY: Duration = Duration::from_secs(1);
+
 pub(crate) struct Driver<M: ServiceClient>
 where
     M::Op: Send + 'static,
@@ -51,6 +56,9 @@ where
     deadlines: VecDeque<(Instant, RequestId)>,
     next_request: u64,
     stats: Arc<ClientStats>,
+    replicas: Vec<NodeId>,
+    hello: Vec<u8>,
+    next_hello: Instant,
 }
 
 impl<M: ServiceClient> Driver<M>
@@ -78,6 +86,9 @@ where
             deadlines: VecDeque::new(),
             next_request: 0,
             stats,
+            replicas: cluster.replicas.iter().map(|r| NodeId(r.id)).collect(),
+            hello: frame_of(&postcard::to_allocvec(&id.0).expect("an id serializes")),
+            next_hello: Instant::now(),
         }
     }
 
@@ -86,8 +97,9 @@ where
         mut calls: mpsc::Receiver<Call<M::Op>>,
         mut inbox: mpsc::Receiver<Inbound>,
     ) {
+        self.greet(Instant::now());
         loop {
-            let wake = self.next_wake().map(tokio::time::Instant::from_std);
+            let wake = tokio::time::Instant::from_std(self.next_wake());
             tokio::select! {
                 call = calls.recv() => match call {
                     Some(call) => self.start(call),
@@ -97,7 +109,7 @@ where
                     Some(inbound) => self.on_inbound(inbound),
                     None => break,
                 },
-                () = sleep(wake) => {}
+                () = tokio::time::sleep_until(wake) => {}
             }
             // Everything already there goes out in the same messages.
             for _ in 0..ROUND {
@@ -119,12 +131,20 @@ where
         self.net.close();
     }
 
-    fn next_wake(&self) -> Option<Instant> {
+    fn next_wake(&self) -> Instant {
         let deadline = self.deadlines.front().map(|(at, _)| *at);
-        match (self.proposer.poll_timeout(), deadline) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+        [self.proposer.poll_timeout(), deadline]
+            .into_iter()
+            .flatten()
+            .fold(self.next_hello, Instant::min)
+    }
+
+    fn greet(&mut self, now: Instant) {
+        for &replica in &self.replicas {
+            self.net
+                .send(replica, Purpose::ClientHello, self.hello.clone());
         }
+        self.next_hello = now + HELLO_EVERY;
     }
 
     fn ring(&self, group: Group) -> RingId {
@@ -219,6 +239,9 @@ where
     }
 
     fn on_timers(&mut self, now: Instant) {
+        if now >= self.next_hello {
+            self.greet(now);
+        }
         self.proposer.handle_timeout(now);
         while let Some(&(at, id)) = self.deadlines.front() {
             if at > now {
@@ -239,12 +262,5 @@ where
                 self.net.send(t.to, Purpose::Propose, frame);
             }
         }
-    }
-}
-
-async fn sleep(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }

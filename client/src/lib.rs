@@ -35,8 +35,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use psmr_multicast::net::{CertPaths, Identity, NetConfig, NetError, Network, TlsError, frame_of};
-use psmr_multicast::net::{Purpose, Tls};
+use psmr_multicast::net::{CertPaths, Identity, NetConfig, NetError, Network, Tls, TlsError};
 use psmr_multicast::proto::NodeId;
 use psmr_replica::cluster::ClusterConfig;
 use psmr_replica::services::{ListOp, ListService, NullOp, NullService};
@@ -200,10 +199,6 @@ where
         let (net, inbox) = Network::start(NetConfig::new(None, None, cluster.addresses(), tls))?;
         let replicas: Vec<NodeId> = cluster.replicas.iter().map(|r| NodeId(r.id)).collect();
         reach_a_replica(&net, &replicas, options.connect_timeout).await?;
-        let hello = frame_of(&postcard::to_allocvec(&id.0).expect("an id serializes"));
-        for &replica in &replicas {
-            net.send(replica, Purpose::ClientHello, hello.clone());
-        }
         let stats = Arc::new(ClientStats::default());
         let (calls, rx) = mpsc::channel(4096);
         let driver = driver::Driver::new(cluster, service, options, id, net, stats.clone());

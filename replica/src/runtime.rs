@@ -136,21 +136,39 @@ impl Hooks<AcceptorNode> for AcceptorHooks {
     }
 }
 
+/// A client's reply stream, and the connection it is on.
+struct Route {
+    connection: usize,
+    sender: mpsc::Sender<Vec<u8>>,
+}
+
 /// Replies routed to the clients that announced themselves.
+///
+/// Clients greet every replica periodically; a greeting on the connection a
+/// client is already answered on changes nothing, one on a new connection
+/// (the client reconnected) moves its replies there.
 #[derive(Default)]
 pub struct ReplyRouter {
-    clients: RwLock<HashMap<ClientId, mpsc::Sender<Vec<u8>>>>,
+    clients: RwLock<HashMap<ClientId, Route>>,
     /// Replies to clients without a reply stream (they resend and get the
     /// answer from the table of executed requests).
     pub undeliverable: AtomicU64,
 }
 
 impl ReplyRouter {
-    fn register(&self, client: ClientId, sender: mpsc::Sender<Vec<u8>>) {
+    /// Whether `client` is answered on `connection` (a stable id) already.
+    fn answers(&self, client: ClientId, connection: usize) -> bool {
+        let clients = self.clients.read().unwrap_or_else(|e| e.into_inner());
+        clients
+            .get(&client)
+            .is_some_and(|r| r.connection == connection && !r.sender.is_closed())
+    }
+
+    fn register(&self, client: ClientId, connection: usize, sender: mpsc::Sender<Vec<u8>>) {
         self.clients
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(client, sender);
+            .insert(client, Route { connection, sender });
     }
 }
 
@@ -159,7 +177,7 @@ impl ReplySink for ReplyRouter {
         let frame = net::frame_of(&reply.encode());
         let delivered = {
             let clients = self.clients.read().unwrap_or_else(|e| e.into_inner());
-            clients.get(&reply.client).map(|s| s.try_send(frame))
+            clients.get(&reply.client).map(|r| r.sender.try_send(frame))
         };
         match delivered {
             Some(Ok(())) => {}
@@ -191,8 +209,11 @@ impl<S: Service> Hooks<Learner> for ReplicaHooks<S> {
         }
         match postcard::from_bytes::<u64>(&inbound.body) {
             Ok(client) => {
-                let sender = self.net.open(inbound.connection, Purpose::Replies);
-                self.router.register(ClientId(client), sender);
+                let (client, connection) = (ClientId(client), inbound.connection.stable_id());
+                if !self.router.answers(client, connection) {
+                    let sender = self.net.open(inbound.connection, Purpose::Replies);
+                    self.router.register(client, connection, sender);
+                }
             }
             Err(_) => warn!(from = %inbound.from, "malformed client hello"),
         }

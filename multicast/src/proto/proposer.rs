@@ -1,9 +1,11 @@
 //! The proposer: gives commands their identity, sends them to a ring's
 //! acceptors, and sends them again until told they are done.
 //!
-//! A first attempt goes to the ring's first acceptor (the initial
-//! coordinator); each retry goes to the next acceptor in ring order, which
-//! forwards it to the coordinator it believes in. Every command carries the
+//! A first attempt goes to the ring's preferred acceptor, at first its
+//! initial coordinator; each retry goes to the next acceptor in ring order,
+//! which forwards it to the coordinator it believes in. A retry that finds
+//! the preferred acceptor silent moves the preference to the next one, so
+//! that after a crash new commands stop paying a retry timeout each. Every command carries the
 //! proposer's low-water mark (its oldest unfinished `seq`), which bounds what
 //! learners must remember to deliver each command at most once.
 //!
@@ -38,10 +40,16 @@ struct Outstanding {
     deadline: Instant,
 }
 
+struct Ring {
+    acceptors: Vec<NodeId>,
+    /// Index of the acceptor that first attempts go to (never wrapped).
+    preferred: usize,
+}
+
 /// A source of commands for the rings of a cluster.
 pub struct Proposer {
     id: ProposerId,
-    rings: BTreeMap<RingId, Vec<NodeId>>,
+    rings: BTreeMap<RingId, Ring>,
     retry_timeout: Duration,
     next_seq: u64,
     outstanding: BTreeMap<u64, Outstanding>,
@@ -58,7 +66,13 @@ impl Proposer {
             rings: config
                 .rings
                 .iter()
-                .map(|r| (r.id, r.acceptors.clone()))
+                .map(|r| {
+                    let ring = Ring {
+                        acceptors: r.acceptors.clone(),
+                        preferred: 0,
+                    };
+                    (r.id, ring)
+                })
                 .collect(),
             retry_timeout,
             next_seq: 0,
@@ -80,9 +94,9 @@ impl Proposer {
         ring: RingId,
         payload: Bytes,
     ) -> Result<CommandId, ProposeError> {
-        if !self.rings.contains_key(&ring) {
+        let Some(preferred) = self.rings.get(&ring).map(|r| r.preferred) else {
             return Err(ProposeError::UnknownRing { ring });
-        }
+        };
         let seq = self.next_seq;
         self.next_seq += 1;
         let deadline = now + self.retry_timeout;
@@ -91,7 +105,7 @@ impl Proposer {
             Outstanding {
                 ring,
                 payload,
-                attempt: 0,
+                attempt: preferred,
                 deadline,
             },
         );
@@ -141,7 +155,7 @@ impl Proposer {
     fn stage(&mut self, seq: u64) {
         let low_water = self.low_water();
         let o = &self.outstanding[&seq];
-        let acceptors = &self.rings[&o.ring];
+        let acceptors = &self.rings[&o.ring].acceptors;
         let to = acceptors[o.attempt % acceptors.len()];
         let command = Command {
             id: CommandId {
@@ -166,6 +180,13 @@ impl Proposer {
             };
             if o.deadline != deadline {
                 continue;
+            }
+            let ring = self
+                .rings
+                .get_mut(&o.ring)
+                .expect("proposed to a known ring");
+            if o.attempt == ring.preferred {
+                ring.preferred += 1;
             }
             o.attempt += 1;
             o.deadline = now + self.retry_timeout;
@@ -225,6 +246,23 @@ mod tests {
         p.handle_timeout(t0 + timeout * 5);
         assert!(p.poll_transmit().is_none());
         assert_eq!(p.poll_timeout(), None);
+    }
+
+    #[test]
+    fn a_silent_acceptor_loses_the_preference_once() {
+        let t0 = Instant::now();
+        let timeout = Duration::from_millis(10);
+        let mut p = Proposer::new(ProposerId(9), &config(), timeout);
+        for _ in 0..3 {
+            p.propose(t0, RingId(0), Bytes::new()).unwrap();
+        }
+        assert_eq!(p.poll_transmit().unwrap().to, NodeId(1));
+        // All three time out together: the preference moves one step, not three.
+        p.handle_timeout(t0 + timeout);
+        assert_eq!(p.poll_transmit().unwrap().to, NodeId(2));
+        assert!(p.poll_transmit().is_none());
+        p.propose(t0 + timeout, RingId(0), Bytes::new()).unwrap();
+        assert_eq!(p.poll_transmit().unwrap().to, NodeId(2));
     }
 
     #[test]

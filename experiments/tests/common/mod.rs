@@ -1,0 +1,240 @@
+//! A cluster of real `psmr` processes on loopback, for end-to-end tests.
+//!
+//! Every process is a child of the test; [`TestCluster`]'s `Drop` kills and
+//! reaps them all, and prints the tail of each process's log when the test
+//! is failing. Ports are chosen by the OS, so tests can run in parallel.
+
+#![allow(dead_code, unreachable_pub, clippy::print_stderr)]
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use psmr_btree::BTreeClient;
+use psmr_client::ClientOptions;
+use psmr_replica::cluster::{ClusterConfig, EngineName, StorageKind};
+
+/// The `psmr` binary under test.
+pub fn psmr() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_psmr"))
+}
+
+/// Runs `psmr` with `args` to completion (bounded by `timeout`).
+pub fn run_psmr(args: &[&str], timeout: Duration) -> Output {
+    let mut child = psmr()
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("psmr starts");
+    let deadline = Instant::now() + timeout;
+    while child.try_wait().expect("try_wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("reaped");
+            panic!("psmr {args:?} did not finish within {timeout:?}: {out:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().expect("output")
+}
+
+/// `n` distinct loopback addresses with ports free a moment ago.
+pub fn free_addresses(n: usize) -> Vec<SocketAddr> {
+    let sockets: Vec<UdpSocket> = (0..n)
+        .map(|_| UdpSocket::bind("127.0.0.1:0").expect("bind an ephemeral port"))
+        .collect();
+    sockets
+        .iter()
+        .map(|s| s.local_addr().expect("local address"))
+        .collect()
+}
+
+/// What kind of cluster to start.
+pub struct Spec {
+    pub engine: EngineName,
+    pub threads: usize,
+    pub storage: StorageKind,
+    /// Keys preloaded: every even key of `[0, 2 * preload)` with value `key / 2`.
+    pub preload: u64,
+}
+
+impl Default for Spec {
+    fn default() -> Self {
+        Spec {
+            engine: EngineName::OptPsmr,
+            threads: 2,
+            storage: StorageKind::Memory,
+            preload: 1_000,
+        }
+    }
+}
+
+/// A running cluster of `psmr acceptor` and `psmr replica` processes.
+pub struct TestCluster {
+    pub cluster: ClusterConfig,
+    pub config: PathBuf,
+    dir: tempfile::TempDir,
+    children: BTreeMap<u32, Child>,
+}
+
+impl TestCluster {
+    /// Writes the configuration and certificates; `edit` may change the
+    /// configuration before it is written. Starts nothing.
+    pub fn prepare(spec: &Spec, edit: impl FnOnce(&mut ClusterConfig)) -> TestCluster {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let mut cluster = ClusterConfig::local(7100, spec.engine, spec.threads);
+        let addresses = free_addresses(cluster.acceptors.len() + cluster.replicas.len());
+        let mut next = addresses.into_iter();
+        for a in &mut cluster.acceptors {
+            a.address = next.next().expect("enough addresses");
+            a.storage = spec.storage;
+            a.data_dir = Some(dir.path().join(format!("acceptor-{}", a.id)));
+        }
+        for r in &mut cluster.replicas {
+            r.address = next.next().expect("enough addresses");
+        }
+        cluster.tls.dir = dir.path().join("certs");
+        cluster.service.preload = spec.preload;
+        edit(&mut cluster);
+        let config = dir.path().join("cluster.toml");
+        std::fs::write(&config, cluster.to_toml()).expect("write the cluster file");
+        let out = run_psmr(
+            &["certs", "--config", path_str(&config)],
+            Duration::from_secs(60),
+        );
+        assert!(out.status.success(), "psmr certs failed: {out:?}");
+        TestCluster {
+            cluster,
+            config,
+            dir,
+            children: BTreeMap::new(),
+        }
+    }
+
+    /// Prepares and starts every node.
+    pub fn start(spec: &Spec) -> TestCluster {
+        let mut cluster = TestCluster::prepare(spec, |_| {});
+        cluster.start_all();
+        cluster
+    }
+
+    /// Starts every node that is not running.
+    pub fn start_all(&mut self) {
+        let ids: Vec<u32> = self.cluster.nodes().iter().map(|n| n.0).collect();
+        for id in ids {
+            if !self.children.contains_key(&id) {
+                self.spawn(id);
+            }
+        }
+    }
+
+    /// Starts node `id` (an acceptor or a replica of the file).
+    pub fn spawn(&mut self, id: u32) {
+        assert!(!self.children.contains_key(&id), "node {id} already runs");
+        let role = if self.cluster.acceptors.iter().any(|a| a.id == id) {
+            "acceptor"
+        } else {
+            "replica"
+        };
+        let log = self.log(id);
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("open the node's log");
+        let child = psmr()
+            .args([role, "--config", path_str(&self.config)])
+            .args(["--id", &id.to_string(), "--exit-with-parent"])
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("psmr starts");
+        self.children.insert(id, child);
+    }
+
+    /// Kills node `id` with SIGKILL and reaps it.
+    pub fn kill(&mut self, id: u32) {
+        let mut child = self.children.remove(&id).expect("node runs");
+        child.kill().expect("kill -9");
+        child.wait().expect("reaped");
+    }
+
+    /// Whether every started node still runs.
+    pub fn assert_running(&mut self) {
+        for (id, child) in &mut self.children {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                panic!("node {id} exited: {status}");
+            }
+        }
+    }
+
+    /// A B+-tree client with a patient connection timeout.
+    pub async fn client(&self) -> BTreeClient {
+        let options = ClientOptions {
+            connect_timeout: Duration::from_secs(60),
+            ..ClientOptions::default()
+        };
+        BTreeClient::connect(&self.cluster, options)
+            .await
+            .expect("the cluster answers")
+    }
+
+    /// The file node `id` logs to.
+    pub fn log(&self, id: u32) -> PathBuf {
+        self.dir.path().join(format!("n{id}.log"))
+    }
+
+    /// The directory of the cluster's files.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        for child in self.children.values_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            for id in self.cluster.nodes() {
+                let text = std::fs::read_to_string(self.log(id.0)).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                let tail = &lines[lines.len().saturating_sub(20)..];
+                eprintln!("--- last lines of node {} ---\n{}", id.0, tail.join("\n"));
+            }
+        }
+    }
+}
+
+fn path_str(path: &Path) -> &str {
+    path.to_str().expect("a UTF-8 path")
+}
+
+/// The preloaded contents of a B+-tree of `preload` keys.
+pub fn preloaded(preload: u64) -> BTreeMap<u64, u64> {
+    (0..preload).map(|i| (2 * i, i)).collect()
+}
+
+/// Reads the whole tree through scans.
+pub async fn scan_all(tree: &BTreeClient) -> BTreeMap<u64, u64> {
+    let mut all = BTreeMap::new();
+    let mut from = 0;
+    loop {
+        let scan = tree.scan(from, 1024).await.expect("scan");
+        let Some(&(last, _)) = scan.entries.last() else {
+            return all;
+        };
+        all.extend(scan.entries);
+        match last.checked_add(1) {
+            Some(next) => from = next,
+            None => return all,
+        }
+    }
+}

@@ -1,0 +1,326 @@
+//! End-to-end tests over real processes on loopback: 3 `psmr acceptor`s and
+//! 2 `psmr replica`s per test, driven through the client SDK.
+//!
+//! Randomized workloads print `seed=N`; `PSMR_E2E_SEED=N` replays one.
+
+// Tests report seeds and progress on standard output.
+#![allow(clippy::print_stdout)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use common::{Spec, TestCluster, preloaded, scan_all};
+use psmr_btree::BTreeClient;
+use psmr_replica::cluster::{EngineName, RingEntry, StorageKind};
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+fn seed() -> u64 {
+    let seed = std::env::var("PSMR_E2E_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    println!("seed={seed} (replay with PSMR_E2E_SEED={seed})");
+    seed
+}
+
+/// One random operation on `key`, checked against `model`.
+async fn checked_op(
+    tree: &BTreeClient,
+    model: &mut BTreeMap<u64, u64>,
+    rng: &mut ChaCha8Rng,
+    key: u64,
+) {
+    let value = rng.random_range(0..1_000_000u64);
+    match rng.random_range(0..100u32) {
+        0..30 => assert_eq!(tree.get(key).await.unwrap(), model.get(&key).copied()),
+        30..45 => {
+            let previous = tree.put(key, value).await.unwrap();
+            assert_eq!(previous, model.get(&key).copied(), "put {key}");
+            if let Some(v) = model.get_mut(&key) {
+                *v = value;
+            }
+        }
+        45..75 => {
+            let previous = tree.insert(key, value).await.unwrap();
+            assert_eq!(previous, model.insert(key, value), "insert {key}");
+        }
+        _ => assert_eq!(
+            tree.delete(key).await.unwrap(),
+            model.remove(&key),
+            "delete {key}"
+        ),
+    }
+}
+
+/// Concurrent clients on disjoint keys, then one client with scans, then a
+/// full comparison: every response equals the model's.
+async fn model_workload(cluster: &TestCluster, seed: u64) {
+    const TASKS: u64 = 4;
+    const OPS: usize = 150;
+    let preload = cluster.cluster.service.preload;
+    let space = 2 * preload;
+    let tree = cluster.client().await;
+    let mut tasks = Vec::new();
+    for task in 0..TASKS {
+        let tree = tree.clone();
+        let mut model: BTreeMap<u64, u64> = preloaded(preload)
+            .into_iter()
+            .filter(|(k, _)| k % TASKS == task)
+            .collect();
+        tasks.push(tokio::spawn(async move {
+            let mut rng = ChaCha8Rng::seed_from_u64(seed ^ task);
+            for _ in 0..OPS {
+                let key = rng.random_range(0..space / TASKS) * TASKS + task;
+                checked_op(&tree, &mut model, &mut rng, key).await;
+            }
+            model
+        }));
+    }
+    let mut model = BTreeMap::new();
+    for task in tasks {
+        model.extend(task.await.expect("a workload task"));
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(seed.wrapping_add(1));
+    for _ in 0..100 {
+        let key = rng.random_range(0..space);
+        if rng.random_range(0..4) == 0 {
+            let count = rng.random_range(1..40);
+            let expected: Vec<(u64, u64)> = model
+                .range(key..)
+                .take(count as usize)
+                .map(|(&k, &v)| (k, v))
+                .collect();
+            assert_eq!(tree.scan(key, count).await.unwrap().entries, expected);
+        } else {
+            checked_op(&tree, &mut model, &mut rng, key).await;
+        }
+    }
+    assert_eq!(scan_all(&tree).await, model, "the final contents");
+    println!(
+        "retries after failed safety checks: {}",
+        tree.inner().stats().retries.load(Ordering::Relaxed)
+    );
+}
+
+fn model_test(engine: EngineName) {
+    let seed = seed();
+    let spec = Spec {
+        engine,
+        ..Spec::default()
+    };
+    let mut cluster = TestCluster::start(&spec);
+    runtime().block_on(async {
+        tokio::time::timeout(Duration::from_secs(120), model_workload(&cluster, seed))
+            .await
+            .expect("the workload finishes within 2 minutes");
+    });
+    cluster.assert_running();
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+}
+
+#[test]
+fn smr_answers_like_the_model() {
+    model_test(EngineName::Smr);
+}
+
+#[test]
+fn psmr_answers_like_the_model() {
+    model_test(EngineName::Psmr);
+}
+
+#[test]
+fn opt_psmr_answers_like_the_model() {
+    model_test(EngineName::OptPsmr);
+}
+
+/// Writers that insert fresh keys (odd ones, never preloaded) and remember
+/// what was acknowledged.
+struct Writers {
+    stop: Arc<AtomicBool>,
+    acknowledged: Arc<AtomicU64>,
+    tasks: Vec<tokio::task::JoinHandle<Written>>,
+}
+
+#[derive(Default)]
+struct Written {
+    acknowledged: BTreeMap<u64, u64>,
+    failures: Vec<String>,
+}
+
+impl Writers {
+    const COUNT: u64 = 4;
+
+    fn start(tree: &BTreeClient, keys: u64) -> Writers {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acknowledged = Arc::new(AtomicU64::new(0));
+        let tasks = (0..Self::COUNT)
+            .map(|w| {
+                let (tree, stop, acked) = (tree.clone(), stop.clone(), acknowledged.clone());
+                tokio::spawn(async move {
+                    let mut written = Written::default();
+                    let mut n = 0;
+                    while !stop.load(Ordering::Relaxed) && 2 * (w + Self::COUNT * n) + 1 < keys {
+                        let key = 2 * (w + Self::COUNT * n) + 1;
+                        match tree.insert(key, n).await {
+                            Ok(None) => {
+                                written.acknowledged.insert(key, n);
+                                acked.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Ok(Some(v)) => written.failures.push(format!("{key} held {v}")),
+                            Err(e) => written.failures.push(e.to_string()),
+                        }
+                        n += 1;
+                    }
+                    written
+                })
+            })
+            .collect();
+        Writers {
+            stop,
+            acknowledged,
+            tasks,
+        }
+    }
+
+    /// Acknowledged writes so far.
+    fn count(&self) -> u64 {
+        self.acknowledged.load(Ordering::Relaxed)
+    }
+
+    /// Waits up to `within` for `more` acknowledgements; panics naming `what` if they do not come.
+    async fn progress(&self, more: u64, within: Duration, what: &str) {
+        let start = self.count();
+        let deadline = tokio::time::Instant::now() + within;
+        while self.count() < start + more {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{what}: only {} writes acknowledged in {within:?}",
+                self.count() - start
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        println!("{what}: {more} writes acknowledged");
+    }
+
+    async fn stop(self) -> Written {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut all = Written::default();
+        for task in self.tasks {
+            let written = task.await.expect("a writer");
+            all.acknowledged.extend(written.acknowledged);
+            all.failures.extend(written.failures);
+        }
+        all
+    }
+}
+
+/// Every acknowledged write is in the tree with its value.
+async fn assert_nothing_lost(tree: &BTreeClient, written: &Written) {
+    let contents = scan_all(tree).await;
+    let lost: Vec<_> = written
+        .acknowledged
+        .iter()
+        .filter(|(k, v)| contents.get(k) != Some(v))
+        .collect();
+    assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
+    assert!(
+        written.failures.is_empty(),
+        "calls failed: {:?}",
+        written.failures
+    );
+    println!(
+        "{} acknowledged writes all present",
+        written.acknowledged.len()
+    );
+}
+
+#[test]
+fn acceptor_crashes_lose_no_acknowledged_write_durable() {
+    acceptor_crashes(StorageKind::Durable);
+}
+
+#[test]
+fn acceptor_crashes_lose_no_acknowledged_write_memory() {
+    acceptor_crashes(StorageKind::Memory);
+}
+
+/// Kills a non-coordinator acceptor, restarts it, then kills the coordinator.
+fn acceptor_crashes(storage: StorageKind) {
+    // Every ring in the order 1, 2, 3: acceptor 1 coordinates them all, 3 coordinates none.
+    let spec = Spec {
+        storage,
+        preload: 100_000,
+        ..Spec::default()
+    };
+    let mut cluster = TestCluster::prepare(&spec, |c| {
+        c.rings = (0..=c.threads() as u16)
+            .map(|id| RingEntry {
+                id,
+                acceptors: vec![1, 2, 3],
+            })
+            .collect();
+    });
+    cluster.start_all();
+    let rt = runtime();
+    let written = rt.block_on(async {
+        let tree = cluster.client().await;
+        let writers = Writers::start(&tree, 2 * spec.preload);
+        let minute = Duration::from_secs(60);
+        writers.progress(200, minute, "before any crash").await;
+        cluster.kill(3);
+        writers
+            .progress(200, minute, "after kill -9 of acceptor 3 (no coordinator)")
+            .await;
+        cluster.spawn(3);
+        writers
+            .progress(200, minute, "after acceptor 3 restarted")
+            .await;
+        cluster.kill(1);
+        writers
+            .progress(
+                200,
+                minute,
+                "after kill -9 of acceptor 1 (every ring's coordinator)",
+            )
+            .await;
+        let written = writers.stop().await;
+        assert_nothing_lost(&tree, &written).await;
+        written
+    });
+    assert!(!written.acknowledged.is_empty());
+    cluster.assert_running();
+}
+
+#[test]
+fn a_replica_crash_leaves_clients_served() {
+    let spec = Spec {
+        preload: 10_000,
+        ..Spec::default()
+    };
+    let mut cluster = TestCluster::start(&spec);
+    runtime().block_on(async {
+        let tree = cluster.client().await;
+        let writers = Writers::start(&tree, 2 * spec.preload);
+        let minute = Duration::from_secs(60);
+        writers.progress(200, minute, "both replicas up").await;
+        cluster.kill(101);
+        writers
+            .progress(200, minute, "after kill -9 of replica 101")
+            .await;
+        let written = writers.stop().await;
+        assert_nothing_lost(&tree, &written).await;
+    });
+    cluster.assert_running();
+}
