@@ -140,6 +140,9 @@ pub struct NetStats {
     pub dropped: AtomicU64,
     /// Connection attempts that failed.
     pub connect_failures: AtomicU64,
+    /// Frames for a destination not in the address book (an anonymous
+    /// client asking an acceptor for something), dropped.
+    pub unknown_destination: AtomicU64,
 }
 
 struct Inner {
@@ -219,8 +222,16 @@ impl Network {
     }
 
     /// Queues a frame for `to` on the stream of `purpose`; never blocks.
-    /// The frame is dropped (and counted) if the peer's queue is full.
+    /// The frame is dropped (and counted) if the peer's queue is full or
+    /// `to` is not in the address book.
     pub fn send(&self, to: NodeId, purpose: Purpose, frame: Vec<u8>) {
+        if !self.inner.peers.contains_key(&to) {
+            self.inner
+                .stats
+                .unknown_destination
+                .fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         let sender = {
             let mut outbound = self
                 .inner

@@ -1,0 +1,230 @@
+//! Bad input to the `psmr` processes: wrong command lines and cluster files
+//! get a clear error; a serving cluster hit by garbage, oversized frames,
+//! another wire version, strangers and forged protocol messages keeps
+//! serving.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Spec, TestCluster, run_psmr};
+use psmr_multicast::net::{Hello, Purpose, Tls, frame_of, node_name};
+use psmr_multicast::proto::codec::{self, DEFAULT_MAX_FRAME};
+use psmr_multicast::proto::{
+    Ballot, Command, CommandId, Decide, Message, NodeId, Propose, ProposerId, RingId, Value,
+};
+use psmr_replica::cluster::ClusterConfig;
+
+const QUICK: Duration = Duration::from_secs(30);
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn an_unknown_flag_is_a_usage_error() {
+    let out = run_psmr(&["local", "--no-such-flag"], QUICK);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(stderr(&out).contains("--no-such-flag"), "{}", stderr(&out));
+    let out = run_psmr(&["acceptor"], QUICK);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(stderr(&out).contains("--config"), "{}", stderr(&out));
+}
+
+/// Writes `text` as a cluster file and runs `psmr acceptor` on it.
+fn acceptor_on(text: &str) -> String {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let path = dir.path().join("cluster.toml");
+    std::fs::write(&path, text).expect("write");
+    let out = run_psmr(
+        &[
+            "acceptor",
+            "--config",
+            path.to_str().expect("utf-8"),
+            "--id",
+            "1",
+        ],
+        QUICK,
+    );
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    stderr(&out)
+}
+
+#[test]
+fn bad_cluster_files_are_refused_naming_the_problem() {
+    let good = ClusterConfig::local(7100, psmr_replica::cluster::EngineName::Psmr, 2).to_toml();
+    // Four acceptors: the rings derived from them have an even size.
+    let fourth = "[[acceptor]]\nid = 4\naddress = \"127.0.0.1:7103\"\n";
+    let even = format!("{fourth}{good}");
+    let message = acceptor_on(&even);
+    assert!(
+        message.contains("4 acceptors") && message.contains("odd"),
+        "{message}"
+    );
+    // Two acceptors on one address.
+    let twice = good.replacen("127.0.0.1:7101", "127.0.0.1:7100", 1);
+    let message = acceptor_on(&twice);
+    assert!(message.contains("127.0.0.1:7100"), "{message}");
+    assert!(message.contains("address"), "{message}");
+    // A field that does not exist.
+    let message = acceptor_on(&format!("{good}\nbogus = 1\n"));
+    assert!(message.contains("bogus"), "{message}");
+    // No file at all.
+    let out = run_psmr(
+        &[
+            "replica",
+            "--config",
+            "/nonexistent/cluster.toml",
+            "--id",
+            "101",
+        ],
+        QUICK,
+    );
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        stderr(&out).contains("/nonexistent/cluster.toml"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// A raw connection to `to`, presenting `identity` (a node id) or nothing.
+async fn raw(
+    cluster: &TestCluster,
+    to: NodeId,
+    identity: Option<NodeId>,
+) -> Option<quinn::Connection> {
+    let paths = psmr_multicast::net::CertPaths {
+        dir: cluster.cluster.tls.dir.clone(),
+    };
+    let identity = identity.map(|id| {
+        let (cert, key) = paths.node(id);
+        psmr_multicast::net::Identity::load(&cert, &key).expect("an identity")
+    });
+    let tls = Tls::load(&paths.ca(), identity).expect("the CA");
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().expect("an address"))
+        .expect("a client endpoint");
+    endpoint.set_default_client_config(tls.client_config().expect("a client config"));
+    let addr = cluster.cluster.addresses()[&to];
+    endpoint
+        .connect(addr, &node_name(to))
+        .expect("connect starts")
+        .await
+        .ok()
+}
+
+async fn send_stream(connection: &quinn::Connection, bytes: &[u8]) {
+    if let Ok(mut stream) = connection.open_uni().await {
+        let _ = stream.write_all(bytes).await;
+        let _ = stream.finish();
+    }
+}
+
+fn hello(node: Option<NodeId>, purpose: Purpose) -> Vec<u8> {
+    Hello::new(node, purpose).frame()
+}
+
+fn message(m: &Message) -> Vec<u8> {
+    codec::frame(m, DEFAULT_MAX_FRAME).expect("a frame")
+}
+
+/// A decision nobody made, for ring 0, instance 0.
+fn forged_decide() -> Message {
+    let command = Command {
+        id: CommandId {
+            proposer: ProposerId(666),
+            seq: 0,
+        },
+        low_water: 0,
+        payload: bytes::Bytes::from_static(b"forged"),
+    };
+    Message::Decide(Decide {
+        ring: RingId(0),
+        instance: 0,
+        ballot: Ballot {
+            round: u64::MAX,
+            node: NodeId(1),
+        },
+        value: Value::Batch(vec![command].into()),
+        relay: true,
+        hops: 0,
+    })
+}
+
+/// Everything a hostile or broken peer might send to `to`.
+async fn attack(cluster: &TestCluster, to: NodeId) {
+    let anonymous = raw(cluster, to, None).await.expect("clients may connect");
+    // Garbage; a 1 GiB length prefix; another wire version.
+    send_stream(&anonymous, b"\xde\xad\xbe\xef garbage").await;
+    let mut huge = hello(None, Purpose::Propose);
+    huge.extend_from_slice(&(1u32 << 30).to_le_bytes());
+    send_stream(&anonymous, &huge).await;
+    let mut other = Hello::new(None, Purpose::Propose);
+    other.version = 99;
+    send_stream(&anonymous, &other.frame()).await;
+    // A client posing as a node; a client speaking the protocol.
+    send_stream(&anonymous, &hello(Some(NodeId(2)), Purpose::Protocol)).await;
+    let mut protocol = hello(None, Purpose::Protocol);
+    protocol.extend_from_slice(&message(&forged_decide()));
+    send_stream(&anonymous, &protocol).await;
+    // Protocol messages and proposals for rings the client has no right to,
+    // on the stream a client may use.
+    let mut forged = hello(None, Purpose::Propose);
+    forged.extend_from_slice(&message(&forged_decide()));
+    forged.extend_from_slice(&message(&Message::Propose(Propose {
+        ring: RingId(99),
+        commands: Vec::new(),
+        forwarded: true,
+    })));
+    forged.extend_from_slice(&frame_of(&[1, 255, 255, 255]));
+    send_stream(&anonymous, &forged).await;
+    // A wrong client hello at a replica.
+    let mut bad_hello = hello(None, Purpose::ClientHello);
+    bad_hello.extend_from_slice(&frame_of(&[0xff; 12]));
+    send_stream(&anonymous, &bad_hello).await;
+    anonymous.close(0u32.into(), b"done");
+}
+
+#[test]
+fn a_serving_cluster_shrugs_off_bad_input() {
+    let mut cluster = TestCluster::start(&Spec {
+        preload: 1_000,
+        ..Spec::default()
+    });
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    rt.block_on(async {
+        let tree = cluster.client().await;
+        assert_eq!(tree.insert(1, 10).await.unwrap(), None);
+        for node in cluster.cluster.nodes() {
+            attack(&cluster, node).await;
+        }
+        // Another cluster's certificates: the handshake fails.
+        let foreign = cluster.dir().join("foreign");
+        psmr_multicast::net::generate_dev_certs(&foreign, &cluster.cluster.nodes())
+            .expect("certificates");
+        let mut stranger = cluster.cluster.clone();
+        stranger.tls.dir = foreign;
+        let options = psmr_client::ClientOptions {
+            connect_timeout: Duration::from_secs(1),
+            certificate: Some(true),
+            ..psmr_client::ClientOptions::default()
+        };
+        assert!(
+            psmr_btree::BTreeClient::connect(&stranger, options)
+                .await
+                .is_err(),
+            "a client of another CA reached the cluster"
+        );
+        // The cluster still serves, with the right answers.
+        assert_eq!(tree.insert(3, 30).await.unwrap(), None);
+        assert_eq!(tree.get(1).await.unwrap(), Some(10));
+        assert_eq!(tree.get(3).await.unwrap(), Some(30));
+        let scan = tree.scan(0, 4).await.unwrap().entries;
+        assert_eq!(scan, vec![(0, 0), (1, 10), (2, 1), (3, 30)]);
+    });
+    cluster.assert_running();
+}
