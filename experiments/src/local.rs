@@ -260,11 +260,14 @@ fn banner(options: &LocalOptions, cluster: &ClusterConfig, config: &Path) {
         println!("  replica    n{} {}", r.id, r.address);
     }
     println!("  config     {}", config.display());
-    let exe = std::env::current_exe().map_or_else(|_| "psmr".into(), |p| p.display().to_string());
-    println!(
-        "  try        {exe} client --config {} get 42",
-        config.display()
-    );
+    if cluster.service.kind == ServiceKind::Btree {
+        let exe =
+            std::env::current_exe().map_or_else(|_| "psmr".into(), |p| p.display().to_string());
+        println!(
+            "  try        {exe} client --config {} get 42",
+            config.display()
+        );
+    }
 }
 
 async fn demo(tree: &BTreeClient) -> Result<(), BTreeError> {
