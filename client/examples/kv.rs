@@ -45,13 +45,19 @@ async fn main() -> Result<(), Box<dyn Error>> {
             updated += 1;
         }
     }
-    println!("1000 concurrent puts ({updated} keys existed) in {:?}", start.elapsed());
+    println!(
+        "1000 concurrent puts ({updated} keys existed) in {:?}",
+        start.elapsed()
+    );
 
     let scan = tree.scan(0, 5).await?;
     println!("scan from 0: {:?}", scan.entries);
     println!(
         "optimistic guesses retried conservatively: {}",
-        tree.inner().stats().retries.load(std::sync::atomic::Ordering::Relaxed)
+        tree.inner()
+            .stats()
+            .retries
+            .load(std::sync::atomic::Ordering::Relaxed)
     );
     Ok(())
 }

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use psmr_multicast::net::{
     self, Hooks, Identity, Inbound, NetConfig, NetError, Network, Purpose, Tls, TlsError,
@@ -106,7 +106,11 @@ pub async fn run_acceptor(
     let mut node = AcceptorNode::new(id, &cluster.multicast(), storage, Instant::now())?;
     let (net, mut inbox) = Network::start(net_config(cluster, id, node_tls(cluster, id)?))?;
     info!(node = %id, address = %entry.address, storage = ?entry.storage, "acceptor listening");
-    let mut hooks = AcceptorHooks { halted: false };
+    let mut hooks = AcceptorHooks {
+        halted: false,
+        net: net.clone(),
+        reporter: Reporter::new(),
+    };
     tokio::select! {
         () = net::drive(&mut node, &net, &mut inbox, &mut hooks) => {}
         () = shutdown => info!(node = %id, "acceptor shutting down"),
@@ -121,8 +125,50 @@ pub async fn run_acceptor(
     }
 }
 
+/// How often a process logs its counters (at `info`).
+const REPORT_EVERY: Duration = Duration::from_secs(10);
+
+/// When the next counters report is due.
+struct Reporter {
+    next: Instant,
+}
+
+impl Reporter {
+    fn new() -> Reporter {
+        Reporter {
+            next: Instant::now() + REPORT_EVERY,
+        }
+    }
+
+    /// Whether a report is due now (and schedules the next one).
+    fn due(&mut self) -> bool {
+        let now = Instant::now();
+        if now < self.next {
+            return false;
+        }
+        self.next = now + REPORT_EVERY;
+        true
+    }
+}
+
+fn report_net(net: &Network) {
+    let s = net.stats();
+    let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    info!(
+        connections = load(&s.connections),
+        bad_frames = load(&s.bad_frames),
+        bad_identity = load(&s.bad_identity),
+        dropped = load(&s.dropped),
+        connect_failures = load(&s.connect_failures),
+        unknown_destination = load(&s.unknown_destination),
+        "network counters"
+    );
+}
+
 struct AcceptorHooks {
     halted: bool,
+    net: Network,
+    reporter: Reporter,
 }
 
 impl Hooks<AcceptorNode> for AcceptorHooks {
@@ -131,6 +177,21 @@ impl Hooks<AcceptorNode> for AcceptorHooks {
     }
 
     fn after(&mut self, node: &mut AcceptorNode) -> bool {
+        if self.reporter.due() {
+            let m = node.metrics();
+            info!(
+                decided = m.decided,
+                commands = m.commands_received,
+                dropped = m.commands_dropped,
+                forwarded = m.commands_forwarded,
+                elections = m.elections,
+                unknown_peer = m.unknown_peer,
+                unknown_ring = m.unknown_ring,
+                bad_frames = m.bad_frames,
+                "acceptor counters"
+            );
+            report_net(&self.net);
+        }
         self.halted = node.halted().is_some();
         !self.halted
     }
@@ -200,6 +261,7 @@ struct ReplicaHooks<S: Service> {
     router: Arc<ReplyRouter>,
     net: Network,
     failed: Option<EngineError>,
+    reporter: Reporter,
 }
 
 impl<S: Service> Hooks<Learner> for ReplicaHooks<S> {
@@ -225,6 +287,20 @@ impl<S: Service> Hooks<Learner> for ReplicaHooks<S> {
                 self.failed = Some(e);
                 return false;
             }
+        }
+        if self.reporter.due() {
+            let m = learner.metrics();
+            info!(
+                instances = m.delivered_instances,
+                commands = m.delivered_commands,
+                duplicate_commands = m.duplicate_commands,
+                recovery_requests = m.recovery_requests,
+                unknown_peer = m.unknown_peer,
+                bad_frames = m.bad_frames,
+                undeliverable_replies = self.router.undeliverable.load(Ordering::Relaxed),
+                "replica counters"
+            );
+            report_net(&self.net);
         }
         if let Some(lost) = learner.lost().next() {
             error!(ring = %lost.ring, from = lost.from, below = lost.below, "decisions were trimmed before this replica got them; it must be rebuilt");
@@ -263,6 +339,7 @@ pub async fn run_replica<S: Service>(
         router,
         net: net.clone(),
         failed: None,
+        reporter: Reporter::new(),
     };
     tokio::select! {
         () = net::drive(&mut learner, &net, &mut inbox, &mut hooks) => {}
