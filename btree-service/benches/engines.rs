@@ -237,14 +237,16 @@ struct Slot {
 }
 
 impl ReplySink for CountSink {
-    fn reply(&self, thread: usize, reply: Reply) {
+    fn replies(&self, thread: usize, replies: &mut Vec<Reply>) {
         let slot = &self.slots[thread % 16];
-        let counter = match reply.outcome {
-            Outcome::Done(_) => &slot.done,
-            Outcome::Retry => &slot.retry,
-            Outcome::Refused(_) => return,
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
+        for reply in replies.drain(..) {
+            let counter = match reply.outcome {
+                Outcome::Done(_) => &slot.done,
+                Outcome::Retry => &slot.retry,
+                Outcome::Refused(_) => continue,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 

@@ -24,6 +24,13 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// Every process of the cluster allocates per command (frames, batches,
+/// replies) from several threads; mimalloc's thread-local free lists cost
+/// less than glibc malloc's arenas there (the replica spent about 13 % of its
+/// time in malloc and free under load).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let args = cli::Args::parse();
     tracing_subscriber::fmt()

@@ -234,24 +234,38 @@ impl ReplyRouter {
 }
 
 impl ReplySink for ReplyRouter {
-    fn reply(&self, _thread: usize, reply: Reply) {
-        let frame = net::frame_of(&reply.encode());
-        let delivered = {
+    /// One write per client of the batch: its replies' frames concatenated.
+    fn replies(&self, _thread: usize, replies: &mut Vec<Reply>) {
+        let mut batches: Vec<(ClientId, Vec<u8>, u64)> = Vec::new();
+        for reply in replies.drain(..) {
+            let at = match batches.iter().position(|(c, _, _)| *c == reply.client) {
+                Some(at) => at,
+                None => {
+                    batches.push((reply.client, Vec::new(), 0));
+                    batches.len() - 1
+                }
+            };
+            let (_, frames, count) = &mut batches[at];
+            net::push_frame(frames, &reply.encode());
+            *count += 1;
+        }
+        let mut closed = Vec::new();
+        {
             let clients = self.clients.read().unwrap_or_else(|e| e.into_inner());
-            clients.get(&reply.client).map(|r| r.sender.try_send(frame))
-        };
-        match delivered {
-            Some(Ok(())) => {}
-            Some(Err(mpsc::error::TrySendError::Closed(_))) => {
-                self.clients
-                    .write()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&reply.client);
-                self.undeliverable.fetch_add(1, Ordering::Relaxed);
+            for (client, frames, count) in batches {
+                let sent = clients.get(&client).map(|r| r.sender.try_send(frames));
+                if !matches!(sent, Some(Ok(()))) {
+                    self.undeliverable.fetch_add(count, Ordering::Relaxed);
+                }
+                if let Some(Err(mpsc::error::TrySendError::Closed(_))) = sent {
+                    closed.push(client);
+                }
             }
-            Some(Err(_)) | None => {
-                self.undeliverable.fetch_add(1, Ordering::Relaxed);
-            }
+        }
+        if !closed.is_empty() {
+            let mut clients = self.clients.write().unwrap_or_else(|e| e.into_inner());
+            // Only if still closed: the client may have greeted us anew meanwhile.
+            clients.retain(|c, r| !closed.contains(c) || !r.sender.is_closed());
         }
     }
 }

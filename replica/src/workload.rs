@@ -348,11 +348,11 @@ impl CollectSink {
 }
 
 impl ReplySink for CollectSink {
-    fn reply(&self, _thread: usize, reply: Reply) {
+    fn replies(&self, _thread: usize, replies: &mut Vec<Reply>) {
         self.replies
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .push(reply);
+            .append(replies);
     }
 }
 

@@ -489,7 +489,7 @@ async fn relay(
     Ok(())
 }
 
-/// Appends a frame with `body` to a batch (for callers building frames themselves).
+/// A frame with `body` (for callers building frames themselves).
 pub fn frame_of(body: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(4 + body.len());
     push_frame(&mut out, body);

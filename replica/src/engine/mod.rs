@@ -140,9 +140,13 @@ impl EngineConfig {
 }
 
 /// Where replies go. Called from worker threads.
+///
+/// A worker hands over the replies of a whole merged batch at once, so that
+/// a sink that wakes another thread does so once per batch, not per command.
 pub trait ReplySink: Send + Sync + 'static {
-    /// A reply from worker `thread`.
-    fn reply(&self, thread: usize, reply: Reply);
+    /// The replies of one batch from worker `thread`; the sink takes them all
+    /// and leaves `replies` empty (its capacity is reused).
+    fn replies(&self, thread: usize, replies: &mut Vec<Reply>);
 }
 
 /// Why the engine failed.

@@ -34,6 +34,8 @@ struct Worker<'a, S: Service> {
     metrics: ExecMetrics,
     round: u64,
     jitter: Option<(ChaCha8Rng, Duration)>,
+    /// Replies of the batch being executed, handed to the sink at its end.
+    replies: Vec<Reply>,
 }
 
 /// Runs worker `thread` until its inputs close; returns its counters.
@@ -62,6 +64,7 @@ pub(super) fn run<S: Service>(
         metrics: ExecMetrics::default(),
         round: 0,
         jitter,
+        replies: Vec::new(),
     };
     if worker.lane.threads == 1 {
         worker.run_alone();
@@ -102,8 +105,17 @@ impl<S: Service> Worker<'_, S> {
                     lane,
                 };
                 let reply = execute_command(&*shared.service, access, command, &mut self.metrics);
-                shared.sink.reply(self.lane.thread, reply);
+                self.replies.push(reply);
             }
+            self.flush();
+        }
+    }
+
+    /// Hands the replies of the batch just executed to the sink.
+    fn flush(&mut self) {
+        if !self.replies.is_empty() {
+            self.shared.sink.replies(self.lane.thread, &mut self.replies);
+            self.replies.clear();
         }
     }
 
@@ -125,8 +137,9 @@ impl<S: Service> Worker<'_, S> {
                     lane: self.lane,
                 };
                 let reply = execute_command(&*shared.service, access, command, &mut self.metrics);
-                shared.sink.reply(self.lane.thread, reply);
+                self.replies.push(reply);
             }
+            self.flush();
         }
         Ok(())
     }
@@ -153,32 +166,26 @@ impl<S: Service> Worker<'_, S> {
             return shared.rendezvous.follow(round);
         }
         shared.rendezvous.gather(round)?;
-        let replies = self.execute_exclusively(commands);
+        self.execute_exclusively(commands);
         shared.rendezvous.release(round);
-        for reply in replies {
-            shared.sink.reply(self.lane.thread, reply);
-        }
+        self.flush();
         Ok(())
     }
 
-    fn execute_exclusively(&mut self, commands: &[Command]) -> Vec<Reply> {
+    /// Executes `commands` with the write guard; their replies wait in
+    /// `self.replies` until the other workers are released.
+    fn execute_exclusively(&mut self, commands: &[Command]) {
         let shared = self.shared;
         let mut state = shared.state.write().unwrap_or_else(|e| e.into_inner());
-        let mut replies = Vec::with_capacity(commands.len());
         for command in commands {
             self.pause();
             let access = Access::Exclusive {
                 state: &mut state,
                 lane: None,
             };
-            replies.push(execute_command(
-                &*shared.service,
-                access,
-                command,
-                &mut self.metrics,
-            ));
+            let reply = execute_command(&*shared.service, access, command, &mut self.metrics);
+            self.replies.push(reply);
         }
-        replies
     }
 
     /// Test jitter: now and then, yield or sleep a little.
