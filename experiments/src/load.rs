@@ -101,19 +101,21 @@ impl fmt::Display for Report {
 }
 
 /// Counts and latencies of one task (merged at the end: no lock per call).
+///
+/// Latencies are kept as a plain list and go into a histogram only at the
+/// end: hundreds of tasks each writing its own histogram (hundreds of KB
+/// each) missed the cache on every call.
+#[derive(Default)]
 struct Tally {
     completed: u64,
     failed: u64,
-    latency: Histogram<u64>,
+    /// Microseconds.
+    latencies: Vec<u32>,
 }
 
 impl Tally {
     fn new() -> Tally {
-        Tally {
-            completed: 0,
-            failed: 0,
-            latency: Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds"),
-        }
+        Tally::default()
     }
 
     /// Records a call that was due at `due`, if it falls in the measured interval.
@@ -124,19 +126,32 @@ impl Tally {
         }
         if ok {
             self.completed += 1;
-            let micros = now.duration_since(due).as_micros().max(1) as u64;
-            let _ = self.latency.record(micros.min(60_000_000));
+            let micros = now.duration_since(due).as_micros().clamp(1, MAX_LATENCY_MICROS);
+            self.latencies.push(micros as u32);
         } else {
             self.failed += 1;
         }
     }
 
-    fn merge(&mut self, other: &Tally) {
+    fn merge(&mut self, mut other: Tally) {
         self.completed += other.completed;
         self.failed += other.failed;
-        let _ = self.latency.add(&other.latency);
+        self.latencies.append(&mut other.latencies);
+    }
+
+    /// The latencies as a histogram.
+    fn histogram(&self) -> Histogram<u64> {
+        let mut histogram = Histogram::new_with_bounds(1, MAX_LATENCY_MICROS as u64, 3)
+            .expect("valid bounds");
+        for &micros in &self.latencies {
+            let _ = histogram.record(u64::from(micros));
+        }
+        histogram
     }
 }
+
+/// Latencies above a minute are recorded as a minute.
+const MAX_LATENCY_MICROS: u128 = 60_000_000;
 
 /// The measured interval.
 #[derive(Clone, Copy)]
@@ -173,7 +188,7 @@ pub(crate) async fn run(
         dependent: options.dependent,
         key_space: cluster.service.key_space(),
     };
-    let mut tally = match options.rate {
+    let tally = match options.rate {
         Some(rate) => open_loop(&trees, rate, options.seed, mix, window).await,
         None => closed_loops(&trees, options, mix, window).await,
     };
@@ -186,12 +201,11 @@ pub(crate) async fn run(
                 .load(std::sync::atomic::Ordering::Relaxed)
         })
         .sum();
-    let total = std::mem::replace(&mut tally, Tally::new());
     Ok(Report {
-        completed: total.completed,
-        failed: total.failed,
+        completed: tally.completed,
+        failed: tally.failed,
         elapsed: options.duration,
-        latency: total.latency,
+        latency: tally.histogram(),
         retries,
     })
 }
@@ -236,7 +250,7 @@ async fn closed_loops(
     let mut total = Tally::new();
     for task in tasks {
         if let Ok(part) = task.await {
-            total.merge(&part);
+            total.merge(part);
         }
     }
     total

@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use super::network::{Inbound, Network};
 use super::stream::Purpose;
 use crate::proto::codec::{self, DEFAULT_MAX_FRAME};
-use crate::proto::{AcceptorNode, Learner, NodeId, Transmit};
+use crate::proto::{AcceptorNode, Learner, Message, NodeId, Transmit};
 
 /// A sans-IO protocol core the driver can run.
 pub trait Core {
@@ -131,10 +131,23 @@ fn dispatch<C: Core>(core: &mut C, hooks: &mut impl Hooks<C>, inbound: Inbound) 
 }
 
 /// Sends everything the core produced.
+///
+/// A message sent to several peers in a row (a decision to every learner)
+/// is encoded once: the comparison is cheap, batches shared between the
+/// copies compare by pointer.
 pub fn flush<C: Core>(core: &mut C, net: &Network) {
+    let mut last: Option<(Message, Vec<u8>)> = None;
     while let Some(t) = core.poll_transmit() {
-        if let Ok(frame) = codec::frame(&t.message, DEFAULT_MAX_FRAME) {
-            net.send(t.to, Purpose::Protocol, frame);
-        }
+        let frame = match &last {
+            Some((message, frame)) if *message == t.message => frame.clone(),
+            _ => {
+                let Ok(frame) = codec::frame(&t.message, DEFAULT_MAX_FRAME) else {
+                    continue;
+                };
+                last = Some((t.message, frame.clone()));
+                frame
+            }
+        };
+        net.send(t.to, Purpose::Protocol, frame);
     }
 }
