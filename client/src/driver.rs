@@ -5,7 +5,8 @@
 //! new call ──> request id, route ──> proposer.propose ──> Propose to an acceptor
 //! reply    ──> Done | Refused: answer the call, forget the command
 //!          ──> Retry (first time): the same request, conservative, new command
-//! timers   ──> proposer resends unanswered commands; calls past the deadline time out
+//! timers   ──> proposer resends unanswered commands; calls unanswered for
+//!              `repropose_after` go out again as new commands; calls past the deadline time out
 //!          ──> every HELLO_EVERY, a hello to every replica (replicas answer on the
 //!              connection a hello came on, so a restarted replica learns of us again)
 //! ```
@@ -30,7 +31,10 @@ struct Pending<Op> {
     op: Op,
     request: Request,
     command: CommandId,
+    group: Group,
     retried: bool,
+    /// When the request is proposed again as a new command.
+    repropose_at: Instant,
     deadline: Instant,
     reply: oneshot::Sender<Result<Bytes, ClientError>>,
 }
@@ -54,6 +58,8 @@ where
     pending: HashMap<RequestId, Pending<M::Op>>,
     outstanding: BTreeSet<RequestId>,
     deadlines: VecDeque<(Instant, RequestId)>,
+    /// Re-proposal times, in order (the interval is constant).
+    repropose: VecDeque<(Instant, RequestId)>,
     next_request: u64,
     stats: Arc<ClientStats>,
     replicas: Vec<NodeId>,
@@ -84,6 +90,7 @@ where
             pending: HashMap::new(),
             outstanding: BTreeSet::new(),
             deadlines: VecDeque::new(),
+            repropose: VecDeque::new(),
             next_request: 0,
             stats,
             replicas: cluster.replicas.iter().map(|r| NodeId(r.id)).collect(),
@@ -133,7 +140,8 @@ where
 
     fn next_wake(&self) -> Instant {
         let deadline = self.deadlines.front().map(|(at, _)| *at);
-        [self.proposer.poll_timeout(), deadline]
+        let repropose = self.repropose.front().map(|(at, _)| *at);
+        [self.proposer.poll_timeout(), deadline, repropose]
             .into_iter()
             .flatten()
             .fold(self.next_hello, Instant::min)
@@ -170,11 +178,15 @@ where
         let command = self.propose(now, group, &request);
         let deadline = now + self.options.deadline;
         self.deadlines.push_back((deadline, id));
+        let repropose_at = now + self.options.repropose_after;
+        self.repropose.push_back((repropose_at, id));
         let pending = Pending {
             op: call.op,
             request,
             command,
+            group,
             retried: false,
+            repropose_at,
             deadline,
             reply: call.reply,
         };
@@ -226,7 +238,27 @@ where
         let pending = self.pending.get_mut(&id).expect("looked up above");
         pending.request = request;
         pending.command = command;
+        pending.group = group;
         pending.retried = true;
+    }
+
+    /// No reply for `repropose_after`: the same request as a new command.
+    fn repropose(&mut self, now: Instant, id: RequestId) {
+        let (Some(&low_water), Some(pending)) =
+            (self.outstanding.first(), self.pending.get_mut(&id))
+        else {
+            return;
+        };
+        pending.request.low_water = low_water;
+        let (group, request, old) = (pending.group, pending.request.clone(), pending.command);
+        let command = self.propose(now, group, &request);
+        self.proposer.done(old);
+        self.stats.reproposals.fetch_add(1, Ordering::Relaxed);
+        let at = now + self.options.repropose_after;
+        let pending = self.pending.get_mut(&id).expect("looked up above");
+        pending.command = command;
+        pending.repropose_at = at;
+        self.repropose.push_back((at, id));
     }
 
     fn finish(&mut self, id: RequestId, result: Result<Bytes, ClientError>) {
@@ -243,6 +275,15 @@ where
             self.greet(now);
         }
         self.proposer.handle_timeout(now);
+        while let Some(&(at, id)) = self.repropose.front() {
+            if at > now {
+                break;
+            }
+            self.repropose.pop_front();
+            if self.pending.get(&id).is_some_and(|p| p.repropose_at == at) {
+                self.repropose(now, id);
+            }
+        }
         while let Some(&(at, id)) = self.deadlines.front() {
             if at > now {
                 break;

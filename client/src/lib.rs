@@ -5,7 +5,10 @@
 //!           ──> Propose to the ring's acceptors ──(multicast)──> replicas
 //!  first reply wins:  Done ──> the response
 //!                     Retry ──> once: the same request, conservatively (CC-G)
-//!                     no reply in `resend_after` ──> the same request again
+//!                     no reply in `resend_after` ──> the same multicast command again
+//!                     no reply in `repropose_after` ──> the same request as a new
+//!                         command: replicas answer it from their table of executed
+//!                         requests (a reply lost with a crashed replica comes back)
 //!                     nothing by the deadline ──> ClientError::Timeout
 //! ```
 //!
@@ -76,8 +79,15 @@ impl ServiceClient for NullService {
 /// How a client behaves.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClientOptions {
-    /// Sends a request again (same id) when no reply came after this long. Default 300 ms.
+    /// Sends a request's multicast command again when no reply came after
+    /// this long (the multicast delivers it at most once). Default 300 ms.
     pub resend_after: Duration,
+    /// Proposes a request again as a new multicast command (same request id)
+    /// when no reply came after this long: the replicas answer it from their
+    /// table of executed requests, so a reply lost on the way (a replica that
+    /// crashed after executing, a reply stream not yet open) is recovered.
+    /// Default 1 s.
+    pub repropose_after: Duration,
     /// Gives up on a request after this long. Default 10 s.
     pub deadline: Duration,
     /// How long [`Client::connect`] waits for a replica. Default 5 s.
@@ -93,6 +103,7 @@ impl Default for ClientOptions {
     fn default() -> Self {
         ClientOptions {
             resend_after: Duration::from_millis(300),
+            repropose_after: Duration::from_secs(1),
             deadline: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(5),
             id: None,
@@ -141,6 +152,8 @@ pub struct ClientStats {
     pub retries: AtomicU64,
     /// Requests that reached their deadline.
     pub timeouts: AtomicU64,
+    /// Requests proposed again as new commands after `repropose_after` of silence.
+    pub reproposals: AtomicU64,
 }
 
 pub(crate) struct Call<Op> {

@@ -126,7 +126,10 @@ impl Tally {
         }
         if ok {
             self.completed += 1;
-            let micros = now.duration_since(due).as_micros().clamp(1, MAX_LATENCY_MICROS);
+            let micros = now
+                .duration_since(due)
+                .as_micros()
+                .clamp(1, MAX_LATENCY_MICROS);
             self.latencies.push(micros as u32);
         } else {
             self.failed += 1;
@@ -141,8 +144,8 @@ impl Tally {
 
     /// The latencies as a histogram.
     fn histogram(&self) -> Histogram<u64> {
-        let mut histogram = Histogram::new_with_bounds(1, MAX_LATENCY_MICROS as u64, 3)
-            .expect("valid bounds");
+        let mut histogram =
+            Histogram::new_with_bounds(1, MAX_LATENCY_MICROS as u64, 3).expect("valid bounds");
         for &micros in &self.latencies {
             let _ = histogram.record(u64::from(micros));
         }

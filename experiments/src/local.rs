@@ -245,12 +245,12 @@ fn banner(options: &LocalOptions, cluster: &ClusterConfig, config: &Path) {
         StorageKind::Durable => "durable",
     };
     println!(
-        "psmr local: {} acceptors and {} replicas on loopback ({}, K={}, {storage} storage, {:?} with {} preloaded)",
+        "psmr local: {} acceptors and {} replicas on loopback ({}, K={}, {storage} storage, {} with {} preloaded)",
         cluster.acceptors.len(),
         cluster.replicas.len(),
         cluster.engine().name(),
         cluster.threads(),
-        cluster.service.kind,
+        cluster.service.kind.name(),
         cluster.service.preload
     );
     for a in &cluster.acceptors {

@@ -290,6 +290,17 @@ pub enum ServiceKind {
     List,
 }
 
+impl ServiceKind {
+    /// The name used in cluster files and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            ServiceKind::Btree => "btree",
+            ServiceKind::Null => "null",
+            ServiceKind::List => "list",
+        }
+    }
+}
+
 /// Why a cluster file was rejected.
 #[derive(Debug, Error)]
 pub enum ClusterError {

@@ -106,10 +106,15 @@ pub async fn run_acceptor(
     let mut node = AcceptorNode::new(id, &cluster.multicast(), storage, Instant::now())?;
     let (net, mut inbox) = Network::start(net_config(cluster, id, node_tls(cluster, id)?))?;
     info!(node = %id, address = %entry.address, storage = ?entry.storage, "acceptor listening");
+    let amnesiac = node.amnesiac_rings();
+    if amnesiac > 0 {
+        warn!(node = %id, rings = amnesiac, "restarted without its accepted values (memory storage): it stays out of elections until it has caught up; meanwhile its rings tolerate no other failure");
+    }
     let mut hooks = AcceptorHooks {
         halted: false,
         net: net.clone(),
         reporter: Reporter::new(),
+        amnesiac,
     };
     tokio::select! {
         () = net::drive(&mut node, &net, &mut inbox, &mut hooks) => {}
@@ -169,6 +174,8 @@ struct AcceptorHooks {
     halted: bool,
     net: Network,
     reporter: Reporter,
+    /// Rings in which this acceptor lost its values and has not caught up.
+    amnesiac: usize,
 }
 
 impl Hooks<AcceptorNode> for AcceptorHooks {
@@ -191,6 +198,12 @@ impl Hooks<AcceptorNode> for AcceptorHooks {
                 "acceptor counters"
             );
             report_net(&self.net);
+        }
+        if self.amnesiac > 0 {
+            self.amnesiac = node.amnesiac_rings();
+            if self.amnesiac == 0 {
+                info!("caught up after a restart: takes part in elections again");
+            }
         }
         self.halted = node.halted().is_some();
         !self.halted

@@ -190,6 +190,22 @@ impl TestCluster {
         self.dir.path().join(format!("n{id}.log"))
     }
 
+    /// Waits up to `within` for node `id` to log a line containing `text`.
+    pub async fn wait_for_log(&self, id: u32, text: &str, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let log = std::fs::read_to_string(self.log(id)).unwrap_or_default();
+            if log.contains(text) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "node {id} did not log {text:?} within {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// The directory of the cluster's files.
     pub fn dir(&self) -> &Path {
         self.dir.path()

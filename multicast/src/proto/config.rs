@@ -80,7 +80,9 @@ pub struct Params {
     /// Decided instances an acceptor keeps for learners that fall behind. Default 200,000.
     pub retention: u64,
     /// Memory storage: how far ahead of the highest instance voted the durable
-    /// vote bound is reserved (one metadata sync per this many instances). Default 4,096.
+    /// vote bound is reserved (one metadata sync per this many instances). A
+    /// restarted acceptor stays out of elections until its ring has decided
+    /// past the bound, so a small reserve shortens that. Default 256.
     pub vote_bound_reserve: u64,
     /// How long a learner or acceptor waits on a gap before asking an acceptor,
     /// and between asks. Default 20 ms.
@@ -110,7 +112,7 @@ impl Default for Params {
             lambda: 1_000_000,
             merge_m: 1,
             retention: 200_000,
-            vote_bound_reserve: 4_096,
+            vote_bound_reserve: 256,
             recovery_timeout: Duration::from_millis(20),
             recovery_batch: 256,
             learner_buffer: 65_536,

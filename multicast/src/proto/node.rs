@@ -194,6 +194,14 @@ impl AcceptorNode {
             .is_some_and(|r| r.acceptor.is_amnesiac())
     }
 
+    /// How many rings this node is amnesiac in (see [`AcceptorNode::is_amnesiac`]).
+    pub fn amnesiac_rings(&self) -> usize {
+        self.rings
+            .values()
+            .filter(|r| r.acceptor.is_amnesiac())
+            .count()
+    }
+
     /// Where `ring` stands at this node (for diagnostics and tests).
     pub fn positions(&self, ring: RingId) -> Option<RingPositions> {
         let state = self.rings.get(&ring)?;

@@ -114,7 +114,9 @@ impl<S: Service> Worker<'_, S> {
     /// Hands the replies of the batch just executed to the sink.
     fn flush(&mut self) {
         if !self.replies.is_empty() {
-            self.shared.sink.replies(self.lane.thread, &mut self.replies);
+            self.shared
+                .sink
+                .replies(self.lane.thread, &mut self.replies);
             self.replies.clear();
         }
     }
