@@ -225,40 +225,44 @@ where
             return;
         }
         let group = self.service.conservative(&pending.op, self.threads);
-        let mut request = pending.request.clone();
-        request.mode = Mode::Conservative;
-        request.low_water = *self
-            .outstanding
-            .first()
-            .expect("the request is outstanding");
-        let old = pending.command;
-        let command = self.propose(Instant::now(), group, &request);
-        self.proposer.done(old);
         self.stats.retries.fetch_add(1, Ordering::Relaxed);
-        let pending = self.pending.get_mut(&id).expect("looked up above");
-        pending.request = request;
-        pending.command = command;
-        pending.group = group;
-        pending.retried = true;
+        self.propose_again(Instant::now(), id, Some(group));
+        if let Some(pending) = self.pending.get_mut(&id) {
+            pending.retried = true;
+        }
     }
 
     /// No reply for `repropose_after`: the same request as a new command.
     fn repropose(&mut self, now: Instant, id: RequestId) {
+        self.stats.reproposals.fetch_add(1, Ordering::Relaxed);
+        self.propose_again(now, id, None);
+        let at = now + self.options.repropose_after;
+        if let Some(pending) = self.pending.get_mut(&id) {
+            pending.repropose_at = at;
+            self.repropose.push_back((at, id));
+        }
+    }
+
+    /// Proposes pending request `id` again as a new multicast command, with
+    /// a fresh low-water mark; `conservative` moves it to that group in
+    /// conservative mode. The old command is abandoned.
+    fn propose_again(&mut self, now: Instant, id: RequestId, conservative: Option<Group>) {
         let (Some(&low_water), Some(pending)) =
             (self.outstanding.first(), self.pending.get_mut(&id))
         else {
             return;
         };
         pending.request.low_water = low_water;
+        if let Some(group) = conservative {
+            pending.request.mode = Mode::Conservative;
+            pending.group = group;
+        }
         let (group, request, old) = (pending.group, pending.request.clone(), pending.command);
         let command = self.propose(now, group, &request);
         self.proposer.done(old);
-        self.stats.reproposals.fetch_add(1, Ordering::Relaxed);
-        let at = now + self.options.repropose_after;
-        let pending = self.pending.get_mut(&id).expect("looked up above");
-        pending.command = command;
-        pending.repropose_at = at;
-        self.repropose.push_back((at, id));
+        if let Some(pending) = self.pending.get_mut(&id) {
+            pending.command = command;
+        }
     }
 
     fn finish(&mut self, id: RequestId, result: Result<Bytes, ClientError>) {

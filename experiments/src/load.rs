@@ -114,10 +114,6 @@ struct Tally {
 }
 
 impl Tally {
-    fn new() -> Tally {
-        Tally::default()
-    }
-
     /// Records a call that was due at `due`, if it falls in the measured interval.
     fn note(&mut self, window: &Window, due: Instant, ok: bool) {
         let now = Instant::now();
@@ -240,7 +236,7 @@ async fn closed_loops(
             let tree = tree.clone();
             tasks.push(tokio::spawn(async move {
                 let mut rng = ChaCha8Rng::seed_from_u64(seed);
-                let mut tally = Tally::new();
+                let mut tally = Tally::default();
                 while Instant::now() < window.end {
                     let due = Instant::now();
                     let ok = one_call(&tree, &mut rng, mix).await.is_ok();
@@ -250,7 +246,7 @@ async fn closed_loops(
             }));
         }
     }
-    let mut total = Tally::new();
+    let mut total = Tally::default();
     for task in tasks {
         if let Ok(part) = task.await {
             total.merge(part);
@@ -263,7 +259,7 @@ async fn open_loop(trees: &[BTreeClient], rate: u64, seed: u64, mix: Mix, window
     let interval = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
     let start = Instant::now();
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let total = Arc::new(Mutex::new(Tally::new()));
+    let total = Arc::new(Mutex::new(Tally::default()));
     let mut tasks = Vec::new();
     for sent in 0u32.. {
         let due = start + interval * sent;
@@ -286,5 +282,5 @@ async fn open_loop(trees: &[BTreeClient], rate: u64, seed: u64, mix: Mix, window
         let _ = task.await;
     }
     let mut total = total.lock().unwrap_or_else(|e| e.into_inner());
-    std::mem::replace(&mut *total, Tally::new())
+    std::mem::take(&mut *total)
 }

@@ -202,15 +202,9 @@ impl Writers {
     /// Waits up to `within` for `more` acknowledgements; panics naming `what` if they do not come.
     async fn progress(&self, more: u64, within: Duration, what: &str) {
         let start = self.count();
-        let deadline = tokio::time::Instant::now() + within;
-        while self.count() < start + more {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{what}: only {} writes acknowledged in {within:?}",
-                self.count() - start
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let enough = || self.count() >= start + more;
+        let only = || format!("{what}: only {} writes acknowledged", self.count() - start);
+        common::eventually(within, enough, only).await;
         println!("{what}: {more} writes acknowledged");
     }
 

@@ -112,8 +112,7 @@ pub async fn run_acceptor(
     }
     let mut hooks = AcceptorHooks {
         halted: false,
-        net: net.clone(),
-        reporter: Reporter::new(),
+        reporter: Reporter::new(&net),
         amnesiac,
     };
     tokio::select! {
@@ -133,46 +132,45 @@ pub async fn run_acceptor(
 /// How often a process logs its counters (at `info`).
 const REPORT_EVERY: Duration = Duration::from_secs(10);
 
-/// When the next counters report is due.
+/// Logs a process's counters, and its network's, every [`REPORT_EVERY`].
 struct Reporter {
     next: Instant,
+    net: Network,
 }
 
 impl Reporter {
-    fn new() -> Reporter {
+    fn new(net: &Network) -> Reporter {
         Reporter {
             next: Instant::now() + REPORT_EVERY,
+            net: net.clone(),
         }
     }
 
-    /// Whether a report is due now (and schedules the next one).
-    fn due(&mut self) -> bool {
+    /// If a report is due: `counters` logs the process's own, then the
+    /// network counters follow.
+    fn report(&mut self, counters: impl FnOnce()) {
         let now = Instant::now();
         if now < self.next {
-            return false;
+            return;
         }
         self.next = now + REPORT_EVERY;
-        true
+        counters();
+        let s = self.net.stats();
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        info!(
+            connections = load(&s.connections),
+            bad_frames = load(&s.bad_frames),
+            bad_identity = load(&s.bad_identity),
+            dropped = load(&s.dropped),
+            connect_failures = load(&s.connect_failures),
+            unknown_destination = load(&s.unknown_destination),
+            "network counters"
+        );
     }
-}
-
-fn report_net(net: &Network) {
-    let s = net.stats();
-    let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
-    info!(
-        connections = load(&s.connections),
-        bad_frames = load(&s.bad_frames),
-        bad_identity = load(&s.bad_identity),
-        dropped = load(&s.dropped),
-        connect_failures = load(&s.connect_failures),
-        unknown_destination = load(&s.unknown_destination),
-        "network counters"
-    );
 }
 
 struct AcceptorHooks {
     halted: bool,
-    net: Network,
     reporter: Reporter,
     /// Rings in which this acceptor lost its values and has not caught up.
     amnesiac: usize,
@@ -184,7 +182,7 @@ impl Hooks<AcceptorNode> for AcceptorHooks {
     }
 
     fn after(&mut self, node: &mut AcceptorNode) -> bool {
-        if self.reporter.due() {
+        self.reporter.report(|| {
             let m = node.metrics();
             info!(
                 decided = m.decided,
@@ -197,8 +195,7 @@ impl Hooks<AcceptorNode> for AcceptorHooks {
                 bad_frames = m.bad_frames,
                 "acceptor counters"
             );
-            report_net(&self.net);
-        }
+        });
         if self.amnesiac > 0 {
             self.amnesiac = node.amnesiac_rings();
             if self.amnesiac == 0 {
@@ -315,7 +312,8 @@ impl<S: Service> Hooks<Learner> for ReplicaHooks<S> {
                 return false;
             }
         }
-        if self.reporter.due() {
+        let router = &self.router;
+        self.reporter.report(|| {
             let m = learner.metrics();
             info!(
                 instances = m.delivered_instances,
@@ -324,11 +322,10 @@ impl<S: Service> Hooks<Learner> for ReplicaHooks<S> {
                 recovery_requests = m.recovery_requests,
                 unknown_peer = m.unknown_peer,
                 bad_frames = m.bad_frames,
-                undeliverable_replies = self.router.undeliverable.load(Ordering::Relaxed),
+                undeliverable_replies = router.undeliverable.load(Ordering::Relaxed),
                 "replica counters"
             );
-            report_net(&self.net);
-        }
+        });
         if let Some(lost) = learner.lost().next() {
             error!(ring = %lost.ring, from = lost.from, below = lost.below, "decisions were trimmed before this replica got them; it must be rebuilt");
             return false;
@@ -366,7 +363,7 @@ pub async fn run_replica<S: Service>(
         router,
         net: net.clone(),
         failed: None,
-        reporter: Reporter::new(),
+        reporter: Reporter::new(&net),
     };
     tokio::select! {
         () = net::drive(&mut learner, &net, &mut inbox, &mut hooks) => {}

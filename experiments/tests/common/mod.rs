@@ -42,6 +42,23 @@ pub fn run_psmr(args: &[&str], timeout: Duration) -> Output {
     child.wait_with_output().expect("output")
 }
 
+/// Polls `done` until it holds; panics with `what()` if it does not within `within`.
+pub async fn eventually(
+    within: Duration,
+    mut done: impl FnMut() -> bool,
+    what: impl FnOnce() -> String,
+) {
+    let deadline = tokio::time::Instant::now() + within;
+    while !done() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} within {within:?}",
+            what()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// `n` distinct loopback addresses with ports free a moment ago.
 pub fn free_addresses(n: usize) -> Vec<SocketAddr> {
     let sockets: Vec<UdpSocket> = (0..n)
@@ -192,18 +209,8 @@ impl TestCluster {
 
     /// Waits up to `within` for node `id` to log a line containing `text`.
     pub async fn wait_for_log(&self, id: u32, text: &str, within: Duration) {
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            let log = std::fs::read_to_string(self.log(id)).unwrap_or_default();
-            if log.contains(text) {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "node {id} did not log {text:?} within {within:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let logged = || std::fs::read_to_string(self.log(id)).is_ok_and(|log| log.contains(text));
+        eventually(within, logged, || format!("node {id} did not log {text:?}")).await;
     }
 
     /// The directory of the cluster's files.
