@@ -12,7 +12,10 @@
 //! where g(k) is the group of the thread whose partition holds k.
 
 use bytes::Bytes;
-use psmr_replica::{Group, GroupMapping, Lane, Service, ServiceId};
+use psmr_replica::model::ClassId;
+use psmr_replica::{
+    ConflictModel, Group, GroupMapping, Lane, Placement, Service, ServiceId, ThreadSet,
+};
 
 use crate::op::{Invalid, MAX_SCAN, Op, Response};
 use crate::partition::Partitioning;
@@ -131,5 +134,67 @@ impl GroupMapping for BTreeService {
 
     fn optimistic(&self, op: &Op, threads: usize) -> Group {
         Group::Thread(self.partitioning(threads).owner(op.key()))
+    }
+}
+
+/// `cbase` and `classes`: reads and updates run in parallel on the lane of
+/// their key's partition (the same contract as psmr's threads); inserts,
+/// deletes and scans, which may change the tree's shape or read across
+/// partitions, run alone.
+///
+/// CBASE rules: Insert, Delete and Scan depend on everything (OCM); a Read
+/// or Update depends on an Update of the same key (AAF: same key; OACM).
+/// The engine adds that two commands of one lane are dependent.
+///
+/// Classes: class 0 = {Insert, Delete, Scan}, mapped to every thread; class
+/// p+1 = {Read, Update} of partition p, mapped to thread p mod n.
+impl ConflictModel for BTreeService {
+    fn placement(&self, op: &Op, lanes: usize) -> Placement {
+        match *op {
+            Op::Read(k) | Op::Update(k, _) => Placement::Lane(self.partitioning(lanes).owner(k)),
+            Op::Insert(..) | Op::Delete(_) | Op::Scan(..) => Placement::Alone,
+        }
+    }
+
+    fn operator(&self, op: &Op) -> usize {
+        match op {
+            Op::Read(_) => 0,
+            Op::Update(..) => 1,
+            Op::Insert(..) | Op::Delete(_) | Op::Scan(..) => 2,
+        }
+    }
+
+    fn ocm(&self, a: usize, b: usize) -> bool {
+        a == 2 || b == 2
+    }
+
+    fn related(&self, a: &Op, b: &Op) -> bool {
+        a.key() == b.key()
+    }
+
+    fn oacm(&self, a: usize, b: usize) -> bool {
+        a == 1 || b == 1
+    }
+
+    fn classes(&self, lanes: usize) -> usize {
+        lanes + 1
+    }
+
+    fn class(&self, op: &Op, lanes: usize) -> ClassId {
+        match *op {
+            Op::Read(k) | Op::Update(k, _) => self.partitioning(lanes).owner(k) + 1,
+            Op::Insert(..) | Op::Delete(_) | Op::Scan(..) => 0,
+        }
+    }
+
+    fn class_conflicts(&self, a: ClassId, b: ClassId) -> bool {
+        a == 0 || b == 0 || a == b
+    }
+
+    fn threads_of(&self, class: ClassId, threads: usize) -> ThreadSet {
+        match class {
+            0 => ThreadSet::all(threads),
+            p => ThreadSet::one((p - 1) % threads),
+        }
     }
 }

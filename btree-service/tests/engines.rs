@@ -1,6 +1,7 @@
 //! The engines on the B+-tree (issue: "Equivalence tests"): random workloads
 //! with 0–100 % dependent commands, K in {1, 2, 3, 4, 8}, random pauses in
-//! the worker threads. Every engine returns the same responses as the
+//! the worker threads, and for `classes` random reconfiguration points that
+//! differ between the two runs. Every engine returns the same responses as the
 //! sequential execution of the same delivered streams, with the same Retry
 //! set for opt-psmr, and ends with the same digest; two runs with different
 //! timings agree.
@@ -45,15 +46,19 @@ fn random_op(rng: &mut ChaCha8Rng, keys: u64, dependent: bool) -> Op {
 
 #[test]
 fn every_engine_matches_sequential_execution() {
-    let kinds = [EngineKind::Smr, EngineKind::Psmr, EngineKind::OptPsmr];
+    let kinds = [
+        EngineKind::Smr,
+        EngineKind::Psmr,
+        EngineKind::OptPsmr,
+        EngineKind::Cbase,
+        EngineKind::Classes,
+    ];
     let mut retries = 0u64;
     for seed in seeds() {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let kind = kinds[seed as usize % 3];
-        let threads = [1, 2, 3, 4, 8][rng.random_range(0..5)];
-        let mut config = EngineConfig::new(kind, threads);
-        config.merge_m = rng.random_range(1..=2);
-        config.batch_sync = rng.random_bool(0.5);
+        let kind = kinds[seed as usize % kinds.len()];
+        let config = workload::draw_config(&mut rng, kind);
+        let threads = config.threads();
         let keys = rng.random_range(100..2000);
         let fanout = rng.random_range(4..=16);
         let dependent = rng.random_range(0..=100) as f64 / 100.0;
@@ -83,7 +88,7 @@ fn every_engine_matches_sequential_execution() {
         let digest = streams.state.digest();
         let service = Arc::new(service);
         for run in 0..2 {
-            let mut config = config.clone();
+            let mut config = workload::replica_of(&config, seed * 2 + run);
             config.jitter = Some(Jitter {
                 seed: seed * 2 + run,
                 max_pause: Duration::from_micros(30),

@@ -13,7 +13,8 @@
 //!
 //! - [`wire`]: requests and replies;
 //! - [`service`]: the traits a service implements;
-//! - [`engine`]: `smr`, `psmr`, `opt-psmr`;
+//! - [`engine`]: `smr`, `psmr`, `opt-psmr`, `cbase`, `classes`;
+//! - [`model`]: the conflict rules and request classes of `cbase` and `classes`;
 //! - [`table`]: executed requests, so that a resend is answered, not re-executed;
 //! - [`rendezvous`]: the synchronous-mode handoff;
 //! - [`workload`]: streams for tests and benchmarks, and their sequential execution;
@@ -21,6 +22,7 @@
 
 pub mod cluster;
 pub mod engine;
+pub mod model;
 pub mod rendezvous;
 pub mod runtime;
 pub mod service;
@@ -31,8 +33,10 @@ pub mod wire;
 pub mod workload;
 
 pub use engine::{
-    Engine, EngineConfig, EngineError, EngineKind, ExecMetrics, Finished, Jitter, ReplySink,
+    Engine, EngineConfig, EngineError, EngineKind, ExecCost, ExecMetrics, Finished, Jitter, Policy,
+    ReplySink,
 };
+pub use model::{ClassId, ConflictModel, Placement, ThreadSet};
 pub use rendezvous::WaitPolicy;
 pub use service::{Group, GroupMapping, Lane, Service, route};
 pub use wire::{ClientId, Mode, Outcome, Refusal, Reply, Request, RequestId, ServiceId};

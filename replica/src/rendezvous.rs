@@ -71,17 +71,81 @@ impl WaitPolicy {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Aborted;
 
-/// The meeting point of K threads at each synchronous-mode command.
+/// Where threads wait for a condition: busy-wait with patience, then park;
+/// [`Parking::notify`] after changing a condition, [`Parking::abort`] to
+/// wake everyone for good. Serves the rendezvous and the `classes`
+/// engine's synchronizations alike.
 #[derive(Debug)]
-pub struct Rendezvous {
-    threads: usize,
+pub struct Parking {
     patience: Patience,
-    arrived: AtomicUsize,
-    released: AtomicU64,
     aborted: AtomicBool,
     sleepers: AtomicUsize,
     lock: Mutex<()>,
     wake: Condvar,
+}
+
+impl Parking {
+    /// Waiters that busy-wait with `patience` before parking.
+    pub fn new(patience: Patience) -> Parking {
+        Parking {
+            patience,
+            aborted: AtomicBool::new(false),
+            sleepers: AtomicUsize::new(0),
+            lock: Mutex::new(()),
+            wake: Condvar::new(),
+        }
+    }
+
+    /// Wakes every waiter for good: a thread died.
+    pub fn abort(&self) {
+        self.aborted.store(true, Ordering::SeqCst);
+        let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.wake.notify_all();
+    }
+
+    /// Wakes parked waiters to look at their conditions again.
+    pub fn notify(&self) {
+        if self.sleepers.load(Ordering::SeqCst) > 0 {
+            let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+            self.wake.notify_all();
+        }
+    }
+
+    /// Waits until `done()`; `Err(Aborted)` if aborted first.
+    pub fn wait_until(&self, done: impl Fn() -> bool) -> Result<(), Aborted> {
+        let ready = || done() || self.aborted.load(Ordering::SeqCst);
+        for _ in 0..self.patience.iterations {
+            if ready() {
+                break;
+            }
+            if self.patience.yields {
+                yield_now();
+            } else {
+                spin_loop();
+            }
+        }
+        if !ready() {
+            let mut guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+            self.sleepers.fetch_add(1, Ordering::SeqCst);
+            while !ready() {
+                guard = self.wake.wait(guard).unwrap_or_else(|e| e.into_inner());
+            }
+            self.sleepers.fetch_sub(1, Ordering::SeqCst);
+        }
+        if self.aborted.load(Ordering::SeqCst) && !done() {
+            return Err(Aborted);
+        }
+        Ok(())
+    }
+}
+
+/// The meeting point of K threads at each synchronous-mode command.
+#[derive(Debug)]
+pub struct Rendezvous {
+    threads: usize,
+    arrived: AtomicUsize,
+    released: AtomicU64,
+    parking: Parking,
 }
 
 impl Rendezvous {
@@ -90,14 +154,16 @@ impl Rendezvous {
         assert!(threads >= 1);
         Rendezvous {
             threads,
-            patience,
             arrived: AtomicUsize::new(0),
             released: AtomicU64::new(0),
-            aborted: AtomicBool::new(false),
-            sleepers: AtomicUsize::new(0),
-            lock: Mutex::new(()),
-            wake: Condvar::new(),
+            parking: Parking::new(patience),
         }
+    }
+
+    /// Where the threads of this rendezvous wait (other synchronizations of
+    /// the same threads may wait there too).
+    pub fn parking(&self) -> &Parking {
+        &self.parking
     }
 
     /// A follower's part of synchronization `round`: announce arrival, then
@@ -133,41 +199,14 @@ impl Rendezvous {
 
     /// Wakes every waiter for good: a thread died.
     pub fn abort(&self) {
-        self.aborted.store(true, Ordering::SeqCst);
-        let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
-        self.wake.notify_all();
+        self.parking.abort();
     }
 
     fn notify(&self) {
-        if self.sleepers.load(Ordering::SeqCst) > 0 {
-            let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
-            self.wake.notify_all();
-        }
+        self.parking.notify();
     }
 
     fn wait_until(&self, done: impl Fn() -> bool) -> Result<(), Aborted> {
-        let ready = || done() || self.aborted.load(Ordering::SeqCst);
-        for _ in 0..self.patience.iterations {
-            if ready() {
-                break;
-            }
-            if self.patience.yields {
-                yield_now();
-            } else {
-                spin_loop();
-            }
-        }
-        if !ready() {
-            let mut guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
-            self.sleepers.fetch_add(1, Ordering::SeqCst);
-            while !ready() {
-                guard = self.wake.wait(guard).unwrap_or_else(|e| e.into_inner());
-            }
-            self.sleepers.fetch_sub(1, Ordering::SeqCst);
-        }
-        if self.aborted.load(Ordering::SeqCst) && !done() {
-            return Err(Aborted);
-        }
-        Ok(())
+        self.parking.wait_until(done)
     }
 }

@@ -26,7 +26,7 @@ use tracing::{error, info, warn};
 
 use crate::cluster::{ClusterConfig, StorageKind};
 use crate::engine::{Engine, EngineError, ReplySink};
-use crate::service::Service;
+use crate::model::ConflictModel;
 use crate::wire::{ClientId, Reply};
 
 /// Why a process could not run.
@@ -280,7 +280,7 @@ impl ReplySink for ReplyRouter {
     }
 }
 
-struct ReplicaHooks<S: Service> {
+struct ReplicaHooks<S: ConflictModel> {
     engine: Engine<S>,
     router: Arc<ReplyRouter>,
     net: Network,
@@ -288,7 +288,7 @@ struct ReplicaHooks<S: Service> {
     reporter: Reporter,
 }
 
-impl<S: Service> Hooks<Learner> for ReplicaHooks<S> {
+impl<S: ConflictModel> Hooks<Learner> for ReplicaHooks<S> {
     fn other(&mut self, _learner: &mut Learner, inbound: Inbound) {
         if inbound.purpose != Purpose::ClientHello {
             return;
@@ -335,7 +335,7 @@ impl<S: Service> Hooks<Learner> for ReplicaHooks<S> {
 }
 
 /// Runs replica `id` of `service` from `state` until `shutdown` resolves.
-pub async fn run_replica<S: Service>(
+pub async fn run_replica<S: ConflictModel>(
     cluster: &ClusterConfig,
     id: NodeId,
     service: Arc<S>,

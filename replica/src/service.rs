@@ -87,7 +87,7 @@ pub trait GroupMapping {
 }
 
 /// How a client sends `op` to an engine of `kind` with `threads` threads:
-/// smr: everything to `g_all`; psmr: CC-G; opt-psmr: OC-G, optimistically,
+/// smr, cbase, classes: everything to `g_all`; psmr: CC-G; opt-psmr: OC-G, optimistically,
 /// where it differs from CC-G (Algorithm 1, lines 1–3).
 pub fn route<M: GroupMapping>(
     kind: EngineKind,
@@ -96,7 +96,9 @@ pub fn route<M: GroupMapping>(
     threads: usize,
 ) -> (Mode, Group) {
     match kind {
-        EngineKind::Smr => (Mode::Conservative, Group::All),
+        EngineKind::Smr | EngineKind::Cbase | EngineKind::Classes => {
+            (Mode::Conservative, Group::All)
+        }
         EngineKind::Psmr => (Mode::Conservative, mapping.conservative(op, threads)),
         EngineKind::OptPsmr => {
             let conservative = mapping.conservative(op, threads);

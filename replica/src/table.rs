@@ -81,6 +81,20 @@ impl ExecutedTable {
         log.responses.insert(request, response);
     }
 
+    /// Takes in every response of `other`; a client's low-water mark
+    /// becomes the higher of the two.
+    pub fn absorb(&mut self, other: ExecutedTable) {
+        for (client, log) in other.clients {
+            self.advance(client, log.low_water);
+            let mine = self.clients.entry(client).or_default();
+            for (request, response) in log.responses {
+                if request >= mine.low_water {
+                    mine.responses.entry(request).or_insert(response);
+                }
+            }
+        }
+    }
+
     /// Responses held, over all clients.
     pub fn len(&self) -> usize {
         self.clients.values().map(|l| l.responses.len()).sum()

@@ -22,7 +22,11 @@ use rand_chacha::ChaCha8Rng;
 use rustc_hash::FxHashMap;
 
 use crate::engine::execute::{Access, ExecMetrics, execute_command};
-use crate::engine::{Engine, EngineConfig, EngineError, EngineState, Finished, ReplySink};
+use crate::engine::{
+    Engine, EngineConfig, EngineError, EngineKind, EngineState, ExecCost, Finished, Policy,
+    ReplySink,
+};
+use crate::model::ConflictModel;
 use crate::service::{Group, GroupMapping, Lane, Service, route};
 use crate::wire::{ClientId, Mode, Outcome, Reply, Request, RequestId};
 
@@ -252,7 +256,13 @@ impl<S: Service, M: GroupMapping<Op = S::Op>> Builder<'_, S, M> {
                     state: &mut self.state,
                     lane,
                 };
-                let reply = execute_command(self.service, access, command, &mut self.metrics);
+                let reply = execute_command(
+                    self.service,
+                    access,
+                    command,
+                    ExecCost::default(),
+                    &mut self.metrics,
+                );
                 self.observe(command, &reply);
                 self.reference.push(reply);
             }
@@ -288,7 +298,7 @@ impl<S: Service, M: GroupMapping<Op = S::Op>> Builder<'_, S, M> {
 
 /// Delivers `streams` to `engine`, interleaving the rings in an order drawn
 /// from `seed` (each ring in its own order).
-pub fn feed<S: Service, T>(
+pub fn feed<S: ConflictModel, T>(
     engine: &Engine<S>,
     streams: &Streams<T>,
     seed: u64,
@@ -318,7 +328,7 @@ pub fn feed<S: Service, T>(
 /// by `feed_seed`), then starts the workers and waits until every command
 /// is executed. Returns what the engine left and how long execution took
 /// (from the start of the workers to the end of the last one).
-pub fn run<S: Service, T>(
+pub fn run<S: ConflictModel, T>(
     service: &Arc<S>,
     config: EngineConfig,
     state: S::State,
@@ -365,4 +375,45 @@ pub fn canonical(replies: &[Reply]) -> Vec<(ClientId, Option<RequestId>, Outcome
         .collect();
     all.sort();
     all
+}
+
+/// A random configuration of an engine of `kind` for the equivalence tests:
+/// K in {1, 2, 3, 4, 8}, the merge's M, batch synchronization, cbase's
+/// window, and for classes the thread bounds and a reconfiguration policy
+/// (often one that changes the number of threads at random points).
+pub fn draw_config(rng: &mut impl RngExt, kind: EngineKind) -> EngineConfig {
+    let threads = [1, 2, 3, 4, 8][rng.random_range(0..5)];
+    let mut config = EngineConfig::new(kind, threads);
+    config.merge_m = rng.random_range(1..=3);
+    config.batch_sync = rng.random_bool(0.5);
+    config.window = [1, 4, 64, 256][rng.random_range(0..4)];
+    config.min_threads = rng.random_range(1..=threads);
+    config.initial_threads = rng.random_range(config.min_threads..=threads);
+    config.policy = match rng.random_range(0..4) {
+        0 => Policy::Fixed,
+        1 => Policy::Paper {
+            period: rng.random_range(1..40),
+            threshold: 20,
+        },
+        2 => Policy::Jump {
+            period: rng.random_range(1..40),
+            low: 5,
+            high: 20,
+        },
+        _ => Policy::Random {
+            seed: rng.random(),
+            period: rng.random_range(1..30),
+        },
+    };
+    config
+}
+
+/// The configuration of another replica running `config`: the same, but a
+/// random reconfiguration policy draws its own points from `seed`.
+pub fn replica_of(config: &EngineConfig, seed: u64) -> EngineConfig {
+    let mut config = config.clone();
+    if let Policy::Random { period, .. } = config.policy {
+        config.policy = Policy::Random { seed, period };
+    }
+    config
 }

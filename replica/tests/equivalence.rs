@@ -10,9 +10,14 @@ mod common;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use psmr_replica::services::{LinkedList, ListOp, ListService, NullOp, NullService};
+use psmr_replica::services::{
+    LinkedList, ListOp, ListService, MAX_FIELDS, NullOp, NullService, TupleModel, TupleOp,
+    TupleService, TupleSpace,
+};
 use psmr_replica::workload::{self, Submission, WorkloadOptions};
-use psmr_replica::{ClientId, GroupMapping, Service};
+use psmr_replica::{
+    ClientId, ConflictModel, EngineConfig, EngineKind, GroupMapping, Policy, Service,
+};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -33,7 +38,7 @@ fn seeds() -> Vec<u64> {
 /// Runs one seed: a random engine on a random workload, twice.
 fn check_seed<S, F>(service: S, state: impl Fn() -> S::State, seed: u64, op: F)
 where
-    S: Service + GroupMapping<Op = <S as Service>::Op>,
+    S: ConflictModel + GroupMapping<Op = <S as Service>::Op>,
     F: Fn(&mut ChaCha8Rng, bool) -> Bytes,
 {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
@@ -116,9 +121,51 @@ fn linked_list_engines_match_sequential_execution() {
 }
 
 #[test]
+fn tuple_space_engines_match_sequential_execution() {
+    let op = |rng: &mut ChaCha8Rng, dependent: bool| {
+        let fields = rng.random_range(1..=MAX_FIELDS);
+        let template = (0..fields)
+            .map(|_| rng.random_bool(0.6).then(|| rng.random_range(0..3)))
+            .collect();
+        let tuple = |rng: &mut ChaCha8Rng, n| (0..n).map(|_| rng.random_range(0..3)).collect();
+        let op = match (dependent, rng.random_range(0..3)) {
+            (false, _) => TupleOp::Rdp(template),
+            (true, 0) => TupleOp::Out(tuple(rng, fields)),
+            (true, 1) => TupleOp::Inp(template),
+            (true, _) => {
+                let n = rng.random_range(1..=MAX_FIELDS);
+                TupleOp::Cas(template, tuple(rng, n))
+            }
+        };
+        op.encode()
+    };
+    let space = || {
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        TupleSpace::from_tuples((0..200).map(|i| {
+            let n = i % MAX_FIELDS + 1;
+            (0..n).map(|_| rng.random_range(0..3)).collect()
+        }))
+    };
+    for seed in seeds() {
+        let model = [TupleModel::Simple, TupleModel::Extended][seed as usize % 2];
+        check_seed(TupleService { model }, space, seed, op);
+    }
+}
+
+#[test]
 fn resends_are_answered_from_the_table_not_executed_twice() {
+    for kind in [EngineKind::Psmr, EngineKind::Cbase, EngineKind::Classes] {
+        let mut config = EngineConfig::new(kind, 3);
+        config.min_threads = 1;
+        config.initial_threads = 2;
+        config.policy = Policy::Random { seed: 3, period: 7 };
+        resends_once(config);
+    }
+}
+
+fn resends_once(config: EngineConfig) {
     let service = ListService;
-    let config = psmr_replica::EngineConfig::new(psmr_replica::EngineKind::Psmr, 3);
+    let what = format!("{:?}", config.kind);
     let submissions: Vec<Submission> = (0..200)
         .map(|i| Submission {
             client: ClientId(i % 3),
@@ -145,9 +192,9 @@ fn resends_are_answered_from_the_table_not_executed_twice() {
     let executed: u64 = metrics.iter().map(|m| m.executed).sum();
     assert!(
         from_table > 50,
-        "resends were answered from the table: {from_table}"
+        "{what}: resends were answered from the table: {from_table}"
     );
-    assert_eq!(executed, 200, "every add executed exactly once");
-    assert_eq!(list.len(), 200);
-    assert_eq!(replies.len() as u64, executed + from_table);
+    assert_eq!(executed, 200, "{what}: every add executed exactly once");
+    assert_eq!(list.len(), 200, "{what}");
+    assert_eq!(replies.len() as u64, executed + from_table, "{what}");
 }

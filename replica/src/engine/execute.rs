@@ -8,23 +8,27 @@
 //!   Refused         Refused     Done(stored)       Refused
 //! ```
 //!
-//! A thread's own table is locked once per command (the lock is never
-//! contended in parallel mode: only its thread takes it then).
+//! In parallel mode a command's table is locked to look the request up and
+//! again to record it, not while it runs. Under psmr and opt-psmr only the
+//! thread owning a table takes its lock; under cbase a table serves the
+//! clients of one slot, and two commands of one request never run at once.
 
 use bytes::Bytes;
 use psmr_multicast::proto::Command;
 
-use super::EngineState;
+use super::{EngineState, ExecCost};
 use crate::service::{Lane, Service};
 use crate::table::{ExecutedTable, Seen};
 use crate::wire::{ClientId, Mode, Outcome, Refusal, Reply, Request};
 
 /// How a command is executed.
 pub(crate) enum Access<'a, T> {
-    /// Parallel mode: shared state; only `lane`'s table is written.
+    /// Parallel mode: shared state, the service's `lane`; only table
+    /// `table` is written.
     Shared {
         state: &'a EngineState<T>,
         lane: Lane,
+        table: usize,
     },
     /// Exclusive access. `lane` is the thread whose group delivered the
     /// command (single-thread engines and the sequential reference), or
@@ -52,6 +56,8 @@ pub struct ExecMetrics {
     pub violations: u64,
     /// Synchronous-mode handoffs this worker took part in.
     pub syncs: u64,
+    /// `classes`: reconfigurations this worker executed.
+    pub reconfigs: u64,
 }
 
 /// A decoded request about to run.
@@ -60,8 +66,24 @@ struct Job<'r> {
     request: &'r Request,
 }
 
-/// Executes `command` and returns the reply to send.
+/// Executes `command` and returns the reply to send; an execution (not an
+/// answer from the table, a refusal or a `Retry`) also spends `cost`.
 pub(crate) fn execute_command<S: Service>(
+    service: &S,
+    access: Access<'_, S::State>,
+    command: &Command,
+    cost: ExecCost,
+    metrics: &mut ExecMetrics,
+) -> Reply {
+    let executed = metrics.executed;
+    let reply = execute_once(service, access, command, metrics);
+    if metrics.executed > executed {
+        cost.spend();
+    }
+    reply
+}
+
+fn execute_once<S: Service>(
     service: &S,
     access: Access<'_, S::State>,
     command: &Command,
@@ -88,7 +110,9 @@ pub(crate) fn execute_command<S: Service>(
         })
     } else {
         match access {
-            Access::Shared { state, lane } => shared(service, state, lane, &job, metrics),
+            Access::Shared { state, lane, table } => {
+                shared(service, state, lane, table, &job, metrics)
+            }
             Access::Exclusive { state, lane } => exclusive(service, state, lane, &job, metrics),
         }
     };
@@ -99,19 +123,29 @@ pub(crate) fn execute_command<S: Service>(
     }
 }
 
+/// The reply to a request its client has declared answered: the intake of
+/// a single-ring engine found it below the client's low-water mark.
+pub(crate) fn stale(command: &Command, metrics: &mut ExecMetrics) -> Reply {
+    metrics.refused += 1;
+    Reply {
+        client: ClientId(command.id.proposer.0),
+        request: Request::decode(&command.payload).ok().map(|r| r.id),
+        outcome: Outcome::Refused(Refusal::Stale),
+    }
+}
+
 /// Parallel mode: the thread's own table and the synchronous-mode table.
 fn shared<S: Service>(
     service: &S,
     state: &EngineState<S::State>,
     lane: Lane,
+    table: usize,
     job: &Job<'_>,
     metrics: &mut ExecMetrics,
 ) -> Outcome {
-    let mut own = state.thread_tables[lane.thread]
-        .0
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
-    if let Some(outcome) = seen_before([&*own, &state.sync_table], job, metrics) {
+    let own = &state.thread_tables[table].0;
+    let lock = || own.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(outcome) = seen_before([&*lock(), &state.sync_table], job, metrics) {
         return outcome;
     }
     let Some(op) = decode(service, job, metrics) else {
@@ -120,8 +154,10 @@ fn shared<S: Service>(
     if job.request.mode == Mode::Optimistic && !check(service, &state.service, lane, &op, metrics) {
         return Outcome::Retry;
     }
+    // The table is not held while the operation runs: under cbase one table
+    // serves several workers (never for the same request at once).
     match service.execute_shared(&state.service, lane, &op) {
-        Ok(response) => record(&mut own, job, response, metrics),
+        Ok(response) => record(&mut lock(), job, response, metrics),
         Err(violation) => contract_violated(lane, &violation, metrics),
     }
 }

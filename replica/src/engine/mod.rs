@@ -1,4 +1,6 @@
-//! The execution engines of DESIGN.md section 5: `smr`, `psmr`, `opt-psmr`.
+//! The execution engines of DESIGN.md section 5: `smr`, `psmr`, `opt-psmr`
+//! (this module and [`worker`]), `cbase` ([`cbase`]) and `classes`
+//! ([`classes`]).
 //!
 //! ```text
 //!  deliver(ring, instance, value) ──> worker t_i's queue (g_i: t_i only; g_all: every worker)
@@ -17,19 +19,29 @@
 //! `smr` is one worker that merges only `g_all`; `psmr` and `opt-psmr` have K
 //! workers; they differ in what the clients send (CC-G or OC-G), and the
 //! engine treats a command by its mode and the group that delivered it.
+//!
+//! `cbase` and `classes` merge one ring, `g_all`, and find the parallelism
+//! in the stream itself through the service's [`ConflictModel`]; they take
+//! the same read or write guard on the state, per command.
 
+pub mod cbase;
+pub mod classes;
 pub(crate) mod execute;
+mod intake;
+mod pause;
 mod worker;
 
 use std::sync::{Arc, Mutex, RwLock, mpsc};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use psmr_multicast::proto::{Instance, RingId, Value};
+use psmr_multicast::proto::{Instance, Merger, RingId, Value};
 use thiserror::Error;
 
+pub use classes::Policy;
 pub use execute::ExecMetrics;
 
+use crate::model::ConflictModel;
 use crate::rendezvous::{Rendezvous, WaitPolicy};
 use crate::service::Service;
 use crate::table::ExecutedTable;
@@ -44,6 +56,10 @@ pub enum EngineKind {
     Psmr,
     /// K threads; clients map with OC-G and optimistic commands are safety-checked.
     OptPsmr,
+    /// One ring; a parallelizer's dependency graph feeds K workers (CBASE).
+    Cbase,
+    /// One ring; request classes mapped to a reconfigurable number of threads.
+    Classes,
 }
 
 impl EngineKind {
@@ -53,7 +69,55 @@ impl EngineKind {
             EngineKind::Smr => "smr",
             EngineKind::Psmr => "psmr",
             EngineKind::OptPsmr => "opt-psmr",
+            EngineKind::Cbase => "cbase",
+            EngineKind::Classes => "classes",
         }
+    }
+
+    /// Whether the engine merges the thread rings `g_1..g_K` besides `g_all`.
+    pub fn has_thread_rings(self) -> bool {
+        matches!(self, EngineKind::Psmr | EngineKind::OptPsmr)
+    }
+}
+
+/// Work added to every executed command, standing for a costlier service:
+/// `busy` keeps the core busy, `wait` blocks the thread without using a core
+/// (I/O, the simulated resources of CBASE's micro-benchmark). Every result
+/// measured with a cost names it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ExecCost {
+    /// Busy work per command.
+    pub busy: Duration,
+    /// Blocking wait per command.
+    pub wait: Duration,
+}
+
+impl ExecCost {
+    /// Whether the cost is zero.
+    pub fn is_zero(&self) -> bool {
+        self.busy.is_zero() && self.wait.is_zero()
+    }
+
+    /// Spends the cost on the calling thread.
+    pub fn spend(&self) {
+        if !self.busy.is_zero() {
+            let start = Instant::now();
+            while start.elapsed() < self.busy {
+                std::hint::spin_loop();
+            }
+        }
+        if !self.wait.is_zero() {
+            std::thread::sleep(self.wait);
+        }
+    }
+}
+
+impl std::fmt::Display for ExecCost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.is_zero() {
+            return f.write_str("none");
+        }
+        write!(f, "busy {:?} + wait {:?} per command", self.busy, self.wait)
     }
 }
 
@@ -84,15 +148,34 @@ pub struct EngineConfig {
     pub wait: WaitPolicy,
     /// Random pauses between commands (tests only). Default none.
     pub jitter: Option<Jitter>,
+    /// `cbase` workers; `classes`: the most threads that can be active.
+    /// For the other engines, the length of `thread_rings`.
+    pub workers: usize,
+    /// `cbase`: the most commands in the dependency graph at once; later
+    /// ones wait, in order, outside it. Default 256.
+    pub window: usize,
+    /// `classes`: the fewest active threads. Default `workers`.
+    pub min_threads: usize,
+    /// `classes`: the active threads at start. Default `workers`.
+    pub initial_threads: usize,
+    /// `classes`: when to change the number of active threads. Default fixed.
+    pub policy: Policy,
+    /// Added to every executed command. Default none.
+    pub cost: ExecCost,
 }
 
 impl EngineConfig {
-    /// An engine of `kind` with `threads` workers on rings `1..=threads`,
-    /// and `g_all` on ring 0 (`smr` ignores `threads`).
+    /// An engine of `kind` with `threads` workers: for psmr and opt-psmr on
+    /// rings `1..=threads`; `g_all` is ring 0 (`smr` ignores `threads`;
+    /// `classes` keeps all `threads` active).
     pub fn new(kind: EngineKind, threads: usize) -> EngineConfig {
-        let thread_rings = match kind {
-            EngineKind::Smr => Vec::new(),
-            _ => (1..=threads as u16).map(RingId).collect(),
+        let thread_rings = match kind.has_thread_rings() {
+            true => (1..=threads as u16).map(RingId).collect(),
+            false => Vec::new(),
+        };
+        let workers = match kind {
+            EngineKind::Smr => 1,
+            _ => threads,
         };
         EngineConfig {
             kind,
@@ -102,22 +185,49 @@ impl EngineConfig {
             batch_sync: true,
             wait: WaitPolicy::Auto,
             jitter: None,
+            workers,
+            window: 256,
+            min_threads: workers,
+            initial_threads: workers,
+            policy: Policy::Fixed,
+            cost: ExecCost::default(),
         }
     }
 
     /// Number of worker threads.
     pub fn threads(&self) -> usize {
-        self.thread_rings.len().max(1)
+        match self.kind {
+            EngineKind::Cbase | EngineKind::Classes => self.workers.max(1),
+            _ => self.thread_rings.len().max(1),
+        }
     }
 
     /// Checks the configuration; the error names the field.
     pub fn validate(&self) -> Result<(), EngineError> {
-        let parallel = self.kind != EngineKind::Smr;
-        if parallel == self.thread_rings.is_empty() {
-            return Err(EngineError::Config {
-                field: "thread_rings",
-                problem: "smr has no thread rings; psmr and opt-psmr need at least one",
-            });
+        let config = |field, problem| Err(EngineError::Config { field, problem });
+        if self.kind.has_thread_rings() == self.thread_rings.is_empty() {
+            return config(
+                "thread_rings",
+                "psmr and opt-psmr need at least one thread ring; smr, cbase and classes have none",
+            );
+        }
+        if matches!(self.kind, EngineKind::Cbase | EngineKind::Classes) {
+            if !(1..=classes::MAX_THREADS).contains(&self.workers) {
+                return config("workers", "must be between 1 and 64");
+            }
+            if self.window == 0 {
+                return config("window", "must be at least 1");
+            }
+        }
+        if self.kind == EngineKind::Classes
+            && !(1 <= self.min_threads
+                && self.min_threads <= self.initial_threads
+                && self.initial_threads <= self.workers)
+        {
+            return config(
+                "min_threads",
+                "need 1 <= min_threads <= initial_threads <= workers",
+            );
         }
         let mut rings = self.thread_rings.clone();
         rings.push(self.all_ring);
@@ -230,12 +340,31 @@ pub(crate) enum Input {
     },
 }
 
-/// An engine: its workers, their input queues, the shared state.
-pub struct Engine<S: Service> {
+/// How delivered instances reach the workers.
+enum Front<S: ConflictModel> {
+    /// smr, psmr, opt-psmr: one queue per worker, merged by the worker.
+    Rings {
+        inputs: Vec<mpsc::Sender<Input>>,
+        /// Queues not yet handed to a worker (before [`Engine::spawn`]).
+        queued: Vec<mpsc::Receiver<Input>>,
+    },
+    /// cbase and classes: `g_all` alone, ordered here, then handed to the
+    /// parallelizer or the scheduler.
+    Single {
+        merger: Mutex<Merger>,
+        stage: Stage<S>,
+    },
+}
+
+enum Stage<S: ConflictModel> {
+    Cbase(Arc<cbase::Parallelizer<S>>),
+    Classes(Mutex<classes::Scheduler<S>>),
+}
+
+/// An engine: its workers, their inputs, the shared state.
+pub struct Engine<S: ConflictModel> {
     shared: Arc<Shared<S>>,
-    inputs: Vec<mpsc::Sender<Input>>,
-    /// Queues not yet handed to a worker (before [`Engine::spawn`]).
-    queued: Vec<mpsc::Receiver<Input>>,
+    front: Front<S>,
     workers: Vec<JoinHandle<ExecMetrics>>,
 }
 
@@ -245,9 +374,11 @@ pub struct Finished<T> {
     pub state: T,
     /// Per-worker counters.
     pub metrics: Vec<ExecMetrics>,
+    /// `classes`: the changes of the number of active threads, in order.
+    pub reconfigurations: Vec<classes::Reconfiguration>,
 }
 
-impl<S: Service> Engine<S> {
+impl<S: ConflictModel> Engine<S> {
     /// Starts the workers.
     pub fn start(
         service: Arc<S>,
@@ -278,22 +409,53 @@ impl<S: Service> Engine<S> {
             sink,
             config,
         });
-        let (inputs, queued) = (0..threads).map(|_| mpsc::channel()).unzip();
+        let front = match shared.config.kind {
+            EngineKind::Smr | EngineKind::Psmr | EngineKind::OptPsmr => {
+                let (inputs, queued) = (0..threads).map(|_| mpsc::channel()).unzip();
+                Front::Rings { inputs, queued }
+            }
+            EngineKind::Cbase => Front::single(
+                &shared.config,
+                Stage::Cbase(Arc::new(cbase::Parallelizer::new(&shared))),
+            ),
+            EngineKind::Classes => Front::single(
+                &shared.config,
+                Stage::Classes(Mutex::new(classes::Scheduler::new(&shared))),
+            ),
+        };
         Ok(Engine {
             shared,
-            inputs,
-            queued,
+            front,
             workers: Vec::new(),
         })
     }
 
     /// Starts the worker threads (once).
     pub fn spawn(&mut self) -> Result<(), EngineError> {
-        for (thread, rx) in std::mem::take(&mut self.queued).into_iter().enumerate() {
+        if !self.workers.is_empty() {
+            return Ok(());
+        }
+        for thread in 0..self.shared.config.threads() {
             let shared = self.shared.clone();
+            let body: Box<dyn FnOnce() -> ExecMetrics + Send> = match &mut self.front {
+                Front::Rings { queued, .. } => {
+                    let rx = queued.remove(0);
+                    Box::new(move || worker::run(&shared, thread, rx))
+                }
+                Front::Single { stage, .. } => match stage {
+                    Stage::Cbase(parallelizer) => {
+                        let parallelizer = parallelizer.clone();
+                        Box::new(move || cbase::run(&shared, &parallelizer, thread))
+                    }
+                    Stage::Classes(scheduler) => {
+                        let queue = lock(scheduler).take_queue(thread);
+                        Box::new(move || classes::run(&shared, thread, queue))
+                    }
+                },
+            };
             let handle = std::thread::Builder::new()
                 .name(format!("psmr-worker-{thread}"))
-                .spawn(move || worker::run(&shared, thread, rx))
+                .spawn(body)
                 .map_err(|source| EngineError::Spawn { thread, source })?;
             self.workers.push(handle);
         }
@@ -307,6 +469,31 @@ impl<S: Service> Engine<S> {
         instance: Instance,
         value: Value,
     ) -> Result<(), EngineError> {
+        match &self.front {
+            Front::Rings { inputs, .. } => self.deliver_to_rings(inputs, ring, instance, value),
+            Front::Single { merger, stage } => {
+                let mut merger = lock(merger);
+                merger
+                    .push(ring, instance, value)
+                    .map_err(|_| EngineError::UnknownRing { ring })?;
+                while let Some(batch) = merger.poll() {
+                    match stage {
+                        Stage::Cbase(parallelizer) => parallelizer.insert(&batch.commands)?,
+                        Stage::Classes(scheduler) => lock(scheduler).deliver(&batch.commands)?,
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn deliver_to_rings(
+        &self,
+        inputs: &[mpsc::Sender<Input>],
+        ring: RingId,
+        instance: Instance,
+        value: Value,
+    ) -> Result<(), EngineError> {
         let config = &self.shared.config;
         let send = |thread: usize, value: Value| {
             let input = Input::Deliver {
@@ -314,12 +501,10 @@ impl<S: Service> Engine<S> {
                 instance,
                 value,
             };
-            self.inputs[thread]
-                .send(input)
-                .map_err(|_| EngineError::Stopped)
+            inputs[thread].send(input).map_err(|_| EngineError::Stopped)
         };
         if ring == config.all_ring {
-            for thread in 0..self.inputs.len() {
+            for thread in 0..inputs.len() {
                 send(thread, value.clone())?;
             }
             return Ok(());
@@ -336,7 +521,17 @@ impl<S: Service> Engine<S> {
     /// stops the workers and returns the state.
     pub fn finish(mut self) -> Result<Finished<S::State>, EngineError> {
         self.spawn()?;
-        drop(self.inputs);
+        let mut reconfigurations = Vec::new();
+        match self.front {
+            Front::Rings { inputs, .. } => drop(inputs),
+            Front::Single { stage, .. } => match stage {
+                Stage::Cbase(parallelizer) => parallelizer.close(),
+                Stage::Classes(scheduler) => {
+                    let scheduler = scheduler.into_inner().unwrap_or_else(|e| e.into_inner());
+                    reconfigurations = scheduler.history().to_vec();
+                }
+            },
+        }
         let mut metrics = Vec::new();
         let mut failure = None;
         for (thread, handle) in self.workers.into_iter().enumerate() {
@@ -359,8 +554,24 @@ impl<S: Service> Engine<S> {
         Ok(Finished {
             state: state.service,
             metrics,
+            reconfigurations,
         })
     }
+}
+
+impl<S: ConflictModel> Front<S> {
+    fn single(config: &EngineConfig, stage: Stage<S>) -> Front<S> {
+        let merger = Merger::new(&[config.all_ring], config.merge_m).expect("validated");
+        Front::Single {
+            merger: Mutex::new(merger),
+            stage,
+        }
+    }
+}
+
+/// Locks `mutex`, ignoring poisoning (a panicked worker is reported by `finish`).
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {

@@ -2,27 +2,27 @@
 //! group in parallel mode, and takes part in the synchronous mode for batches
 //! from `g_all` (the opt-PSMR paper's Algorithm 1, thread side).
 
+use psmr_multicast::proto::{Command, Merged, Merger};
 use std::sync::RwLockReadGuard;
 use std::sync::mpsc::Receiver;
-use std::time::Duration;
-
-use psmr_multicast::proto::{Command, Merged, Merger};
-use rand::{RngExt, SeedableRng};
-use rand_chacha::ChaCha8Rng;
 
 use super::execute::{Access, ExecMetrics, execute_command};
+use super::pause::Pauser;
 use super::{EngineState, Input, Shared};
 use crate::rendezvous::Aborted;
 use crate::service::{Lane, Service};
 use crate::wire::Reply;
 
-/// Wakes the other workers for good when this one stops, normally or not:
-/// no synchronization can complete without it.
-struct StopGuard<'a, S: Service>(&'a Shared<S>);
+/// Wakes the other workers for good when this one dies: no synchronization
+/// can complete without it. (A worker that stops because its input closed
+/// has met every synchronization that needs it.)
+pub(super) struct StopGuard<'a, S: Service>(pub(super) &'a Shared<S>);
 
 impl<S: Service> Drop for StopGuard<'_, S> {
     fn drop(&mut self) {
-        self.0.rendezvous.abort();
+        if std::thread::panicking() {
+            self.0.rendezvous.abort();
+        }
     }
 }
 
@@ -33,7 +33,7 @@ struct Worker<'a, S: Service> {
     inputs: Receiver<Input>,
     metrics: ExecMetrics,
     round: u64,
-    jitter: Option<(ChaCha8Rng, Duration)>,
+    pauser: Pauser,
     /// Replies of the batch being executed, handed to the sink at its end.
     replies: Vec<Reply>,
 }
@@ -48,11 +48,6 @@ pub(super) fn run<S: Service>(
     let config = &shared.config;
     let mut rings = vec![config.all_ring];
     rings.extend(config.thread_rings.get(thread).copied());
-    let jitter = config.jitter.map(|j| {
-        let rng =
-            ChaCha8Rng::seed_from_u64(j.seed ^ (thread as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        (rng, j.max_pause)
-    });
     let mut worker = Worker {
         shared,
         lane: Lane {
@@ -63,7 +58,7 @@ pub(super) fn run<S: Service>(
         inputs,
         metrics: ExecMetrics::default(),
         round: 0,
-        jitter,
+        pauser: Pauser::new(config.jitter, thread),
         replies: Vec::new(),
     };
     if worker.lane.threads == 1 {
@@ -104,7 +99,13 @@ impl<S: Service> Worker<'_, S> {
                     state: &mut state,
                     lane,
                 };
-                let reply = execute_command(&*shared.service, access, command, &mut self.metrics);
+                let reply = execute_command(
+                    &*shared.service,
+                    access,
+                    command,
+                    shared.config.cost,
+                    &mut self.metrics,
+                );
                 self.replies.push(reply);
             }
             self.flush();
@@ -137,8 +138,15 @@ impl<S: Service> Worker<'_, S> {
                 let access = Access::Shared {
                     state,
                     lane: self.lane,
+                    table: self.lane.thread,
                 };
-                let reply = execute_command(&*shared.service, access, command, &mut self.metrics);
+                let reply = execute_command(
+                    &*shared.service,
+                    access,
+                    command,
+                    shared.config.cost,
+                    &mut self.metrics,
+                );
                 self.replies.push(reply);
             }
             self.flush();
@@ -185,23 +193,19 @@ impl<S: Service> Worker<'_, S> {
                 state: &mut state,
                 lane: None,
             };
-            let reply = execute_command(&*shared.service, access, command, &mut self.metrics);
+            let reply = execute_command(
+                &*shared.service,
+                access,
+                command,
+                shared.config.cost,
+                &mut self.metrics,
+            );
             self.replies.push(reply);
         }
     }
 
-    /// Test jitter: now and then, yield or sleep a little.
     fn pause(&mut self) {
-        let Some((rng, max)) = self.jitter.as_mut() else {
-            return;
-        };
-        match rng.random_range(0..8u8) {
-            0 => std::thread::yield_now(),
-            1 => std::thread::sleep(Duration::from_nanos(
-                rng.random_range(0..=max.as_nanos() as u64),
-            )),
-            _ => {}
-        }
+        self.pauser.pause();
     }
 }
 

@@ -11,6 +11,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::model::{ClassId, ConflictModel, Placement, ThreadSet};
 use crate::service::{Group, GroupMapping, Lane, Service};
 use crate::wire::ServiceId;
 
@@ -250,6 +251,50 @@ impl GroupMapping for ListService {
 
     fn optimistic(&self, op: &ListOp, threads: usize) -> Group {
         self.conservative(op, threads)
+    }
+}
+
+/// The class model of section IV-B3: `c_r` (get, contains) conflicts only
+/// with `c_w` (add, remove), which conflicts with everything; CtoT(c_r) is
+/// empty and CtoT(c_w) every thread. The CBASE rules say the same.
+impl ConflictModel for ListService {
+    fn placement(&self, op: &ListOp, _lanes: usize) -> Placement {
+        if op.is_write() {
+            Placement::Alone
+        } else {
+            Placement::Anywhere
+        }
+    }
+
+    fn operator(&self, op: &ListOp) -> usize {
+        usize::from(op.is_write())
+    }
+
+    fn ocm(&self, a: usize, b: usize) -> bool {
+        a == 1 || b == 1
+    }
+
+    fn related(&self, _a: &ListOp, _b: &ListOp) -> bool {
+        false
+    }
+
+    fn classes(&self, _lanes: usize) -> usize {
+        2
+    }
+
+    fn class(&self, op: &ListOp, _lanes: usize) -> ClassId {
+        usize::from(op.is_write())
+    }
+
+    fn class_conflicts(&self, a: ClassId, b: ClassId) -> bool {
+        a == 1 || b == 1
+    }
+
+    fn threads_of(&self, class: ClassId, threads: usize) -> ThreadSet {
+        match class {
+            0 => ThreadSet::Any,
+            _ => ThreadSet::all(threads),
+        }
     }
 }
 

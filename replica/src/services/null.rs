@@ -6,6 +6,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::model::{ClassId, ConflictModel, Placement, ThreadSet};
 use crate::service::{Group, GroupMapping, Lane, Service};
 use crate::wire::ServiceId;
 
@@ -71,5 +72,28 @@ impl GroupMapping for NullService {
 
     fn optimistic(&self, op: &NullOp, threads: usize) -> Group {
         self.conservative(op, threads)
+    }
+}
+
+/// Every null command is independent of every other.
+impl ConflictModel for NullService {
+    fn placement(&self, _op: &NullOp, _lanes: usize) -> Placement {
+        Placement::Anywhere
+    }
+
+    fn ocm(&self, _a: usize, _b: usize) -> bool {
+        false
+    }
+
+    fn related(&self, _a: &NullOp, _b: &NullOp) -> bool {
+        false
+    }
+
+    fn class_conflicts(&self, _a: ClassId, _b: ClassId) -> bool {
+        false
+    }
+
+    fn threads_of(&self, _class: ClassId, _threads: usize) -> ThreadSet {
+        ThreadSet::Any
     }
 }

@@ -7,17 +7,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use psmr_replica::workload::{self, CollectSink, Streams};
-use psmr_replica::{EngineConfig, EngineKind, ExecMetrics, Jitter, Reply, Service};
+use psmr_replica::{ConflictModel, EngineConfig, EngineKind, ExecMetrics, Jitter, Reply};
 
-/// Runs `config` on `streams` from `state`, with thread jitter and feed order from `seed`.
-pub(crate) fn run_engine<S: Service>(
+/// Runs `config` on `streams` from `state`, with thread jitter, feed order
+/// and random reconfiguration points from `seed`.
+pub(crate) fn run_engine<S: ConflictModel>(
     service: &Arc<S>,
     config: &EngineConfig,
     state: S::State,
     streams: &Streams<S::State>,
     seed: u64,
 ) -> (Vec<Reply>, S::State, Vec<ExecMetrics>) {
-    let mut config = config.clone();
+    let mut config = workload::replica_of(config, seed);
     config.jitter = Some(Jitter {
         seed,
         max_pause: Duration::from_micros(50),
@@ -28,13 +29,17 @@ pub(crate) fn run_engine<S: Service>(
     (sink.take(), finished.state, finished.metrics)
 }
 
+/// Every engine.
+pub(crate) const KINDS: [EngineKind; 5] = [
+    EngineKind::Smr,
+    EngineKind::Psmr,
+    EngineKind::OptPsmr,
+    EngineKind::Cbase,
+    EngineKind::Classes,
+];
+
 /// A random engine configuration.
 pub(crate) fn draw_config(rng: &mut impl rand::RngExt) -> EngineConfig {
-    let kinds = [EngineKind::Smr, EngineKind::Psmr, EngineKind::OptPsmr];
-    let kind = kinds[rng.random_range(0..kinds.len())];
-    let threads = [1, 2, 3, 4, 8][rng.random_range(0..5)];
-    let mut config = EngineConfig::new(kind, threads);
-    config.merge_m = rng.random_range(1..=3);
-    config.batch_sync = rng.random_bool(0.5);
-    config
+    let kind = KINDS[rng.random_range(0..KINDS.len())];
+    workload::draw_config(rng, kind)
 }
