@@ -107,6 +107,8 @@ pub(crate) enum EngineArg {
     Smr,
     Psmr,
     OptPsmr,
+    Cbase,
+    Classes,
 }
 
 impl EngineArg {
@@ -115,6 +117,8 @@ impl EngineArg {
             EngineArg::Smr => EngineName::Smr,
             EngineArg::Psmr => EngineName::Psmr,
             EngineArg::OptPsmr => EngineName::OptPsmr,
+            EngineArg::Cbase => EngineName::Cbase,
+            EngineArg::Classes => EngineName::Classes,
         }
     }
 }

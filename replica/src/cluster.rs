@@ -44,7 +44,7 @@ use psmr_multicast::proto::{ConfigError, MulticastConfig, NodeId, Params, RingCo
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::engine::{EngineConfig, EngineKind};
+use crate::engine::{EngineConfig, EngineKind, Policy};
 
 /// A whole cluster.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -116,8 +116,41 @@ pub struct ReplicaEntry {
     pub address: SocketAddr,
     /// Execution engine.
     pub engine: EngineName,
-    /// Worker threads (K).
+    /// Worker threads (K); for `classes`, the most that can be active.
     pub threads: usize,
+    /// `classes`: when to change the number of active threads. `fixed`
+    /// (default: all threads active), `paper` (Algorithm 7) or `jump`; the
+    /// last two start with one active thread and keep between 1 and `threads`.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub policy: PolicyName,
+}
+
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
+}
+
+/// A reconfiguration policy as named in the file.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PolicyName {
+    /// Never reconfigure.
+    #[default]
+    Fixed,
+    /// The reconfiguration paper's Algorithm 7 (period 2,000, 20 %).
+    Paper,
+    /// Jump to all or the fewest threads (period 500; 5 % / 20 %).
+    Jump,
+}
+
+impl PolicyName {
+    /// The engine's policy.
+    pub fn policy(self) -> Policy {
+        match self {
+            PolicyName::Fixed => Policy::Fixed,
+            PolicyName::Paper => Policy::paper(),
+            PolicyName::Jump => Policy::jump(),
+        }
+    }
 }
 
 /// An engine as named in the file.
@@ -132,6 +165,12 @@ pub enum EngineName {
     /// `opt-psmr`.
     #[serde(rename = "opt-psmr")]
     OptPsmr,
+    /// `cbase`.
+    #[serde(rename = "cbase")]
+    Cbase,
+    /// `classes`.
+    #[serde(rename = "classes")]
+    Classes,
 }
 
 impl EngineName {
@@ -141,6 +180,8 @@ impl EngineName {
             EngineName::Smr => EngineKind::Smr,
             EngineName::Psmr => EngineKind::Psmr,
             EngineName::OptPsmr => EngineKind::OptPsmr,
+            EngineName::Cbase => EngineKind::Cbase,
+            EngineName::Classes => EngineKind::Classes,
         }
     }
 }
@@ -445,6 +486,7 @@ impl ClusterConfig {
                     } else {
                         threads
                     },
+                    policy: PolicyName::Fixed,
                 })
                 .collect(),
             rings: Vec::new(),
@@ -568,9 +610,9 @@ impl ClusterConfig {
     }
 
     fn ring_count(&self) -> usize {
-        match self.engine() {
-            EngineKind::Smr => 1,
-            _ => self.threads() + 1,
+        match self.engine().has_thread_rings() {
+            false => 1,
+            true => self.threads() + 1,
         }
     }
 
@@ -595,9 +637,9 @@ impl ClusterConfig {
                 }
             })
             .collect();
-        let merges = match self.engine() {
-            EngineKind::Smr => vec![vec![RingId(0)]],
-            _ => (1..=self.threads() as u16)
+        let merges = match self.engine().has_thread_rings() {
+            false => vec![vec![RingId(0)]],
+            true => (1..=self.threads() as u16)
                 .map(|t| vec![RingId(t), RingId(0)])
                 .collect(),
         };
@@ -612,6 +654,15 @@ impl ClusterConfig {
     pub fn engine_config(&self) -> EngineConfig {
         let mut config = EngineConfig::new(self.engine(), self.threads());
         config.merge_m = self.multicast.params().merge_m;
+        let policy = self
+            .replicas
+            .first()
+            .map_or(PolicyName::Fixed, |r| r.policy);
+        if config.kind == EngineKind::Classes && policy != PolicyName::Fixed {
+            config.policy = policy.policy();
+            config.min_threads = 1;
+            config.initial_threads = 1;
+        }
         config
     }
 
@@ -682,8 +733,25 @@ mod tests {
 
     #[test]
     fn the_local_cluster_is_valid() {
-        for engine in [EngineName::Smr, EngineName::Psmr, EngineName::OptPsmr] {
-            ClusterConfig::local(7100, engine, 2).validate().unwrap();
+        for engine in [
+            EngineName::Smr,
+            EngineName::Psmr,
+            EngineName::OptPsmr,
+            EngineName::Cbase,
+            EngineName::Classes,
+        ] {
+            let c = ClusterConfig::local(7100, engine, 2);
+            c.validate().unwrap();
+            let rings = c.multicast().rings.len();
+            assert_eq!(
+                rings,
+                if engine.kind().has_thread_rings() {
+                    3
+                } else {
+                    1
+                }
+            );
+            c.engine_config().validate().unwrap();
         }
     }
 
