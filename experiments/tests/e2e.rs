@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use common::{Spec, TestCluster, preloaded, scan_all};
 use psmr_btree::BTreeClient;
-use psmr_replica::cluster::{EngineName, RingEntry, StorageKind};
+use psmr_replica::cluster::{EngineName, PolicyName, RingEntry, StorageKind};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -108,11 +108,14 @@ async fn model_workload(cluster: &TestCluster, seed: u64) {
 }
 
 fn model_test(engine: EngineName) {
-    let seed = seed();
-    let spec = Spec {
+    model_test_with(Spec {
         engine,
         ..Spec::default()
-    };
+    });
+}
+
+fn model_test_with(spec: Spec) {
+    let seed = seed();
     let mut cluster = TestCluster::start(&spec);
     runtime().block_on(async {
         tokio::time::timeout(Duration::from_secs(120), model_workload(&cluster, seed))
@@ -143,6 +146,20 @@ fn psmr_answers_like_the_model() {
 #[test]
 fn opt_psmr_answers_like_the_model() {
     model_test(EngineName::OptPsmr);
+}
+
+#[test]
+fn cbase_answers_like_the_model() {
+    model_test(EngineName::Cbase);
+}
+
+#[test]
+fn classes_answers_like_the_model_while_it_reconfigures() {
+    model_test_with(Spec {
+        engine: EngineName::Classes,
+        policy: PolicyName::Jump,
+        ..Spec::default()
+    });
 }
 
 /// Writers that insert fresh keys (odd ones, never preloaded) and remember

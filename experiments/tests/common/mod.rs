@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use psmr_btree::BTreeClient;
 use psmr_client::ClientOptions;
-use psmr_replica::cluster::{ClusterConfig, EngineName, StorageKind};
+use psmr_replica::cluster::{ClusterConfig, EngineName, PolicyName, StorageKind};
 
 /// The `psmr` binary under test.
 pub fn psmr() -> Command {
@@ -77,6 +77,8 @@ pub struct Spec {
     pub storage: StorageKind,
     /// Keys preloaded: every even key of `[0, 2 * preload)` with value `key / 2`.
     pub preload: u64,
+    /// `classes`: the reconfiguration policy.
+    pub policy: PolicyName,
 }
 
 impl Default for Spec {
@@ -86,6 +88,7 @@ impl Default for Spec {
             threads: 2,
             storage: StorageKind::Memory,
             preload: 1_000,
+            policy: PolicyName::Fixed,
         }
     }
 }
@@ -113,6 +116,7 @@ impl TestCluster {
         }
         for r in &mut cluster.replicas {
             r.address = next.next().expect("enough addresses");
+            r.policy = spec.policy;
         }
         cluster.tls.dir = dir.path().join("certs");
         cluster.service.preload = spec.preload;

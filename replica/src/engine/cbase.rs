@@ -165,23 +165,34 @@ impl<S: ConflictModel> Parallelizer<S> {
                 return None;
             }
             if let Some(slot) = dag.ready.pop_front() {
-                let node = dag.slots[slot].as_ref().expect("a ready slot holds a node");
-                let table = node
-                    .decoded
-                    .as_ref()
-                    .map_or(0, |d| (d.client.0 % self.lanes as u64) as usize);
-                return Some(Task {
-                    slot,
-                    command: node.command.clone(),
-                    placement: node.placement,
-                    table,
-                    stale: node.stale,
-                });
+                return Some(self.task(&dag, slot));
             }
             if dag.closed && dag.pending.is_empty() && dag.backlog.is_empty() {
                 return None;
             }
             dag = self.wake.wait(dag).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// A command with no incomplete predecessor, if there is one now.
+    pub fn try_next_request(&self) -> Option<Task> {
+        let mut dag = lock(&self.dag);
+        let slot = dag.ready.pop_front()?;
+        Some(self.task(&dag, slot))
+    }
+
+    fn task(&self, dag: &Dag<S::Op>, slot: usize) -> Task {
+        let node = dag.slots[slot].as_ref().expect("a ready slot holds a node");
+        let table = node
+            .decoded
+            .as_ref()
+            .map_or(0, |d| (d.client.0 % self.lanes as u64) as usize);
+        Task {
+            slot,
+            command: node.command.clone(),
+            placement: node.placement,
+            table,
+            stale: node.stale,
         }
     }
 
@@ -384,4 +395,114 @@ fn execute<S: ConflictModel>(
         table: task.table,
     };
     execute_command(service, access, &task.command, cost, metrics)
+}
+
+#[cfg(test)]
+mod tests {
+    use psmr_multicast::proto::{CommandId, ProposerId};
+
+    use super::*;
+    use crate::Service;
+    use crate::services::{ListOp, ListService};
+    use crate::wire::{Mode, Request, RequestId};
+
+    fn command(client: u64, id: u64, low_water: u64, op: ListOp) -> Command {
+        let request = Request {
+            id: RequestId(id),
+            low_water: RequestId(low_water),
+            mode: Mode::Conservative,
+            service: ListService.id(),
+            op: op.encode(),
+        };
+        Command {
+            id: CommandId {
+                proposer: ProposerId(client),
+                seq: id,
+            },
+            low_water: 0,
+            payload: request.encode(),
+        }
+    }
+
+    fn parallelizer(window: usize) -> Parallelizer<ListService> {
+        Parallelizer::standalone(Arc::new(ListService), 2, window)
+    }
+
+    fn take(p: &Parallelizer<ListService>) -> Vec<usize> {
+        std::iter::from_fn(|| p.try_next_request().map(|t| t.slot)).collect()
+    }
+
+    #[test]
+    fn reads_run_together_and_a_write_waits_for_them_and_blocks_what_follows() {
+        let p = parallelizer(16);
+        p.insert(&[
+            command(1, 0, 0, ListOp::Contains(1)),
+            command(2, 0, 0, ListOp::Contains(2)),
+            command(3, 0, 0, ListOp::Add(3)),
+            command(4, 0, 0, ListOp::Contains(4)),
+        ])
+        .unwrap();
+        assert_eq!(take(&p), vec![0, 1], "both reads are ready at once");
+        p.remove_request(0);
+        assert_eq!(
+            take(&p),
+            Vec::<usize>::new(),
+            "the write waits for both reads"
+        );
+        p.remove_request(1);
+        assert_eq!(take(&p), vec![2]);
+        p.remove_request(2);
+        assert_eq!(take(&p), vec![3], "the read after the write waits for it");
+        p.remove_request(3);
+        let stats = p.stats();
+        assert_eq!((stats.checks, stats.edges), (6, 3));
+    }
+
+    #[test]
+    fn a_resend_waits_for_its_first_copy_and_a_raised_low_water_mark_for_both() {
+        let p = parallelizer(16);
+        p.insert(&[
+            command(1, 5, 5, ListOp::Contains(1)),
+            command(1, 5, 5, ListOp::Contains(1)),
+            command(1, 6, 5, ListOp::Contains(2)),
+            command(1, 7, 7, ListOp::Contains(3)),
+        ])
+        .unwrap();
+        assert_eq!(take(&p), vec![0, 2], "the resend (slot 1) waits for slot 0");
+        p.remove_request(0);
+        p.remove_request(2);
+        assert_eq!(take(&p), vec![1]);
+        p.remove_request(1);
+        assert_eq!(take(&p), vec![3], "low-water 7 passes requests 5 and 6");
+    }
+
+    #[test]
+    fn a_request_below_its_clients_low_water_mark_is_stale_and_waits_for_nothing() {
+        let p = parallelizer(16);
+        p.insert(&[
+            command(1, 0, 0, ListOp::Add(1)),
+            command(1, 3, 2, ListOp::Add(2)),
+            command(1, 1, 0, ListOp::Add(1)),
+        ])
+        .unwrap();
+        let tasks: Vec<Task> = std::iter::from_fn(|| p.try_next_request()).collect();
+        let stale: Vec<(usize, bool)> = tasks.iter().map(|t| (t.slot, t.stale)).collect();
+        assert_eq!(stale, vec![(0, false), (2, true)]);
+    }
+
+    #[test]
+    fn the_window_bounds_the_graph_and_the_backlog_keeps_the_order() {
+        let p = parallelizer(2);
+        let writes: Vec<Command> = (0..5).map(|i| command(1, i, 0, ListOp::Add(i))).collect();
+        p.insert(&writes).unwrap();
+        let mut order = Vec::new();
+        while let Some(task) = p.try_next_request() {
+            order.push(task.command.id.seq);
+            p.remove_request(task.slot);
+        }
+        assert_eq!(order, vec![0, 1, 2, 3, 4]);
+        assert_eq!(p.stats().max_pending, 2);
+        p.close();
+        assert!(p.next_request().is_none(), "closed and drained");
+    }
 }

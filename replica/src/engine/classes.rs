@@ -513,3 +513,67 @@ impl<S: ConflictModel> Worker<'_, S> {
         tracing::debug!(active, "classes: reconfiguration executed");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn observe(set: ThreadSet, synchronizes: bool) -> Observed {
+        Observed { set, synchronizes }
+    }
+
+    fn decisions(policy: &Policy, requests: &[Observed], mut current: usize) -> Vec<usize> {
+        let mut p = policy.build();
+        let mut seen = Vec::new();
+        for &r in requests {
+            let change = p.decide(r, 1, current, 4);
+            if change != 0 {
+                current = (current as isize + change) as usize;
+                seen.push(current);
+            }
+        }
+        seen
+    }
+
+    #[test]
+    fn the_papers_policy_adds_a_thread_per_quiet_period_and_removes_one_per_busy_one() {
+        let policy = Policy::Paper {
+            period: 5,
+            threshold: 20,
+        };
+        let quiet = [observe(ThreadSet::Any, false); 5];
+        let busy = [observe(ThreadSet::all(2), true); 5];
+        let stream: Vec<Observed> = [quiet; 4].concat().into_iter().chain(busy).collect();
+        assert_eq!(decisions(&policy, &stream, 1), vec![2, 3, 4, 3]);
+        let one_in_five: Vec<Observed> = (0..5)
+            .map(|i| {
+                observe(
+                    if i == 0 {
+                        ThreadSet::one(0)
+                    } else {
+                        ThreadSet::Any
+                    },
+                    false,
+                )
+            })
+            .collect();
+        assert_eq!(
+            decisions(&policy, &one_in_five, 1),
+            vec![2],
+            "20 % is quiet"
+        );
+    }
+
+    #[test]
+    fn the_jumping_policy_goes_to_the_bounds_in_one_period() {
+        let policy = Policy::Jump {
+            period: 10,
+            low: 5,
+            high: 20,
+        };
+        let quiet = [observe(ThreadSet::one(1), false); 10];
+        let busy = [observe(ThreadSet::all(4), true); 10];
+        let stream: Vec<Observed> = [quiet, busy, quiet].concat();
+        assert_eq!(decisions(&policy, &stream, 1), vec![4, 1, 4]);
+    }
+}
