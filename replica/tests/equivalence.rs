@@ -198,3 +198,111 @@ fn resends_once(config: EngineConfig) {
     assert_eq!(list.len(), 200, "{what}");
     assert_eq!(replies.len() as u64, executed + from_table, "{what}");
 }
+
+/// The list, with a class map that sends every read to thread 7.
+struct ReadsOnSeven;
+
+impl Service for ReadsOnSeven {
+    type State = LinkedList;
+    type Op = ListOp;
+    type Violation = <ListService as Service>::Violation;
+
+    fn id(&self) -> psmr_replica::ServiceId {
+        ListService.id()
+    }
+    fn decode(&self, op: &[u8]) -> Option<ListOp> {
+        ListService.decode(op)
+    }
+    fn execute(&self, state: &mut LinkedList, op: &ListOp) -> Bytes {
+        ListService.execute(state, op)
+    }
+    fn execute_shared(
+        &self,
+        state: &LinkedList,
+        lane: psmr_replica::Lane,
+        op: &ListOp,
+    ) -> Result<Bytes, Self::Violation> {
+        ListService.execute_shared(state, lane, op)
+    }
+    fn safety_check(&self, state: &LinkedList, lane: psmr_replica::Lane, op: &ListOp) -> bool {
+        ListService.safety_check(state, lane, op)
+    }
+    fn digest(&self, state: &LinkedList) -> u64 {
+        ListService.digest(state)
+    }
+}
+
+impl GroupMapping for ReadsOnSeven {
+    type Op = ListOp;
+    fn conservative(&self, op: &ListOp, threads: usize) -> psmr_replica::Group {
+        ListService.conservative(op, threads)
+    }
+    fn optimistic(&self, op: &ListOp, threads: usize) -> psmr_replica::Group {
+        ListService.optimistic(op, threads)
+    }
+}
+
+impl ConflictModel for ReadsOnSeven {
+    fn placement(&self, op: &ListOp, lanes: usize) -> psmr_replica::Placement {
+        ListService.placement(op, lanes)
+    }
+    fn classes(&self, lanes: usize) -> usize {
+        ListService.classes(lanes)
+    }
+    fn class(&self, op: &ListOp, lanes: usize) -> psmr_replica::ClassId {
+        ListService.class(op, lanes)
+    }
+    fn class_conflicts(&self, a: usize, b: usize) -> bool {
+        ListService.class_conflicts(a, b)
+    }
+    fn threads_of(&self, class: usize, threads: usize) -> psmr_replica::ThreadSet {
+        match class {
+            0 => psmr_replica::ThreadSet::one(7),
+            _ => psmr_replica::ThreadSet::all(threads),
+        }
+    }
+}
+
+/// Algorithm 3: a class mapped to a thread that is not active runs on every
+/// active thread, synchronized; the inactive threads execute nothing.
+#[test]
+fn a_class_naming_an_inactive_thread_runs_on_all_active_threads() {
+    let mut config = EngineConfig::new(EngineKind::Classes, 8);
+    (config.min_threads, config.initial_threads) = (2, 2);
+    let submissions: Vec<Submission> = (0..300)
+        .map(|i| Submission {
+            client: ClientId(i % 4),
+            op: match i % 3 {
+                0 => ListOp::Add(i),
+                _ => ListOp::Contains(i / 2),
+            }
+            .encode(),
+        })
+        .collect();
+    let streams = workload::build(
+        &ReadsOnSeven,
+        &ReadsOnSeven,
+        &config,
+        LinkedList::new(),
+        &submissions,
+        WorkloadOptions::default(),
+    );
+    let service = Arc::new(ReadsOnSeven);
+    let (replies, list, metrics) =
+        common::run_engine(&service, &config, LinkedList::new(), &streams, 9);
+    assert_eq!(
+        workload::canonical(&replies),
+        workload::canonical(&streams.reference)
+    );
+    assert_eq!(list.len(), 100);
+    let executed: Vec<u64> = metrics.iter().map(|m| m.executed).collect();
+    assert_eq!(
+        executed[0], 300,
+        "the lowest active thread ran everything: {executed:?}"
+    );
+    assert!(executed[1..].iter().all(|&e| e == 0), "{executed:?}");
+    assert!(
+        metrics[1].syncs >= 300,
+        "thread 1 met thread 0 for every command"
+    );
+}
