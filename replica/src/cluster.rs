@@ -11,10 +11,11 @@
 //! [[replica]]
 //! id = 101
 //! address = "127.0.0.1:7201"
-//! engine = "opt-psmr"           # smr | psmr | opt-psmr
+//! engine = "opt-psmr"           # smr | psmr | opt-psmr | cbase | classes
 //! threads = 2                   # K; every replica runs the same engine and K
+//! # policy = "jump"             # classes only: fixed (default) | paper | jump
 //!
-//! [[ring]]                      # optional: ring 0 is g_all, rings 1..=K are the threads';
+//! [[ring]]                      # optional: ring 0 is g_all, rings 1..=K are psmr's and opt-psmr's threads';
 //! id = 0                        # when absent, each ring gets every acceptor,
 //! acceptors = [1, 2, 3]         # in an order rotated per ring
 //!
@@ -401,7 +402,7 @@ pub enum ClusterError {
     },
     /// K is zero, or smr with more than one thread.
     #[error(
-        "replica[{index}].threads: {threads} threads with engine {engine}; smr has 1, psmr and opt-psmr 1 to 64"
+        "replica[{index}].threads: {threads} threads with engine {engine}; smr has 1, the other engines 1 to 64"
     )]
     Threads {
         /// Position in the list.
@@ -413,15 +414,25 @@ pub enum ClusterError {
     },
     /// The rings do not match K.
     #[error(
-        "ring: {engine} with K = {threads} needs rings 0..={threads} (ring 0 is g_all), the file lists {listed:?}"
+        "ring: {engine} with K = {threads} needs rings {expected:?} (ring 0 is g_all), the file lists {listed:?}"
     )]
     RingsDisagree {
         /// The engine's name.
         engine: &'static str,
         /// K.
         threads: usize,
+        /// Ring ids needed.
+        expected: Vec<u16>,
         /// Ring ids listed.
         listed: Vec<u16>,
+    },
+    /// A reconfiguration policy for an engine other than `classes`.
+    #[error(
+        "replica[{index}].policy: only engine classes reconfigures its threads; remove the policy or use engine = \"classes\""
+    )]
+    PolicyWithoutClasses {
+        /// Position in the list.
+        index: usize,
     },
     /// A ring names an acceptor that is not listed.
     #[error("ring[{index}].acceptors: {id} is not an acceptor")]
@@ -555,6 +566,9 @@ impl ClusterConfig {
                     field: "threads",
                 });
             }
+            if r.policy != PolicyName::Fixed && r.engine != EngineName::Classes {
+                return Err(ClusterError::PolicyWithoutClasses { index });
+            }
             let smr = r.engine == EngineName::Smr;
             if r.threads == 0 || r.threads > 64 || (smr && r.threads != 1) {
                 let engine = r.engine.kind().name();
@@ -585,6 +599,7 @@ impl ClusterConfig {
             return Err(ClusterError::RingsDisagree {
                 engine: r.engine.kind().name(),
                 threads: r.threads,
+                expected,
                 listed,
             });
         }
@@ -769,6 +784,16 @@ mod tests {
             error(&even),
             "acceptor: 4 acceptors; rings derived from them need an odd number (2f+1)"
         );
+        let policy = GOOD.replacen(
+            "engine = \"opt-psmr\"",
+            "engine = \"opt-psmr\"\npolicy = \"jump\"",
+            1,
+        );
+        assert!(
+            error(&policy).starts_with("replica[0].policy: only engine classes"),
+            "{}",
+            error(&policy)
+        );
         let dup = GOOD.replace("127.0.0.1:7102", "127.0.0.1:7101");
         assert_eq!(
             error(&dup),
@@ -778,7 +803,7 @@ mod tests {
         assert_eq!(error(&dup_id), "replica[0].id: node id 3 is used twice");
         let rings = format!("{GOOD}\n[[ring]]\nid = 0\nacceptors = [1, 2, 3]\n");
         assert!(
-            error(&rings).starts_with("ring: opt-psmr with K = 2 needs rings 0..=2"),
+            error(&rings).starts_with("ring: opt-psmr with K = 2 needs rings [0, 1, 2]"),
             "{}",
             error(&rings)
         );
