@@ -13,17 +13,7 @@ use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 fn seeds() -> Vec<u64> {
-    if let Some(seed) = std::env::var("PSMR_BTREE_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-    {
-        return vec![seed];
-    }
-    let n = std::env::var("PSMR_BTREE_SEEDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(60);
-    (0..n).collect()
+    psmr_replica::workload::seeds_from_env("PSMR_BTREE", 60)
 }
 
 fn model_scan(model: &BTreeMap<u64, u64>, from: u64, n: usize) -> Vec<(u64, u64)> {

@@ -417,3 +417,17 @@ pub fn replica_of(config: &EngineConfig, seed: u64) -> EngineConfig {
     }
     config
 }
+
+/// The seeds a randomized test runs: `$PREFIX_SEED=S` replays seed S alone,
+/// `$PREFIX_SEEDS=N` runs seeds `0..N`, else `0..default`.
+pub fn seeds_from_env(prefix: &str, default: u64) -> Vec<u64> {
+    let var = |suffix: &str| {
+        std::env::var(format!("{prefix}_{suffix}"))
+            .ok()
+            .and_then(|s| s.parse::<u64>().ok())
+    };
+    if let Some(seed) = var("SEED") {
+        return vec![seed];
+    }
+    (0..var("SEEDS").unwrap_or(default)).collect()
+}

@@ -22,17 +22,7 @@ use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 fn seeds() -> Vec<u64> {
-    if let Some(seed) = std::env::var("PSMR_ENGINE_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-    {
-        return vec![seed];
-    }
-    let n = std::env::var("PSMR_ENGINE_SEEDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(40);
-    (0..n).collect()
+    psmr_replica::workload::seeds_from_env("PSMR_ENGINE", 40)
 }
 
 /// Runs one seed: a random engine on a random workload, twice.

@@ -31,12 +31,11 @@ use std::sync::{Arc, Condvar, Mutex};
 
 use psmr_multicast::proto::Command;
 
-use super::execute::{Access, ExecMetrics, execute_command, stale};
+use super::execute::ExecMetrics;
 use super::intake::{Decoded, Intake, Taken};
 use super::pause::Pauser;
-use super::{EngineError, Shared, lock};
+use super::{EngineError, Placed, Shared, lock};
 use crate::model::{ConflictModel, Placement, dependent};
-use crate::service::Lane;
 
 /// A pending command.
 struct Node<Op> {
@@ -352,49 +351,20 @@ pub(super) fn run<S: ConflictModel>(
     let mut replies = Vec::with_capacity(1);
     while let Some(task) = parallelizer.next_request() {
         pauser.pause();
-        let reply = match task.stale {
-            true => stale(&task.command, &mut metrics),
-            false => execute(shared, worker, &task, &mut metrics),
+        let placed = Placed {
+            command: &task.command,
+            placement: task.placement,
+            alone: task.placement == Placement::Alone,
+            stale: task.stale,
+            table: task.table,
         };
+        let reply = shared.execute_placed(placed, worker, &mut metrics);
         parallelizer.remove_request(task.slot);
         replies.push(reply);
         shared.sink.replies(worker, &mut replies);
         replies.clear();
     }
     metrics
-}
-
-fn execute<S: ConflictModel>(
-    shared: &Shared<S>,
-    worker: usize,
-    task: &Task,
-    metrics: &mut ExecMetrics,
-) -> crate::wire::Reply {
-    let service = &*shared.service;
-    let cost = shared.config.cost;
-    let threads = shared.config.threads();
-    let lane = match task.placement {
-        Placement::Alone => {
-            let mut state = shared.state.write().unwrap_or_else(|e| e.into_inner());
-            let access = Access::Exclusive {
-                state: &mut state,
-                lane: None,
-            };
-            return execute_command(service, access, &task.command, cost, metrics);
-        }
-        Placement::Lane(thread) => Lane { thread, threads },
-        Placement::Anywhere => Lane {
-            thread: worker,
-            threads,
-        },
-    };
-    let state = shared.state.read().unwrap_or_else(|e| e.into_inner());
-    let access = Access::Shared {
-        state: &state,
-        lane,
-        table: task.table,
-    };
-    execute_command(service, access, &task.command, cost, metrics)
 }
 
 #[cfg(test)]

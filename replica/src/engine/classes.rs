@@ -30,14 +30,13 @@ use psmr_multicast::proto::Command;
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::execute::{Access, ExecMetrics, execute_command, stale};
+use super::execute::ExecMetrics;
 use super::intake::{Intake, Taken};
 use super::pause::Pauser;
 use super::worker::StopGuard;
-use super::{EngineError, Shared};
+use super::{EngineError, Placed, Shared};
 use crate::model::{ConflictModel, Placement, ThreadSet};
 use crate::rendezvous::Aborted;
-use crate::service::Lane;
 use crate::wire::Reply;
 
 /// The most worker threads of a `classes` or `cbase` engine.
@@ -468,35 +467,16 @@ impl<S: ConflictModel> Worker<'_, S> {
     }
 
     fn execute(&mut self, exec: &Exec) {
-        let shared = self.shared;
-        let service = &*shared.service;
-        let cost = shared.config.cost;
-        let reply = if exec.stale {
-            stale(&exec.command, &mut self.metrics)
-        } else if exec.exclusive {
-            let mut state = shared.state.write().unwrap_or_else(|e| e.into_inner());
-            let access = Access::Exclusive {
-                state: &mut state,
-                lane: None,
-            };
-            execute_command(service, access, &exec.command, cost, &mut self.metrics)
-        } else {
-            let threads = shared.config.workers;
-            let lane = match exec.placement {
-                Placement::Lane(thread) if thread < threads => Lane { thread, threads },
-                _ => Lane {
-                    thread: self.thread,
-                    threads,
-                },
-            };
-            let state = shared.state.read().unwrap_or_else(|e| e.into_inner());
-            let access = Access::Shared {
-                state: &state,
-                lane,
-                table: self.thread,
-            };
-            execute_command(service, access, &exec.command, cost, &mut self.metrics)
+        let placed = Placed {
+            command: &exec.command,
+            placement: exec.placement,
+            alone: exec.exclusive,
+            stale: exec.stale,
+            table: self.thread,
         };
+        let reply = self
+            .shared
+            .execute_placed(placed, self.thread, &mut self.metrics);
         self.replies.push(reply);
     }
 

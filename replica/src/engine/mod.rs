@@ -41,8 +41,9 @@ use thiserror::Error;
 pub use classes::Policy;
 pub use execute::ExecMetrics;
 
-use crate::model::ConflictModel;
+use crate::model::{ConflictModel, Placement};
 use crate::rendezvous::{Rendezvous, WaitPolicy};
+use crate::service::Lane;
 use crate::service::Service;
 use crate::table::ExecutedTable;
 use crate::wire::Reply;
@@ -330,6 +331,65 @@ pub(crate) struct Shared<S: Service> {
     pub(crate) rendezvous: Rendezvous,
     pub(crate) sink: Arc<dyn ReplySink>,
     pub(crate) config: EngineConfig,
+}
+
+impl<S: Service> Shared<S> {
+    /// Executes `command` with `access`, spending the configured cost.
+    pub(crate) fn execute(
+        &self,
+        access: execute::Access<'_, S::State>,
+        command: &psmr_multicast::proto::Command,
+        metrics: &mut ExecMetrics,
+    ) -> Reply {
+        execute::execute_command(&*self.service, access, command, self.config.cost, metrics)
+    }
+
+    /// Executes a command that `cbase` or `classes` placed, on worker
+    /// `thread`: a stale one is answered at once; one that runs alone takes
+    /// the write guard; any other takes the read guard, on the lane its
+    /// placement names (else the worker's own), recording in `placed.table`.
+    pub(crate) fn execute_placed(
+        &self,
+        placed: Placed<'_>,
+        thread: usize,
+        metrics: &mut ExecMetrics,
+    ) -> Reply {
+        if placed.stale {
+            return execute::stale(placed.command, metrics);
+        }
+        if placed.alone {
+            let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
+            let access = execute::Access::Exclusive {
+                state: &mut state,
+                lane: None,
+            };
+            return self.execute(access, placed.command, metrics);
+        }
+        let threads = self.config.threads();
+        let lane = match placed.placement {
+            Placement::Lane(l) if l < threads => Lane { thread: l, threads },
+            _ => Lane { thread, threads },
+        };
+        let state = self.state.read().unwrap_or_else(|e| e.into_inner());
+        let access = execute::Access::Shared {
+            state: &state,
+            lane,
+            table: placed.table,
+        };
+        self.execute(access, placed.command, metrics)
+    }
+}
+
+/// A command as `cbase` or `classes` hands it to a worker.
+pub(crate) struct Placed<'a> {
+    pub(crate) command: &'a psmr_multicast::proto::Command,
+    pub(crate) placement: Placement,
+    /// Runs with the whole state.
+    pub(crate) alone: bool,
+    /// Answered `Stale` at once (see [`intake`]).
+    pub(crate) stale: bool,
+    /// The table of executed requests it is recorded in.
+    pub(crate) table: usize,
 }
 
 pub(crate) enum Input {

@@ -6,7 +6,7 @@ use psmr_multicast::proto::{Command, Merged, Merger};
 use std::sync::RwLockReadGuard;
 use std::sync::mpsc::Receiver;
 
-use super::execute::{Access, ExecMetrics, execute_command};
+use super::execute::{Access, ExecMetrics};
 use super::pause::Pauser;
 use super::{EngineState, Input, Shared};
 use crate::rendezvous::Aborted;
@@ -99,13 +99,7 @@ impl<S: Service> Worker<'_, S> {
                     state: &mut state,
                     lane,
                 };
-                let reply = execute_command(
-                    &*shared.service,
-                    access,
-                    command,
-                    shared.config.cost,
-                    &mut self.metrics,
-                );
+                let reply = shared.execute(access, command, &mut self.metrics);
                 self.replies.push(reply);
             }
             self.flush();
@@ -140,13 +134,7 @@ impl<S: Service> Worker<'_, S> {
                     lane: self.lane,
                     table: self.lane.thread,
                 };
-                let reply = execute_command(
-                    &*shared.service,
-                    access,
-                    command,
-                    shared.config.cost,
-                    &mut self.metrics,
-                );
+                let reply = shared.execute(access, command, &mut self.metrics);
                 self.replies.push(reply);
             }
             self.flush();
@@ -193,13 +181,7 @@ impl<S: Service> Worker<'_, S> {
                 state: &mut state,
                 lane: None,
             };
-            let reply = execute_command(
-                &*shared.service,
-                access,
-                command,
-                shared.config.cost,
-                &mut self.metrics,
-            );
+            let reply = shared.execute(access, command, &mut self.metrics);
             self.replies.push(reply);
         }
     }

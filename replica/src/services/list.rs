@@ -11,6 +11,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use super::encode;
 use crate::model::{ClassId, ConflictModel, Placement, ThreadSet};
 use crate::service::{Group, GroupMapping, Lane, Service};
 use crate::wire::ServiceId;
@@ -157,7 +158,7 @@ pub enum ListOp {
 impl ListOp {
     /// Encodes the operation.
     pub fn encode(&self) -> Bytes {
-        Bytes::from(postcard::to_allocvec(self).expect("a list op serializes"))
+        encode(self)
     }
 
     fn is_write(self) -> bool {
@@ -180,10 +181,6 @@ pub struct ListViolation {
 /// The linked-list service.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ListService;
-
-fn encode<T: Serialize>(response: &T) -> Bytes {
-    Bytes::from(postcard::to_allocvec(response).expect("a response serializes"))
-}
 
 fn read(list: &LinkedList, op: ListOp) -> Option<Bytes> {
     match op {
@@ -231,9 +228,7 @@ impl Service for ListService {
     }
 
     fn digest(&self, list: &LinkedList) -> u64 {
-        list.iter().fold(0xcbf2_9ce4_8422_2325, |h, v| {
-            (h ^ v).wrapping_mul(0x0000_0100_0000_01b3)
-        })
+        super::fnv(list.iter())
     }
 }
 

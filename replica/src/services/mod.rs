@@ -7,8 +7,23 @@ mod list;
 mod null;
 mod tuple;
 
+use bytes::Bytes;
+use serde::Serialize;
+
 pub use list::{LinkedList, ListOp, ListService, ListState};
 pub use null::{NullOp, NullService};
 pub use tuple::{
     MAX_FIELDS, Template, Tuple, TupleModel, TupleOp, TupleService, TupleSpace, TupleViolation,
 };
+
+/// An operation or a response as these services encode it (postcard).
+fn encode<T: Serialize>(value: &T) -> Bytes {
+    Bytes::from(postcard::to_allocvec(value).expect("operations and responses serialize"))
+}
+
+/// FNV-1a over `values`: a digest that depends on the values and their order only.
+fn fnv(values: impl IntoIterator<Item = u64>) -> u64 {
+    values.into_iter().fold(0xcbf2_9ce4_8422_2325, |h, v| {
+        (h ^ v).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}

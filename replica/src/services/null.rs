@@ -20,7 +20,7 @@ pub struct NullOp {
 impl NullOp {
     /// Encodes the operation.
     pub fn encode(&self) -> Bytes {
-        Bytes::from(postcard::to_allocvec(self).expect("a null op serializes"))
+        super::encode(self)
     }
 }
 

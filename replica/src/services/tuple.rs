@@ -26,6 +26,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use super::encode;
 use crate::model::{ClassId, ConflictModel, Placement, ThreadSet};
 use crate::service::{Group, GroupMapping, Lane, Service};
 use crate::wire::ServiceId;
@@ -55,7 +56,7 @@ pub enum TupleOp {
 impl TupleOp {
     /// Encodes the operation.
     pub fn encode(&self) -> Bytes {
-        Bytes::from(postcard::to_allocvec(self).expect("a tuple op serializes"))
+        encode(self)
     }
 
     /// The numbers of fields it touches: (template or tuple, cas tuple).
@@ -164,10 +165,6 @@ pub struct TupleService {
     pub model: TupleModel,
 }
 
-fn encode<T: Serialize>(response: &T) -> Bytes {
-    Bytes::from(postcard::to_allocvec(response).expect("a response serializes"))
-}
-
 /// The operation on the buckets it needs: `read` the template's bucket,
 /// `write` the bucket the tuple goes to or leaves.
 fn apply(op: &TupleOp, read: &[Tuple], write: Option<&mut Vec<Tuple>>) -> Bytes {
@@ -266,17 +263,16 @@ impl Service for TupleService {
     }
 
     fn digest(&self, space: &TupleSpace) -> u64 {
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for bucket in &space.buckets {
-            let bucket = bucket.read().unwrap_or_else(|e| e.into_inner());
-            for v in bucket
+        let buckets: Vec<_> = space
+            .buckets
+            .iter()
+            .map(|b| b.read().unwrap_or_else(|e| e.into_inner()))
+            .collect();
+        super::fnv(buckets.iter().flat_map(|bucket| {
+            bucket
                 .iter()
                 .flat_map(|t| std::iter::once(t.len() as u64).chain(t.iter().copied()))
-            {
-                h = (h ^ v).wrapping_mul(0x0000_0100_0000_01b3);
-            }
-        }
-        h
+        }))
     }
 }
 
