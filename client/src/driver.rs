@@ -25,7 +25,7 @@ use psmr_replica::{ClientId, EngineKind, Group, Mode, Outcome, Reply, Request, R
 use tokio::sync::{mpsc, oneshot};
 use tracing::debug;
 
-use crate::{Call, ClientError, ClientOptions, ClientStats, ServiceClient};
+use crate::{Answer, Call, ClientError, ClientOptions, ClientStats, ServiceClient};
 
 struct Pending<Op> {
     op: Op,
@@ -36,7 +36,7 @@ struct Pending<Op> {
     /// When the request is proposed again as a new command.
     repropose_at: Instant,
     deadline: Instant,
-    reply: oneshot::Sender<Result<Bytes, ClientError>>,
+    reply: oneshot::Sender<Result<Answer, ClientError>>,
 }
 
 /// Calls and replies taken per round before proposals go out.
@@ -271,7 +271,9 @@ where
         };
         self.outstanding.remove(&id);
         self.proposer.done(pending.command);
-        let _ = pending.reply.send(result);
+        let retried = pending.retried;
+        let answer = result.map(|response| Answer { response, retried });
+        let _ = pending.reply.send(answer);
     }
 
     fn on_timers(&mut self, now: Instant) {

@@ -143,6 +143,16 @@ pub enum ClientError {
     Closed,
 }
 
+/// A call's response and how it came.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Answer {
+    /// The encoded response.
+    pub response: Bytes,
+    /// The optimistic guess failed its safety check (`Retry`): the request
+    /// was re-proposed conservatively before this answer came.
+    pub retried: bool,
+}
+
 /// Counters of a client.
 #[derive(Debug, Default)]
 pub struct ClientStats {
@@ -158,7 +168,7 @@ pub struct ClientStats {
 
 pub(crate) struct Call<Op> {
     pub(crate) op: Op,
-    pub(crate) reply: oneshot::Sender<Result<Bytes, ClientError>>,
+    pub(crate) reply: oneshot::Sender<Result<Answer, ClientError>>,
 }
 
 /// A connection to a psmr cluster running the service `M`.
@@ -221,6 +231,14 @@ where
 
     /// Runs `op` on the replicated service; returns its encoded response.
     pub async fn call(&self, op: M::Op) -> Result<Bytes, ClientError> {
+        Ok(self.call_answer(op).await?.response)
+    }
+
+    /// Like [`Client::call`], and also tells how the answer came: whether
+    /// the optimistic guess failed its safety check and the request was
+    /// re-proposed conservatively (what experiments measure as opt-psmr's
+    /// failed commands).
+    pub async fn call_answer(&self, op: M::Op) -> Result<Answer, ClientError> {
         self.stats.calls.fetch_add(1, Ordering::Relaxed);
         let (reply, response) = oneshot::channel();
         self.calls

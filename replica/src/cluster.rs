@@ -32,6 +32,8 @@
 //! preload = 1000000             # B+-tree: every even key of [0, 2 * preload)
 //! key_space = 2000000           # keys are partitioned over [0, key_space)
 //! fanout = 64
+//! # exec_busy = "20us"          # execution cost added to every command: busy work on a core,
+//! # exec_wait = "100us"         # and a blocking wait standing for I/O (no core); default none
 //! ```
 //!
 //! [`ClusterConfig::validate`] rejects what cannot work, naming the field.
@@ -45,7 +47,7 @@ use psmr_multicast::proto::{ConfigError, MulticastConfig, NodeId, Params, RingCo
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::engine::{EngineConfig, EngineKind, Policy};
+use crate::engine::{EngineConfig, EngineKind, ExecCost, Policy};
 
 /// A whole cluster.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -290,6 +292,13 @@ pub struct ServiceSection {
     /// B+-tree: keys per node. Default 64.
     #[serde(default = "default_fanout")]
     pub fanout: usize,
+    /// Busy work added to every executed command (see [`ExecCost`]). Default none.
+    #[serde(default, with = "humantime_serde::option")]
+    pub exec_busy: Option<Duration>,
+    /// A blocking wait added to every executed command, standing for I/O
+    /// (see [`ExecCost`]). Default none.
+    #[serde(default, with = "humantime_serde::option")]
+    pub exec_wait: Option<Duration>,
 }
 
 fn default_preload() -> u64 {
@@ -307,11 +316,21 @@ impl Default for ServiceSection {
             preload: default_preload(),
             key_space: None,
             fanout: default_fanout(),
+            exec_busy: None,
+            exec_wait: None,
         }
     }
 }
 
 impl ServiceSection {
+    /// The execution cost added to every command.
+    pub fn cost(&self) -> ExecCost {
+        ExecCost {
+            busy: self.exec_busy.unwrap_or_default(),
+            wait: self.exec_wait.unwrap_or_default(),
+        }
+    }
+
     /// The key space, default or configured.
     pub fn key_space(&self) -> u64 {
         self.key_space
@@ -669,6 +688,7 @@ impl ClusterConfig {
     pub fn engine_config(&self) -> EngineConfig {
         let mut config = EngineConfig::new(self.engine(), self.threads());
         config.merge_m = self.multicast.params().merge_m;
+        config.cost = self.service.cost();
         let policy = self
             .replicas
             .first()
@@ -744,6 +764,17 @@ mod tests {
         assert_eq!(c.engine(), EngineKind::OptPsmr);
         let back = parse(&c.to_toml()).unwrap();
         assert_eq!(back, c);
+    }
+
+    #[test]
+    fn the_execution_cost_reaches_the_engine_and_survives_a_round_trip() {
+        assert!(parse(GOOD).unwrap().engine_config().cost.is_zero());
+        let text = format!("{GOOD}\n[service]\nexec_busy = \"20us\"\nexec_wait = \"1ms\"\n");
+        let c = parse(&text).unwrap();
+        let cost = c.engine_config().cost;
+        assert_eq!(cost.busy, Duration::from_micros(20));
+        assert_eq!(cost.wait, Duration::from_millis(1));
+        assert_eq!(parse(&c.to_toml()).unwrap(), c);
     }
 
     #[test]
