@@ -46,6 +46,14 @@ enum Command {
     Acceptor(NodeArgs),
     /// Run one replica.
     Replica(NodeArgs),
+    /// Run an experiment file: a local cluster per configuration, load,
+    /// then data.csv, summary.md and plots in OUT/<experiment>/<timestamp>/.
+    Sweep(crate::sweep::SweepArgs),
+    /// Redraw the plots of a results directory written by `psmr sweep`.
+    Plot {
+        /// The results directory (holds experiment.toml and data.csv).
+        dir: PathBuf,
+    },
     /// Send commands to a cluster running the B+-tree.
     Client {
         /// The cluster file.
@@ -93,6 +101,12 @@ pub(crate) struct LocalArgs {
     /// Directory for the configuration, certificates and data (data is wiped at start).
     #[arg(long, default_value = "psmr-local")]
     pub(crate) dir: PathBuf,
+    /// Busy work added to every executed command (a costlier service), e.g. `20us`.
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    pub(crate) exec_busy: Duration,
+    /// A blocking wait added to every executed command, standing for I/O, e.g. `100us`.
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    pub(crate) exec_wait: Duration,
     /// Also run a load generator for this long, then keep serving.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub(crate) load: Option<Duration>,
@@ -197,6 +211,9 @@ pub(crate) enum CliError {
     /// The local cluster failed.
     #[error(transparent)]
     Local(#[from] LocalError),
+    /// An experiment failed.
+    #[error(transparent)]
+    Sweep(#[from] crate::sweep::SweepError),
     /// The async runtime could not start.
     #[error("cannot start the async runtime: {0}")]
     AsyncRuntime(#[source] std::io::Error),
@@ -216,6 +233,16 @@ fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
 pub(crate) fn run(args: Args) -> Result<(), CliError> {
     match args.command {
         Command::Local(local) => Ok(crate::local::run(LocalOptions::from(local))?),
+        Command::Sweep(sweep) => {
+            crate::sweep::run(sweep)?;
+            Ok(())
+        }
+        Command::Plot { dir } => {
+            for file in crate::sweep::replot(&dir)? {
+                println!("wrote {}", file.display());
+            }
+            Ok(())
+        }
         Command::Certs { config, dir } => {
             let cluster = ClusterConfig::load(&config)?;
             let dir = dir.unwrap_or_else(|| cluster.tls.dir.clone());

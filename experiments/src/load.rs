@@ -6,13 +6,17 @@
 //! is not flattered by calls it delayed (coordinated omission). Keys are
 //! uniform over the key space; a share `dependent` of the calls are inserts
 //! and deletes (half each), the rest reads.
+//!
+//! A report separates the calls whose optimistic guess failed its safety
+//! check (opt-psmr's failed commands, answered after a conservative retry)
+//! from the calls that passed.
 
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use psmr_btree::{BTreeClient, BTreeError};
+use psmr_btree::{BTreeClient, Op, Response};
 use psmr_client::{ClientError, ClientOptions};
 use psmr_replica::cluster::ClusterConfig;
 use rand::{RngExt, SeedableRng};
@@ -60,14 +64,17 @@ pub(crate) enum LoadError {
 pub(crate) struct Report {
     /// Calls answered during the measured interval.
     pub(crate) completed: u64,
-    /// Calls that failed during the measured interval.
-    pub(crate) failed: u64,
+    /// Calls that ended in an error during the measured interval.
+    pub(crate) errors: u64,
     /// Length of the measured interval.
     pub(crate) elapsed: Duration,
-    /// Latencies in microseconds.
+    /// Latencies of every answered call, in microseconds.
     pub(crate) latency: Histogram<u64>,
-    /// Failed safety checks retried by the clients.
-    pub(crate) retries: u64,
+    /// Latencies of the answered calls whose safety check passed (or that
+    /// had none: every call of smr and psmr).
+    pub(crate) passed: Histogram<u64>,
+    /// Latencies of the answered calls whose safety check failed.
+    pub(crate) failed: Histogram<u64>,
 }
 
 impl Report {
@@ -80,22 +87,39 @@ impl Report {
     pub(crate) fn latency_ms(&self, quantile: f64) -> f64 {
         self.latency.value_at_quantile(quantile) as f64 / 1000.0
     }
+
+    /// The share of answered calls whose safety check failed, in percent.
+    pub(crate) fn fail_rate(&self) -> f64 {
+        100.0 * self.failed.len() as f64 / (self.completed as f64).max(1.0)
+    }
+}
+
+/// The mean of a histogram of microseconds, in milliseconds (0 when empty).
+pub(crate) fn mean_ms(histogram: &Histogram<u64>) -> f64 {
+    if histogram.is_empty() {
+        0.0
+    } else {
+        histogram.mean() / 1000.0
+    }
 }
 
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "throughput {:.0} commands/s ({} completed, {} failed in {:.1} s); latency ms: p50 {:.3} p99 {:.3} p99.9 {:.3} max {:.3}; retries {}",
+            "throughput {:.0} commands/s ({} completed, {} errors in {:.1} s); latency ms: p50 {:.3} p99 {:.3} p99.9 {:.3} max {:.3}; failed safety checks {} ({:.2} %, mean latency {:.3} ms vs {:.3} ms passed)",
             self.throughput(),
             self.completed,
-            self.failed,
+            self.errors,
             self.elapsed.as_secs_f64(),
             self.latency_ms(0.5),
             self.latency_ms(0.99),
             self.latency_ms(0.999),
             self.latency.max() as f64 / 1000.0,
-            self.retries
+            self.failed.len(),
+            self.fail_rate(),
+            mean_ms(&self.failed),
+            mean_ms(&self.passed),
         )
     }
 }
@@ -107,56 +131,77 @@ impl fmt::Display for Report {
 /// each) missed the cache on every call.
 #[derive(Default)]
 struct Tally {
-    completed: u64,
-    failed: u64,
-    /// Microseconds.
-    latencies: Vec<u32>,
+    errors: u64,
+    /// Microseconds, of calls that passed their safety check.
+    passed: Vec<u32>,
+    /// Microseconds, of calls that failed it.
+    failed: Vec<u32>,
+}
+
+/// How a call ended.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    Passed,
+    Failed,
+    Error,
 }
 
 impl Tally {
     /// Records a call that was due at `due`, if it falls in the measured interval.
-    fn note(&mut self, window: &Window, due: Instant, ok: bool) {
+    fn note(&mut self, window: &Window, due: Instant, ending: Ending) {
         let now = Instant::now();
         if due < window.from || now > window.end {
             return;
         }
-        if ok {
-            self.completed += 1;
-            let micros = now
-                .duration_since(due)
-                .as_micros()
-                .clamp(1, MAX_LATENCY_MICROS);
-            self.latencies.push(micros as u32);
-        } else {
-            self.failed += 1;
+        let micros = now
+            .duration_since(due)
+            .as_micros()
+            .clamp(1, MAX_LATENCY_MICROS) as u32;
+        match ending {
+            Ending::Passed => self.passed.push(micros),
+            Ending::Failed => self.failed.push(micros),
+            Ending::Error => self.errors += 1,
         }
     }
 
     fn merge(&mut self, mut other: Tally) {
-        self.completed += other.completed;
-        self.failed += other.failed;
-        self.latencies.append(&mut other.latencies);
+        self.errors += other.errors;
+        self.passed.append(&mut other.passed);
+        self.failed.append(&mut other.failed);
     }
 
-    /// The latencies as a histogram.
-    fn histogram(&self) -> Histogram<u64> {
-        let mut histogram =
-            Histogram::new_with_bounds(1, MAX_LATENCY_MICROS as u64, 3).expect("valid bounds");
-        for &micros in &self.latencies {
-            let _ = histogram.record(u64::from(micros));
+    fn report(&self, elapsed: Duration) -> Report {
+        Report {
+            completed: (self.passed.len() + self.failed.len()) as u64,
+            errors: self.errors,
+            elapsed,
+            latency: histogram([&self.passed, &self.failed]),
+            passed: histogram([&self.passed]),
+            failed: histogram([&self.failed]),
         }
-        histogram
     }
+}
+
+/// Latencies in microseconds as one histogram.
+fn histogram<const N: usize>(parts: [&Vec<u32>; N]) -> Histogram<u64> {
+    let mut histogram =
+        Histogram::new_with_bounds(1, MAX_LATENCY_MICROS as u64, 3).expect("valid bounds");
+    for &micros in parts.into_iter().flatten() {
+        let _ = histogram.record(u64::from(micros));
+    }
+    histogram
 }
 
 /// Latencies above a minute are recorded as a minute.
 const MAX_LATENCY_MICROS: u128 = 60_000_000;
 
 /// The measured interval.
-#[derive(Clone, Copy)]
-struct Window {
-    from: Instant,
-    end: Instant,
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Window {
+    /// Calls due from here on are measured.
+    pub(crate) from: Instant,
+    /// Calls answered after this are not.
+    pub(crate) end: Instant,
 }
 
 /// What every call draws from.
@@ -166,61 +211,86 @@ struct Mix {
     key_space: u64,
 }
 
-/// Runs the load against `cluster`.
+/// Runs the load against `cluster`, measuring from the end of the warm-up.
 pub(crate) async fn run(
     cluster: &ClusterConfig,
     options: &LoadOptions,
 ) -> Result<Report, LoadError> {
-    if !(0.0..=1.0).contains(&options.dependent) {
-        return Err(LoadError::Dependent(options.dependent));
-    }
-    let mut trees = Vec::with_capacity(options.clients.max(1));
-    for _ in 0..options.clients.max(1) {
-        trees.push(BTreeClient::connect(cluster, ClientOptions::default()).await?);
-    }
-    let start = Instant::now();
-    let window = Window {
-        from: start + options.warmup,
-        end: start + options.warmup + options.duration,
-    };
-    let mix = Mix {
-        dependent: options.dependent,
-        key_space: cluster.service.key_space(),
-    };
-    let tally = match options.rate {
-        Some(rate) => open_loop(&trees, rate, options.seed, mix, window).await,
-        None => closed_loops(&trees, options, mix, window).await,
-    };
-    let retries = trees
-        .iter()
-        .map(|t| {
-            t.inner()
-                .stats()
-                .retries
-                .load(std::sync::atomic::Ordering::Relaxed)
-        })
-        .sum();
-    Ok(Report {
-        completed: tally.completed,
-        failed: tally.failed,
-        elapsed: options.duration,
-        latency: tally.histogram(),
-        retries,
-    })
+    let load = Load::connect(cluster, options).await?;
+    let window = load.window();
+    Ok(load.run(window).await)
 }
 
-async fn one_call(tree: &BTreeClient, rng: &mut ChaCha8Rng, mix: Mix) -> Result<(), BTreeError> {
+/// Connected clients, ready to generate load.
+pub(crate) struct Load {
+    trees: Vec<BTreeClient>,
+    options: LoadOptions,
+    mix: Mix,
+}
+
+impl Load {
+    /// Checks the options and connects the clients.
+    pub(crate) async fn connect(
+        cluster: &ClusterConfig,
+        options: &LoadOptions,
+    ) -> Result<Load, LoadError> {
+        if !(0.0..=1.0).contains(&options.dependent) {
+            return Err(LoadError::Dependent(options.dependent));
+        }
+        let mut trees = Vec::with_capacity(options.clients.max(1));
+        for _ in 0..options.clients.max(1) {
+            trees.push(BTreeClient::connect(cluster, ClientOptions::default()).await?);
+        }
+        let mix = Mix {
+            dependent: options.dependent,
+            key_space: cluster.service.key_space(),
+        };
+        Ok(Load {
+            trees,
+            options: options.clone(),
+            mix,
+        })
+    }
+
+    /// The measured interval of a run that starts now.
+    pub(crate) fn window(&self) -> Window {
+        let from = Instant::now() + self.options.warmup;
+        Window {
+            from,
+            end: from + self.options.duration,
+        }
+    }
+
+    /// Generates load until `window` ends; measures inside it.
+    pub(crate) async fn run(&self, window: Window) -> Report {
+        let (trees, options, mix) = (&self.trees, &self.options, self.mix);
+        let tally = match options.rate {
+            Some(rate) => open_loop(trees, rate, options.seed, mix, window).await,
+            None => closed_loops(trees, options, mix, window).await,
+        };
+        tally.report(window.end.duration_since(window.from))
+    }
+}
+
+async fn one_call(tree: &BTreeClient, rng: &mut ChaCha8Rng, mix: Mix) -> Ending {
     let key = rng.random_range(0..mix.key_space);
-    if rng.random_bool(mix.dependent) {
+    let op = if rng.random_bool(mix.dependent) {
         if rng.random_bool(0.5) {
-            tree.insert(key, key).await?;
+            Op::Insert(key, key)
         } else {
-            tree.delete(key).await?;
+            Op::Delete(key)
         }
     } else {
-        tree.get(key).await?;
+        Op::Read(key)
+    };
+    match tree.inner().call_answer(op).await {
+        Ok(answer) => match Response::decode(&answer.response) {
+            Some(Response::Value(_)) if answer.retried => Ending::Failed,
+            Some(Response::Value(_)) => Ending::Passed,
+            _ => Ending::Error,
+        },
+        Err(_) => Ending::Error,
     }
-    Ok(())
 }
 
 async fn closed_loops(
@@ -239,8 +309,8 @@ async fn closed_loops(
                 let mut tally = Tally::default();
                 while Instant::now() < window.end {
                     let due = Instant::now();
-                    let ok = one_call(&tree, &mut rng, mix).await.is_ok();
-                    tally.note(&window, due, ok);
+                    let ending = one_call(&tree, &mut rng, mix).await;
+                    tally.note(&window, due, ending);
                 }
                 tally
             }));
@@ -271,11 +341,11 @@ async fn open_loop(trees: &[BTreeClient], rate: u64, seed: u64, mix: Mix, window
         let (total, seed) = (total.clone(), rng.random::<u64>());
         tasks.push(tokio::spawn(async move {
             let mut rng = ChaCha8Rng::seed_from_u64(seed);
-            let ok = one_call(&tree, &mut rng, mix).await.is_ok();
+            let ending = one_call(&tree, &mut rng, mix).await;
             total
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .note(&window, due, ok);
+                .note(&window, due, ending);
         }));
     }
     for task in tasks {
@@ -283,4 +353,46 @@ async fn open_loop(trees: &[BTreeClient], rate: u64, seed: u64, mix: Mix, window
     }
     let mut total = total.lock().unwrap_or_else(|e| e.into_inner());
     std::mem::take(&mut *total)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A report of calls that passed and failed with these latencies (µs).
+    pub(crate) fn report(passed: &[u32], failed: &[u32], errors: u64) -> Report {
+        let tally = Tally {
+            errors,
+            passed: passed.to_vec(),
+            failed: failed.to_vec(),
+        };
+        tally.report(Duration::from_secs(1))
+    }
+
+    #[test]
+    fn only_calls_inside_the_window_count_and_endings_are_kept_apart() {
+        let now = Instant::now();
+        let window = Window {
+            from: now,
+            end: now + Duration::from_secs(60),
+        };
+        let mut tally = Tally::default();
+        tally.note(&window, now - Duration::from_millis(1), Ending::Passed);
+        tally.note(&window, now, Ending::Passed);
+        tally.note(&window, now, Ending::Failed);
+        tally.note(&window, now, Ending::Error);
+        let closed = Window {
+            from: now - Duration::from_secs(2),
+            end: now - Duration::from_secs(1),
+        };
+        tally.note(&closed, now - Duration::from_secs(2), Ending::Passed);
+        let r = tally.report(Duration::from_secs(2));
+        assert_eq!(
+            (r.completed, r.errors, r.failed.len(), r.passed.len()),
+            (2, 1, 1, 1)
+        );
+        assert!((r.throughput() - 1.0).abs() < 1e-9);
+        assert!((r.fail_rate() - 50.0).abs() < 1e-9);
+        assert_eq!(mean_ms(&report(&[], &[], 0).failed), 0.0);
+    }
 }

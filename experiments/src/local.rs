@@ -19,21 +19,32 @@ use std::time::Duration;
 use psmr_btree::{BTreeClient, BTreeError};
 use psmr_client::{ClientError, ClientOptions};
 use psmr_multicast::net::{TlsError, generate_dev_certs};
-use psmr_replica::cluster::{ClusterConfig, ServiceKind, StorageKind};
+use psmr_replica::cluster::{ClusterConfig, EngineName, ServiceKind, StorageKind};
+use psmr_replica::engine::ExecCost;
 use thiserror::Error;
 
-use crate::cli::{EngineArg, LocalArgs, ServiceArg, StorageArg};
+use crate::cli::LocalArgs;
 use crate::load::{LoadError, LoadOptions};
+
+/// What a local cluster runs and where (also what `psmr sweep` starts per point).
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct ClusterSpec {
+    pub(crate) engine: EngineName,
+    pub(crate) threads: usize,
+    pub(crate) storage: StorageKind,
+    pub(crate) service: ServiceKind,
+    pub(crate) preload: u64,
+    /// Execution cost added to every command.
+    pub(crate) cost: ExecCost,
+    /// Acceptors listen on `port..port+2`, replicas on `port+100..port+101`.
+    pub(crate) port: u16,
+    /// Configuration, certificates and data (data is wiped at start).
+    pub(crate) dir: PathBuf,
+}
 
 /// Options of `psmr local`.
 pub(crate) struct LocalOptions {
-    engine: EngineArg,
-    threads: usize,
-    storage: StorageArg,
-    service: ServiceArg,
-    preload: u64,
-    port: u16,
-    dir: PathBuf,
+    cluster: ClusterSpec,
     load: Option<Duration>,
     stop_after: Option<Duration>,
 }
@@ -41,13 +52,19 @@ pub(crate) struct LocalOptions {
 impl From<LocalArgs> for LocalOptions {
     fn from(a: LocalArgs) -> Self {
         LocalOptions {
-            engine: a.engine,
-            threads: a.threads,
-            storage: a.storage,
-            service: a.service,
-            preload: a.preload,
-            port: a.port,
-            dir: a.dir,
+            cluster: ClusterSpec {
+                engine: a.engine.name(),
+                threads: a.threads,
+                storage: a.storage.kind(),
+                service: a.service.kind(),
+                preload: a.preload,
+                cost: ExecCost {
+                    busy: a.exec_busy,
+                    wait: a.exec_wait,
+                },
+                port: a.port,
+                dir: a.dir,
+            },
             load: a.load,
             stop_after: a.stop_after,
         }
@@ -104,7 +121,8 @@ pub(crate) enum LocalError {
     Load(#[from] LoadError),
 }
 
-struct Children(Vec<(&'static str, u32, Child)>);
+/// The child processes of a local cluster; dropping it kills and reaps them.
+pub(crate) struct Children(Vec<(&'static str, u32, Child)>);
 
 impl Drop for Children {
     fn drop(&mut self) {
@@ -116,8 +134,17 @@ impl Drop for Children {
 }
 
 impl Children {
+    /// The process ids of the replicas.
+    pub(crate) fn replica_pids(&self) -> Vec<u32> {
+        self.0
+            .iter()
+            .filter(|(role, _, _)| *role == "replica")
+            .map(|(_, _, child)| child.id())
+            .collect()
+    }
+
     /// The first child that exited, if any.
-    fn exited(&mut self) -> Option<LocalError> {
+    pub(crate) fn exited(&mut self) -> Option<LocalError> {
         self.0
             .iter_mut()
             .find_map(|(role, id, child)| match child.try_wait() {
@@ -138,22 +165,59 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> LocalError + '_ {
     }
 }
 
+/// A running local cluster.
+pub(crate) struct LocalCluster {
+    /// Its configuration.
+    pub(crate) config: ClusterConfig,
+    /// Where the configuration was written.
+    pub(crate) path: PathBuf,
+    /// Its processes.
+    pub(crate) children: Children,
+}
+
+impl LocalCluster {
+    /// Writes the configuration and certificates, wipes the data and starts
+    /// every process; returns without waiting for them to serve.
+    pub(crate) fn start(spec: &ClusterSpec) -> Result<LocalCluster, LocalError> {
+        let (config, path) = prepare(spec)?;
+        let children = spawn(&path, &config)?;
+        Ok(LocalCluster {
+            config,
+            path,
+            children,
+        })
+    }
+
+    /// Waits until the B+-tree answers a read (replicas preload before they serve).
+    pub(crate) async fn ready(&self, timeout: Duration) -> Result<BTreeClient, LocalError> {
+        let options = ClientOptions {
+            connect_timeout: timeout,
+            ..ClientOptions::default()
+        };
+        let tree = BTreeClient::connect(&self.config, options).await?;
+        tree.get(0).await?;
+        Ok(tree)
+    }
+}
+
 /// Builds the configuration, the certificates and a clean data directory.
-fn prepare(options: &LocalOptions) -> Result<(ClusterConfig, PathBuf), LocalError> {
-    std::fs::create_dir_all(&options.dir).map_err(io(&options.dir))?;
-    let dir = std::fs::canonicalize(&options.dir).map_err(io(&options.dir))?;
+fn prepare(spec: &ClusterSpec) -> Result<(ClusterConfig, PathBuf), LocalError> {
+    std::fs::create_dir_all(&spec.dir).map_err(io(&spec.dir))?;
+    let dir = std::fs::canonicalize(&spec.dir).map_err(io(&spec.dir))?;
     let data = dir.join("data");
     if data.exists() {
         std::fs::remove_dir_all(&data).map_err(io(&data))?;
     }
-    let mut cluster = ClusterConfig::local(options.port, options.engine.name(), options.threads);
+    let mut cluster = ClusterConfig::local(spec.port, spec.engine, spec.threads);
     cluster.tls.dir = dir.join("certs");
     for a in &mut cluster.acceptors {
-        a.storage = options.storage.kind();
+        a.storage = spec.storage;
         a.data_dir = Some(data.join(format!("acceptor-{}", a.id)));
     }
-    cluster.service.kind = options.service.kind();
-    cluster.service.preload = options.preload;
+    cluster.service.kind = spec.service;
+    cluster.service.preload = spec.preload;
+    cluster.service.exec_busy = Some(spec.cost.busy).filter(|d| !d.is_zero());
+    cluster.service.exec_wait = Some(spec.cost.wait).filter(|d| !d.is_zero());
     cluster.validate()?;
     generate_dev_certs(&cluster.tls.dir, &cluster.nodes())?;
     let path = dir.join("cluster.toml");
@@ -185,28 +249,19 @@ fn spawn(config: &Path, cluster: &ClusterConfig) -> Result<Children, LocalError>
 
 /// Runs the local cluster until Ctrl-C, `--stop-after`, or a child's death.
 pub(crate) fn run(options: LocalOptions) -> Result<(), LocalError> {
-    let (cluster, config) = prepare(&options)?;
-    let mut children = spawn(&config, &cluster)?;
+    let mut cluster = LocalCluster::start(&options.cluster)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(io(Path::new("tokio runtime")))?;
-    rt.block_on(serve(&options, &cluster, &config, &mut children))
+    rt.block_on(serve(&options, &mut cluster))
 }
 
-async fn serve(
-    options: &LocalOptions,
-    cluster: &ClusterConfig,
-    config: &Path,
-    children: &mut Children,
-) -> Result<(), LocalError> {
-    banner(options, cluster, config);
+async fn serve(options: &LocalOptions, local: &mut LocalCluster) -> Result<(), LocalError> {
+    banner(local);
+    let cluster = &local.config;
     if cluster.service.kind == ServiceKind::Btree {
-        let client_options = ClientOptions {
-            connect_timeout: Duration::from_secs(30),
-            ..ClientOptions::default()
-        };
-        let tree = BTreeClient::connect(cluster, client_options).await?;
+        let tree = local.ready(Duration::from_secs(30)).await?;
         demo(&tree).await?;
         if let Some(duration) = options.load {
             let load = LoadOptions {
@@ -224,7 +279,7 @@ async fn serve(
     println!("serving; Ctrl-C stops the cluster");
     let deadline = options.stop_after.map(|d| tokio::time::Instant::now() + d);
     loop {
-        if let Some(e) = children.exited() {
+        if let Some(e) = local.children.exited() {
             return Err(e);
         }
         tokio::select! {
@@ -239,19 +294,21 @@ async fn serve(
     Ok(())
 }
 
-fn banner(options: &LocalOptions, cluster: &ClusterConfig, config: &Path) {
-    let storage = match options.storage.kind() {
+fn banner(local: &LocalCluster) {
+    let (cluster, config) = (&local.config, &local.path);
+    let storage = match cluster.acceptors[0].storage {
         StorageKind::Memory => "memory",
         StorageKind::Durable => "durable",
     };
     println!(
-        "psmr local: {} acceptors and {} replicas on loopback ({}, K={}, {storage} storage, {} with {} preloaded)",
+        "psmr local: {} acceptors and {} replicas on loopback ({}, K={}, {storage} storage, {} with {} preloaded, execution cost {})",
         cluster.acceptors.len(),
         cluster.replicas.len(),
         cluster.engine().name(),
         cluster.threads(),
         cluster.service.kind.name(),
-        cluster.service.preload
+        cluster.service.preload,
+        cluster.service.cost()
     );
     for a in &cluster.acceptors {
         println!("  acceptor   n{} {}", a.id, a.address);

@@ -6,6 +6,8 @@
 //! psmr acceptor --config cluster.toml --id 1   one acceptor process
 //! psmr replica  --config cluster.toml --id 101 one replica process
 //! psmr client   --config cluster.toml get 42   one command, or `load` for a load generator
+//! psmr sweep    experiments/fig2.toml          an experiment: clusters, load, CSV, summary, plots
+//! psmr plot     results/fig2/<timestamp>       redraw a run's plots
 //! ```
 //!
 //! Errors are printed as one line on standard error, with exit code 1 (2
@@ -16,9 +18,14 @@
 #![allow(clippy::print_stdout)]
 
 mod cli;
+mod experiment;
 mod load;
 mod local;
+mod machine;
+mod plot;
+mod results;
 mod services;
+mod sweep;
 
 use std::process::ExitCode;
 

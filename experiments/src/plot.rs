@@ -1,0 +1,270 @@
+//! Plots of a sweep's results, as SVG and PNG (plotters), from `data.csv`.
+//!
+//! Text is drawn with the DejaVu Sans font built into the binary
+//! (`experiments/assets`), so PNGs look the same on machines without fonts.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Once;
+
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use thiserror::Error;
+
+use crate::experiment::{Experiment, PlotSpec};
+use crate::results::{Column, Row};
+
+/// Why a plot could not be drawn.
+#[derive(Debug, Error)]
+#[error("cannot draw {path}: {message}")]
+pub(crate) struct PlotError {
+    /// The file.
+    path: PathBuf,
+    /// What plotters said.
+    message: String,
+}
+
+static FONT: Once = Once::new();
+
+fn register_font() {
+    FONT.call_once(|| {
+        let bytes: &'static [u8] = include_bytes!("../assets/DejaVuSans.ttf");
+        plotters::style::register_font("sans-serif", FontStyle::Normal, bytes)
+            .unwrap_or_else(|_| panic!("the built-in font is a valid TrueType font"));
+    });
+}
+
+const SIZE: (u32, u32) = (960, 600);
+
+/// Draws every plot of `experiment` from `rows` into `dir`; returns the files written.
+pub(crate) fn draw_all(
+    experiment: &Experiment,
+    rows: &[Row],
+    dir: &Path,
+) -> Result<Vec<PathBuf>, PlotError> {
+    register_font();
+    let subtitle = crate::results::cost_label(&experiment.base);
+    let mut written = Vec::new();
+    for spec in &experiment.plots {
+        let lines = lines(spec, rows);
+        let svg = dir.join(format!("{}.svg", spec.name));
+        draw(
+            SVGBackend::new(&svg, SIZE).into_drawing_area(),
+            spec,
+            &subtitle,
+            &lines,
+        )
+        .map_err(|message| PlotError {
+            path: svg.clone(),
+            message,
+        })?;
+        let png = dir.join(format!("{}.png", spec.name));
+        draw(
+            BitMapBackend::new(&png, SIZE).into_drawing_area(),
+            spec,
+            &subtitle,
+            &lines,
+        )
+        .map_err(|message| PlotError {
+            path: png.clone(),
+            message,
+        })?;
+        written.extend([svg, png]);
+    }
+    Ok(written)
+}
+
+/// One line of a plot: its label and its points, sorted by x.
+type Line = (String, Vec<(f64, f64)>);
+
+/// The lines of `spec`: one per y column and value of the series column.
+fn lines(spec: &PlotSpec, rows: &[Row]) -> Vec<Line> {
+    let column = |name: &str| Column::named(name).expect("validated column");
+    let x = column(&spec.x);
+    let series = spec.series.as_deref().map(column);
+    let mut lines: BTreeMap<(usize, String), Vec<(f64, f64)>> = BTreeMap::new();
+    for (i, y_name) in spec.y.iter().enumerate() {
+        let y = column(y_name);
+        for row in rows {
+            let mut label = series.map_or_else(String::new, |s| s.text(row));
+            if spec.y.len() > 1 {
+                label = format!("{label} {}", y.name).trim().to_string();
+            }
+            let point = (
+                x.number(row).expect("numeric x"),
+                y.number(row).expect("numeric y"),
+            );
+            lines.entry((i, label)).or_default().push(point);
+        }
+    }
+    lines
+        .into_iter()
+        .map(|((_, label), mut points)| {
+            points.sort_by(|a, b| a.0.total_cmp(&b.0));
+            (label, points)
+        })
+        .collect()
+}
+
+fn range(values: impl Iterator<Item = f64>, from_zero: bool) -> std::ops::Range<f64> {
+    let (lo, hi) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
+        (lo.min(v), hi.max(v))
+    });
+    if !lo.is_finite() {
+        return 0.0..1.0;
+    }
+    let lo = if from_zero { lo.min(0.0) } else { lo };
+    let pad = ((hi - lo) * 0.05).max(if hi == 0.0 { 1.0 } else { hi.abs() * 0.05 });
+    let lo = if from_zero { lo } else { lo - pad };
+    lo..hi + pad
+}
+
+/// Tick labels with as many decimals as the axis' span needs.
+fn tick_format(range: &std::ops::Range<f64>) -> impl Fn(&f64) -> String + use<> {
+    let span = range.end - range.start;
+    let decimals = match span {
+        s if s >= 20.0 => 0,
+        s if s >= 2.0 => 1,
+        s if s >= 0.2 => 2,
+        _ => 3,
+    };
+    move |v: &f64| format!("{v:.decimals$}")
+}
+
+const COLORS: [RGBColor; 8] = [
+    RGBColor(31, 119, 180),
+    RGBColor(214, 39, 40),
+    RGBColor(44, 160, 44),
+    RGBColor(255, 127, 14),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(23, 190, 207),
+];
+
+fn draw<DB: DrawingBackend>(
+    root: DrawingArea<DB, Shift>,
+    spec: &PlotSpec,
+    subtitle: &str,
+    lines: &[Line],
+) -> Result<(), String> {
+    let e = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
+    root.fill(&WHITE).map_err(e)?;
+    let (title, body) = root.split_vertically(56);
+    title
+        .draw_text(
+            &spec.title,
+            &("sans-serif", 22).into_text_style(&title),
+            (12, 6),
+        )
+        .map_err(e)?;
+    title
+        .draw_text(
+            subtitle,
+            &("sans-serif", 14).into_text_style(&title),
+            (12, 34),
+        )
+        .map_err(e)?;
+    let points = || lines.iter().flat_map(|(_, p)| p.iter());
+    let label = |name: &str| Column::named(name).expect("validated column").label;
+    let (xs, ys) = (
+        range(points().map(|p| p.0), false),
+        range(points().map(|p| p.1), true),
+    );
+    let (x_tick, y_tick) = (tick_format(&xs), tick_format(&ys));
+    let mut chart = ChartBuilder::on(&body)
+        .margin(14)
+        .x_label_area_size(48)
+        .y_label_area_size(80)
+        .build_cartesian_2d(xs, ys)
+        .map_err(e)?;
+    let y_desc = spec
+        .y
+        .iter()
+        .map(|y| label(y))
+        .collect::<Vec<_>>()
+        .join(", ");
+    chart
+        .configure_mesh()
+        .x_desc(label(&spec.x))
+        .y_desc(y_desc)
+        .label_style(("sans-serif", 14))
+        .x_label_formatter(&x_tick)
+        .y_label_formatter(&y_tick)
+        .draw()
+        .map_err(e)?;
+    for (i, (name, points)) in lines.iter().enumerate() {
+        let color = COLORS[i % COLORS.len()];
+        chart
+            .draw_series(LineSeries::new(
+                points.iter().copied(),
+                color.stroke_width(2),
+            ))
+            .map_err(e)?
+            .label(name.as_str())
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color.stroke_width(2)));
+        chart
+            .draw_series(points.iter().map(|&p| Circle::new(p, 4, color.filled())))
+            .map_err(e)?;
+    }
+    if lines.iter().any(|(name, _)| !name.is_empty()) {
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .label_font(("sans-serif", 14))
+            .draw()
+            .map_err(e)?;
+    }
+    root.present().map_err(e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::experiment::Experiment;
+
+    fn row(engine: &str, dependent: f64, throughput: f64) -> Row {
+        let mut r: Row = crate::results::tests::sample_row();
+        r.engine = engine.to_string();
+        r.dependent_pct = dependent;
+        r.throughput = throughput;
+        r
+    }
+
+    #[test]
+    fn a_plot_has_one_line_per_series_sorted_by_x_and_both_files_are_written() {
+        let experiment = Experiment::parse(
+            r#"
+            title = "t"
+            [[plot]]
+            name = "throughput"
+            title = "Throughput"
+            x = "dependent"
+            y = ["throughput"]
+            series = "engine"
+            "#,
+        )
+        .unwrap();
+        let rows = [
+            row("smr", 50.0, 10.0),
+            row("smr", 0.0, 12.0),
+            row("psmr", 0.0, 30.0),
+        ];
+        let lines = lines(&experiment.plots[0], &rows);
+        assert_eq!(
+            lines,
+            vec![
+                ("psmr".to_string(), vec![(0.0, 30.0)]),
+                ("smr".to_string(), vec![(0.0, 12.0), (50.0, 10.0)]),
+            ]
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let files = draw_all(&experiment, &rows, dir.path()).unwrap();
+        assert_eq!(files.len(), 2);
+        let svg = std::fs::read_to_string(dir.path().join("throughput.svg")).unwrap();
+        assert!(svg.contains("dependent commands (%)") && svg.contains("psmr"));
+        let png = std::fs::read(dir.path().join("throughput.png")).unwrap();
+        assert_eq!(&png[1..4], b"PNG");
+    }
+}

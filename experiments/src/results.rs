@@ -1,0 +1,396 @@
+//! What `psmr sweep` writes and `psmr plot` reads back.
+//!
+//! ```text
+//! results/<experiment>/<timestamp>/
+//!   experiment.toml   the experiment as run (every default filled in)
+//!   data.csv          one row per point (columns: COLUMNS)
+//!   summary.md        machine, commit, command, seed, execution cost, a table, the plots
+//!   <plot>.svg/.png   one pair per [[plot]] of the experiment
+//! ```
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::experiment::{Experiment, Point};
+use crate::load::{Report, mean_ms};
+use crate::machine::Machine;
+
+/// One measured point, as a line of `data.csv`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[allow(missing_docs)]
+pub(crate) struct Row {
+    pub(crate) point: usize,
+    pub(crate) engine: String,
+    pub(crate) threads: usize,
+    pub(crate) storage: String,
+    pub(crate) preload: u64,
+    pub(crate) exec_busy_us: f64,
+    pub(crate) exec_wait_us: f64,
+    pub(crate) clients: usize,
+    pub(crate) in_flight: usize,
+    pub(crate) rate: Option<u64>,
+    pub(crate) dependent_pct: f64,
+    pub(crate) warmup_s: f64,
+    pub(crate) duration_s: f64,
+    pub(crate) seed: u64,
+    pub(crate) throughput: f64,
+    pub(crate) per_thread: f64,
+    pub(crate) p50_ms: f64,
+    pub(crate) p99_ms: f64,
+    pub(crate) p999_ms: f64,
+    pub(crate) mean_ms: f64,
+    pub(crate) completed: u64,
+    pub(crate) errors: u64,
+    pub(crate) failed: u64,
+    pub(crate) fail_rate_pct: f64,
+    pub(crate) passed_mean_ms: f64,
+    pub(crate) failed_mean_ms: f64,
+    pub(crate) replica_cpu_pct: f64,
+}
+
+impl Row {
+    /// The row of point number `index`, measured as `report` with the
+    /// replicas' CPU use `cpu` (percent of one core, mean over replicas).
+    pub(crate) fn new(index: usize, p: &Point, report: &Report, cpu: f64) -> Row {
+        let throughput = report.throughput();
+        Row {
+            point: index,
+            engine: p.engine.kind().name().to_string(),
+            threads: p.workers(),
+            storage: format!("{:?}", p.storage).to_lowercase(),
+            preload: p.preload,
+            exec_busy_us: p.exec_busy.as_secs_f64() * 1e6,
+            exec_wait_us: p.exec_wait.as_secs_f64() * 1e6,
+            clients: p.clients,
+            in_flight: p.in_flight,
+            rate: p.rate,
+            dependent_pct: p.dependent * 100.0,
+            warmup_s: p.warmup.as_secs_f64(),
+            duration_s: p.duration.as_secs_f64(),
+            seed: p.seed,
+            throughput,
+            per_thread: throughput / p.workers() as f64,
+            p50_ms: report.latency_ms(0.5),
+            p99_ms: report.latency_ms(0.99),
+            p999_ms: report.latency_ms(0.999),
+            mean_ms: mean_ms(&report.latency),
+            completed: report.completed,
+            errors: report.errors,
+            failed: report.failed.len(),
+            fail_rate_pct: report.fail_rate(),
+            passed_mean_ms: mean_ms(&report.passed),
+            failed_mean_ms: mean_ms(&report.failed),
+            replica_cpu_pct: cpu,
+        }
+    }
+}
+
+/// A column of `data.csv` that experiment files can plot.
+pub(crate) struct Column {
+    /// Name in experiment files.
+    pub(crate) name: &'static str,
+    /// Axis label, with the unit.
+    pub(crate) label: &'static str,
+    value: Value,
+}
+
+enum Value {
+    Number(fn(&Row) -> f64),
+    Text(fn(&Row) -> String),
+}
+
+impl Column {
+    /// The column called `name`.
+    pub(crate) fn named(name: &str) -> Option<&'static Column> {
+        COLUMNS.iter().find(|c| c.name == name)
+    }
+
+    /// Whether it can be an axis.
+    pub(crate) fn is_numeric(&self) -> bool {
+        matches!(self.value, Value::Number(_))
+    }
+
+    /// Its value in `row`, if it is a number.
+    pub(crate) fn number(&self, row: &Row) -> Option<f64> {
+        match self.value {
+            Value::Number(f) => Some(f(row)),
+            Value::Text(_) => None,
+        }
+    }
+
+    /// Its value in `row` as a legend label.
+    pub(crate) fn text(&self, row: &Row) -> String {
+        match self.value {
+            Value::Number(f) => format!("{} {}", trim(f(row)), self.name),
+            Value::Text(f) => f(row),
+        }
+    }
+}
+
+/// A number without a useless fraction.
+fn trim(v: f64) -> String {
+    if v.fract() == 0.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+macro_rules! number {
+    ($name:literal, $label:literal, $field:ident) => {
+        Column {
+            name: $name,
+            label: $label,
+            value: Value::Number(|r| r.$field as f64),
+        }
+    };
+}
+
+/// The columns experiment files name in `x`, `y` and `series`.
+pub(crate) static COLUMNS: &[Column] = &[
+    Column {
+        name: "engine",
+        label: "engine",
+        value: Value::Text(|r| r.engine.clone()),
+    },
+    Column {
+        name: "storage",
+        label: "acceptor storage",
+        value: Value::Text(|r| r.storage.clone()),
+    },
+    number!("threads", "threads per replica (K)", threads),
+    number!("clients", "clients", clients),
+    number!("in_flight", "calls in flight per client", in_flight),
+    Column {
+        name: "rate",
+        label: "offered load (commands/s)",
+        value: Value::Number(|r| r.rate.unwrap_or(0) as f64),
+    },
+    number!("dependent", "dependent commands (%)", dependent_pct),
+    number!("throughput", "throughput (commands/s)", throughput),
+    number!(
+        "per_thread",
+        "throughput per thread (commands/s)",
+        per_thread
+    ),
+    number!("p50", "latency p50 (ms)", p50_ms),
+    number!("p99", "latency p99 (ms)", p99_ms),
+    number!("p999", "latency p99.9 (ms)", p999_ms),
+    number!("mean", "mean latency (ms)", mean_ms),
+    number!("failed", "failed safety checks", failed),
+    number!(
+        "fail_rate",
+        "failed safety checks (% of commands)",
+        fail_rate_pct
+    ),
+    number!(
+        "passed_mean",
+        "mean latency of passed commands (ms)",
+        passed_mean_ms
+    ),
+    number!(
+        "failed_mean",
+        "mean latency of failed commands (ms)",
+        failed_mean_ms
+    ),
+    number!("cpu", "replica CPU (% of one core)", replica_cpu_pct),
+];
+
+/// Why results could not be written or read.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ResultsError {
+    /// A file could not be written or read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `data.csv` is not what `psmr sweep` writes.
+    #[error("{path}: {source}")]
+    Csv {
+        /// The file.
+        path: String,
+        /// What the CSV reader said.
+        #[source]
+        source: csv::Error,
+    },
+}
+
+/// Writes `rows` as `path` (a CSV file with a header line).
+pub(crate) fn write_csv(path: &Path, rows: &[Row]) -> Result<(), ResultsError> {
+    let csv_error = |source| ResultsError::Csv {
+        path: path.display().to_string(),
+        source,
+    };
+    let mut writer = csv::Writer::from_path(path).map_err(csv_error)?;
+    for row in rows {
+        writer.serialize(row).map_err(csv_error)?;
+    }
+    writer.flush().map_err(|source| ResultsError::Io {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// Reads the rows `write_csv` wrote.
+pub(crate) fn read_csv(path: &Path) -> Result<Vec<Row>, ResultsError> {
+    let csv_error = |source| ResultsError::Csv {
+        path: path.display().to_string(),
+        source,
+    };
+    let mut reader = csv::Reader::from_path(path).map_err(csv_error)?;
+    reader
+        .deserialize()
+        .collect::<Result<Vec<Row>, _>>()
+        .map_err(csv_error)
+}
+
+/// How a run came about, for `summary.md`.
+pub(crate) struct Provenance<'a> {
+    /// The machine.
+    pub(crate) machine: &'a Machine,
+    /// The command line.
+    pub(crate) command: String,
+    /// When it started (RFC 3339).
+    pub(crate) started: String,
+    /// How long it took, in seconds.
+    pub(crate) took_s: f64,
+}
+
+/// The execution cost of a run, named honestly.
+pub(crate) fn cost_label(p: &Point) -> String {
+    if p.exec_busy.is_zero() && p.exec_wait.is_zero() {
+        return "execution cost: none (the service's own work only)".to_string();
+    }
+    format!(
+        "execution cost added per command: busy {:?} + blocking wait {:?} (stands for a costlier service and I/O)",
+        p.exec_busy, p.exec_wait
+    )
+}
+
+/// The text of `summary.md`.
+pub(crate) fn summary(experiment: &Experiment, rows: &[Row], run: &Provenance<'_>) -> String {
+    let b = &experiment.base;
+    let mut s = format!("# {}\n\n", experiment.title);
+    if !experiment.about.is_empty() {
+        let _ = writeln!(s, "{}\n", experiment.about.trim());
+    }
+    let load = match b.rate {
+        Some(_) => "open loop (calls start at the offered rate)".to_string(),
+        None => "closed loop (clients x calls in flight)".to_string(),
+    };
+    let m = run.machine;
+    let lines = [
+        format!("- command: `{}`", run.command),
+        format!("- git commit: {}", m.commit),
+        format!(
+            "- machine: {} cores, {}, Linux {}; every process of the cluster and the clients share it",
+            m.cores, m.cpu_model, m.kernel
+        ),
+        format!("- started {}, took {:.0} s", run.started, run.took_s),
+        format!("- {}", cost_label(b)),
+        format!("- seed {} (keys and operations of the load)", b.seed),
+        format!(
+            "- cluster: 3 acceptors and 2 replicas on loopback QUIC, B+-tree with {} keys preloaded; a fresh cluster per engine, thread count and storage (points that differ only in load share it)",
+            b.preload
+        ),
+        format!(
+            "- load: {load}; uniform keys; dependent = inserts and deletes (half each), the rest reads; {:?} warm-up, {:?} measured per point",
+            b.warmup, b.duration
+        ),
+        "- CPU: the replicas' processes, percent of one core, mean over replicas".to_string(),
+    ];
+    for line in lines {
+        let _ = writeln!(s, "{line}");
+    }
+    let _ = writeln!(s, "\n{}\n", table(rows));
+    for plot in &experiment.plots {
+        let _ = writeln!(s, "![{}]({}.svg)\n", plot.title, plot.name);
+    }
+    s
+}
+
+fn table(rows: &[Row]) -> String {
+    let mut s = String::from(
+        "| point | engine | K | storage | clients x in flight | rate | dependent % | throughput (cmds/s) | p50 ms | p99 ms | p99.9 ms | failed % | failed / passed mean ms | replica CPU % |\n|---:|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|\n",
+    );
+    for r in rows {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} x {} | {} | {:.0} | {:.0} | {:.3} | {:.3} | {:.3} | {:.2} | {:.3} / {:.3} | {:.0} |",
+            r.point,
+            r.engine,
+            r.threads,
+            r.storage,
+            r.clients,
+            r.in_flight,
+            r.rate.map_or_else(|| "-".to_string(), |v| v.to_string()),
+            r.dependent_pct,
+            r.throughput,
+            r.p50_ms,
+            r.p99_ms,
+            r.p999_ms,
+            r.fail_rate_pct,
+            r.failed_mean_ms,
+            r.passed_mean_ms,
+            r.replica_cpu_pct
+        );
+    }
+    s
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A row with every field set, for tests.
+    pub(crate) fn sample_row() -> Row {
+        let experiment = Experiment::parse("title = \"t\"").unwrap();
+        let report = crate::load::tests::report(&[800, 1200], &[2400], 3);
+        Row::new(0, &experiment.base, &report, 42.0)
+    }
+
+    #[test]
+    fn a_row_records_passed_and_failed_calls_and_survives_csv() {
+        let row = sample_row();
+        assert_eq!((row.completed, row.failed, row.errors), (3, 1, 3));
+        assert!((row.fail_rate_pct - 100.0 / 3.0).abs() < 1e-9);
+        assert!(
+            (row.failed_mean_ms - 2.4).abs() < 0.01,
+            "{}",
+            row.failed_mean_ms
+        );
+        assert!(
+            (row.passed_mean_ms - 1.0).abs() < 0.01,
+            "{}",
+            row.passed_mean_ms
+        );
+        assert_eq!(row.engine, "opt-psmr");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data.csv");
+        let mut other = row.clone();
+        other.rate = Some(5000);
+        write_csv(&path, &[row.clone(), other.clone()]).unwrap();
+        assert_eq!(read_csv(&path).unwrap(), vec![row, other]);
+        std::fs::write(&path, "point,engine\n1,smr\n").unwrap();
+        assert!(read_csv(&path).is_err());
+    }
+
+    #[test]
+    fn every_column_reads_its_field() {
+        let row = sample_row();
+        let number = |name: &str| Column::named(name).unwrap().number(&row);
+        assert_eq!(number("cpu"), Some(42.0));
+        assert_eq!(number("fail_rate"), Some(row.fail_rate_pct));
+        assert_eq!(number("engine"), None);
+        assert_eq!(Column::named("engine").unwrap().text(&row), "opt-psmr");
+        assert_eq!(Column::named("threads").unwrap().text(&row), "2 threads");
+        let names: std::collections::HashSet<_> = COLUMNS.iter().map(|c| c.name).collect();
+        assert_eq!(names.len(), COLUMNS.len(), "column names are unique");
+    }
+}

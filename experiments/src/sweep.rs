@@ -1,0 +1,313 @@
+//! `psmr sweep <experiment.toml>` and `psmr plot <dir>`.
+//!
+//! ```text
+//! experiment file ──> points (experiment::Experiment::points)
+//!   per point:  a fresh local cluster when engine, threads, storage, preload or
+//!               execution cost change (else the running one) ──> wait until it answers
+//!               ──> load: warm-up, then the measured interval, replica CPU sampled
+//!               at both ends ──> one row
+//!   at the end: data.csv, summary.md, plots; a point with zero throughput fails the run
+//! ```
+//!
+//! The results are written even when a point fails, so a long run that
+//! breaks at its last point keeps what it measured.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use indicatif::{ProgressBar, ProgressStyle};
+use psmr_replica::cluster::ServiceKind;
+use psmr_replica::engine::ExecCost;
+use thiserror::Error;
+
+use crate::experiment::{Experiment, ExperimentError, Point};
+use crate::load::{Load, LoadError, LoadOptions};
+use crate::local::{ClusterSpec, LocalCluster, LocalError};
+use crate::machine::{Machine, cpu_percent, cpu_times};
+use crate::plot::PlotError;
+use crate::results::{self, Provenance, ResultsError, Row};
+
+/// Options of `psmr sweep`.
+#[derive(clap::Args, Debug)]
+pub(crate) struct SweepArgs {
+    /// The experiment file (see experiments/*.toml).
+    experiment: PathBuf,
+    /// Results go to OUT/<experiment>/<timestamp>/.
+    #[arg(long, default_value = "results")]
+    out: PathBuf,
+    /// First port of the local clusters (acceptors PORT..PORT+2, replicas PORT+100..PORT+101).
+    #[arg(long, default_value_t = 7400)]
+    port: u16,
+}
+
+/// Why a sweep failed.
+#[derive(Debug, Error)]
+pub(crate) enum SweepError {
+    /// The experiment file is unusable.
+    #[error(transparent)]
+    Experiment(#[from] ExperimentError),
+    /// A local cluster failed.
+    #[error(transparent)]
+    Local(#[from] LocalError),
+    /// The load generator failed.
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    /// Results could not be written or read.
+    #[error(transparent)]
+    Results(#[from] ResultsError),
+    /// A plot could not be drawn.
+    #[error(transparent)]
+    Plot(#[from] PlotError),
+    /// A file or directory could not be written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A point failed; what was measured before it is in `dir`.
+    #[error("point {point} failed: {source} (results so far in {})", dir.display())]
+    Point {
+        /// The point's number.
+        point: usize,
+        /// Where the results are.
+        dir: PathBuf,
+        /// Why.
+        #[source]
+        source: Box<SweepError>,
+    },
+    /// Points answered nothing: the system is broken, not slow.
+    #[error("points {points:?} measured zero throughput (results in {})", dir.display())]
+    ZeroThroughput {
+        /// Their numbers.
+        points: Vec<usize>,
+        /// Where the results are.
+        dir: PathBuf,
+    },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SweepError + '_ {
+    move |source| SweepError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Runs the experiment; returns the results directory.
+pub(crate) fn run(args: SweepArgs) -> Result<PathBuf, SweepError> {
+    let experiment = Experiment::load(&args.experiment)?;
+    let points = experiment.points();
+    let started = SystemTime::now();
+    let clock = Instant::now();
+    let dir = results_dir(&args.out, &args.experiment, started)?;
+    let path = dir.join("experiment.toml");
+    std::fs::write(&path, experiment.to_toml()).map_err(io(&path))?;
+    let machine = Machine::describe();
+    println!(
+        "psmr sweep: {} ({} points, about {}) -> {}",
+        experiment.title,
+        points.len(),
+        humantime::format_duration(estimate(&points)),
+        dir.display()
+    );
+    let bar = progress(points.len());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(io(Path::new("tokio runtime")))?;
+    let mut rows = Vec::with_capacity(points.len());
+    let outcome = runtime.block_on(measure_all(&points, &dir, args.port, &bar, &mut rows));
+    bar.finish_and_clear();
+    let run = Provenance {
+        machine: &machine,
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        started: humantime::format_rfc3339_seconds(started).to_string(),
+        took_s: clock.elapsed().as_secs_f64(),
+    };
+    write_results(&experiment, &rows, &dir, &run)?;
+    let _ = std::fs::remove_dir_all(dir.join("cluster").join("data"));
+    if let Err((point, source)) = outcome {
+        return Err(SweepError::Point {
+            point,
+            dir,
+            source: Box::new(source),
+        });
+    }
+    let zero: Vec<usize> = rows
+        .iter()
+        .filter(|r| r.throughput <= 0.0)
+        .map(|r| r.point)
+        .collect();
+    if !zero.is_empty() {
+        return Err(SweepError::ZeroThroughput { points: zero, dir });
+    }
+    println!("results in {}", dir.display());
+    Ok(dir)
+}
+
+/// `psmr plot <dir>`: redraws the plots of a results directory.
+pub(crate) fn replot(dir: &Path) -> Result<Vec<PathBuf>, SweepError> {
+    let experiment = Experiment::load(&dir.join("experiment.toml"))?;
+    let rows = results::read_csv(&dir.join("data.csv"))?;
+    Ok(crate::plot::draw_all(&experiment, &rows, dir)?)
+}
+
+/// OUT/<experiment file stem>/<UTC timestamp>, created.
+fn results_dir(out: &Path, experiment: &Path, at: SystemTime) -> Result<PathBuf, SweepError> {
+    let name = experiment
+        .file_stem()
+        .map_or_else(|| "experiment".into(), |s| s.to_string_lossy().to_string());
+    let stamp: String = humantime::format_rfc3339_seconds(at)
+        .to_string()
+        .chars()
+        .filter(|c| !matches!(c, '-' | ':'))
+        .collect();
+    let base = out.join(name);
+    std::fs::create_dir_all(&base).map_err(io(&base))?;
+    for n in 1.. {
+        let dir = match n {
+            1 => base.join(&stamp),
+            _ => base.join(format!("{stamp}-{n}")),
+        };
+        match std::fs::create_dir(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(io(&dir)(e)),
+        }
+    }
+    unreachable!("some numbered directory is free")
+}
+
+/// Time to start a cluster and see it answer, as an estimate for the bar.
+const CLUSTER_START: Duration = Duration::from_secs(2);
+
+fn estimate(points: &[Point]) -> Duration {
+    let clusters = 1 + points
+        .windows(2)
+        .filter(|w| !w[0].same_cluster(&w[1]))
+        .count();
+    let load: Duration = points.iter().map(|p| p.warmup + p.duration).sum();
+    load + CLUSTER_START * clusters as u32
+}
+
+fn progress(points: usize) -> ProgressBar {
+    let bar = ProgressBar::new(points as u64);
+    let style = ProgressStyle::with_template(
+        "{bar:30} {pos}/{len} points, {elapsed} elapsed, about {eta} left  {msg}",
+    )
+    .expect("a valid template");
+    bar.set_style(style);
+    bar
+}
+
+fn write_results(
+    experiment: &Experiment,
+    rows: &[Row],
+    dir: &Path,
+    run: &Provenance<'_>,
+) -> Result<(), SweepError> {
+    results::write_csv(&dir.join("data.csv"), rows)?;
+    let summary = dir.join("summary.md");
+    std::fs::write(&summary, results::summary(experiment, rows, run)).map_err(io(&summary))?;
+    crate::plot::draw_all(experiment, rows, dir)?;
+    Ok(())
+}
+
+/// Measures every point into `rows`; a failure names its point.
+async fn measure_all(
+    points: &[Point],
+    dir: &Path,
+    port: u16,
+    bar: &ProgressBar,
+    rows: &mut Vec<Row>,
+) -> Result<(), (usize, SweepError)> {
+    let mut cluster: Option<(Point, LocalCluster)> = None;
+    for (i, p) in points.iter().enumerate() {
+        bar.set_message(describe(p));
+        if !cluster.as_ref().is_some_and(|(q, _)| q.same_cluster(p)) {
+            // The old cluster stops (and frees its ports) before the next starts.
+            drop(cluster.take());
+            let started = start_cluster(p, dir, port).await.map_err(|e| (i, e))?;
+            cluster = Some((p.clone(), started));
+        }
+        let (_, local) = cluster.as_mut().expect("started above");
+        if let Some(e) = local.children.exited() {
+            return Err((i, e.into()));
+        }
+        let row = measure(i, p, local).await.map_err(|e| (i, e))?;
+        bar.suspend(|| {
+            println!(
+                "point {i:>3}  {:<48} {:>9.0} cmds/s  p50 {:.3} ms  failed {:.2} %  cpu {:.0} %",
+                describe(p),
+                row.throughput,
+                row.p50_ms,
+                row.fail_rate_pct,
+                row.replica_cpu_pct
+            );
+        });
+        rows.push(row);
+        bar.inc(1);
+    }
+    Ok(())
+}
+
+fn describe(p: &Point) -> String {
+    let load = match p.rate {
+        Some(rate) => format!("{rate}/s"),
+        None => format!("{}x{}", p.clients, p.in_flight),
+    };
+    format!(
+        "{} K={} {:?} {load} dep {:.0}%",
+        p.engine.kind().name(),
+        p.workers(),
+        p.storage,
+        p.dependent * 100.0
+    )
+    .to_lowercase()
+}
+
+async fn start_cluster(p: &Point, dir: &Path, port: u16) -> Result<LocalCluster, SweepError> {
+    let spec = ClusterSpec {
+        engine: p.engine,
+        threads: p.threads,
+        storage: p.storage,
+        service: ServiceKind::Btree,
+        preload: p.preload,
+        cost: ExecCost {
+            busy: p.exec_busy,
+            wait: p.exec_wait,
+        },
+        port,
+        dir: dir.join("cluster"),
+    };
+    let cluster = LocalCluster::start(&spec)?;
+    cluster.ready(Duration::from_secs(60)).await?;
+    Ok(cluster)
+}
+
+/// Runs one point's load on `cluster`, sampling the replicas' CPU time at
+/// both ends of the measured interval.
+async fn measure(index: usize, p: &Point, cluster: &LocalCluster) -> Result<Row, SweepError> {
+    let options = LoadOptions {
+        duration: p.duration,
+        warmup: p.warmup,
+        clients: p.clients,
+        in_flight: p.in_flight,
+        rate: p.rate,
+        dependent: p.dependent,
+        seed: p.seed,
+    };
+    let load = Load::connect(&cluster.config, &options).await?;
+    let window = load.window();
+    let pids = cluster.children.replica_pids();
+    let cpu = async {
+        tokio::time::sleep_until(window.from.into()).await;
+        let before = cpu_times(&pids);
+        tokio::time::sleep_until(window.end.into()).await;
+        cpu_percent(&before, &cpu_times(&pids), window.end - window.from)
+    };
+    let (report, cpu) = tokio::join!(load.run(window), cpu);
+    Ok(Row::new(index, p, &report, cpu))
+}
