@@ -6,6 +6,7 @@
 //!   data.csv          one row per point (columns: COLUMNS)
 //!   summary.md        machine, commit, command, seed, execution cost, a table, the plots
 //!   <plot>.svg/.png   one pair per [[plot]] of the experiment
+//!   cluster/          the local clusters' files while the run lasts (removed at the end)
 //! ```
 
 use std::fmt::Write as _;

@@ -127,7 +127,8 @@ pub(crate) fn run(args: SweepArgs) -> Result<PathBuf, SweepError> {
         took_s: clock.elapsed().as_secs_f64(),
     };
     write_results(&experiment, &rows, &dir, &run)?;
-    let _ = std::fs::remove_dir_all(dir.join("cluster").join("data"));
+    // The clusters' configuration, certificates and data are of no use after the run.
+    let _ = std::fs::remove_dir_all(dir.join("cluster"));
     if let Err((point, source)) = outcome {
         return Err(SweepError::Point {
             point,
