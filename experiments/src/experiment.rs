@@ -400,10 +400,11 @@ fn numeric_column(field: &str, name: &str) -> Result<(), ExperimentError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    const FILE: &str = r#"
+    /// An experiment with a sweep and one plot (throughput by engine over the dependent share).
+    pub(crate) const FILE: &str = r#"
         title = "t"
         [base]
         engine = "psmr"

@@ -234,18 +234,7 @@ mod tests {
 
     #[test]
     fn a_plot_has_one_line_per_series_sorted_by_x_and_both_files_are_written() {
-        let experiment = Experiment::parse(
-            r#"
-            title = "t"
-            [[plot]]
-            name = "throughput"
-            title = "Throughput"
-            x = "dependent"
-            y = ["throughput"]
-            series = "engine"
-            "#,
-        )
-        .unwrap();
+        let experiment = Experiment::parse(crate::experiment::tests::FILE).unwrap();
         let rows = [
             row("smr", 50.0, 10.0),
             row("smr", 0.0, 12.0),
