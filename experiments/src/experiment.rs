@@ -38,7 +38,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use psmr_replica::cluster::{EngineName, StorageKind};
-use psmr_replica::engine::EngineConfig;
+use psmr_replica::engine::{EngineConfig, ExecCost};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -115,13 +115,41 @@ impl Point {
         EngineConfig::new(self.engine.kind(), self.threads).workers
     }
 
+    /// The execution cost added to every command.
+    pub(crate) fn cost(&self) -> ExecCost {
+        ExecCost {
+            busy: self.exec_busy,
+            wait: self.exec_wait,
+        }
+    }
+
     /// Whether `other` can run on the cluster started for `self` (only the
     /// load differs).
     pub(crate) fn same_cluster(&self, other: &Point) -> bool {
-        (self.engine, self.threads, self.storage, self.preload)
-            == (other.engine, other.threads, other.storage, other.preload)
-            && (self.exec_busy, self.exec_wait) == (other.exec_busy, other.exec_wait)
+        (
+            self.engine,
+            self.threads,
+            self.storage,
+            self.preload,
+            self.cost(),
+        ) == (
+            other.engine,
+            other.threads,
+            other.storage,
+            other.preload,
+            other.cost(),
+        )
     }
+}
+
+/// How many clusters a run of `points` starts (one per run of neighbours
+/// that can share one).
+pub(crate) fn clusters(points: &[Point]) -> usize {
+    let changes = points
+        .windows(2)
+        .filter(|w| !w[0].same_cluster(&w[1]))
+        .count();
+    usize::from(!points.is_empty()) + changes
 }
 
 /// Values to vary; each list, when not empty, replaces the base value.
@@ -436,11 +464,11 @@ pub(crate) mod tests {
         assert_eq!((points[3].threads, points[3].dependent), (4, 0.0));
         assert_eq!(points[6].engine, EngineName::OptPsmr);
         assert_eq!(points[0].warmup, Duration::from_millis(100));
-        let clusters = points
-            .windows(2)
-            .filter(|w| !w[0].same_cluster(&w[1]))
-            .count();
-        assert_eq!(clusters + 1, 4, "one cluster per engine and thread count");
+        assert_eq!(
+            clusters(&points),
+            4,
+            "one cluster per engine and thread count"
+        );
         let back = Experiment::parse(&e.to_toml()).unwrap();
         assert_eq!(back, e);
     }

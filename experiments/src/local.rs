@@ -296,10 +296,7 @@ async fn serve(options: &LocalOptions, local: &mut LocalCluster) -> Result<(), L
 
 fn banner(local: &LocalCluster) {
     let (cluster, config) = (&local.config, &local.path);
-    let storage = match cluster.acceptors[0].storage {
-        StorageKind::Memory => "memory",
-        StorageKind::Durable => "durable",
-    };
+    let storage = cluster.acceptors[0].storage.name();
     println!(
         "psmr local: {} acceptors and {} replicas on loopback ({}, K={}, {storage} storage, {} with {} preloaded, execution cost {})",
         cluster.acceptors.len(),

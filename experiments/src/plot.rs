@@ -47,28 +47,18 @@ pub(crate) fn draw_all(
     let mut written = Vec::new();
     for spec in &experiment.plots {
         let lines = lines(spec, rows);
-        let svg = dir.join(format!("{}.svg", spec.name));
-        draw(
-            SVGBackend::new(&svg, SIZE).into_drawing_area(),
-            spec,
-            &subtitle,
-            &lines,
-        )
-        .map_err(|message| PlotError {
-            path: svg.clone(),
-            message,
-        })?;
-        let png = dir.join(format!("{}.png", spec.name));
-        draw(
-            BitMapBackend::new(&png, SIZE).into_drawing_area(),
-            spec,
-            &subtitle,
-            &lines,
-        )
-        .map_err(|message| PlotError {
-            path: png.clone(),
-            message,
-        })?;
+        let (svg, png) = (
+            dir.join(format!("{}.svg", spec.name)),
+            dir.join(format!("{}.png", spec.name)),
+        );
+        let failed = |path: &Path| {
+            let path = path.to_path_buf();
+            move |message| PlotError { path, message }
+        };
+        let area = SVGBackend::new(&svg, SIZE).into_drawing_area();
+        draw(area, spec, &subtitle, &lines).map_err(failed(&svg))?;
+        let area = BitMapBackend::new(&png, SIZE).into_drawing_area();
+        draw(area, spec, &subtitle, &lines).map_err(failed(&png))?;
         written.extend([svg, png]);
     }
     Ok(written)

@@ -55,12 +55,12 @@ impl Row {
     /// The row of point number `index`, measured as `report` with the
     /// replicas' CPU use `cpu` (percent of one core, mean over replicas).
     pub(crate) fn new(index: usize, p: &Point, report: &Report, cpu: f64) -> Row {
-        let throughput = report.throughput();
+        let (throughput, workers) = (report.throughput(), p.workers());
         Row {
             point: index,
             engine: p.engine.kind().name().to_string(),
-            threads: p.workers(),
-            storage: format!("{:?}", p.storage).to_lowercase(),
+            threads: workers,
+            storage: p.storage.name().to_string(),
             preload: p.preload,
             exec_busy_us: p.exec_busy.as_secs_f64() * 1e6,
             exec_wait_us: p.exec_wait.as_secs_f64() * 1e6,
@@ -72,7 +72,7 @@ impl Row {
             duration_s: p.duration.as_secs_f64(),
             seed: p.seed,
             throughput,
-            per_thread: throughput / p.workers() as f64,
+            per_thread: throughput / workers as f64,
             p50_ms: report.latency_ms(0.5),
             p99_ms: report.latency_ms(0.99),
             p999_ms: report.latency_ms(0.999),
@@ -265,12 +265,12 @@ pub(crate) struct Provenance<'a> {
 
 /// The execution cost of a run, named honestly.
 pub(crate) fn cost_label(p: &Point) -> String {
-    if p.exec_busy.is_zero() && p.exec_wait.is_zero() {
+    let cost = p.cost();
+    if cost.is_zero() {
         return "execution cost: none (the service's own work only)".to_string();
     }
     format!(
-        "execution cost added per command: busy {:?} + blocking wait {:?} (stands for a costlier service and I/O)",
-        p.exec_busy, p.exec_wait
+        "execution cost added: {cost} (busy work stands for a costlier service, the wait for I/O)"
     )
 }
 

@@ -17,7 +17,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 use indicatif::{ProgressBar, ProgressStyle};
 use psmr_replica::cluster::ServiceKind;
-use psmr_replica::engine::ExecCost;
 use thiserror::Error;
 
 use crate::experiment::{Experiment, ExperimentError, Point};
@@ -185,10 +184,7 @@ fn results_dir(out: &Path, experiment: &Path, at: SystemTime) -> Result<PathBuf,
 const CLUSTER_START: Duration = Duration::from_secs(2);
 
 fn estimate(points: &[Point]) -> Duration {
-    let clusters = 1 + points
-        .windows(2)
-        .filter(|w| !w[0].same_cluster(&w[1]))
-        .count();
+    let clusters = crate::experiment::clusters(points);
     let load: Duration = points.iter().map(|p| p.warmup + p.duration).sum();
     load + CLUSTER_START * clusters as u32
 }
@@ -260,13 +256,12 @@ fn describe(p: &Point) -> String {
         None => format!("{}x{}", p.clients, p.in_flight),
     };
     format!(
-        "{} K={} {:?} {load} dep {:.0}%",
+        "{} k={} {} {load} dep {:.0}%",
         p.engine.kind().name(),
         p.workers(),
-        p.storage,
+        p.storage.name(),
         p.dependent * 100.0
     )
-    .to_lowercase()
 }
 
 async fn start_cluster(p: &Point, dir: &Path, port: u16) -> Result<LocalCluster, SweepError> {
@@ -276,10 +271,7 @@ async fn start_cluster(p: &Point, dir: &Path, port: u16) -> Result<LocalCluster,
         storage: p.storage,
         service: ServiceKind::Btree,
         preload: p.preload,
-        cost: ExecCost {
-            busy: p.exec_busy,
-            wait: p.exec_wait,
-        },
+        cost: p.cost(),
         port,
         dir: dir.join("cluster"),
     };

@@ -6,6 +6,7 @@ mod common;
 
 use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Duration;
 
 use common::run_psmr;
@@ -13,10 +14,14 @@ use common::run_psmr;
 /// The quick experiment must finish in under a minute; this bounds a slow CI machine.
 const SWEEP_TIMEOUT: Duration = Duration::from_secs(180);
 
-/// A base port whose cluster ports (base..base+2, base+100..base+101) were free a moment ago.
+/// A base port whose cluster ports (base..base+2, base+100..base+101) were
+/// free a moment ago; each call searches its own range, so tests running at
+/// once never pick the same one.
 fn free_base_port() -> u16 {
-    let start = 20_000 + (std::process::id() % 2_000) as u16 * 10;
-    (start..start + 5_000)
+    static CALLS: AtomicU16 = AtomicU16::new(0);
+    let call = CALLS.fetch_add(1, Ordering::Relaxed);
+    let start = 20_000 + (std::process::id() % 1_000) as u16 * 10 + call * 1_000;
+    (start..start + 1_000)
         .step_by(7)
         .find(|&base| {
             let ports = [base, base + 1, base + 2, base + 100, base + 101];

@@ -109,6 +109,16 @@ pub enum StorageKind {
     Durable,
 }
 
+impl StorageKind {
+    /// The name used in cluster files and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            StorageKind::Memory => "memory",
+            StorageKind::Durable => "durable",
+        }
+    }
+}
+
 /// One replica process.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use psmr_btree::BTreeClient;
 use psmr_client::ClientOptions;
@@ -22,6 +22,10 @@ pub fn psmr() -> Command {
 }
 
 /// Runs `psmr` with `args` to completion (bounded by `timeout`).
+///
+/// A thread reads the child's output to its end (the child exited, or
+/// closed its pipes); this thread waits for that with the deadline and
+/// kills the child if it passes.
 pub fn run_psmr(args: &[&str], timeout: Duration) -> Output {
     let mut child = psmr()
         .args(args)
@@ -30,16 +34,42 @@ pub fn run_psmr(args: &[&str], timeout: Duration) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .expect("psmr starts");
-    let deadline = Instant::now() + timeout;
-    while child.try_wait().expect("try_wait").is_none() {
-        if Instant::now() > deadline {
+    let (mut stdout, mut stderr) = (child.stdout.take(), child.stderr.take());
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let read = |pipe: Option<&mut dyn std::io::Read>| {
+            let mut bytes = Vec::new();
+            if let Some(pipe) = pipe {
+                let _ = pipe.read_to_end(&mut bytes);
+            }
+            bytes
+        };
+        let err = std::thread::scope(|s| {
+            let err = s.spawn(|| read(stderr.as_mut().map(|p| p as &mut dyn std::io::Read)));
+            let out = read(stdout.as_mut().map(|p| p as &mut dyn std::io::Read));
+            (out, err.join().unwrap_or_default())
+        });
+        let _ = done.send(err);
+    });
+    let (stdout, stderr) = match finished.recv_timeout(timeout) {
+        Ok(output) => output,
+        Err(_) => {
             let _ = child.kill();
-            let out = child.wait_with_output().expect("reaped");
-            panic!("psmr {args:?} did not finish within {timeout:?}: {out:?}");
+            let _ = child.wait();
+            let (out, err) = finished.recv().unwrap_or_default();
+            panic!(
+                "psmr {args:?} did not finish within {timeout:?}: {}{}",
+                String::from_utf8_lossy(&out),
+                String::from_utf8_lossy(&err)
+            );
         }
-        std::thread::sleep(Duration::from_millis(20));
+    };
+    let status = child.wait().expect("reaped");
+    Output {
+        status,
+        stdout,
+        stderr,
     }
-    child.wait_with_output().expect("output")
 }
 
 /// Polls `done` until it holds; panics with `what()` if it does not within `within`.
