@@ -25,7 +25,7 @@ fn handoffs_per_second(threads: usize, policy: WaitPolicy, rounds: u64) -> f64 {
                         rv.gather(round).unwrap();
                         rv.release(round);
                     } else {
-                        rv.follow(round).unwrap();
+                        rv.follow(t, round).unwrap();
                     }
                 }
             })

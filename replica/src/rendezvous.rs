@@ -21,9 +21,16 @@
 //! the network (`psmr sweep`); with 1,024 it runs at 1.0x.
 //!
 //! Every thread counts its synchronizations (`round`); all threads see the
-//! same sequence of `g_all` commands, so their counts agree. A follower can
-//! arrive for round r+1 only after the leader released round r, which is
-//! after the leader reset the arrival count: one counter serves every round.
+//! same sequence of `g_all` commands, so their counts agree. Each follower
+//! publishes how many rounds it has arrived at; the leader of round r waits
+//! until every follower has arrived at r.
+//!
+//! A follower need not wait for the release right after it arrives: only
+//! before it executes something of its own ([`Rendezvous::arrive`] now,
+//! [`Rendezvous::await_release`] later). Between two `g_all` commands with
+//! nothing of its own in between it has nothing to execute, so it arrives
+//! at the next round at once: at 100 % dependent commands the followers run
+//! ahead and the leader never waits for them (no wake-up per command).
 //!
 //! If a thread dies, [`Rendezvous::abort`] wakes every waiter, who then gets
 //! `Err(Aborted)` instead of waiting forever.
@@ -149,19 +156,23 @@ impl Parking {
 /// The meeting point of K threads at each synchronous-mode command.
 #[derive(Debug)]
 pub struct Rendezvous {
-    threads: usize,
-    arrived: AtomicUsize,
+    /// Per follower (thread 1..K, at index thread - 1): rounds arrived at.
+    arrived: Vec<Padded>,
     released: AtomicU64,
     parking: Parking,
 }
+
+/// A counter on its own cache line: followers do not slow each other down.
+#[derive(Debug)]
+#[repr(align(64))]
+struct Padded(AtomicU64);
 
 impl Rendezvous {
     /// A rendezvous of `threads` threads that busy-wait with `patience`.
     pub fn new(threads: usize, patience: Patience) -> Rendezvous {
         assert!(threads >= 1);
         Rendezvous {
-            threads,
-            arrived: AtomicUsize::new(0),
+            arrived: (1..threads).map(|_| Padded(AtomicU64::new(0))).collect(),
             released: AtomicU64::new(0),
             parking: Parking::new(patience),
         }
@@ -173,15 +184,35 @@ impl Rendezvous {
         &self.parking
     }
 
-    /// A follower's part of synchronization `round`: announce arrival, then
-    /// wait until the leader has executed and released it.
-    pub fn follow(&self, round: u64) -> Result<(), Aborted> {
-        debug_assert!(self.threads > 1, "a single thread has no followers");
-        let before = self.arrived.fetch_add(1, Ordering::SeqCst);
-        debug_assert!(before < self.threads - 1, "more arrivals than followers");
-        if before + 1 == self.threads - 1 {
+    /// Follower `thread`'s whole part of synchronization `round`: arrive,
+    /// then wait until the leader has executed and released it.
+    pub fn follow(&self, thread: usize, round: u64) -> Result<(), Aborted> {
+        self.arrive(thread, round);
+        self.await_release(round)
+    }
+
+    /// Follower `thread` (1..K) has stopped its own work before round
+    /// `round`, and arrived at every round before it.
+    pub fn arrive(&self, thread: usize, round: u64) {
+        let counter = &self.arrived[thread - 1].0;
+        let before = counter.swap(round + 1, Ordering::SeqCst);
+        assert_eq!(before, round, "thread {thread} skipped a round");
+        // Wake the leader only when the round is complete (whichever of
+        // two followers arriving at once sees it complete wakes it).
+        if self.all_arrived(round) {
             self.notify();
         }
+    }
+
+    fn all_arrived(&self, round: u64) -> bool {
+        self.arrived
+            .iter()
+            .all(|a| a.0.load(Ordering::SeqCst) > round)
+    }
+
+    /// Waits until the leader has executed and released round `round` (and
+    /// every one before it): a follower then may execute its own commands.
+    pub fn await_release(&self, round: u64) -> Result<(), Aborted> {
         self.wait_until(|| self.released.load(Ordering::SeqCst) > round)
     }
 
@@ -193,9 +224,7 @@ impl Rendezvous {
             round,
             "rounds out of step"
         );
-        self.wait_until(|| self.arrived.load(Ordering::SeqCst) == self.threads - 1)?;
-        self.arrived.store(0, Ordering::SeqCst);
-        Ok(())
+        self.wait_until(|| self.all_arrived(round))
     }
 
     /// The leader's second part: let the followers go.

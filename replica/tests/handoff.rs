@@ -6,6 +6,8 @@
 //! - the leader runs only when every follower has arrived and stopped its
 //!   parallel work (Algorithm 1, lines 20–22);
 //! - a follower resumes only after the leader's exclusive work (line 29);
+//! - followers that arrive at later rounds before earlier ones are released
+//!   (they wait only before work of their own) never overlap the leader;
 //! - a dying thread does not leave the others waiting forever.
 
 mod shim {
@@ -53,7 +55,7 @@ fn handoff(threads: usize, patience: Patience) {
                         exclusive.fetch_add(1, Ordering::SeqCst);
                         rv.release(round);
                     } else {
-                        rv.follow(round).unwrap();
+                        rv.follow(t, round).unwrap();
                         assert!(
                             exclusive.load(Ordering::SeqCst) > round,
                             "resumed before the leader ran"
@@ -79,6 +81,59 @@ fn the_leader_runs_alone_and_followers_resume_after_it() {
     }
 }
 
+/// Followers arrive without waiting for the release and wait for it only
+/// before work of their own, which some rounds have and some do not.
+fn lazy_followers(threads: usize, patience: Patience) {
+    let rv = Arc::new(Rendezvous::new(threads, patience));
+    let working = Arc::new(AtomicUsize::new(0));
+    let exclusive = Arc::new(AtomicU64::new(0));
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let (rv, working, exclusive) = (rv.clone(), working.clone(), exclusive.clone());
+            shuttle::thread::spawn(move || {
+                let mut unreleased = None;
+                for round in 0..ROUNDS {
+                    if t == 0 {
+                        rv.gather(round).unwrap();
+                        assert_eq!(working.load(Ordering::SeqCst), 0, "a follower is working");
+                        exclusive.fetch_add(1, Ordering::SeqCst);
+                        rv.release(round);
+                        continue;
+                    }
+                    if (t as u64 + round) % 2 == 0 {
+                        if let Some(r) = unreleased.take() {
+                            rv.await_release(r).unwrap();
+                            assert!(
+                                exclusive.load(Ordering::SeqCst) > r,
+                                "worked before release"
+                            );
+                        }
+                        working.fetch_add(1, Ordering::SeqCst);
+                        shuttle::thread::yield_now();
+                        working.fetch_sub(1, Ordering::SeqCst);
+                    }
+                    rv.arrive(t, round);
+                    unreleased = Some(round);
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    assert_eq!(exclusive.load(Ordering::SeqCst), ROUNDS);
+}
+
+#[test]
+fn followers_that_arrive_early_never_overlap_the_leader() {
+    for threads in 2..=4 {
+        for (iterations, yields) in [(0, false), (3, true)] {
+            let patience = Patience { iterations, yields };
+            shuttle::check_random(move || lazy_followers(threads, patience), 300);
+        }
+    }
+}
+
 #[test]
 fn an_aborted_rendezvous_releases_every_waiter() {
     shuttle::check_random(
@@ -90,7 +145,7 @@ fn an_aborted_rendezvous_releases_every_waiter() {
             let rv = Arc::new(Rendezvous::new(3, patience));
             let follower = {
                 let rv = rv.clone();
-                shuttle::thread::spawn(move || rv.follow(0))
+                shuttle::thread::spawn(move || rv.follow(1, 0))
             };
             let leader = {
                 let rv = rv.clone();

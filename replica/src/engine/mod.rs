@@ -108,9 +108,23 @@ impl ExecCost {
             }
         }
         if !self.wait.is_zero() {
+            precise_sleeps();
             std::thread::sleep(self.wait);
         }
     }
+}
+
+/// Makes the calling thread's sleeps end when asked rather than up to the
+/// default 50 µs timer slack later (Linux), once per thread: a wait of 20 µs
+/// then costs about 20 µs, not 70, and varies less with the machine's load.
+fn precise_sleeps() {
+    thread_local!(static DONE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) });
+    if DONE.replace(true) {
+        return;
+    }
+    // Best effort: where it fails, sleeps are only longer than asked.
+    #[cfg(target_os = "linux")]
+    let _ = nix::sys::prctl::set_timerslack(1_000);
 }
 
 impl std::fmt::Display for ExecCost {

@@ -33,6 +33,9 @@ struct Worker<'a, S: Service> {
     inputs: Receiver<Input>,
     metrics: ExecMetrics,
     round: u64,
+    /// A follower that arrived at this round has not yet seen it released;
+    /// it waits for that before executing anything of its own.
+    unreleased: Option<u64>,
     pauser: Pauser,
     /// Replies of the batch being executed, handed to the sink at its end.
     replies: Vec<Reply>,
@@ -58,6 +61,7 @@ pub(super) fn run<S: Service>(
         inputs,
         metrics: ExecMetrics::default(),
         round: 0,
+        unreleased: None,
         pauser: Pauser::new(config.jitter, thread),
         replies: Vec::new(),
     };
@@ -118,15 +122,17 @@ impl<S: Service> Worker<'_, S> {
 
     fn run_parallel(&mut self) -> Result<(), Aborted> {
         let shared = self.shared;
-        let mut guard = read(shared);
+        let mut guard = Some(read(shared));
         while let Some(batch) = self.next_batch() {
             if batch.ring == shared.config.all_ring {
-                drop(guard);
+                guard = None;
                 self.synchronous(&batch.commands)?;
-                guard = read(shared);
                 continue;
             }
-            let state = &*guard;
+            if let Some(round) = self.unreleased.take() {
+                shared.rendezvous.await_release(round)?;
+            }
+            let state = &**guard.get_or_insert_with(|| read(shared));
             for command in batch.commands.iter() {
                 self.pause();
                 let access = Access::Shared {
@@ -161,7 +167,9 @@ impl<S: Service> Worker<'_, S> {
         self.metrics.syncs += 1;
         if self.lane.thread != 0 {
             self.pause();
-            return shared.rendezvous.follow(round);
+            shared.rendezvous.arrive(self.lane.thread, round);
+            self.unreleased = Some(round);
+            return Ok(());
         }
         shared.rendezvous.gather(round)?;
         self.execute_exclusively(commands);
