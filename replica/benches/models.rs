@@ -174,7 +174,7 @@ fn tuple_op(rng: &mut ChaCha8Rng) -> TupleOp {
 fn tuple_space() {
     println!(
         "\n== tuple space (reconfiguration paper, Figure 1): 100k tuples, rdp/inp/out/cas, \
-         1-10 fields; best of {TUPLE_BEST_OF} runs, configurations interleaved"
+         1-10 fields; best of {BEST_OF} runs, configurations interleaved"
     );
     let tuples = scale(100_000);
     let space = || {
@@ -220,7 +220,7 @@ fn tuple_space() {
             })
             .collect();
         let mut best = [Duration::MAX; 5];
-        for _ in 0..TUPLE_BEST_OF {
+        for _ in 0..BEST_OF {
             for ((b, (_, _, config)), (service, streams)) in
                 best.iter_mut().zip(&configs).zip(&prepared)
             {
@@ -252,11 +252,8 @@ fn tuple_space() {
 }
 
 /// Runs per configuration; the best is reported (the machine is shared).
-const BEST_OF: usize = 3;
-
-/// Runs per tuple-space configuration: its ratios are the issue's target, and
-/// identical sequential runs differed by up to 40 % with best of 3.
-const TUPLE_BEST_OF: usize = 5;
+/// Identical sequential runs differed by up to 40 % here with best of 3.
+const BEST_OF: usize = 5;
 
 // ---------------------------------------------------------------- linked list
 
