@@ -33,7 +33,10 @@ use shuttle::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 const ROUNDS: u64 = 3;
 
-fn handoff(threads: usize, patience: Patience) {
+/// K threads meet `ROUNDS` times. Eager followers work before every round and
+/// wait for its release right after arriving (`follow`); lazy ones work
+/// before some rounds only and wait for the release only before that work.
+fn handoff(threads: usize, patience: Patience, lazy: bool) {
     let rv = Arc::new(Rendezvous::new(threads, patience));
     let working = Arc::new(AtomicUsize::new(0));
     let exclusive = Arc::new(AtomicU64::new(0));
@@ -41,25 +44,33 @@ fn handoff(threads: usize, patience: Patience) {
         .map(|t| {
             let (rv, working, exclusive) = (rv.clone(), working.clone(), exclusive.clone());
             shuttle::thread::spawn(move || {
+                let mut unreleased = None;
                 for round in 0..ROUNDS {
-                    working.fetch_add(1, Ordering::SeqCst);
-                    shuttle::thread::yield_now();
-                    working.fetch_sub(1, Ordering::SeqCst);
                     if t == 0 {
                         rv.gather(round).unwrap();
-                        assert_eq!(
-                            working.load(Ordering::SeqCst),
-                            0,
-                            "a follower is still working"
-                        );
+                        let busy = working.load(Ordering::SeqCst);
+                        assert_eq!(busy, 0, "a follower is still working");
                         exclusive.fetch_add(1, Ordering::SeqCst);
                         rv.release(round);
+                        continue;
+                    }
+                    if !lazy || (t as u64 + round) % 2 == 0 {
+                        if let Some(r) = unreleased.take() {
+                            rv.await_release(r).unwrap();
+                            let done = exclusive.load(Ordering::SeqCst);
+                            assert!(done > r, "worked before the leader ran");
+                        }
+                        working.fetch_add(1, Ordering::SeqCst);
+                        shuttle::thread::yield_now();
+                        working.fetch_sub(1, Ordering::SeqCst);
+                    }
+                    if lazy {
+                        rv.arrive(t, round);
+                        unreleased = Some(round);
                     } else {
                         rv.follow(t, round).unwrap();
-                        assert!(
-                            exclusive.load(Ordering::SeqCst) > round,
-                            "resumed before the leader ran"
-                        );
+                        let done = exclusive.load(Ordering::SeqCst);
+                        assert!(done > round, "resumed before the leader ran");
                     }
                 }
             })
@@ -76,52 +87,9 @@ fn the_leader_runs_alone_and_followers_resume_after_it() {
     for threads in 2..=4 {
         for (iterations, yields) in [(0, false), (3, false), (3, true)] {
             let patience = Patience { iterations, yields };
-            shuttle::check_random(move || handoff(threads, patience), 300);
+            shuttle::check_random(move || handoff(threads, patience, false), 300);
         }
     }
-}
-
-/// Followers arrive without waiting for the release and wait for it only
-/// before work of their own, which some rounds have and some do not.
-fn lazy_followers(threads: usize, patience: Patience) {
-    let rv = Arc::new(Rendezvous::new(threads, patience));
-    let working = Arc::new(AtomicUsize::new(0));
-    let exclusive = Arc::new(AtomicU64::new(0));
-    let handles: Vec<_> = (0..threads)
-        .map(|t| {
-            let (rv, working, exclusive) = (rv.clone(), working.clone(), exclusive.clone());
-            shuttle::thread::spawn(move || {
-                let mut unreleased = None;
-                for round in 0..ROUNDS {
-                    if t == 0 {
-                        rv.gather(round).unwrap();
-                        assert_eq!(working.load(Ordering::SeqCst), 0, "a follower is working");
-                        exclusive.fetch_add(1, Ordering::SeqCst);
-                        rv.release(round);
-                        continue;
-                    }
-                    if (t as u64 + round) % 2 == 0 {
-                        if let Some(r) = unreleased.take() {
-                            rv.await_release(r).unwrap();
-                            assert!(
-                                exclusive.load(Ordering::SeqCst) > r,
-                                "worked before release"
-                            );
-                        }
-                        working.fetch_add(1, Ordering::SeqCst);
-                        shuttle::thread::yield_now();
-                        working.fetch_sub(1, Ordering::SeqCst);
-                    }
-                    rv.arrive(t, round);
-                    unreleased = Some(round);
-                }
-            })
-        })
-        .collect();
-    for h in handles {
-        h.join().unwrap();
-    }
-    assert_eq!(exclusive.load(Ordering::SeqCst), ROUNDS);
 }
 
 #[test]
@@ -129,7 +97,7 @@ fn followers_that_arrive_early_never_overlap_the_leader() {
     for threads in 2..=4 {
         for (iterations, yields) in [(0, false), (3, true)] {
             let patience = Patience { iterations, yields };
-            shuttle::check_random(move || lazy_followers(threads, patience), 300);
+            shuttle::check_random(move || handoff(threads, patience, true), 300);
         }
     }
 }
