@@ -3,6 +3,8 @@
 //! ```toml
 //! title = "P-SMR vs SMR as the share of dependent commands grows"
 //! about = "opt-PSMR paper, Figure 2: ..."     # optional, copied into summary.md
+//! repeat = 1             # passes over all points, each with fresh clusters; data.csv keeps,
+//!                        #   per point, the pass of median throughput and the range over all
 //!
 //! [base]                 # every point starts from these; each field optional (defaults below)
 //! engine = "psmr"        # smr | psmr | opt-psmr | cbase | classes
@@ -53,6 +55,10 @@ pub(crate) struct Experiment {
     /// Free text: the paper's figure, what to look for.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub(crate) about: String,
+    /// Passes over all points (the machine is shared: one pass can be
+    /// slowed as a whole). Default 1.
+    #[serde(default = "one_pass")]
+    pub(crate) repeat: u32,
     /// The settings every point starts from.
     #[serde(default)]
     pub(crate) base: Point,
@@ -231,6 +237,13 @@ fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ExperimentErr
 /// The most threads a point may ask for (each is a thread and a ring).
 const MAX_THREADS: usize = 64;
 
+/// The most passes `repeat` may ask for.
+const MAX_PASSES: u32 = 100;
+
+fn one_pass() -> u32 {
+    1
+}
+
 impl Experiment {
     /// Reads and validates an experiment file.
     pub(crate) fn load(path: &Path) -> Result<Experiment, ExperimentError> {
@@ -268,6 +281,12 @@ impl Experiment {
     pub(crate) fn validate(&self) -> Result<(), ExperimentError> {
         if self.title.trim().is_empty() {
             return Err(invalid("title", "must not be empty"));
+        }
+        if !(1..=MAX_PASSES).contains(&self.repeat) {
+            return Err(invalid(
+                "repeat",
+                format!("must be between 1 and {MAX_PASSES}"),
+            ));
         }
         check_point("base", &self.base)?;
         let s = &self.sweep;
@@ -469,8 +488,14 @@ pub(crate) mod tests {
             4,
             "one cluster per engine and thread count"
         );
+        assert_eq!(e.repeat, 1, "one pass unless asked");
         let back = Experiment::parse(&e.to_toml()).unwrap();
         assert_eq!(back, e);
+        let twice =
+            Experiment::parse(&FILE.replacen("title = \"t\"", "title = \"t\"\nrepeat = 2", 1));
+        let twice = twice.unwrap();
+        assert_eq!(twice.repeat, 2);
+        assert_eq!(Experiment::parse(&twice.to_toml()).unwrap(), twice);
     }
 
     #[test]
@@ -512,6 +537,11 @@ pub(crate) mod tests {
                 "base.clients: must be greater than zero",
             ),
             ("title = \"t\"", "title = \" \"", "title: must not be empty"),
+            (
+                "title = \"t\"",
+                "title = \"t\"\nrepeat = 0",
+                "repeat: must be between 1 and 100",
+            ),
         ];
         for (from, to, expected) in cases {
             let text = FILE.replacen(from, to, 1);

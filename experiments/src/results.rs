@@ -49,6 +49,19 @@ pub(crate) struct Row {
     pub(crate) passed_mean_ms: f64,
     pub(crate) failed_mean_ms: f64,
     pub(crate) replica_cpu_pct: f64,
+    /// Passes that measured this point; the row is the one of median
+    /// throughput (absent in files written before `repeat` existed).
+    #[serde(default = "one")]
+    pub(crate) passes: usize,
+    /// Lowest and highest throughput over the passes.
+    #[serde(default)]
+    pub(crate) throughput_min: Option<f64>,
+    #[serde(default)]
+    pub(crate) throughput_max: Option<f64>,
+}
+
+fn one() -> usize {
+    1
 }
 
 impl Row {
@@ -84,8 +97,33 @@ impl Row {
             passed_mean_ms: mean_ms(&report.passed),
             failed_mean_ms: mean_ms(&report.failed),
             replica_cpu_pct: cpu,
+            passes: 1,
+            throughput_min: Some(throughput),
+            throughput_max: Some(throughput),
         }
     }
+}
+
+/// One row per point from the rows of every pass (in any order; a pass cut
+/// short by a failure counts for the points it measured): the row of median
+/// throughput (the lower middle one for an even count), with the number of
+/// passes and the throughput range over them.
+pub(crate) fn median_of(measured: &[Row]) -> Vec<Row> {
+    let mut by_point: std::collections::BTreeMap<usize, Vec<&Row>> = Default::default();
+    for row in measured {
+        by_point.entry(row.point).or_default().push(row);
+    }
+    by_point
+        .into_values()
+        .map(|mut rows| {
+            rows.sort_by(|a, b| a.throughput.total_cmp(&b.throughput));
+            let mut median = rows[(rows.len() - 1) / 2].clone();
+            median.passes = rows.len();
+            median.throughput_min = Some(rows[0].throughput);
+            median.throughput_max = rows.last().map(|r| r.throughput);
+            median
+        })
+        .collect()
 }
 
 /// A column of `data.csv` that experiment files can plot.
@@ -171,6 +209,16 @@ pub(crate) static COLUMNS: &[Column] = &[
     },
     number!("dependent", "dependent commands (%)", dependent_pct),
     number!("throughput", "throughput (commands/s)", throughput),
+    Column {
+        name: "throughput_min",
+        label: "lowest throughput over the passes (commands/s)",
+        value: Value::Number(|r| r.throughput_min.unwrap_or(r.throughput)),
+    },
+    Column {
+        name: "throughput_max",
+        label: "highest throughput over the passes (commands/s)",
+        value: Value::Number(|r| r.throughput_max.unwrap_or(r.throughput)),
+    },
     number!(
         "per_thread",
         "throughput per thread (commands/s)",
@@ -274,6 +322,15 @@ pub(crate) fn cost_label(p: &Point) -> String {
     )
 }
 
+fn passes_label(repeat: u32) -> String {
+    if repeat == 1 {
+        return "- one pass: every point measured once".to_string();
+    }
+    format!(
+        "- {repeat} passes over all points, each with fresh clusters; a row is the pass of median throughput, the range is over all passes"
+    )
+}
+
 /// The text of `summary.md`.
 pub(crate) fn summary(experiment: &Experiment, rows: &[Row], run: &Provenance<'_>) -> String {
     let b = &experiment.base;
@@ -305,6 +362,7 @@ pub(crate) fn summary(experiment: &Experiment, rows: &[Row], run: &Provenance<'_
             b.warmup, b.duration
         ),
         "- CPU: the replicas' processes, percent of one core, mean over replicas".to_string(),
+        passes_label(experiment.repeat),
     ];
     for line in lines {
         let _ = writeln!(s, "{line}");
@@ -318,12 +376,12 @@ pub(crate) fn summary(experiment: &Experiment, rows: &[Row], run: &Provenance<'_
 
 fn table(rows: &[Row]) -> String {
     let mut s = String::from(
-        "| point | engine | K | storage | clients x in flight | rate | dependent % | throughput (cmds/s) | p50 ms | p99 ms | p99.9 ms | failed % | failed / passed mean ms | replica CPU % |\n|---:|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|\n",
+        "| point | engine | K | storage | clients x in flight | rate | dependent % | throughput (cmds/s) | range (cmds/s) | p50 ms | p99 ms | p99.9 ms | failed % | failed / passed mean ms | replica CPU % |\n|---:|---|---:|---|---|---:|---:|---:|---|---:|---:|---:|---:|---|---:|\n",
     );
     for r in rows {
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} x {} | {} | {:.0} | {:.0} | {:.3} | {:.3} | {:.3} | {:.2} | {:.3} / {:.3} | {:.0} |",
+            "| {} | {} | {} | {} | {} x {} | {} | {:.0} | {:.0} | {} | {:.3} | {:.3} | {:.3} | {:.2} | {:.3} / {:.3} | {:.0} |",
             r.point,
             r.engine,
             r.threads,
@@ -333,6 +391,7 @@ fn table(rows: &[Row]) -> String {
             r.rate.map_or_else(|| "-".to_string(), |v| v.to_string()),
             r.dependent_pct,
             r.throughput,
+            range(r),
             r.p50_ms,
             r.p99_ms,
             r.p999_ms,
@@ -343,6 +402,13 @@ fn table(rows: &[Row]) -> String {
         );
     }
     s
+}
+
+fn range(r: &Row) -> String {
+    match (r.throughput_min, r.throughput_max) {
+        (Some(lo), Some(hi)) if r.passes > 1 => format!("{lo:.0}–{hi:.0}"),
+        _ => "-".to_string(),
+    }
 }
 
 #[cfg(test)]
@@ -380,6 +446,63 @@ pub(crate) mod tests {
         assert_eq!(read_csv(&path).unwrap(), vec![row, other]);
         std::fs::write(&path, "point,engine\n1,smr\n").unwrap();
         assert!(read_csv(&path).is_err());
+    }
+
+    #[test]
+    fn passes_reduce_to_the_median_row_with_the_range() {
+        let pass = |point, throughput, p50_ms| Row {
+            point,
+            throughput,
+            p50_ms,
+            ..sample_row()
+        };
+        let measured = [
+            pass(0, 300.0, 3.0),
+            pass(1, 10.0, 9.0),
+            pass(0, 100.0, 1.0),
+            pass(1, 30.0, 7.0),
+            pass(0, 200.0, 2.0),
+        ];
+        let rows = median_of(&measured);
+        assert_eq!(rows.len(), 2, "one row per point");
+        let (a, b) = (&rows[0], &rows[1]);
+        assert_eq!(
+            (a.point, a.passes, a.throughput, a.p50_ms),
+            (0, 3, 200.0, 2.0)
+        );
+        assert_eq!(
+            (a.throughput_min, a.throughput_max),
+            (Some(100.0), Some(300.0))
+        );
+        // An even count takes the lower middle pass, whole (its latency too).
+        assert_eq!(
+            (b.point, b.passes, b.throughput, b.p50_ms),
+            (1, 2, 10.0, 9.0)
+        );
+        assert_eq!(range(b), "10–30");
+        assert_eq!(range(&sample_row()), "-", "one pass has no range");
+    }
+
+    #[test]
+    fn a_data_file_from_before_passes_still_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data.csv");
+        let row = sample_row();
+        write_csv(&path, std::slice::from_ref(&row)).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        // Drop the last three columns (passes, throughput_min, throughput_max).
+        let old: String = text
+            .lines()
+            .map(|l| l.rsplitn(4, ',').last().unwrap().to_string() + "\n")
+            .collect();
+        std::fs::write(&path, old).unwrap();
+        let read = read_csv(&path).unwrap();
+        assert_eq!(read[0].passes, 1);
+        assert_eq!(
+            (read[0].throughput_min, read[0].throughput_max),
+            (None, None)
+        );
+        assert_eq!(read[0].throughput, row.throughput);
     }
 
     #[test]

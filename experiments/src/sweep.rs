@@ -98,6 +98,7 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SweepError + '_ {
 pub(crate) fn run(args: SweepArgs) -> Result<PathBuf, SweepError> {
     let experiment = Experiment::load(&args.experiment)?;
     let points = experiment.points();
+    let passes = experiment.repeat as usize;
     let started = SystemTime::now();
     let clock = Instant::now();
     let dir = results_dir(&args.out, &args.experiment, started)?;
@@ -105,20 +106,35 @@ pub(crate) fn run(args: SweepArgs) -> Result<PathBuf, SweepError> {
     std::fs::write(&path, experiment.to_toml()).map_err(io(&path))?;
     let machine = Machine::describe();
     println!(
-        "psmr sweep: {} ({} points, about {}) -> {}",
+        "psmr sweep: {} ({} points{}, about {}) -> {}",
         experiment.title,
         points.len(),
-        humantime::format_duration(estimate(&points)),
+        if passes > 1 {
+            format!(" x {passes} passes")
+        } else {
+            String::new()
+        },
+        humantime::format_duration(estimate(&points) * passes as u32),
         dir.display()
     );
-    let bar = progress(points.len());
+    let bar = progress(points.len() * passes);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(io(Path::new("tokio runtime")))?;
-    let mut rows = Vec::with_capacity(points.len());
-    let outcome = runtime.block_on(measure_all(&points, &dir, args.port, &bar, &mut rows));
+    let mut measured = Vec::with_capacity(points.len() * passes);
+    let outcome = runtime.block_on(async {
+        for pass in 0..passes {
+            let run = Pass {
+                index: pass,
+                of: passes,
+            };
+            measure_all(&points, run, &dir, args.port, &bar, &mut measured).await?;
+        }
+        Ok(())
+    });
     bar.finish_and_clear();
+    let rows = results::median_of(&measured);
     let run = Provenance {
         machine: &machine,
         command: std::env::args().collect::<Vec<_>>().join(" "),
@@ -135,11 +151,13 @@ pub(crate) fn run(args: SweepArgs) -> Result<PathBuf, SweepError> {
             source: Box::new(source),
         });
     }
-    let zero: Vec<usize> = rows
+    let mut zero: Vec<usize> = measured
         .iter()
         .filter(|r| r.throughput <= 0.0)
         .map(|r| r.point)
         .collect();
+    zero.sort_unstable();
+    zero.dedup();
     if !zero.is_empty() {
         return Err(SweepError::ZeroThroughput { points: zero, dir });
     }
@@ -212,9 +230,27 @@ fn write_results(
     Ok(())
 }
 
-/// Measures every point into `rows`; a failure names its point.
+/// Which pass over the points this is.
+#[derive(Clone, Copy)]
+struct Pass {
+    index: usize,
+    of: usize,
+}
+
+impl std::fmt::Display for Pass {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.of > 1 {
+            write!(f, "pass {}/{}  ", self.index + 1, self.of)?;
+        }
+        Ok(())
+    }
+}
+
+/// Measures every point into `rows` (each pass starts its own clusters); a
+/// failure names its point.
 async fn measure_all(
     points: &[Point],
+    pass: Pass,
     dir: &Path,
     port: u16,
     bar: &ProgressBar,
@@ -236,7 +272,7 @@ async fn measure_all(
         let row = measure(i, p, local).await.map_err(|e| (i, e))?;
         bar.suspend(|| {
             println!(
-                "point {i:>3}  {:<48} {:>9.0} cmds/s  p50 {:.3} ms  failed {:.2} %  cpu {:.0} %",
+                "{pass}point {i:>3}  {:<48} {:>9.0} cmds/s  p50 {:.3} ms  failed {:.2} %  cpu {:.0} %",
                 describe(p),
                 row.throughput,
                 row.p50_ms,

@@ -149,8 +149,9 @@ fn a_bad_experiment_file_names_the_field_and_runs_nothing() {
 fn a_point_that_answers_nothing_fails_the_run_and_keeps_the_results() {
     let out = tempfile::tempdir().expect("a temporary directory");
     let file = out.path().join("empty.toml");
-    // A measured interval of 1 µs: no call can be answered inside it.
-    let experiment = "title = \"nothing answers in time\"\n[base]\nengine = \"smr\"\npreload = 1000\nclients = 1\nin_flight = 1\nwarmup = \"100ms\"\nduration = \"1us\"\n";
+    // A measured interval of 1 µs: no call can be answered inside it; two
+    // passes, each with its own cluster.
+    let experiment = "title = \"nothing answers in time\"\nrepeat = 2\n[base]\nengine = \"smr\"\npreload = 1000\nclients = 1\nin_flight = 1\nwarmup = \"100ms\"\nduration = \"1us\"\n";
     std::fs::write(&file, experiment).expect("write");
     let result = sweep(&file, out.path());
     assert_eq!(result.status.code(), Some(1), "{}", text(&result));
@@ -159,6 +160,26 @@ fn a_point_that_answers_nothing_fails_the_run_and_keeps_the_results() {
         "{}",
         text(&result)
     );
+    assert_eq!(
+        text(&result).matches("point   0").count(),
+        2,
+        "{}",
+        text(&result)
+    );
     let dir = run_dir(out.path(), "empty");
-    assert!(dir.join("data.csv").exists() && dir.join("summary.md").exists());
+    let summary = std::fs::read_to_string(dir.join("summary.md")).expect("summary.md");
+    assert!(summary.contains("2 passes over all points"), "{summary}");
+    let data = std::fs::read_to_string(dir.join("data.csv")).expect("data.csv");
+    let mut lines = data.lines();
+    let header: Vec<&str> = lines.next().expect("a header").split(',').collect();
+    let row: Vec<&str> = lines.next().expect("one row").split(',').collect();
+    assert!(
+        lines.next().is_none(),
+        "one row per point, not per pass: {data}"
+    );
+    let passes = header
+        .iter()
+        .position(|&c| c == "passes")
+        .expect("a passes column");
+    assert_eq!(row[passes], "2");
 }
