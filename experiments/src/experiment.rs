@@ -240,7 +240,8 @@ const MAX_THREADS: usize = 64;
 /// The most passes `repeat` may ask for.
 const MAX_PASSES: u32 = 100;
 
-fn one_pass() -> u32 {
+/// The default of `repeat` (and of `passes` in data files written before it).
+pub(crate) fn one_pass() -> u32 {
     1
 }
 

@@ -51,17 +51,13 @@ pub(crate) struct Row {
     pub(crate) replica_cpu_pct: f64,
     /// Passes that measured this point; the row is the one of median
     /// throughput (absent in files written before `repeat` existed).
-    #[serde(default = "one")]
-    pub(crate) passes: usize,
+    #[serde(default = "crate::experiment::one_pass")]
+    pub(crate) passes: u32,
     /// Lowest and highest throughput over the passes.
     #[serde(default)]
     pub(crate) throughput_min: Option<f64>,
     #[serde(default)]
     pub(crate) throughput_max: Option<f64>,
-}
-
-fn one() -> usize {
-    1
 }
 
 impl Row {
@@ -118,7 +114,7 @@ pub(crate) fn median_of(measured: &[Row]) -> Vec<Row> {
         .map(|mut rows| {
             rows.sort_by(|a, b| a.throughput.total_cmp(&b.throughput));
             let mut median = rows[(rows.len() - 1) / 2].clone();
-            median.passes = rows.len();
+            median.passes = u32::try_from(rows.len()).expect("at most MAX_PASSES passes");
             median.throughput_min = Some(rows[0].throughput);
             median.throughput_max = rows.last().map(|r| r.throughput);
             median
