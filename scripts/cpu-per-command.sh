@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# CPU time per command of each process of a `psmr local` cluster under
+# `psmr client load`: where an engine spends the cores, not only how fast
+# it goes. Samples utime+stime from /proc/<pid>/stat over 5 s of the load.
+# Usage: scripts/cpu-per-command.sh ENGINE DEPENDENT [THREADS]
+#   e.g. scripts/cpu-per-command.sh psmr 0.5; scripts/cpu-per-command.sh smr 0.5
+set -euo pipefail
+cd "$(dirname "$0")/.."
+engine=${1:?engine}; dependent=${2:?dependent share}; threads=${3:-2}
+cargo build --release -q -p psmr-experiments --bin psmr
+psmr=$PWD/target/release/psmr
+dir=$(mktemp -d)
+trap 'kill -INT $cluster 2>/dev/null; wait 2>/dev/null; rm -rf "$dir"' EXIT
+"$psmr" local --engine "$engine" --threads "$threads" --preload 100000 --dir "$dir/cluster" \
+  --port 7650 --stop-after 60s >"$dir/local.out" 2>&1 &
+cluster=$!
+for _ in $(seq 1 240); do
+  grep -q '^serving' "$dir/local.out" && break
+  kill -0 $cluster 2>/dev/null || { cat "$dir/local.out" >&2; exit 1; }
+  sleep 0.25
+done
+"$psmr" client --config "$dir/cluster/cluster.toml" load --duration 8s --warmup 1s \
+  --clients 4 --in-flight 256 --dependent "$dependent" >"$dir/load.out" &
+load=$!
+ticks() { # pid -> utime+stime in clock ticks
+  awk '{ sub(/.*\) /, ""); print $12 + $13 }' "/proc/$1/stat" 2>/dev/null || echo 0
+}
+role() { tr '\0' ' ' <"/proc/$1/cmdline" | awk '{ for (i = 1; i <= NF; i++) if ($i == "--id") id = $(i + 1); print $2 (id ? " " id : "") }'; }
+sleep 3
+pids=$(pgrep -f "$dir/cluster/cluster.toml" | grep -v "^$load$" || true)
+declare -A before
+for p in $pids; do before[$p]=$(ticks "$p"); done
+sleep 5
+hz=$(getconf CLK_TCK)
+declare -A used
+for p in $pids; do used[$p]=$(( $(ticks "$p") - ${before[$p]} )); done
+wait $load
+throughput=$(awk '{ for (i = 1; i <= NF; i++) if ($i == "throughput") print $(i + 1) }' "$dir/load.out")
+echo "engine=$engine threads=$threads dependent=$dependent throughput=$throughput cmds/s"
+for p in $pids; do
+  awk -v t="${used[$p]}" -v hz="$hz" -v n="$throughput" -v r="$(role "$p")" \
+    'BEGIN { printf "%-14s %5.1f %% of a core  %6.2f us CPU per command\n", r, 100 * t / hz / 5, 1e6 * t / hz / 5 / n }'
+done
