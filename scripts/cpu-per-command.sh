@@ -2,11 +2,15 @@
 # CPU time per command of each process of a `psmr local` cluster under
 # `psmr client load`: where an engine spends the cores, not only how fast
 # it goes. Samples utime+stime from /proc/<pid>/stat over 5 s of the load.
-# Usage: scripts/cpu-per-command.sh ENGINE DEPENDENT [THREADS]
+# Also counts the UDP datagrams sent on the machine (/proc/net/snmp) per
+# command: QUIC packets, acknowledgements included.
+# Usage: scripts/cpu-per-command.sh ENGINE DEPENDENT [THREADS] [CLIENTS] [IN_FLIGHT]
 #   e.g. scripts/cpu-per-command.sh psmr 0.5; scripts/cpu-per-command.sh smr 0.5
+#        scripts/cpu-per-command.sh opt-psmr 0 2 1 1   (one call in flight: latency)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 engine=${1:?engine}; dependent=${2:?dependent share}; threads=${3:-2}
+clients=${4:-4}; in_flight=${5:-256}
 cargo build --release -q -p psmr-experiments --bin psmr
 psmr=$PWD/target/release/psmr
 dir=$(mktemp -d)
@@ -20,24 +24,35 @@ for _ in $(seq 1 240); do
   sleep 0.25
 done
 "$psmr" client --config "$dir/cluster/cluster.toml" load --duration 8s --warmup 1s \
-  --clients 4 --in-flight 256 --dependent "$dependent" >"$dir/load.out" &
+  --clients "$clients" --in-flight "$in_flight" --dependent "$dependent" >"$dir/load.out" &
 load=$!
+switches() { # pid -> context switches of all its threads
+  cat /proc/"$1"/task/*/status 2>/dev/null | awk '/ctxt_switches/ { n += $2 } END { print n + 0 }'
+}
 ticks() { # pid -> utime+stime in clock ticks
   awk '{ sub(/.*\) /, ""); print $12 + $13 }' "/proc/$1/stat" 2>/dev/null || echo 0
 }
-role() { tr '\0' ' ' <"/proc/$1/cmdline" | awk '{ for (i = 1; i <= NF; i++) if ($i == "--id") id = $(i + 1); print $2 (id ? " " id : "") }'; }
+role() { tr '\0' ' ' <"/proc/$1/cmdline" | awk '{ for (i = 1; i <= NF; i++) if ($i == "--id") id = $(i + 1); print ($2 == "client" ? "client (load)" : $2 (id ? " " id : "")) }'; }
 sleep 3
-pids=$(pgrep -f "$dir/cluster/cluster.toml" | grep -v "^$load$" || true)
-declare -A before
-for p in $pids; do before[$p]=$(ticks "$p"); done
+pids=$(pgrep -f "$dir/cluster/cluster.toml" || true)
+udp_out() { awk '/^Udp:/ { n++ } /^Udp:/ && n == 2 { print $5 }' /proc/net/snmp; }
+declare -A before roles wakes
+for p in $pids; do before[$p]=$(ticks "$p"); roles[$p]=$(role "$p"); wakes[$p]=$(switches "$p"); done
+datagrams=$(udp_out)
 sleep 5
+datagrams=$(( $(udp_out) - datagrams ))
 hz=$(getconf CLK_TCK)
 declare -A used
-for p in $pids; do used[$p]=$(( $(ticks "$p") - ${before[$p]} )); done
+for p in $pids; do
+  used[$p]=$(( $(ticks "$p") - ${before[$p]} ))
+  wakes[$p]=$(( $(switches "$p") - ${wakes[$p]} ))
+done
 wait $load
 throughput=$(awk '{ for (i = 1; i <= NF; i++) if ($i == "throughput") print $(i + 1) }' "$dir/load.out")
-echo "engine=$engine threads=$threads dependent=$dependent throughput=$throughput cmds/s"
+latency=$(grep -o 'p50 [0-9.]*' "$dir/load.out")
+echo "engine=$engine threads=$threads dependent=$dependent load=${clients}x$in_flight throughput=$throughput cmds/s $latency ms"
+awk -v d="$datagrams" -v n="$throughput" 'BEGIN { printf "UDP datagrams sent: %.3f per command\n", d / 5 / n }'
 for p in $pids; do
-  awk -v t="${used[$p]}" -v hz="$hz" -v n="$throughput" -v r="$(role "$p")" \
-    'BEGIN { printf "%-14s %5.1f %% of a core  %6.2f us CPU per command\n", r, 100 * t / hz / 5, 1e6 * t / hz / 5 / n }'
+  awk -v t="${used[$p]}" -v hz="$hz" -v n="$throughput" -v r="${roles[$p]}" -v w="${wakes[$p]}" \
+    'BEGIN { printf "%-14s %5.1f %% of a core  %7.2f us CPU  %6.3f context switches per command\n", r, 100 * t / hz / 5, 1e6 * t / hz / 5 / n, w / 5 / n }'
 done

@@ -132,6 +132,37 @@ async fn frames_from_a_node_arrive_in_order_and_batched() {
     }
 }
 
+/// Peers acknowledge every 16th packet or after 5 ms, not every second one:
+/// one frame at a time (each its own packet, as at low load), the sender
+/// gets about one acknowledgement per 16 packets, plus one per 5 ms elapsed.
+#[tokio::test]
+async fn peers_acknowledge_packets_in_groups() {
+    let mut s = setup();
+    let n2 = peer(&s.certs, Some(N2), s.addr);
+    const ROUNDS: u64 = 320;
+    let started = std::time::Instant::now();
+    for i in 0..ROUNDS {
+        n2.send(N1, Purpose::Protocol, frame_of(&i.to_le_bytes()));
+        let inbound = tokio::time::timeout(WAIT, s.inbox.recv())
+            .await
+            .expect("in time")
+            .expect("open");
+        assert_eq!(&inbound.body[..], &i.to_le_bytes());
+    }
+    let elapsed_ms = started.elapsed().as_millis() as u64;
+    let stats = n2.link_stats(N1).expect("node 2 dialed node 1");
+    let (packets, acks) = (stats.udp_tx.datagrams, stats.frame_rx.acks);
+    // QUIC's default would be one acknowledgement per two packets (160 here).
+    let bound = ROUNDS / 16 + elapsed_ms / 5 + 10;
+    println!("{packets} packets, {acks} acknowledgements in {elapsed_ms} ms (bound {bound})");
+    assert!(packets >= ROUNDS, "one packet per frame");
+    assert!(
+        acks <= bound,
+        "{acks} acknowledgements for {packets} packets"
+    );
+    n2.close();
+}
+
 #[tokio::test]
 async fn garbage_bytes_close_the_stream() {
     let mut s = setup();
