@@ -174,7 +174,8 @@ fn tuple_op(rng: &mut ChaCha8Rng) -> TupleOp {
 fn tuple_space() {
     println!(
         "\n== tuple space (reconfiguration paper, Figure 1): 100k tuples, rdp/inp/out/cas, \
-         1-10 fields; best of {BEST_OF} runs, configurations interleaved"
+         1-10 fields; {ROUNDS} rounds, each running every configuration once; a ratio is to \
+         the sequential run of its own round, the median of the rounds and their range shown"
     );
     let tuples = scale(100_000);
     let space = || {
@@ -184,10 +185,12 @@ fn tuple_space() {
             (0..n).map(|_| rng.random_range(0..1000)).collect()
         }))
     };
-    let mut csv = String::from("model,engine,threads,cost,commands_per_s,ratio_to_sequential\n");
+    let mut csv = String::from(
+        "model,engine,threads,cost,commands_per_s,ratio_to_sequential,ratio_min,ratio_max\n",
+    );
     println!(
-        "{:<9} {:<11} {:>7} {:<32} {:>12} {:>9}",
-        "model", "engine", "threads", "cost", "cmds/s", "vs seq"
+        "{:<9} {:<11} {:>7} {:<32} {:>12} {:>9} {:>13}",
+        "model", "engine", "threads", "cost", "cmds/s", "vs seq", "range"
     );
     let wait = |us| ExecCost {
         busy: Duration::ZERO,
@@ -197,6 +200,7 @@ fn tuple_space() {
     for (cost, commands) in [
         (ExecCost::default(), 20_000),
         (wait(20), 6_000),
+        (wait(30), 6_000),
         (wait(50), 6_000),
         (wait(200), 3_000),
     ] {
@@ -224,16 +228,27 @@ fn tuple_space() {
                 .expect("every model is prepared");
             (service, streams)
         };
-        let mut best = [Duration::MAX; 5];
-        for _ in 0..BEST_OF {
-            for (b, (model, _, config)) in best.iter_mut().zip(&configs) {
-                let (service, streams) = prepared_for(*model);
-                *b = (*b).min(run(service, config.clone(), space(), streams).elapsed);
-            }
-        }
-        let rate = |d: Duration| subs.len() as f64 / d.as_secs_f64();
-        for ((model, engine, config), elapsed) in configs.iter().zip(best) {
-            let ratio = best[0].as_secs_f64() / elapsed.as_secs_f64();
+        // rounds[r][c]: configuration c's time in round r.
+        let rounds: Vec<Vec<f64>> = (0..ROUNDS)
+            .map(|_| {
+                configs
+                    .iter()
+                    .map(|(model, _, config)| {
+                        let (service, streams) = prepared_for(*model);
+                        let run = run(service, config.clone(), space(), streams);
+                        run.elapsed.as_secs_f64()
+                    })
+                    .collect()
+            })
+            .collect();
+        for (c, (model, engine, config)) in configs.iter().enumerate() {
+            let elapsed = median(rounds.iter().map(|r| r[c]).collect());
+            let rate = subs.len() as f64 / elapsed;
+            let ratios: Vec<f64> = rounds.iter().map(|r| r[0] / r[c]).collect();
+            let (low, high) = ratios
+                .iter()
+                .fold((f64::MAX, f64::MIN), |(l, h), &x| (l.min(x), h.max(x)));
+            let ratio = median(ratios);
             let threads = config.threads();
             let model = if threads == 1 {
                 "any".to_string()
@@ -241,23 +256,35 @@ fn tuple_space() {
                 format!("{model:?}")
             };
             println!(
-                "{model:<9} {engine:<11} {threads:>7} {:<32} {:>12.0} {ratio:>9.2}",
+                "{model:<9} {engine:<11} {threads:>7} {:<32} {rate:>12.0} {ratio:>9.2} {:>13}",
                 cost.to_string(),
-                rate(elapsed),
+                format!("{low:.2}-{high:.2}"),
             );
             let _ = writeln!(
                 csv,
-                "{model},{engine},{threads},{cost},{:.0},{ratio:.3}",
-                rate(elapsed)
+                "{model},{engine},{threads},{cost},{rate:.0},{ratio:.3},{low:.3},{high:.3}"
             );
         }
     }
     write("tuple_space.csv", &csv);
 }
 
-/// Runs per configuration; the best is reported (the machine is shared).
-/// Identical sequential runs differed by up to 40 % here with best of 3.
-const BEST_OF: usize = 5;
+/// Rounds of the tuple-space bench. The machine is shared: identical
+/// sequential runs differed by up to 40 %, so each ratio pairs runs of the
+/// same round and the median of the rounds is reported, with the range.
+const ROUNDS: usize = 11;
+
+/// The median of `xs` (the mean of the middle two for an even count).
+fn median(mut xs: Vec<f64>) -> f64 {
+    assert!(!xs.is_empty(), "the median of nothing");
+    xs.sort_by(f64::total_cmp);
+    let mid = xs.len() / 2;
+    if xs.len() % 2 == 1 {
+        xs[mid]
+    } else {
+        (xs[mid - 1] + xs[mid]) / 2.0
+    }
+}
 
 // ---------------------------------------------------------------- linked list
 
