@@ -15,14 +15,9 @@ cargo build --release -q -p psmr-experiments --bin psmr
 psmr=$PWD/target/release/psmr
 dir=$(mktemp -d)
 trap 'kill -INT $cluster 2>/dev/null; wait 2>/dev/null; rm -rf "$dir"' EXIT
-"$psmr" local --engine "$engine" --threads "$threads" --preload 100000 --dir "$dir/cluster" \
-  --port 7650 --stop-after 60s >"$dir/local.out" 2>&1 &
-cluster=$!
-for _ in $(seq 1 240); do
-  grep -q '^serving' "$dir/local.out" && break
-  kill -0 $cluster 2>/dev/null || { cat "$dir/local.out" >&2; exit 1; }
-  sleep 0.25
-done
+source scripts/local-cluster.sh
+start_cluster "$dir/local.out" --engine "$engine" --threads "$threads" --preload 100000 \
+  --dir "$dir/cluster" --port 7650 --stop-after 60s
 "$psmr" client --config "$dir/cluster/cluster.toml" load --duration 8s --warmup 1s \
   --clients "$clients" --in-flight "$in_flight" --dependent "$dependent" >"$dir/load.out" &
 load=$!

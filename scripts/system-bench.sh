@@ -16,14 +16,10 @@ psmr=target/release/psmr
 dir=$(mktemp -d)
 trap 'kill -INT $cluster 2>/dev/null; wait 2>/dev/null; rm -rf "$dir"' EXIT
 
+source scripts/local-cluster.sh
+
 one() { # name storage clients in_flight
-  "$psmr" local --dir "$dir/cluster" --port 7600 --storage "$2" --stop-after 120s >"$dir/local.out" 2>&1 &
-  cluster=$!
-  for _ in $(seq 1 240); do
-    grep -q '^serving' "$dir/local.out" && break
-    kill -0 $cluster 2>/dev/null || { cat "$dir/local.out" >&2; exit 1; }
-    sleep 0.25
-  done
+  start_cluster "$dir/local.out" --dir "$dir/cluster" --port 7600 --storage "$2" --stop-after 120s
   report=$("$psmr" client --config "$dir/cluster/cluster.toml" load \
     --duration 8s --warmup 2s --clients "$3" --in-flight "$4")
   kill -INT $cluster; wait $cluster || true
