@@ -162,7 +162,9 @@ impl AcceptorRing {
         instance < self.frontier || self.log.get(&instance).is_some_and(|s| s.decided)
     }
 
-    fn note_horizon(&mut self, decided_below: Instance) {
+    /// Some instance below `decided_below` is known to be decided elsewhere:
+    /// a gap up to it is filled by catch-up.
+    pub(crate) fn note_horizon(&mut self, decided_below: Instance) {
         self.horizon = self.horizon.max(decided_below);
     }
 

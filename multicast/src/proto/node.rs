@@ -394,6 +394,9 @@ impl AcceptorNode {
             Message::Propose(p) => on_propose(&mut ctx, state, p),
             Message::Prepare(p) => state.acceptor.on_prepare(&mut ctx, from, p)?,
             Message::Promise(p) => {
+                // The promiser knows every instance below its frontier to be
+                // decided: a gap this node's acceptor must fill.
+                state.acceptor.note_horizon(p.frontier);
                 let members = state.acceptor.members.clone();
                 if let Some(c) = state.coordinator.as_mut() {
                     c.on_promise(&mut ctx, &members, from, p);

@@ -200,8 +200,11 @@ fn ms(n: u64) -> Duration {
 }
 
 /// Rings g_1..g_K and g_all; each has all acceptors of the pool or three of
-/// them, in an order rotated per ring so that coordinators spread.
+/// them. Either one order for every ring (one coordinator for all, the
+/// default of a cluster file) or an order rotated per ring so that
+/// coordinators spread.
 fn draw_rings(rng: &mut ChaCha8Rng, pool: &[NodeId], threads: u16) -> Vec<RingConfig> {
+    let rotate = rng.random_bool(0.5);
     (0..=threads)
         .map(|i| {
             let mut members: Vec<NodeId> = pool.to_vec();
@@ -211,8 +214,10 @@ fn draw_rings(rng: &mut ChaCha8Rng, pool: &[NodeId], threads: u16) -> Vec<RingCo
                 let drop_b = rng.random_range(0..4);
                 members.remove(drop_b);
             }
-            let shift = usize::from(i) % members.len();
-            members.rotate_left(shift);
+            if rotate {
+                let shift = usize::from(i) % members.len();
+                members.rotate_left(shift);
+            }
             RingConfig {
                 id: RingId(i),
                 acceptors: members,
