@@ -3,7 +3,9 @@
 # a `psmr local` cluster (3 acceptors, 2 replicas, opt-psmr K=2, 1M keys) and
 # a `psmr client load` against it, for
 #   memory storage,  2 clients x 256 calls in flight   (throughput)
+#   memory storage,  2 clients x 1024 calls in flight  (throughput with deeper queues)
 #   durable storage, 2 clients x 256 calls in flight   (throughput)
+#   durable storage, 2 clients x 1024 calls in flight
 #   memory storage,  1 client  x 1 call in flight      (latency)
 # Each configuration runs RUNS times (default 3) on a fresh cluster and prints
 # one `bench=<name> cmds_per_s=<N> p50_ms=<x>` line per run.
@@ -30,6 +32,8 @@ one() { # name storage clients in_flight
 
 for _ in $(seq 1 "$runs"); do
   one memory_2x256 memory 2 256
+  one memory_2x1024 memory 2 1024
   one durable_2x256 durable 2 256
+  one durable_2x1024 durable 2 1024
   one memory_1x1 memory 1 1
 done
