@@ -321,3 +321,38 @@ fn a_learner_delivers_in_order_and_recovers_gaps() {
         .collect();
     assert_eq!(delivered, vec![0, 1]);
 }
+
+// An idle cluster should not wake every Δ: leveling has nothing to do
+// without traffic, and the other timers (retries, recovery, heartbeats) run
+// at 10 ms and more.
+#[test]
+fn an_idle_acceptor_wakes_at_the_slow_timers_pace_until_traffic_arrives() {
+    let params = Params::default();
+    let mut config = config();
+    config.params = params.clone();
+    let start = Instant::now();
+    let mut n2 = AcceptorNode::new(N2, &config, Box::new(MemoryStorage::ephemeral()), start)
+        .expect("a node");
+    let (mut now, mut wakes) = (start, 0);
+    while let Some(at) = n2
+        .poll_timeout()
+        .filter(|&at| at < start + Duration::from_secs(1))
+    {
+        now = at.max(now);
+        n2.handle_timeout(now);
+        while n2.poll_transmit().is_some() {}
+        wakes += 1;
+        // Heartbeats from peers are not traffic.
+        n2.handle_message(now, N1, Message::Heartbeat);
+    }
+    // Ticks every 10 ms and heartbeats every 20 ms: about 100; at Δ it was 1,000.
+    assert!(wakes <= 160, "{wakes} wake-ups in an idle second");
+    let propose = Propose {
+        ring: R,
+        commands: vec![command(0)],
+        forwarded: false,
+    };
+    n2.handle_message(now, NodeId(1 << 31), Message::Propose(propose));
+    let next = n2.poll_timeout().expect("a timer");
+    assert!(next <= now + params.delta, "traffic brings the Δ pace back");
+}

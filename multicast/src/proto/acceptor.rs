@@ -152,6 +152,11 @@ impl AcceptorRing {
             .is_some_and(|t| now.duration_since(t) < window)
     }
 
+    /// Whether decisions beyond the frontier are known (a gap to fill).
+    pub(crate) fn has_gap(&self) -> bool {
+        self.horizon > self.frontier
+    }
+
     /// Whether a gap has blocked the frontier for `timeout` although
     /// decisions beyond it are known.
     pub(crate) fn stalled(&self, now: Instant, timeout: std::time::Duration) -> bool {

@@ -126,6 +126,12 @@ impl Coordinator {
         (self.next_instance, self.next_position)
     }
 
+    /// Whether commands or instances wait here (queued, in flight, or in the
+    /// Phase-1 backlog).
+    pub(crate) fn has_work(&self) -> bool {
+        !self.pending.is_empty() || !self.in_flight.is_empty() || !self.backlog.is_empty()
+    }
+
     pub(crate) fn is_leading(&self) -> bool {
         matches!(self.phase, Phase::Leading)
     }

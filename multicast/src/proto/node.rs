@@ -16,6 +16,11 @@
 //! ring order is suspected; it then runs Phase 1 with a ballot above any it
 //! has seen. It steps down when an earlier acceptor is heard from again or a
 //! higher ballot shows up, handing its queued commands to the new coordinator.
+//!
+//! The rings' timers tick every Δ (rate leveling) while messages other than
+//! heartbeats arrive, a ring has a gap, or a coordinator has work; otherwise
+//! at the pace of the slower timers (retries, recovery, heartbeats: 10 ms by
+//! default), so an idle cluster does not wake a thousand times a second.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -94,6 +99,15 @@ pub struct AcceptorNode {
     metrics: NodeMetrics,
     next_heartbeat: Instant,
     next_tick: Instant,
+    /// When the rings last ticked.
+    last_tick: Instant,
+    /// A message other than a heartbeat arrived since the last tick: the
+    /// rings tick every Δ while there is traffic, and at the slower timers'
+    /// pace when there is none (an idle cluster does not wake every Δ).
+    active: bool,
+    /// Some ring has partners this node does not host: their progress cannot
+    /// be observed, so the idle floor of leveling needs a tick every Δ.
+    always_fast: bool,
     halted: Option<StorageError>,
     /// Input arrived since the coordinators last formed batches.
     flush_due: bool,
@@ -137,6 +151,9 @@ impl AcceptorNode {
         if rings.is_empty() {
             return Err(NodeError::NotAnAcceptor { node: id });
         }
+        let always_fast = rings
+            .values()
+            .any(|s| s.partners.iter().any(|p| !rings.contains_key(p)));
         let detector = FailureDetector::new(peers, config.params.suspect_timeout, now);
         let mut node = AcceptorNode {
             id,
@@ -149,6 +166,9 @@ impl AcceptorNode {
             metrics: NodeMetrics::default(),
             next_heartbeat: now,
             next_tick: now,
+            last_tick: now,
+            active: false,
+            always_fast,
             halted: None,
             flush_due: false,
             last_now: now,
@@ -234,6 +254,13 @@ impl AcceptorNode {
         self.detector.heard(from, now);
         self.last_now = self.last_now.max(now);
         self.flush_due = true;
+        if !matches!(message, Message::Heartbeat) {
+            // Traffic after a quiet spell: tick as soon as the Δ pace allows.
+            self.active = true;
+            self.next_tick = self
+                .next_tick
+                .min(self.last_tick + self.tick_interval(true));
+        }
         self.dispatch(now, from, message);
         self.drain_local(now);
     }
@@ -252,7 +279,10 @@ impl AcceptorNode {
             }
         }
         if now >= self.next_tick {
-            self.next_tick = now + self.tick_interval();
+            let fast = self.active || self.always_fast || self.has_work();
+            self.active = false;
+            self.last_tick = now;
+            self.next_tick = now + self.tick_interval(fast);
             let ids: Vec<RingId> = self.rings.keys().copied().collect();
             for ring in ids {
                 self.tick_ring(now, ring);
@@ -322,13 +352,24 @@ impl AcceptorNode {
         self.drain_local(now);
     }
 
-    fn tick_interval(&self) -> Duration {
+    /// The pace of the rings' timers: Δ (leveling) while `fast`, else that
+    /// of retries, recovery and heartbeats.
+    fn tick_interval(&self, fast: bool) -> Duration {
         let p = &self.params;
-        p.delta
-            .min(p.heartbeat_interval)
+        let slow = p
+            .heartbeat_interval
             .min(p.retry_timeout / 2)
-            .min(p.recovery_timeout / 2)
-            .max(Duration::from_micros(100))
+            .min(p.recovery_timeout / 2);
+        let interval = if fast { slow.min(p.delta) } else { slow };
+        interval.max(Duration::from_micros(100))
+    }
+
+    /// Whether some ring has work beyond leveling: a gap, or a coordinator
+    /// with commands or instances waiting.
+    fn has_work(&self) -> bool {
+        self.rings.values().any(|s| {
+            s.acceptor.has_gap() || s.coordinator.as_ref().is_some_and(Coordinator::has_work)
+        })
     }
 
     fn drain_local(&mut self, now: Instant) {
