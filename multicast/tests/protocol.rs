@@ -67,13 +67,18 @@ fn to(to: NodeId, message: Message) -> Transmit {
 
 /// n1 leads r0 after Phase 1 with n2's promise.
 fn leader(now: Instant) -> AcceptorNode {
+    leader_after_promise(now, 0, 0)
+}
+
+/// n1 leads r0 after Phase 1 with n2's promise, which reports n2's frontier.
+fn leader_after_promise(now: Instant, frontier: u64, frontier_position: u64) -> AcceptorNode {
     let mut n1 = node(N1, now);
     drain(&mut n1);
     let promise = Promise {
         ring: R,
         ballot: ballot(1, N1),
-        frontier: 0,
-        frontier_position: 0,
+        frontier,
+        frontier_position,
         slots: vec![],
     };
     n1.handle_message(now, N2, Message::Promise(promise));
@@ -263,17 +268,7 @@ fn a_new_coordinator_reproposes_and_fills_holes() {
 #[test]
 fn a_promise_beyond_the_frontier_starts_catch_up() {
     let now = Instant::now();
-    let mut n1 = node(N1, now);
-    drain(&mut n1);
-    let promise = Promise {
-        ring: R,
-        ballot: ballot(1, N1),
-        frontier: 14,
-        frontier_position: 7312,
-        slots: vec![],
-    };
-    n1.handle_message(now, N2, Message::Promise(promise));
-    assert!(n1.is_coordinator(R));
+    let mut n1 = leader_after_promise(now, 14, 7312);
     assert_eq!(n1.frontier(R), Some(0));
     drain(&mut n1);
     let recovery = config().params.recovery_timeout;
