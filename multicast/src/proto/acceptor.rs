@@ -160,7 +160,7 @@ impl AcceptorRing {
     /// Whether a gap has blocked the frontier for `timeout` although
     /// decisions beyond it are known.
     pub(crate) fn stalled(&self, now: Instant, timeout: std::time::Duration) -> bool {
-        self.horizon > self.frontier && self.catchup.stalled_for(now) >= timeout
+        self.has_gap() && self.catchup.stalled_for(now) >= timeout
     }
 
     fn is_decided(&self, instance: Instance) -> bool {

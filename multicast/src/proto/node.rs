@@ -254,8 +254,9 @@ impl AcceptorNode {
         self.detector.heard(from, now);
         self.last_now = self.last_now.max(now);
         self.flush_due = true;
-        if !matches!(message, Message::Heartbeat) {
-            // Traffic after a quiet spell: tick as soon as the Δ pace allows.
+        if !self.active && !matches!(message, Message::Heartbeat) {
+            // Traffic after a quiet spell: tick as soon as the Δ pace allows
+            // (once per tick; later messages find the tick pulled in already).
             self.active = true;
             self.next_tick = self
                 .next_tick
