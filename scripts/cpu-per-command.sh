@@ -7,16 +7,18 @@
 # Usage: scripts/cpu-per-command.sh ENGINE DEPENDENT [THREADS] [CLIENTS] [IN_FLIGHT]
 #   e.g. scripts/cpu-per-command.sh psmr 0.5; scripts/cpu-per-command.sh smr 0.5
 #        scripts/cpu-per-command.sh opt-psmr 0 2 1 1   (one call in flight: latency)
+# Environment: PRELOAD keys (default 100,000); PSMR a psmr binary to measure
+# instead of this tree's release build (to compare two builds side by side).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 engine=${1:?engine}; dependent=${2:?dependent share}; threads=${3:-2}
 clients=${4:-4}; in_flight=${5:-256}
 cargo build --release -q -p psmr-experiments --bin psmr
-psmr=$PWD/target/release/psmr
+psmr=${PSMR:-$PWD/target/release/psmr}
 dir=$(mktemp -d)
 trap 'kill -INT $cluster 2>/dev/null; wait 2>/dev/null; rm -rf "$dir"' EXIT
 source scripts/local-cluster.sh
-start_cluster "$dir/local.out" --engine "$engine" --threads "$threads" --preload 100000 \
+start_cluster "$dir/local.out" --engine "$engine" --threads "$threads" --preload "${PRELOAD:-100000}" \
   --dir "$dir/cluster" --port 7650 --stop-after 60s
 "$psmr" client --config "$dir/cluster/cluster.toml" load --duration 8s --warmup 1s \
   --clients "$clients" --in-flight "$in_flight" --dependent "$dependent" >"$dir/load.out" &

@@ -52,7 +52,7 @@ fn run(tree: BTree, ring_commands: Vec<(RingId, Vec<Command>)>) -> Result<Vec<Re
         sink.clone(),
     )?;
     for (ring, commands) in ring_commands {
-        engine.deliver(ring, 0, Value::Batch(Arc::from(commands)))?;
+        engine.deliver(ring, 0, Value::batch(commands))?;
     }
     for ring in [RingId(0), RingId(1), RingId(2)] {
         engine.deliver(ring, 1, Value::Skip(10))?;

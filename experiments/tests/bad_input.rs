@@ -145,7 +145,7 @@ fn forged_decide() -> Message {
             round: u64::MAX,
             node: NodeId(1),
         },
-        value: Value::Batch(vec![command].into()),
+        value: Value::batch(vec![command]),
         relay: true,
         hops: 0,
     })

@@ -17,12 +17,11 @@
 #![allow(clippy::print_stdout)]
 
 use std::collections::VecDeque;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use psmr_multicast::proto::{
-    AcceptorNode, Ballot, Command, CommandId, Decide, Learner, Merged, Merger, Message,
+    AcceptorNode, Ballot, Batch, Command, CommandId, Decide, Learner, Merged, Merger, Message,
     MulticastConfig, NodeId, Params, Propose, ProposerId, RingConfig, RingId, Transmit, Value,
 };
 use psmr_multicast::storage::{DurableLog, LogOptions, MemoryStorage, Record};
@@ -247,7 +246,7 @@ fn merge_decisions(rings: u16) -> (MulticastConfig, Vec<RingId>, Vec<Message>) {
                     round: 1,
                     node: NodeId(1),
                 },
-                value: Value::Batch(Arc::from(commands)),
+                value: Value::batch(commands),
                 relay: false,
                 hops: 0,
             };
@@ -291,7 +290,7 @@ fn durable_log() -> f64 {
     const RECORDS_PER_SYNC: u64 = 16;
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let mut log = DurableLog::open(dir.path(), LogOptions::default(), |_| {}).unwrap();
-    let batch: Arc<[Command]> = (0..64).map(|s| command(1, s)).collect::<Vec<_>>().into();
+    let batch = Batch::from((0..64).map(|s| command(1, s)).collect::<Vec<_>>());
     let start = Instant::now();
     let (mut instance, mut syncs) = (0u64, 0u64);
     while start.elapsed() < Duration::from_secs(3) {

@@ -5,8 +5,9 @@ use std::time::{Duration, Instant};
 
 use psmr_multicast::proto::codec::{self, DEFAULT_MAX_FRAME};
 use psmr_multicast::proto::{
-    Accept, AcceptorNode, Ballot, Decide, LearnRequest, Learner, Message, MulticastConfig, NodeId,
-    Params, Prepare, RingConfig, RingId, Transmit, Trimmed, Value, VoteSet,
+    Accept, AcceptorNode, Ballot, Batch, Command, CommandId, Decide, LearnRequest, Learner,
+    Message, MulticastConfig, NodeId, Params, Prepare, ProposerId, RingConfig, RingId, Transmit,
+    Trimmed, Value, VoteSet,
 };
 use psmr_multicast::storage::MemoryStorage;
 
@@ -228,4 +229,40 @@ fn a_learner_counts_strangers_unknown_rings_and_bad_frames() {
     learner.handle_message(now, N2, Message::Decide(decide));
     assert!(learner.poll_delivery().is_some());
     assert_eq!(learner.metrics().duplicate_decisions, 1);
+}
+
+#[test]
+fn a_learner_refuses_a_decision_whose_batch_does_not_decode_and_delivers_a_good_copy() {
+    let now = Instant::now();
+    let mut learner = Learner::new(L, &config(), &[R], now).unwrap();
+    let command = Command {
+        id: CommandId {
+            proposer: ProposerId(4),
+            seq: 0,
+        },
+        low_water: 0,
+        payload: bytes::Bytes::from_static(b"put 1"),
+    };
+    let good = Batch::new(std::slice::from_ref(&command));
+    let mut garbage = good.encoded().to_vec();
+    garbage.truncate(garbage.len() - 2);
+    let wire = postcard::to_allocvec(&bytes::Bytes::from(garbage)).unwrap();
+    let bad: Batch = postcard::from_bytes(&wire).unwrap();
+    let decide = |batch: Batch| {
+        let message = Message::Decide(Decide {
+            ring: R,
+            instance: 0,
+            ballot: Ballot { round: 1, node: N1 },
+            value: Value::Batch(batch),
+            relay: false,
+            hops: 0,
+        });
+        codec::frame(&message, DEFAULT_MAX_FRAME).unwrap()
+    };
+    learner.handle_frame(now, N1, &decide(bad)[4..]);
+    assert_eq!(learner.metrics().bad_frames, 1);
+    assert!(learner.poll_delivery().is_none());
+    learner.handle_frame(now, N2, &decide(good)[4..]);
+    let delivered = learner.poll_delivery().expect("the good copy is delivered");
+    assert_eq!(delivered.value.commands(), &[command]);
 }

@@ -3,7 +3,6 @@
 //!
 //! Ring r0 has acceptors n1, n2, n3 (in that order) and learner n9.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -115,7 +114,7 @@ fn phase_two_goes_along_the_ring_and_decides_at_f_plus_one() {
         forwarded: false,
     };
     n1.handle_message(now, NodeId(500), Message::Propose(propose));
-    let value = Value::Batch(Arc::from(vec![command(1)]));
+    let value = Value::batch(vec![command(1)]);
     let accept = Accept {
         ring: R,
         instance: 0,

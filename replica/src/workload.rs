@@ -221,7 +221,7 @@ impl<S: Service, M: GroupMapping<Op = S::Op>> Builder<'_, S, M> {
         let rings: Vec<RingId> = self.rings.keys().copied().collect();
         for ring in rings {
             let value = match batches.remove(&ring) {
-                Some(batch) => Value::Batch(Arc::from(batch)),
+                Some(batch) => Value::batch(batch),
                 None => Value::Skip(1),
             };
             self.append(ring, value);

@@ -380,10 +380,7 @@ impl AcceptorRing {
         if matches!(value, Value::Batch(_)) {
             self.last_batch_at = Some(ctx.now);
         }
-        let known = self
-            .log
-            .get(&instance)
-            .is_some_and(|s| s.value.same_as(&value));
+        let known = self.log.get(&instance).is_some_and(|s| s.value == value);
         if !known {
             let record = Record::Accept {
                 ring: self.ring(),
@@ -398,7 +395,7 @@ impl AcceptorRing {
             value: value.clone(),
             decided: true,
         });
-        let same = slot.value.same_as(&value);
+        let same = slot.value == value;
         if slot.decided && !same {
             ctx.metrics.conflicting_decisions += 1;
         }

@@ -17,7 +17,7 @@ use thiserror::Error;
 use super::messages::Message;
 
 /// The only wire version this build speaks.
-pub const WIRE_VERSION: u8 = 1;
+pub const WIRE_VERSION: u8 = 2;
 
 /// Default upper bound on one frame: 16 MiB.
 pub const DEFAULT_MAX_FRAME: usize = 16 * 1024 * 1024;
@@ -140,7 +140,6 @@ pub fn decode_frame(buf: &[u8], max_frame: usize) -> Result<Option<(Message, usi
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
 
     use bytes::Bytes;
 
@@ -164,7 +163,7 @@ mod tests {
                 round: 1,
                 node: NodeId(1),
             },
-            value: Value::Batch(Arc::from(vec![cmd])),
+            value: Value::batch(vec![cmd]),
             votes: VoteSet(1),
             decided_below: 40,
         })

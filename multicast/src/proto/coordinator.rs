@@ -35,12 +35,11 @@
 //! and an idle cluster stays quiet.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::context::{Ctx, Membership};
 use super::messages::{Accept, Message, Prepare, Promise};
-use super::types::{Ballot, Command, Instance, NodeId, Value, VoteSet};
+use super::types::{Ballot, Batch, Command, Instance, NodeId, Value, VoteSet};
 
 struct InFlight {
     value: Value,
@@ -296,7 +295,7 @@ impl Coordinator {
             || ctx.now.duration_since(since) >= params.batch_delay
     }
 
-    fn take_batch(&mut self, ctx: &Ctx<'_>) -> Arc<[Command]> {
+    fn take_batch(&mut self, ctx: &Ctx<'_>) -> Batch {
         let params = ctx.params;
         let mut batch = Vec::with_capacity(self.pending.len().min(params.batch_max_commands));
         let mut bytes = 0;
@@ -315,7 +314,7 @@ impl Coordinator {
         } else {
             Some(ctx.now)
         };
-        batch.into()
+        Batch::new(&batch)
     }
 
     /// Timers: Phase 1 and Accept retransmission, batch delay, rate leveling.

@@ -11,7 +11,6 @@
 //! deliveries of that thread's rings.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::Arc;
 use std::time::Instant;
 
 use thiserror::Error;
@@ -227,6 +226,7 @@ impl Learner {
             ring: ring_id,
         };
         match message {
+            Message::Decide(d) if undecodable(&d.value) => out.metrics.bad_frames += 1,
             Message::Decide(d) => ring.on_decide(d, self.params.learner_buffer, &mut out),
             Message::Trimmed(t) => ring.on_trimmed(t),
             _ => {}
@@ -277,6 +277,13 @@ impl Learner {
     }
 }
 
+/// Whether `value` is a batch whose bytes are not commands: the decision is
+/// refused like a malformed frame (and fetched again from another acceptor).
+/// Decoding here, once, leaves the commands ready for the merge.
+fn undecodable(value: &Value) -> bool {
+    matches!(value, Value::Batch(batch) if batch.decode().is_err())
+}
+
 /// Removes commands already delivered on this ring. Allocates only when
 /// something is removed.
 fn filter(
@@ -285,9 +292,10 @@ fn filter(
     value: Value,
     metrics: &mut LearnerMetrics,
 ) -> Value {
-    let Value::Batch(commands) = value else {
+    let Value::Batch(batch) = value else {
         return value;
     };
+    let commands = batch.commands();
     let mut kept: Option<Vec<Command>> = None;
     for (i, command) in commands.iter().enumerate() {
         let admitted = dedupe.admit(instance, command);
@@ -302,7 +310,7 @@ fn filter(
         }
     }
     match kept {
-        None => Value::Batch(commands),
-        Some(kept) => Value::Batch(Arc::from(kept)),
+        None => Value::Batch(batch),
+        Some(kept) => Value::batch(kept),
     }
 }

@@ -150,8 +150,9 @@ impl Merger {
             }
             match self.queues[r].pop_front()? {
                 (_, Value::Skip(n)) => self.credit[r] = n,
-                (instance, Value::Batch(commands)) => {
+                (instance, Value::Batch(batch)) => {
                     self.consume(1);
+                    let commands = batch.shared();
                     if !commands.is_empty() {
                         let ring = self.rings[r];
                         return Some(Merged {
@@ -199,7 +200,7 @@ mod tests {
             low_water: 0,
             payload: Bytes::new(),
         };
-        Value::Batch(Arc::from(vec![cmd]))
+        Value::batch(vec![cmd])
     }
 
     fn drain(m: &mut Merger) -> Vec<u64> {

@@ -55,6 +55,6 @@ pub struct LearnerMetrics {
     pub unknown_peer: u64,
     /// Learn requests sent to recover gaps.
     pub recovery_requests: u64,
-    /// Frames that could not be decoded.
+    /// Frames that could not be decoded, and decisions whose batch could not.
     pub bad_frames: u64,
 }

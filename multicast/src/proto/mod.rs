@@ -39,4 +39,7 @@ pub use messages::{
 pub use metrics::{LearnerMetrics, NodeMetrics};
 pub use node::{AcceptorNode, NodeError, RingPositions};
 pub use proposer::{ProposeError, Proposer};
-pub use types::{Ballot, Command, CommandId, Instance, NodeId, ProposerId, RingId, Value, VoteSet};
+pub use types::{
+    Ballot, Batch, BatchError, Command, CommandId, Instance, NodeId, ProposerId, RingId, Value,
+    VoteSet,
+};

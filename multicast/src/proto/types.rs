@@ -5,12 +5,17 @@
 //! when the proposer had to send it again. An *instance* of a ring decides a
 //! [`Value`]: a batch of commands, or a skip of `n` instances that the merge
 //! counts as `n` (DESIGN.md section 1).
+//!
+//! A batch travels as the bytes its coordinator encoded ([`Batch`]):
+//! acceptors store, compare and forward them without looking inside, and a
+//! learner decodes them once, with the commands' payloads left in place.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+use thiserror::Error;
 
 /// A process of the cluster: an acceptor, a learner, or a proposer endpoint.
 #[derive(
@@ -100,11 +105,149 @@ pub struct Command {
     pub payload: Bytes,
 }
 
+/// The borrowed form of a [`Command`] a batch is decoded through: the payload
+/// is a slice of the batch's bytes (same encoding as `Command`'s).
+#[derive(Deserialize)]
+struct CommandRef<'a> {
+    id: CommandId,
+    low_water: u64,
+    payload: &'a [u8],
+}
+
+/// Why a batch's bytes are not a list of commands (only a faulty peer sends such a batch).
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+pub enum BatchError {
+    /// The bytes do not decode.
+    #[error("malformed batch: {0}")]
+    Malformed(#[from] postcard::Error),
+    /// The commands are followed by extra bytes.
+    #[error("{0} trailing bytes after the batch's commands")]
+    Trailing(usize),
+}
+
+/// The commands one instance decides, as the coordinator encoded them.
+///
+/// Encoded once ([`Batch::new`]); acceptors keep and forward the bytes, and
+/// [`PartialEq`] compares them. The commands are decoded on first use
+/// ([`Batch::decode`], [`Batch::commands`]), once per copy of the batch, and
+/// their payloads are slices of the batch's bytes, not copies.
+#[derive(Clone)]
+pub struct Batch {
+    encoded: Bytes,
+    commands: OnceLock<Arc<[Command]>>,
+}
+
+impl Batch {
+    /// Encodes `commands` as one batch.
+    pub fn new(commands: &[Command]) -> Batch {
+        let encoded = postcard::to_allocvec(commands).expect("commands serialize");
+        Batch::from_encoded(Bytes::from(encoded))
+    }
+
+    fn from_encoded(encoded: Bytes) -> Batch {
+        Batch {
+            encoded,
+            commands: OnceLock::new(),
+        }
+    }
+
+    /// The encoded commands.
+    pub fn encoded(&self) -> &Bytes {
+        &self.encoded
+    }
+
+    /// The commands, decoded on the first call. A learner calls this when a
+    /// batch arrives and refuses the message on an error.
+    pub fn decode(&self) -> Result<&Arc<[Command]>, BatchError> {
+        if let Some(commands) = self.commands.get() {
+            return Ok(commands);
+        }
+        let (refs, rest) = postcard::take_from_bytes::<Vec<CommandRef<'_>>>(&self.encoded)?;
+        if !rest.is_empty() {
+            return Err(BatchError::Trailing(rest.len()));
+        }
+        let commands = refs
+            .into_iter()
+            .map(|c| Command {
+                id: c.id,
+                low_water: c.low_water,
+                payload: self.encoded.slice_ref(c.payload),
+            })
+            .collect();
+        Ok(self.commands.get_or_init(|| commands))
+    }
+
+    /// The commands; none if the bytes do not decode (see [`Batch::decode`]).
+    pub fn commands(&self) -> &[Command] {
+        self.decode().map_or(&[], |commands| &commands[..])
+    }
+
+    /// The commands as a shared slice (see [`Batch::commands`]).
+    pub fn shared(&self) -> Arc<[Command]> {
+        self.decode().map_or_else(|_| Arc::from([]), Arc::clone)
+    }
+
+    /// Whether two batches are the same: one allocation handed from node to
+    /// node in memory compares by pointer, anything else by its bytes.
+    fn same_bytes(&self, other: &Batch) -> bool {
+        let (a, b) = (&self.encoded, &other.encoded);
+        (a.as_ptr() == b.as_ptr() && a.len() == b.len()) || a == b
+    }
+}
+
+impl From<Vec<Command>> for Batch {
+    fn from(commands: Vec<Command>) -> Batch {
+        Batch::new(&commands)
+    }
+}
+
+impl PartialEq for Batch {
+    fn eq(&self, other: &Batch) -> bool {
+        self.same_bytes(other)
+    }
+}
+
+impl Eq for Batch {}
+
+impl fmt::Debug for Batch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.decode() {
+            Ok(commands) => f.debug_list().entries(commands.iter()).finish(),
+            Err(e) => write!(f, "Batch({} bytes, {e})", self.encoded.len()),
+        }
+    }
+}
+
+impl Serialize for Batch {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(&self.encoded)
+    }
+}
+
+impl<'de> Deserialize<'de> for Batch {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Batch, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Batch;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("the bytes of a batch")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, bytes: &[u8]) -> Result<Batch, E> {
+                Ok(Batch::from_encoded(Bytes::copy_from_slice(bytes)))
+            }
+            fn visit_byte_buf<E: serde::de::Error>(self, bytes: Vec<u8>) -> Result<Batch, E> {
+                Ok(Batch::from_encoded(Bytes::from(bytes)))
+            }
+        }
+        deserializer.deserialize_bytes(Visitor)
+    }
+}
+
 /// What one instance decides.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Value {
     /// A batch of commands; counts as one instance in the merge.
-    Batch(Arc<[Command]>),
+    Batch(Batch),
     /// `n` instances with nothing in them, decided as one (rate leveling and
     /// hole filling). Counts as `n` instances in the merge.
     Skip(u64),
@@ -120,26 +263,17 @@ impl Value {
         }
     }
 
-    /// The commands of a batch; empty for a skip.
+    /// The commands of a batch (see [`Batch::commands`]); empty for a skip.
     pub fn commands(&self) -> &[Command] {
         match self {
-            Value::Batch(cmds) => cmds,
+            Value::Batch(batch) => batch.commands(),
             Value::Skip(_) => &[],
         }
     }
 
-    /// Equality that first compares batch pointers: a value handed from node
-    /// to node in memory is the same allocation.
-    pub fn same_as(&self, other: &Value) -> bool {
-        match (self, other) {
-            (Value::Batch(a), Value::Batch(b)) => Arc::ptr_eq(a, b) || a == b,
-            _ => self == other,
-        }
-    }
-
-    /// Payload bytes carried, for batching limits.
-    pub fn payload_bytes(&self) -> usize {
-        self.commands().iter().map(|c| c.payload.len()).sum()
+    /// A batch of `commands`.
+    pub fn batch(commands: Vec<Command>) -> Value {
+        Value::Batch(Batch::from(commands))
     }
 }
 
@@ -221,6 +355,48 @@ mod tests {
     #[test]
     fn skip_counts_its_positions() {
         assert_eq!(Value::Skip(7).positions(), 7);
-        assert_eq!(Value::Batch(Arc::from(Vec::new())).positions(), 1);
+        assert_eq!(Value::batch(Vec::new()).positions(), 1);
+    }
+
+    fn command(seq: u64, payload: &'static [u8]) -> Command {
+        Command {
+            id: CommandId {
+                proposer: ProposerId(3),
+                seq,
+            },
+            low_water: seq / 2,
+            payload: Bytes::from_static(payload),
+        }
+    }
+
+    #[test]
+    fn a_batch_decodes_to_its_commands_with_payloads_in_its_bytes() {
+        let commands = vec![command(1, b"put 7"), command(2, b""), command(3, b"get 9")];
+        let wire = postcard::to_allocvec(&Batch::new(&commands)).unwrap();
+        let batch: Batch = postcard::from_bytes(&wire).unwrap();
+        assert_eq!(batch.commands(), &commands[..]);
+        let range = batch.encoded().as_ptr_range();
+        for c in batch.commands().iter().filter(|c| !c.payload.is_empty()) {
+            assert!(range.contains(&c.payload.as_ptr()), "payload copied: {c:?}");
+        }
+        assert!(
+            Arc::ptr_eq(&batch.shared(), &batch.shared()),
+            "decoded once"
+        );
+    }
+
+    #[test]
+    fn a_batch_that_does_not_decode_is_an_error_and_has_no_commands() {
+        let good = Batch::new(&[command(1, b"x")]);
+        let mut trailing = good.encoded().to_vec();
+        trailing.push(0);
+        let cut = &good.encoded()[..good.encoded().len() - 1];
+        for (bytes, name) in [(trailing.as_slice(), "trailing"), (cut, "cut")] {
+            let wire = postcard::to_allocvec(&Bytes::copy_from_slice(bytes)).unwrap();
+            let batch: Batch = postcard::from_bytes(&wire).unwrap();
+            assert!(batch.decode().is_err(), "{name}");
+            assert!(batch.commands().is_empty(), "{name}");
+            assert_ne!(batch, good, "{name}");
+        }
     }
 }

@@ -404,9 +404,9 @@ fn digest(value: &Value) -> u64 {
     let mut h = DefaultHasher::new();
     match value {
         Value::Skip(n) => (0u8, n).hash(&mut h),
-        Value::Batch(commands) => {
+        Value::Batch(batch) => {
             1u8.hash(&mut h);
-            for c in commands.iter() {
+            for c in batch.commands() {
                 (c.id, c.low_water, &c.payload[..]).hash(&mut h);
             }
         }

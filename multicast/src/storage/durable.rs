@@ -464,7 +464,6 @@ impl Storage for DurableStorage {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
 
     use bytes::Bytes;
 
@@ -491,7 +490,7 @@ mod tests {
             ring: RingId(0),
             instance,
             ballot: ballot(1),
-            value: Value::Batch(Arc::from(vec![cmd])),
+            value: Value::batch(vec![cmd]),
         }
     }
 
