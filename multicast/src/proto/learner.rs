@@ -99,6 +99,10 @@ impl LearnerRing {
         if self.lost.is_some() {
             return;
         }
+        if undecodable(&d.value) {
+            out.metrics.bad_frames += 1;
+            return;
+        }
         if d.instance == self.next {
             self.deliver(d.value, out);
         } else {
@@ -226,7 +230,6 @@ impl Learner {
             ring: ring_id,
         };
         match message {
-            Message::Decide(d) if undecodable(&d.value) => out.metrics.bad_frames += 1,
             Message::Decide(d) => ring.on_decide(d, self.params.learner_buffer, &mut out),
             Message::Trimmed(t) => ring.on_trimmed(t),
             _ => {}
