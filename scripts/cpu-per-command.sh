@@ -3,7 +3,9 @@
 # `psmr client load`: where an engine spends the cores, not only how fast
 # it goes. Samples utime+stime from /proc/<pid>/stat over 5 s of the load.
 # Also counts the UDP datagrams sent on the machine (/proc/net/snmp) per
-# command: QUIC packets, acknowledgements included.
+# command: QUIC packets, acknowledgements included; and how the machine's
+# cores spent the same 5 s (/proc/stat: user, system, idle, stolen by the
+# hypervisor), to tell a quiet run from a noisy one.
 # Usage: scripts/cpu-per-command.sh ENGINE DEPENDENT [THREADS] [CLIENTS] [IN_FLIGHT]
 #   e.g. scripts/cpu-per-command.sh psmr 0.5; scripts/cpu-per-command.sh smr 0.5
 #        scripts/cpu-per-command.sh opt-psmr 0 2 1 1   (one call in flight: latency)
@@ -36,7 +38,9 @@ udp_out() { awk '/^Udp:/ { n++ } /^Udp:/ && n == 2 { print $5 }' /proc/net/snmp;
 declare -A before roles wakes
 for p in $pids; do before[$p]=$(ticks "$p"); roles[$p]=$(role "$p"); wakes[$p]=$(switches "$p"); done
 datagrams=$(udp_out)
+cores_before=$(head -1 /proc/stat)
 sleep 5
+cores_after=$(head -1 /proc/stat)
 datagrams=$(( $(udp_out) - datagrams ))
 hz=$(getconf CLK_TCK)
 declare -A used
@@ -49,6 +53,12 @@ throughput=$(awk '{ for (i = 1; i <= NF; i++) if ($i == "throughput") print $(i 
 latency=$(grep -o 'p50 [0-9.]*' "$dir/load.out")
 echo "engine=$engine threads=$threads dependent=$dependent load=${clients}x$in_flight throughput=$throughput cmds/s $latency ms"
 awk -v d="$datagrams" -v n="$throughput" 'BEGIN { printf "UDP datagrams sent: %.3f per command\n", d / 5 / n }'
+printf '%s\n%s\n' "$cores_before" "$cores_after" | awk -v cores="$(nproc)" '
+  NR == 1 { for (i = 2; i <= 9; i++) a[i] = $i }
+  NR == 2 { for (i = 2; i <= 9; i++) { d[i] = $i - a[i]; t += d[i] }
+    s = 100 * cores / t
+    printf "machine (%d cores = %d %%): user %.0f %%, system %.0f %%, idle %.0f %%, stolen %.0f %%\n",
+      cores, 100 * cores, d[2] * s, (d[4] + d[7] + d[8]) * s, (d[5] + d[6]) * s, d[9] * s }'
 for p in $pids; do
   awk -v t="${used[$p]}" -v hz="$hz" -v n="$throughput" -v r="${roles[$p]}" -v w="${wakes[$p]}" \
     'BEGIN { printf "%-14s %5.1f %% of a core  %7.2f us CPU  %6.3f context switches per command\n", r, 100 * t / hz / 5, 1e6 * t / hz / 5 / n, w / 5 / n }'
