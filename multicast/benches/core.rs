@@ -290,7 +290,7 @@ fn durable_log() -> f64 {
     const RECORDS_PER_SYNC: u64 = 16;
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let mut log = DurableLog::open(dir.path(), LogOptions::default(), |_| {}).unwrap();
-    let batch = Batch::from((0..64).map(|s| command(1, s)).collect::<Vec<_>>());
+    let batch = Batch::new(&(0..64).map(|s| command(1, s)).collect::<Vec<_>>());
     let start = Instant::now();
     let (mut instance, mut syncs) = (0u64, 0u64);
     while start.elapsed() < Duration::from_secs(3) {

@@ -186,34 +186,26 @@ impl Batch {
     pub fn shared(&self) -> Arc<[Command]> {
         self.decode().map_or_else(|_| Arc::from([]), Arc::clone)
     }
+}
 
-    /// Whether two batches are the same: one allocation handed from node to
-    /// node in memory compares by pointer, anything else by its bytes.
-    fn same_bytes(&self, other: &Batch) -> bool {
+/// Two batches are the same when their bytes are: one allocation handed from
+/// node to node in memory compares by pointer, anything else byte by byte.
+impl PartialEq for Batch {
+    fn eq(&self, other: &Batch) -> bool {
         let (a, b) = (&self.encoded, &other.encoded);
         (a.as_ptr() == b.as_ptr() && a.len() == b.len()) || a == b
     }
 }
 
-impl From<Vec<Command>> for Batch {
-    fn from(commands: Vec<Command>) -> Batch {
-        Batch::new(&commands)
-    }
-}
-
-impl PartialEq for Batch {
-    fn eq(&self, other: &Batch) -> bool {
-        self.same_bytes(other)
-    }
-}
-
 impl Eq for Batch {}
 
+/// Shows the commands if the batch was decoded, else only its size: printing
+/// a batch at an acceptor must not decode it and keep the commands there.
 impl fmt::Debug for Batch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.decode() {
-            Ok(commands) => f.debug_list().entries(commands.iter()).finish(),
-            Err(e) => write!(f, "Batch({} bytes, {e})", self.encoded.len()),
+        match self.commands.get() {
+            Some(commands) => f.debug_list().entries(commands.iter()).finish(),
+            None => write!(f, "Batch({} bytes)", self.encoded.len()),
         }
     }
 }
@@ -273,7 +265,7 @@ impl Value {
 
     /// A batch of `commands`.
     pub fn batch(commands: Vec<Command>) -> Value {
-        Value::Batch(Batch::from(commands))
+        Value::Batch(Batch::new(&commands))
     }
 }
 
