@@ -1,5 +1,5 @@
-//! Cost of one synchronous-mode handoff (all K threads meet, the leader
-//! runs alone, all resume), with no work in between, for each wait policy.
+//! Cost of one synchronous-mode handoff (all K threads meet, the last to
+//! arrive runs alone, all resume), with no work in between, for each wait policy.
 //!
 //! `cargo bench -p psmr-replica --bench handoff`
 
@@ -21,12 +21,7 @@ fn handoffs_per_second(threads: usize, policy: WaitPolicy, rounds: u64) -> f64 {
             let rv = rv.clone();
             std::thread::spawn(move || {
                 for round in 0..rounds {
-                    if t == 0 {
-                        rv.gather(round).unwrap();
-                        rv.release(round);
-                    } else {
-                        rv.follow(t, round).unwrap();
-                    }
+                    rv.meet(t, round, || ()).unwrap();
                 }
             })
         })

@@ -1,12 +1,33 @@
 //! The synchronous-mode handoff (DESIGN.md section 5; opt-PSMR paper,
-//! Algorithm 1 lines 18–29): every thread stops at a `g_all` command, the
-//! lowest thread executes it once all others have arrived, then releases
-//! them.
+//! Algorithm 1 lines 18–29): every thread stops at a `g_all` command, one
+//! thread executes it once all have arrived, then releases the others.
 //!
 //! ```text
-//!  follower t_k:  arrive ──────────────── wait(released > round) ──> resume
-//!  leader   t_0:  wait(arrived = K-1) ─ execute ─ release(round) ──> resume
+//!  early t_j:  arrive ─> Wait ─── (own work? wait(released > round)) ──> resume
+//!  last  t_k:  arrive ─> Execute ─ execute ─ release(round) ────────────> resume
 //! ```
+//!
+//! The thread that arrives last executes the round (the paper has the
+//! lowest thread do it). Nobody waits to start the work: the last thread
+//! finds everyone stopped and goes on at once, where a fixed executor that
+//! arrived first would have parked and then waited for a wake-up (75–145 µs
+//! here) while every other thread waited on it in turn. Two threads that
+//! arrive together may both see the round complete; a compare-and-swap on
+//! the next round to claim picks one.
+//!
+//! Every thread counts its synchronizations (`round`); all threads see the
+//! same sequence of `g_all` commands, so their counts agree. Each thread
+//! publishes how many rounds it has arrived at. The executor of round r+1
+//! runs after round r is released: it needs every thread at r+1, the
+//! executor of r among them, which arrives there only after releasing r.
+//!
+//! A thread that arrives early need not wait for the release at once: only
+//! before it executes something of its own ([`Rendezvous::arrive`] now,
+//! [`Rendezvous::await_release`] later). Between two `g_all` commands with
+//! nothing of its own in between it has nothing to execute, so it arrives
+//! at the next round at once: at 100 % dependent commands the faster
+//! threads run ahead and the slowest executes every round without waiting
+//! (no wake-up per command).
 //!
 //! Waiting busy-waits first, then parks on a condition variable. Spinning
 //! costs about 0.1 µs per handoff when every thread has a core, but with
@@ -19,18 +40,6 @@
 //! processes (acceptors, clients), and a spin of 16,384 hints (460 µs)
 //! took so much of it that psmr at 100 % dependent ran at 0.55x smr over
 //! the network (`psmr sweep`); with 1,024 it runs at 1.0x.
-//!
-//! Every thread counts its synchronizations (`round`); all threads see the
-//! same sequence of `g_all` commands, so their counts agree. Each follower
-//! publishes how many rounds it has arrived at; the leader of round r waits
-//! until every follower has arrived at r.
-//!
-//! A follower need not wait for the release right after it arrives: only
-//! before it executes something of its own ([`Rendezvous::arrive`] now,
-//! [`Rendezvous::await_release`] later). Between two `g_all` commands with
-//! nothing of its own in between it has nothing to execute, so it arrives
-//! at the next round at once: at 100 % dependent commands the followers run
-//! ahead and the leader never waits for them (no wake-up per command).
 //!
 //! If a thread dies, [`Rendezvous::abort`] wakes every waiter, who then gets
 //! `Err(Aborted)` instead of waiting forever.
@@ -153,16 +162,30 @@ impl Parking {
     }
 }
 
+/// What a thread that arrived at a round does next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[must_use]
+pub enum Turn {
+    /// It arrived last: every other thread has stopped. It executes the
+    /// round, then calls [`Rendezvous::release`].
+    Execute,
+    /// Another thread executes the round: [`Rendezvous::await_release`]
+    /// before any work of its own.
+    Wait,
+}
+
 /// The meeting point of K threads at each synchronous-mode command.
 #[derive(Debug)]
 pub struct Rendezvous {
-    /// Per follower (thread 1..K, at index thread - 1): rounds arrived at.
+    /// Per thread: rounds arrived at.
     arrived: Vec<Padded>,
+    /// Rounds whose executor has been chosen.
+    claimed: AtomicU64,
     released: AtomicU64,
     parking: Parking,
 }
 
-/// A counter on its own cache line: followers do not slow each other down.
+/// A counter on its own cache line: threads do not slow each other down.
 #[derive(Debug)]
 #[repr(align(64))]
 struct Padded(AtomicU64);
@@ -172,7 +195,8 @@ impl Rendezvous {
     pub fn new(threads: usize, patience: Patience) -> Rendezvous {
         assert!(threads >= 1);
         Rendezvous {
-            arrived: (1..threads).map(|_| Padded(AtomicU64::new(0))).collect(),
+            arrived: (0..threads).map(|_| Padded(AtomicU64::new(0))).collect(),
+            claimed: AtomicU64::new(0),
             released: AtomicU64::new(0),
             parking: Parking::new(patience),
         }
@@ -184,65 +208,65 @@ impl Rendezvous {
         &self.parking
     }
 
-    /// Follower `thread`'s whole part of synchronization `round`: arrive,
-    /// then wait until the leader has executed and released it.
-    pub fn follow(&self, thread: usize, round: u64) -> Result<(), Aborted> {
-        self.arrive(thread, round);
-        self.await_release(round)
-    }
-
-    /// Follower `thread` (1..K) has stopped its own work before round
-    /// `round`, and arrived at every round before it.
-    pub fn arrive(&self, thread: usize, round: u64) {
-        let counter = &self.arrived[thread - 1].0;
-        let before = counter.swap(round + 1, Ordering::SeqCst);
+    /// Thread `thread` has stopped its own work before round `round`, and
+    /// arrived at every round before it. Exactly one thread of each round
+    /// gets [`Turn::Execute`], once every thread has arrived.
+    pub fn arrive(&self, thread: usize, round: u64) -> Turn {
+        let before = self.arrived[thread].0.swap(round + 1, Ordering::SeqCst);
         assert_eq!(before, round, "thread {thread} skipped a round");
-        // Wake the leader only when the round is complete (whichever of
-        // two followers arriving at once sees it complete wakes it).
-        if self.all_arrived(round) {
-            self.notify();
+        let complete = self
+            .arrived
+            .iter()
+            .all(|a| a.0.load(Ordering::SeqCst) > round);
+        let claimed = complete
+            && self
+                .claimed
+                .compare_exchange(round, round + 1, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok();
+        if claimed {
+            debug_assert_eq!(
+                self.released.load(Ordering::SeqCst),
+                round,
+                "rounds out of step"
+            );
+            Turn::Execute
+        } else {
+            Turn::Wait
         }
     }
 
-    fn all_arrived(&self, round: u64) -> bool {
-        self.arrived
-            .iter()
-            .all(|a| a.0.load(Ordering::SeqCst) > round)
-    }
-
-    /// Waits until the leader has executed and released round `round` (and
-    /// every one before it): a follower then may execute its own commands.
+    /// Waits until round `round` (and every one before it) is released: the
+    /// thread then may execute its own commands. Two waits, each with the
+    /// whole patience: for the last thread to arrive, then for it to
+    /// execute the round (as long as a fixed executor's two waits were).
     pub fn await_release(&self, round: u64) -> Result<(), Aborted> {
-        self.wait_until(|| self.released.load(Ordering::SeqCst) > round)
+        self.parking
+            .wait_until(|| self.claimed.load(Ordering::SeqCst) > round)?;
+        self.parking
+            .wait_until(|| self.released.load(Ordering::SeqCst) > round)
     }
 
-    /// The leader's first part of synchronization `round`: wait until every
-    /// follower has arrived. The leader then has the state to itself.
-    pub fn gather(&self, round: u64) -> Result<(), Aborted> {
-        debug_assert_eq!(
-            self.released.load(Ordering::SeqCst),
-            round,
-            "rounds out of step"
-        );
-        self.wait_until(|| self.all_arrived(round))
+    /// A thread's whole part of round `round`: arrive, execute it with
+    /// `work` if it is the last, else wait until it is released.
+    pub fn meet(&self, thread: usize, round: u64, work: impl FnOnce()) -> Result<(), Aborted> {
+        match self.arrive(thread, round) {
+            Turn::Execute => {
+                work();
+                self.release(round);
+                Ok(())
+            }
+            Turn::Wait => self.await_release(round),
+        }
     }
 
-    /// The leader's second part: let the followers go.
+    /// The executor's last part of round `round`: let the others go.
     pub fn release(&self, round: u64) {
         self.released.store(round + 1, Ordering::SeqCst);
-        self.notify();
+        self.parking.notify();
     }
 
     /// Wakes every waiter for good: a thread died.
     pub fn abort(&self) {
         self.parking.abort();
-    }
-
-    fn notify(&self) {
-        self.parking.notify();
-    }
-
-    fn wait_until(&self, done: impl Fn() -> bool) -> Result<(), Aborted> {
-        self.parking.wait_until(done)
     }
 }

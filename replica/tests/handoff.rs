@@ -3,11 +3,14 @@
 //! shuttle explores thread interleavings (and reports deadlocks).
 //!
 //! Checked, for K = 2..4 threads, spinning or parking:
-//! - the leader runs only when every follower has arrived and stopped its
-//!   parallel work (Algorithm 1, lines 20–22);
-//! - a follower resumes only after the leader's exclusive work (line 29);
-//! - followers that arrive at later rounds before earlier ones are released
-//!   (they wait only before work of their own) never overlap the leader;
+//! - exactly one thread executes each round, and only when every other
+//!   thread has arrived and stopped its parallel work (Algorithm 1, lines
+//!   20–22), whichever order they arrive in;
+//! - a thread that arrived early resumes its own work only after the round
+//!   was executed (line 29);
+//! - threads that arrive at later rounds before earlier ones are released
+//!   (they wait only before work of their own) never overlap an executor,
+//!   and rounds are executed in order;
 //! - a dying thread does not leave the others waiting forever.
 
 mod shim {
@@ -27,50 +30,60 @@ mod shim {
 #[path = "../src/rendezvous.rs"]
 mod rendezvous;
 
-use rendezvous::{Patience, Rendezvous};
+use rendezvous::{Patience, Rendezvous, Turn};
 use shuttle::sync::Arc;
 use shuttle::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 const ROUNDS: u64 = 3;
 
-/// K threads meet `ROUNDS` times. Eager followers work before every round and
-/// wait for its release right after arriving (`follow`); lazy ones work
-/// before some rounds only and wait for the release only before that work.
+/// K threads meet `ROUNDS` times. Eager threads work before every round and
+/// wait for its release right after arriving ([`Rendezvous::meet`]); lazy
+/// ones work before some rounds only and wait for the release only before
+/// that work.
 fn handoff(threads: usize, patience: Patience, lazy: bool) {
     let rv = Arc::new(Rendezvous::new(threads, patience));
     let working = Arc::new(AtomicUsize::new(0));
-    let exclusive = Arc::new(AtomicU64::new(0));
+    let executed = Arc::new(AtomicU64::new(0));
     let handles: Vec<_> = (0..threads)
         .map(|t| {
-            let (rv, working, exclusive) = (rv.clone(), working.clone(), exclusive.clone());
+            let (rv, working, executed) = (rv.clone(), working.clone(), executed.clone());
             shuttle::thread::spawn(move || {
+                let execute = |round: u64| {
+                    assert_eq!(
+                        working.load(Ordering::SeqCst),
+                        0,
+                        "a thread is still working"
+                    );
+                    let before = executed.fetch_add(1, Ordering::SeqCst);
+                    assert_eq!(before, round, "rounds executed out of order or twice");
+                    shuttle::thread::yield_now();
+                    assert_eq!(working.load(Ordering::SeqCst), 0, "a thread resumed early");
+                };
                 let mut unreleased = None;
                 for round in 0..ROUNDS {
-                    if t == 0 {
-                        rv.gather(round).unwrap();
-                        let busy = working.load(Ordering::SeqCst);
-                        assert_eq!(busy, 0, "a follower is still working");
-                        exclusive.fetch_add(1, Ordering::SeqCst);
-                        rv.release(round);
-                        continue;
-                    }
                     if !lazy || (t as u64 + round) % 2 == 0 {
                         if let Some(r) = unreleased.take() {
                             rv.await_release(r).unwrap();
-                            let done = exclusive.load(Ordering::SeqCst);
-                            assert!(done > r, "worked before the leader ran");
+                            let done = executed.load(Ordering::SeqCst);
+                            assert!(done > r, "worked before round {r} was executed");
                         }
                         working.fetch_add(1, Ordering::SeqCst);
                         shuttle::thread::yield_now();
                         working.fetch_sub(1, Ordering::SeqCst);
                     }
                     if lazy {
-                        rv.arrive(t, round);
-                        unreleased = Some(round);
+                        match rv.arrive(t, round) {
+                            Turn::Execute => {
+                                execute(round);
+                                rv.release(round);
+                                unreleased = None;
+                            }
+                            Turn::Wait => unreleased = Some(round),
+                        }
                     } else {
-                        rv.follow(t, round).unwrap();
-                        let done = exclusive.load(Ordering::SeqCst);
-                        assert!(done > round, "resumed before the leader ran");
+                        rv.meet(t, round, || execute(round)).unwrap();
+                        let done = executed.load(Ordering::SeqCst);
+                        assert!(done > round, "resumed before round {round} was executed");
                     }
                 }
             })
@@ -79,11 +92,11 @@ fn handoff(threads: usize, patience: Patience, lazy: bool) {
     for h in handles {
         h.join().unwrap();
     }
-    assert_eq!(exclusive.load(Ordering::SeqCst), ROUNDS);
+    assert_eq!(executed.load(Ordering::SeqCst), ROUNDS);
 }
 
 #[test]
-fn the_leader_runs_alone_and_followers_resume_after_it() {
+fn one_thread_runs_each_round_alone_and_the_others_resume_after_it() {
     for threads in 2..=4 {
         for (iterations, yields) in [(0, false), (3, false), (3, true)] {
             let patience = Patience { iterations, yields };
@@ -93,7 +106,7 @@ fn the_leader_runs_alone_and_followers_resume_after_it() {
 }
 
 #[test]
-fn followers_that_arrive_early_never_overlap_the_leader() {
+fn threads_that_arrive_early_never_overlap_the_executor() {
     for threads in 2..=4 {
         for (iterations, yields) in [(0, false), (3, true)] {
             let patience = Patience { iterations, yields };
@@ -111,18 +124,17 @@ fn an_aborted_rendezvous_releases_every_waiter() {
                 yields: false,
             };
             let rv = Arc::new(Rendezvous::new(3, patience));
-            let follower = {
-                let rv = rv.clone();
-                shuttle::thread::spawn(move || rv.follow(1, 0))
-            };
-            let leader = {
-                let rv = rv.clone();
-                shuttle::thread::spawn(move || rv.gather(0))
-            };
+            let waiters: Vec<_> = (0..2)
+                .map(|t| {
+                    let rv = rv.clone();
+                    shuttle::thread::spawn(move || rv.meet(t, 0, || panic!("round executed")))
+                })
+                .collect();
             // The third thread dies instead of arriving.
             rv.abort();
-            assert!(follower.join().unwrap().is_err());
-            assert!(leader.join().unwrap().is_err());
+            for w in waiters {
+                assert!(w.join().unwrap().is_err());
+            }
         },
         300,
     );

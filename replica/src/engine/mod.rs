@@ -5,14 +5,15 @@
 //! ```text
 //!  deliver(ring, instance, value) ──> worker t_i's queue (g_i: t_i only; g_all: every worker)
 //!  worker t_i: Merger{g_i, g_all} ──> batch from g_i:   execute in parallel mode (&State)
-//!                                 └─> batch from g_all: synchronous mode — t_0 executes (&mut State)
-//!                                                        while the others wait at the rendezvous
+//!                                 └─> batch from g_all: synchronous mode — the last worker to
+//!                                                        arrive executes (&mut State) while the
+//!                                                        others wait at the rendezvous
 //!  every reply ──> ReplySink
 //! ```
 //!
 //! The state sits behind a read-write lock. In parallel mode each worker
 //! holds a read guard across many commands; at a synchronization every
-//! worker drops it before it arrives, so the leader can take the write guard
+//! worker drops it before it arrives, so the executor can take the write guard
 //! without contention. An engine with one worker holds the write guard for
 //! good.
 //!

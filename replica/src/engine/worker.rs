@@ -9,7 +9,7 @@ use std::sync::mpsc::Receiver;
 use super::execute::{Access, ExecMetrics};
 use super::pause::Pauser;
 use super::{EngineState, Input, Shared};
-use crate::rendezvous::Aborted;
+use crate::rendezvous::{Aborted, Turn};
 use crate::service::{Lane, Service};
 use crate::wire::Reply;
 
@@ -33,8 +33,8 @@ struct Worker<'a, S: Service> {
     inputs: Receiver<Input>,
     metrics: ExecMetrics,
     round: u64,
-    /// A follower that arrived at this round has not yet seen it released;
-    /// it waits for that before executing anything of its own.
+    /// A round this worker arrived at early, not yet seen released; it
+    /// waits for that before executing anything of its own.
     unreleased: Option<u64>,
     pauser: Pauser,
     /// Replies of the batch being executed, handed to the sink at its end.
@@ -126,7 +126,7 @@ impl<S: Service> Worker<'_, S> {
         while let Some(batch) = self.next_batch() {
             if batch.ring == shared.config.all_ring {
                 guard = None;
-                self.synchronous(&batch.commands)?;
+                self.synchronous(&batch.commands);
                 continue;
             }
             if let Some(round) = self.unreleased.take() {
@@ -150,32 +150,35 @@ impl<S: Service> Worker<'_, S> {
 
     /// Synchronous mode for a batch of `g_all` commands: one handoff for the
     /// whole batch, or one per command without batch synchronization.
-    fn synchronous(&mut self, commands: &[Command]) -> Result<(), Aborted> {
+    fn synchronous(&mut self, commands: &[Command]) {
         if self.shared.config.batch_sync {
-            return self.handoff(commands);
+            self.handoff(commands);
+        } else {
+            for command in commands {
+                self.handoff(std::slice::from_ref(command));
+            }
         }
-        for command in commands {
-            self.handoff(std::slice::from_ref(command))?;
-        }
-        Ok(())
     }
 
-    fn handoff(&mut self, commands: &[Command]) -> Result<(), Aborted> {
+    /// Arrives at the next round; the last worker to arrive executes it. The
+    /// others wait for its release only before work of their own.
+    fn handoff(&mut self, commands: &[Command]) {
         let shared = self.shared;
         let round = self.round;
         self.round += 1;
         self.metrics.syncs += 1;
-        if self.lane.thread != 0 {
-            self.pause();
-            shared.rendezvous.arrive(self.lane.thread, round);
-            self.unreleased = Some(round);
-            return Ok(());
+        self.pause();
+        match shared.rendezvous.arrive(self.lane.thread, round) {
+            Turn::Execute => {
+                // Every earlier round was released before this one could
+                // complete (its executor had to arrive here too).
+                self.unreleased = None;
+                self.execute_exclusively(commands);
+                shared.rendezvous.release(round);
+                self.flush();
+            }
+            Turn::Wait => self.unreleased = Some(round),
         }
-        shared.rendezvous.gather(round)?;
-        self.execute_exclusively(commands);
-        shared.rendezvous.release(round);
-        self.flush();
-        Ok(())
     }
 
     /// Executes `commands` with the write guard; their replies wait in
