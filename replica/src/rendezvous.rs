@@ -239,6 +239,8 @@ impl Rendezvous {
     /// thread then may execute its own commands. Two waits, each with the
     /// whole patience: for the last thread to arrive, then for it to
     /// execute the round (as long as a fixed executor's two waits were).
+    /// A claim wakes nobody: a thread parked in the first wait wakes at the
+    /// release, when both conditions hold.
     pub fn await_release(&self, round: u64) -> Result<(), Aborted> {
         self.parking
             .wait_until(|| self.claimed.load(Ordering::SeqCst) > round)?;
