@@ -10,7 +10,8 @@
 #   e.g. scripts/cpu-per-command.sh psmr 0.5; scripts/cpu-per-command.sh smr 0.5
 #        scripts/cpu-per-command.sh opt-psmr 0 2 1 1   (one call in flight: latency)
 # Environment: PRELOAD keys (default 100,000); PSMR a psmr binary to measure
-# instead of this tree's release build (to compare two builds side by side).
+# instead of this tree's release build (to compare two builds side by side);
+# LOAD_ARGS more arguments for `psmr client load` (e.g. --every-replica-answers).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 engine=${1:?engine}; dependent=${2:?dependent share}; threads=${3:-2}
@@ -23,7 +24,7 @@ source scripts/local-cluster.sh
 start_cluster "$dir/local.out" --engine "$engine" --threads "$threads" --preload "${PRELOAD:-100000}" \
   --dir "$dir/cluster" --port 7650 --stop-after 60s
 "$psmr" client --config "$dir/cluster/cluster.toml" load --duration 8s --warmup 1s \
-  --clients "$clients" --in-flight "$in_flight" --dependent "$dependent" >"$dir/load.out" &
+  --clients "$clients" --in-flight "$in_flight" --dependent "$dependent" ${LOAD_ARGS:-} >"$dir/load.out" &
 load=$!
 switches() { # pid -> context switches of all its threads
   cat /proc/"$1"/task/*/status 2>/dev/null | awk '/ctxt_switches/ { n += $2 } END { print n + 0 }'

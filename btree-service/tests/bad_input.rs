@@ -12,8 +12,8 @@ use psmr_btree::{BTree, BTreeService, Invalid, MAX_SCAN, Op, Response};
 use psmr_multicast::proto::{Command, CommandId, ProposerId, RingId, Value};
 use psmr_replica::workload::CollectSink;
 use psmr_replica::{
-    ClientId, Engine, EngineConfig, EngineError, EngineKind, Mode, Outcome, Refusal, Reply,
-    Request, RequestId, ServiceId,
+    Answerers, ClientId, Engine, EngineConfig, EngineError, EngineKind, Mode, Outcome, Refusal,
+    Reply, Request, RequestId, ServiceId,
 };
 
 const CLIENT: u64 = 9;
@@ -36,6 +36,7 @@ fn request(id: u64, mode: Mode, service: ServiceId, op: Bytes) -> Bytes {
         mode,
         service,
         op,
+        answerers: Answerers::All,
     }
     .encode()
 }

@@ -6,7 +6,9 @@
 //! reply    ──> Done | Refused: answer the call, forget the command
 //!          ──> Retry (first time): the same request, conservative, new command
 //! timers   ──> proposer resends unanswered commands; calls unanswered for
-//!              `repropose_after` go out again as new commands; calls past the deadline time out
+//!              `repropose_after` go out again as new commands that every replica
+//!              answers, and if the replica asked to answer was the client's
+//!              answerer, the next replica becomes it; calls past the deadline time out
 //!          ──> every HELLO_EVERY, a hello to every replica (replicas answer on the
 //!              connection a hello came on, so a restarted replica learns of us again)
 //! ```
@@ -21,7 +23,9 @@ use psmr_multicast::net::{Inbound, Network, Purpose, frame_of};
 use psmr_multicast::proto::codec::{self, DEFAULT_MAX_FRAME};
 use psmr_multicast::proto::{CommandId, NodeId, Proposer, ProposerId, RingId};
 use psmr_replica::cluster::ClusterConfig;
-use psmr_replica::{ClientId, EngineKind, Group, Mode, Outcome, Reply, Request, RequestId, route};
+use psmr_replica::{
+    Answerers, ClientId, EngineKind, Group, Mode, Outcome, Reply, Request, RequestId, route,
+};
 use tokio::sync::{mpsc, oneshot};
 use tracing::debug;
 
@@ -63,6 +67,8 @@ where
     next_request: u64,
     stats: Arc<ClientStats>,
     replicas: Vec<NodeId>,
+    /// Index in `replicas` of the replica asked to answer.
+    answerer: usize,
     hello: Vec<u8>,
     next_hello: Instant,
 }
@@ -94,8 +100,28 @@ where
             next_request: 0,
             stats,
             replicas: cluster.replicas.iter().map(|r| NodeId(r.id)).collect(),
+            answerer: 0,
             hello: frame_of(&postcard::to_allocvec(&id.0).expect("an id serializes")),
             next_hello: Instant::now(),
+        }
+    }
+
+    /// Asks replica `replicas[answerer]` to answer (until it fails to).
+    pub(crate) fn answered_by(mut self, answerer: usize) -> Self {
+        assert!(answerer < self.replicas.len(), "an index of a replica");
+        self.answerer = answerer;
+        self
+    }
+
+    /// Who answers a request proposed now. A call alone in flight is
+    /// answered by every replica: its caller waits on latency, and the first
+    /// of several replies comes sooner than one chosen in advance, while the
+    /// replies' cost matters only when many calls are in flight.
+    fn answerers(&self) -> Answerers {
+        if self.options.every_replica_answers || self.pending.is_empty() {
+            Answerers::All
+        } else {
+            Answerers::One(self.replicas[self.answerer].0)
         }
     }
 
@@ -174,6 +200,7 @@ where
             mode,
             service: self.service.service_id(),
             op: self.service.encode_op(&call.op),
+            answerers: self.answerers(),
         };
         let command = self.propose(now, group, &request);
         let deadline = now + self.options.deadline;
@@ -226,16 +253,29 @@ where
         }
         let group = self.service.conservative(&pending.op, self.threads);
         self.stats.retries.fetch_add(1, Ordering::Relaxed);
-        self.propose_again(Instant::now(), id, Some(group));
+        let answerers = self.answerers();
+        self.propose_again(Instant::now(), id, Some(group), answerers);
         if let Some(pending) = self.pending.get_mut(&id) {
             pending.retried = true;
         }
     }
 
-    /// No reply for `repropose_after`: the same request as a new command.
+    /// No reply for `repropose_after`: the same request as a new command,
+    /// answered by every replica. If the silent replica is still the answerer,
+    /// the next one takes over.
     fn repropose(&mut self, now: Instant, id: RequestId) {
         self.stats.reproposals.fetch_add(1, Ordering::Relaxed);
-        self.propose_again(now, id, None);
+        let silent = self.replicas[self.answerer];
+        if self
+            .pending
+            .get(&id)
+            .is_some_and(|p| p.request.answerers == Answerers::One(silent.0))
+        {
+            self.answerer = (self.answerer + 1) % self.replicas.len();
+            self.stats.answerer_changes.fetch_add(1, Ordering::Relaxed);
+            debug!(%silent, next = %self.replicas[self.answerer], "the answering replica left a request unanswered");
+        }
+        self.propose_again(now, id, None, Answerers::All);
         let at = now + self.options.repropose_after;
         if let Some(pending) = self.pending.get_mut(&id) {
             pending.repropose_at = at;
@@ -244,15 +284,22 @@ where
     }
 
     /// Proposes pending request `id` again as a new multicast command, with
-    /// a fresh low-water mark; `conservative` moves it to that group in
-    /// conservative mode. The old command is abandoned.
-    fn propose_again(&mut self, now: Instant, id: RequestId, conservative: Option<Group>) {
+    /// a fresh low-water mark, to be answered by `answerers`; `conservative`
+    /// moves it to that group in conservative mode. The old command is abandoned.
+    fn propose_again(
+        &mut self,
+        now: Instant,
+        id: RequestId,
+        conservative: Option<Group>,
+        answerers: Answerers,
+    ) {
         let (Some(&low_water), Some(pending)) =
             (self.outstanding.first(), self.pending.get_mut(&id))
         else {
             return;
         };
         pending.request.low_water = low_water;
+        pending.request.answerers = answerers;
         if let Some(group) = conservative {
             pending.request.mode = Mode::Conservative;
             pending.group = group;

@@ -3,12 +3,15 @@
 //! ```text
 //!  call(op) ──> request id, mode and group (smr: g_all; psmr: CC-G; opt-psmr: OC-G)
 //!           ──> Propose to the ring's acceptors ──(multicast)──> replicas
+//!  answered by one replica (by all: a call alone in flight, or `every_replica_answers`)
 //!  first reply wins:  Done ──> the response
 //!                     Retry ──> once: the same request, conservatively (CC-G)
 //!                     no reply in `resend_after` ──> the same multicast command again
 //!                     no reply in `repropose_after` ──> the same request as a new
 //!                         command: replicas answer it from their table of executed
-//!                         requests (a reply lost with a crashed replica comes back)
+//!                         requests (a reply lost with a crashed replica comes back);
+//!                         every replica answers it, and the next replica answers
+//!                         the client's later requests
 //!                     nothing by the deadline ──> ClientError::Timeout
 //! ```
 //!
@@ -88,6 +91,15 @@ pub struct ClientOptions {
     /// crashed after executing, a reply stream not yet open) is recovered.
     /// Default 1 s.
     pub repropose_after: Duration,
+    /// Asks every replica to answer every request, instead of one replica
+    /// (chosen by the client id among those it reaches, replaced by the next
+    /// when it leaves a request unanswered for `repropose_after`) whenever the
+    /// client has other calls in flight (a call alone is always answered by
+    /// every replica: the first reply comes soonest). Every
+    /// replica answering masks a slow or crashed replica at once, at the price
+    /// of one reply per replica: more packets, and more CPU at the replicas
+    /// and the client. Default false.
+    pub every_replica_answers: bool,
     /// Gives up on a request after this long. Default 10 s.
     pub deadline: Duration,
     /// How long [`Client::connect`] waits for a replica. Default 5 s.
@@ -104,6 +116,7 @@ impl Default for ClientOptions {
         ClientOptions {
             resend_after: Duration::from_millis(300),
             repropose_after: Duration::from_secs(1),
+            every_replica_answers: false,
             deadline: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(5),
             id: None,
@@ -164,6 +177,8 @@ pub struct ClientStats {
     pub timeouts: AtomicU64,
     /// Requests proposed again as new commands after `repropose_after` of silence.
     pub reproposals: AtomicU64,
+    /// Times the replica asked to answer was replaced by the next one.
+    pub answerer_changes: AtomicU64,
 }
 
 pub(crate) struct Call<Op> {
@@ -221,10 +236,13 @@ where
         let tls = Tls::load(&paths.ca(), identity)?;
         let (net, inbox) = Network::start(NetConfig::new(None, None, cluster.addresses(), tls))?;
         let replicas: Vec<NodeId> = cluster.replicas.iter().map(|r| NodeId(r.id)).collect();
-        reach_a_replica(&net, &replicas, options.connect_timeout).await?;
+        // Clients spread over the replicas by id; the first one reached answers.
+        let first = (id.0 % replicas.len().max(1) as u64) as usize;
+        let answerer = reach_a_replica(&net, &replicas, first, options.connect_timeout).await?;
         let stats = Arc::new(ClientStats::default());
         let (calls, rx) = mpsc::channel(4096);
         let driver = driver::Driver::new(cluster, service, options, id, net, stats.clone());
+        let driver = driver.answered_by(answerer);
         tokio::spawn(driver.run(rx, inbox));
         Ok(Client { calls, id, stats })
     }
@@ -259,18 +277,20 @@ where
     }
 }
 
-/// Waits until one replica accepts a connection.
+/// Waits until one replica accepts a connection, trying them in order from
+/// index `start`; returns the index of the one reached.
 async fn reach_a_replica(
     net: &Network,
     replicas: &[NodeId],
+    start: usize,
     timeout: Duration,
-) -> Result<(), ClientError> {
+) -> Result<usize, ClientError> {
     let deadline = tokio::time::Instant::now() + timeout;
     let mut first = None;
     while tokio::time::Instant::now() < deadline {
-        for &replica in replicas {
-            match tokio::time::timeout_at(deadline, net.connect(replica)).await {
-                Ok(Ok(())) => return Ok(()),
+        for at in (start..start + replicas.len()).map(|i| i % replicas.len()) {
+            match tokio::time::timeout_at(deadline, net.connect(replicas[at])).await {
+                Ok(Ok(())) => return Ok(at),
                 Ok(Err(e)) => {
                     first.get_or_insert(e);
                 }

@@ -47,6 +47,9 @@ pub(crate) struct LoadOptions {
     /// Seed of the keys and operations.
     #[arg(long, default_value_t = 1)]
     pub(crate) seed: u64,
+    /// Every replica answers every call (default: one replica per client).
+    #[arg(long)]
+    pub(crate) every_replica_answers: bool,
 }
 
 /// Why the load generator failed.
@@ -239,7 +242,11 @@ impl Load {
         }
         let mut trees = Vec::with_capacity(options.clients.max(1));
         for _ in 0..options.clients.max(1) {
-            trees.push(BTreeClient::connect(cluster, ClientOptions::default()).await?);
+            let client = ClientOptions {
+                every_replica_answers: options.every_replica_answers,
+                ..ClientOptions::default()
+            };
+            trees.push(BTreeClient::connect(cluster, client).await?);
         }
         let mix = Mix {
             dependent: options.dependent,

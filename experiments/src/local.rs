@@ -272,6 +272,7 @@ async fn serve(options: &LocalOptions, local: &mut LocalCluster) -> Result<(), L
                 rate: None,
                 dependent: 0.0,
                 seed: 1,
+                every_replica_answers: false,
             };
             println!("  load       {}", crate::load::run(cluster, &load).await?);
         }

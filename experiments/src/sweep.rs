@@ -327,6 +327,7 @@ async fn measure(index: usize, p: &Point, cluster: &LocalCluster) -> Result<Row,
         rate: p.rate,
         dependent: p.dependent,
         seed: p.seed,
+        every_replica_answers: false,
     };
     let load = Load::connect(&cluster.config, &options).await?;
     let window = load.window();

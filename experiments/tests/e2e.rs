@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use common::{Spec, TestCluster, preloaded, scan_all};
 use psmr_btree::BTreeClient;
+use psmr_client::ClientOptions;
 use psmr_replica::cluster::{EngineName, PolicyName, RingEntry, StorageKind};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -330,14 +331,29 @@ fn a_replica_crash_leaves_clients_served() {
     };
     let mut cluster = TestCluster::start(&spec);
     runtime().block_on(async {
-        let tree = cluster.client().await;
+        // An even id: replica 101, the first of two, answers this client.
+        let options = ClientOptions {
+            id: Some(2 * rand::random::<u32>() as u64),
+            ..ClientOptions::default()
+        };
+        let tree = cluster.client_with(options).await;
         let writers = Writers::start(&tree, 2 * spec.preload);
         let minute = Duration::from_secs(60);
         writers.progress(200, minute, "both replicas up").await;
+        let stats = tree.inner().stats();
+        assert_eq!(stats.answerer_changes.load(Ordering::Relaxed), 0);
+        let reproposed = stats.reproposals.load(Ordering::Relaxed);
         cluster.kill(101);
         writers
             .progress(200, minute, "after kill -9 of replica 101")
             .await;
+        // The calls in flight at the kill go out again, answered by 102; the
+        // client then asks 102 to answer, and later calls need no re-proposal.
+        let reproposed = stats.reproposals.load(Ordering::Relaxed) - reproposed;
+        assert!(
+            stats.answerer_changes.load(Ordering::Relaxed) >= 1 && reproposed < 50,
+            "the client moved to replica 102 ({reproposed} re-proposals for 200 writes)"
+        );
         let written = writers.stop().await;
         assert_nothing_lost(&tree, &written).await;
     });

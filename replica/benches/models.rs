@@ -33,8 +33,8 @@ use psmr_replica::services::{
 };
 use psmr_replica::workload::{self, Streams, Submission, WorkloadOptions};
 use psmr_replica::{
-    ClientId, ConflictModel, EngineConfig, EngineKind, ExecCost, GroupMapping, Mode, Policy, Reply,
-    ReplySink, Request, RequestId, Service, ServiceId,
+    Answerers, ClientId, ConflictModel, EngineConfig, EngineKind, ExecCost, GroupMapping, Mode,
+    Policy, Reply, ReplySink, Request, RequestId, Service, ServiceId,
 };
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -533,6 +533,7 @@ fn command(i: u64, service: ServiceId, op: Bytes) -> Command {
         mode: Mode::Conservative,
         service,
         op,
+        answerers: Answerers::All,
     };
     Command {
         id: CommandId {

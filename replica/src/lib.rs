@@ -39,4 +39,4 @@ pub use engine::{
 pub use model::{ClassId, ConflictModel, Placement, ThreadSet};
 pub use rendezvous::WaitPolicy;
 pub use service::{Group, GroupMapping, Lane, Service, route};
-pub use wire::{ClientId, Mode, Outcome, Refusal, Reply, Request, RequestId, ServiceId};
+pub use wire::{Answerers, ClientId, Mode, Outcome, Refusal, Reply, Request, RequestId, ServiceId};

@@ -217,9 +217,11 @@ struct Route {
 ///
 /// Clients greet every replica periodically; a greeting on the connection a
 /// client is already answered on changes nothing, one on a new connection
-/// (the client reconnected) moves its replies there.
-#[derive(Default)]
+/// (the client reconnected) moves its replies there. A reply whose request
+/// asked another replica to answer is not sent.
 pub struct ReplyRouter {
+    /// This replica's node id.
+    replica: u32,
     clients: RwLock<HashMap<ClientId, Route>>,
     /// Replies to clients without a reply stream (they resend and get the
     /// answer from the table of executed requests).
@@ -227,6 +229,15 @@ pub struct ReplyRouter {
 }
 
 impl ReplyRouter {
+    /// The router of replica `replica`.
+    pub fn new(replica: NodeId) -> ReplyRouter {
+        ReplyRouter {
+            replica: replica.0,
+            clients: RwLock::default(),
+            undeliverable: AtomicU64::new(0),
+        }
+    }
+
     /// Whether `client` is answered on `connection` (a stable id) already.
     fn answers(&self, client: ClientId, connection: usize) -> bool {
         let clients = self.clients.read().unwrap_or_else(|e| e.into_inner());
@@ -244,10 +255,14 @@ impl ReplyRouter {
 }
 
 impl ReplySink for ReplyRouter {
-    /// One write per client of the batch: its replies' frames concatenated.
+    /// One write per client of the batch: the frames of the replies this
+    /// replica sends, concatenated.
     fn replies(&self, _thread: usize, replies: &mut Vec<Reply>) {
         let mut batches: Vec<(ClientId, Vec<u8>, u64)> = Vec::new();
         for reply in replies.drain(..) {
+            if !reply.answerers.include(self.replica) {
+                continue;
+            }
             let at = match batches.iter().position(|(c, _, _)| *c == reply.client) {
                 Some(at) => at,
                 None => {
@@ -354,7 +369,7 @@ pub async fn run_replica<S: ConflictModel>(
     let multicast = cluster.multicast();
     let rings: Vec<RingId> = multicast.rings.iter().map(|r| r.id).collect();
     let mut learner = Learner::new(id, &multicast, &rings, Instant::now())?;
-    let router = Arc::new(ReplyRouter::default());
+    let router = Arc::new(ReplyRouter::new(id));
     let engine = Engine::start(service, state, cluster.engine_config(), router.clone())?;
     let (net, mut inbox) = Network::start(net_config(cluster, id, node_tls(cluster, id)?))?;
     info!(node = %id, address = %entry.address, engine = entry.engine.kind().name(), threads = entry.threads, "replica listening");
@@ -374,4 +389,51 @@ pub async fn run_replica<S: ConflictModel>(
         return Err(e.into());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{Answerers, Outcome, RequestId};
+
+    fn reply(client: u64, request: u64, answerers: Answerers) -> Reply {
+        Reply {
+            client: ClientId(client),
+            request: Some(RequestId(request)),
+            outcome: Outcome::Done(bytes::Bytes::from_static(b"ok")),
+            answerers,
+        }
+    }
+
+    /// The requests of one batch, as the client reads them from its stream.
+    fn received(frames: &[u8]) -> Vec<u64> {
+        let mut ids = Vec::new();
+        let mut rest = frames;
+        while !rest.is_empty() {
+            let len = u32::from_le_bytes(rest[..4].try_into().unwrap()) as usize;
+            let reply = Reply::decode(&rest[4..4 + len]).unwrap();
+            ids.push(reply.request.unwrap().0);
+            rest = &rest[4 + len..];
+        }
+        ids
+    }
+
+    #[test]
+    fn a_replica_sends_only_the_replies_it_is_asked_for() {
+        let router = ReplyRouter::new(NodeId(101));
+        let (tx, mut rx) = mpsc::channel(4);
+        router.register(ClientId(7), 1, tx);
+        let mut replies = vec![
+            reply(7, 1, Answerers::One(101)),
+            reply(7, 2, Answerers::One(102)),
+            reply(7, 3, Answerers::All),
+        ];
+        router.replies(0, &mut replies);
+        assert!(replies.is_empty());
+        assert_eq!(received(&rx.try_recv().unwrap()), [1, 3]);
+        let mut others = vec![reply(7, 4, Answerers::One(102))];
+        router.replies(1, &mut others);
+        assert!(rx.try_recv().is_err(), "nothing to send, no write");
+        assert_eq!(router.undeliverable.load(Ordering::Relaxed), 0);
+    }
 }

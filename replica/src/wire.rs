@@ -34,6 +34,29 @@ pub enum Mode {
     Optimistic,
 }
 
+/// Which replicas send the reply to a request. Every replica executes every
+/// request and records its response; sending it is what costs (a packet, a
+/// wake-up of the client), so a client normally asks one replica and all of
+/// them only when that one has not answered in time.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Answerers {
+    /// Every replica; the client takes the first reply.
+    #[default]
+    All,
+    /// Only the replica with this node id; the others stay silent.
+    One(u32),
+}
+
+impl Answerers {
+    /// Whether replica `replica` (a node id) sends the reply.
+    pub fn include(self, replica: u32) -> bool {
+        match self {
+            Answerers::All => true,
+            Answerers::One(one) => one == replica,
+        }
+    }
+}
+
 /// A client request, as multicast.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Request {
@@ -48,6 +71,8 @@ pub struct Request {
     pub service: ServiceId,
     /// The service's encoding of the operation.
     pub op: Bytes,
+    /// Who answers.
+    pub answerers: Answerers,
 }
 
 impl Request {
@@ -71,6 +96,10 @@ pub struct Reply {
     pub request: Option<RequestId>,
     /// What happened.
     pub outcome: Outcome,
+    /// Which replicas send this reply: the request's choice, kept here for the
+    /// replica's reply router; not on the wire (a client gets it as `All`).
+    #[serde(skip)]
+    pub answerers: Answerers,
 }
 
 impl Reply {
@@ -147,6 +176,7 @@ mod tests {
             mode: Mode::Optimistic,
             service: ServiceId(2),
             op: Bytes::from_static(b"op"),
+            answerers: Answerers::One(102),
         };
         assert_eq!(Request::decode(&request.encode()).unwrap(), request);
         let reply = Reply {
@@ -156,8 +186,20 @@ mod tests {
                 requested: 2,
                 served: 1,
             }),
+            answerers: Answerers::All,
         };
         assert_eq!(Reply::decode(&reply.encode()).unwrap(), reply);
+        let for_one = Reply {
+            answerers: Answerers::One(101),
+            ..reply.clone()
+        };
+        assert_eq!(
+            for_one.encode(),
+            reply.encode(),
+            "the choice is not on the wire"
+        );
+        assert!(Answerers::One(101).include(101) && !Answerers::One(101).include(102));
+        assert!(Answerers::All.include(101) && Answerers::All.include(102));
         assert!(Request::decode(&[0xff; 3]).is_err());
     }
 }

@@ -28,7 +28,7 @@ use crate::engine::{
 };
 use crate::model::ConflictModel;
 use crate::service::{Group, GroupMapping, Lane, Service, route};
-use crate::wire::{ClientId, Mode, Outcome, Reply, Request, RequestId};
+use crate::wire::{Answerers, ClientId, Mode, Outcome, Reply, Request, RequestId};
 
 /// An operation a client submits.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -187,6 +187,7 @@ impl<S: Service, M: GroupMapping<Op = S::Op>> Builder<'_, S, M> {
             mode,
             service: self.service.id(),
             op: submission.op.clone(),
+            answerers: Answerers::All,
         };
         (group, request)
     }

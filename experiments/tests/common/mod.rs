@@ -227,9 +227,14 @@ impl TestCluster {
 
     /// A B+-tree client with a patient connection timeout.
     pub async fn client(&self) -> BTreeClient {
+        self.client_with(ClientOptions::default()).await
+    }
+
+    /// A B+-tree client with `options` and a patient connection timeout.
+    pub async fn client_with(&self, options: ClientOptions) -> BTreeClient {
         let options = ClientOptions {
             connect_timeout: Duration::from_secs(60),
-            ..ClientOptions::default()
+            ..options
         };
         BTreeClient::connect(&self.cluster, options)
             .await

@@ -374,7 +374,7 @@ mod tests {
     use super::*;
     use crate::Service;
     use crate::services::{ListOp, ListService};
-    use crate::wire::{Mode, Request, RequestId};
+    use crate::wire::{Answerers, Mode, Request, RequestId};
 
     fn command(client: u64, id: u64, low_water: u64, op: ListOp) -> Command {
         let request = Request {
@@ -383,6 +383,7 @@ mod tests {
             mode: Mode::Conservative,
             service: ListService.id(),
             op: op.encode(),
+            answerers: Answerers::All,
         };
         Command {
             id: CommandId {

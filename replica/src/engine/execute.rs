@@ -19,7 +19,7 @@ use psmr_multicast::proto::Command;
 use super::{EngineState, ExecCost};
 use crate::service::{Lane, Service};
 use crate::table::{ExecutedTable, Seen};
-use crate::wire::{ClientId, Mode, Outcome, Refusal, Reply, Request};
+use crate::wire::{Answerers, ClientId, Mode, Outcome, Refusal, Reply, Request};
 
 /// How a command is executed.
 pub(crate) enum Access<'a, T> {
@@ -96,6 +96,7 @@ fn execute_once<S: Service>(
             client,
             request: None,
             outcome: Outcome::Refused(Refusal::MalformedRequest),
+            answerers: Answerers::All,
         };
     };
     let job = Job {
@@ -120,6 +121,7 @@ fn execute_once<S: Service>(
         client,
         request: Some(request.id),
         outcome,
+        answerers: request.answerers,
     }
 }
 
@@ -127,10 +129,12 @@ fn execute_once<S: Service>(
 /// a single-ring engine found it below the client's low-water mark.
 pub(crate) fn stale(command: &Command, metrics: &mut ExecMetrics) -> Reply {
     metrics.refused += 1;
+    let request = Request::decode(&command.payload).ok();
     Reply {
         client: ClientId(command.id.proposer.0),
-        request: Request::decode(&command.payload).ok().map(|r| r.id),
+        request: request.as_ref().map(|r| r.id),
         outcome: Outcome::Refused(Refusal::Stale),
+        answerers: request.map_or(Answerers::All, |r| r.answerers),
     }
 }
 
