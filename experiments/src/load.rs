@@ -127,18 +127,46 @@ impl fmt::Display for Report {
     }
 }
 
-/// Counts and latencies of one task (merged at the end: no lock per call).
+/// Counts and latencies of every call of a run, shared by its tasks.
 ///
-/// Latencies are kept as a plain list and go into a histogram only at the
-/// end: hundreds of tasks each writing its own histogram (hundreds of KB
-/// each) missed the cache on every call.
-#[derive(Default)]
+/// One pair of histograms for all tasks: a pair per task (hundreds of KB
+/// each) missed the cache on every call, and a list per task grew for the
+/// whole run (the client faulted in fresh pages all along).
 struct Tally {
     errors: u64,
     /// Microseconds, of calls that passed their safety check.
-    passed: Vec<u32>,
+    passed: Histogram<u64>,
     /// Microseconds, of calls that failed it.
-    failed: Vec<u32>,
+    failed: Histogram<u64>,
+}
+
+impl Default for Tally {
+    fn default() -> Self {
+        let histogram =
+            Histogram::new_with_bounds(1, MAX_LATENCY_MICROS as u64, 3).expect("valid bounds");
+        Tally {
+            errors: 0,
+            passed: histogram.clone(),
+            failed: histogram,
+        }
+    }
+}
+
+/// A tally the tasks of one run share (they run on one thread: the lock is
+/// never contended).
+type SharedTally = Arc<Mutex<Tally>>;
+
+/// Notes a call's ending in `tally`.
+fn note(tally: &SharedTally, window: &Window, due: Instant, ending: Ending) {
+    tally
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .note(window, due, ending);
+}
+
+/// What the tasks noted.
+fn take(tally: SharedTally) -> Tally {
+    std::mem::take(&mut *tally.lock().unwrap_or_else(|e| e.into_inner()))
 }
 
 /// How a call ended.
@@ -159,40 +187,31 @@ impl Tally {
         let micros = now
             .duration_since(due)
             .as_micros()
-            .clamp(1, MAX_LATENCY_MICROS) as u32;
-        match ending {
-            Ending::Passed => self.passed.push(micros),
-            Ending::Failed => self.failed.push(micros),
-            Ending::Error => self.errors += 1,
-        }
+            .clamp(1, MAX_LATENCY_MICROS) as u64;
+        let _ = match ending {
+            Ending::Passed => self.passed.record(micros),
+            Ending::Failed => self.failed.record(micros),
+            Ending::Error => {
+                self.errors += 1;
+                Ok(())
+            }
+        };
     }
 
-    fn merge(&mut self, mut other: Tally) {
-        self.errors += other.errors;
-        self.passed.append(&mut other.passed);
-        self.failed.append(&mut other.failed);
-    }
-
-    fn report(&self, elapsed: Duration) -> Report {
+    fn report(self, elapsed: Duration) -> Report {
+        let mut latency = self.passed.clone();
+        latency
+            .add(&self.failed)
+            .expect("histograms of the same bounds");
         Report {
-            completed: (self.passed.len() + self.failed.len()) as u64,
+            completed: latency.len(),
             errors: self.errors,
             elapsed,
-            latency: histogram([&self.passed, &self.failed]),
-            passed: histogram([&self.passed]),
-            failed: histogram([&self.failed]),
+            latency,
+            passed: self.passed,
+            failed: self.failed,
         }
     }
-}
-
-/// Latencies in microseconds as one histogram.
-fn histogram<const N: usize>(parts: [&Vec<u32>; N]) -> Histogram<u64> {
-    let mut histogram =
-        Histogram::new_with_bounds(1, MAX_LATENCY_MICROS as u64, 3).expect("valid bounds");
-    for &micros in parts.into_iter().flatten() {
-        let _ = histogram.record(u64::from(micros));
-    }
-    histogram
 }
 
 /// Latencies above a minute are recorded as a minute.
@@ -241,8 +260,12 @@ impl Load {
             return Err(LoadError::Dependent(options.dependent));
         }
         let mut trees = Vec::with_capacity(options.clients.max(1));
-        for _ in 0..options.clients.max(1) {
+        // Consecutive ids from a random base: the clients' answering replicas
+        // (chosen by id) take turns, not left to chance.
+        let base = rand::random::<u64>() >> 1;
+        for i in 0..options.clients.max(1) {
             let client = ClientOptions {
+                id: Some(base + i as u64),
                 every_replica_answers: options.every_replica_answers,
                 ..ClientOptions::default()
             };
@@ -306,37 +329,33 @@ async fn closed_loops(
     mix: Mix,
     window: Window,
 ) -> Tally {
+    let total = SharedTally::default();
     let mut tasks = Vec::new();
     for (c, tree) in trees.iter().enumerate() {
         for slot in 0..options.in_flight.max(1) {
             let seed = options.seed ^ ((c * 1_000 + slot) as u64);
-            let tree = tree.clone();
+            let (tree, total) = (tree.clone(), total.clone());
             tasks.push(tokio::spawn(async move {
                 let mut rng = ChaCha8Rng::seed_from_u64(seed);
-                let mut tally = Tally::default();
                 while Instant::now() < window.end {
                     let due = Instant::now();
                     let ending = one_call(&tree, &mut rng, mix).await;
-                    tally.note(&window, due, ending);
+                    note(&total, &window, due, ending);
                 }
-                tally
             }));
         }
     }
-    let mut total = Tally::default();
     for task in tasks {
-        if let Ok(part) = task.await {
-            total.merge(part);
-        }
+        let _ = task.await;
     }
-    total
+    take(total)
 }
 
 async fn open_loop(trees: &[BTreeClient], rate: u64, seed: u64, mix: Mix, window: Window) -> Tally {
     let interval = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
     let start = Instant::now();
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let total = Arc::new(Mutex::new(Tally::default()));
+    let total = SharedTally::default();
     let mut tasks = Vec::new();
     for sent in 0u32.. {
         let due = start + interval * sent;
@@ -349,17 +368,13 @@ async fn open_loop(trees: &[BTreeClient], rate: u64, seed: u64, mix: Mix, window
         tasks.push(tokio::spawn(async move {
             let mut rng = ChaCha8Rng::seed_from_u64(seed);
             let ending = one_call(&tree, &mut rng, mix).await;
-            total
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .note(&window, due, ending);
+            note(&total, &window, due, ending);
         }));
     }
     for task in tasks {
         let _ = task.await;
     }
-    let mut total = total.lock().unwrap_or_else(|e| e.into_inner());
-    std::mem::take(&mut *total)
+    take(total)
 }
 
 #[cfg(test)]
@@ -368,11 +383,16 @@ pub(crate) mod tests {
 
     /// A report of calls that passed and failed with these latencies (µs).
     pub(crate) fn report(passed: &[u32], failed: &[u32], errors: u64) -> Report {
-        let tally = Tally {
+        let mut tally = Tally {
             errors,
-            passed: passed.to_vec(),
-            failed: failed.to_vec(),
+            ..Tally::default()
         };
+        for &micros in passed {
+            tally.passed.record(u64::from(micros)).expect("in bounds");
+        }
+        for &micros in failed {
+            tally.failed.record(u64::from(micros)).expect("in bounds");
+        }
         tally.report(Duration::from_secs(1))
     }
 
