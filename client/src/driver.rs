@@ -84,6 +84,7 @@ where
         id: ClientId,
         net: Network,
         stats: Arc<ClientStats>,
+        answerer: usize,
     ) -> Self {
         let proposer = Proposer::new(ProposerId(id.0), &cluster.multicast(), options.resend_after);
         Driver {
@@ -100,17 +101,10 @@ where
             next_request: 0,
             stats,
             replicas: cluster.replicas.iter().map(|r| NodeId(r.id)).collect(),
-            answerer: 0,
+            answerer,
             hello: frame_of(&postcard::to_allocvec(&id.0).expect("an id serializes")),
             next_hello: Instant::now(),
         }
-    }
-
-    /// Asks replica `replicas[answerer]` to answer (until it fails to).
-    pub(crate) fn answered_by(mut self, answerer: usize) -> Self {
-        assert!(answerer < self.replicas.len(), "an index of a replica");
-        self.answerer = answerer;
-        self
     }
 
     /// Who answers a request proposed now. A call alone in flight is
@@ -243,7 +237,8 @@ where
         }
     }
 
-    /// The optimistic guess failed: the same request, conservatively, once.
+    /// The optimistic guess failed: the same request, conservatively, once
+    /// (answered by the same replicas: the one asked has just answered).
     fn retry(&mut self, id: RequestId) {
         let Some(pending) = self.pending.get(&id) else {
             return;
@@ -253,8 +248,7 @@ where
         }
         let group = self.service.conservative(&pending.op, self.threads);
         self.stats.retries.fetch_add(1, Ordering::Relaxed);
-        let answerers = self.answerers();
-        self.propose_again(Instant::now(), id, Some(group), answerers);
+        self.propose_again(Instant::now(), id, Some(group));
         if let Some(pending) = self.pending.get_mut(&id) {
             pending.retried = true;
         }
@@ -265,17 +259,17 @@ where
     /// the next one takes over.
     fn repropose(&mut self, now: Instant, id: RequestId) {
         self.stats.reproposals.fetch_add(1, Ordering::Relaxed);
+        let Some(pending) = self.pending.get_mut(&id) else {
+            return;
+        };
         let silent = self.replicas[self.answerer];
-        if self
-            .pending
-            .get(&id)
-            .is_some_and(|p| p.request.answerers == Answerers::One(silent.0))
-        {
+        if pending.request.answerers == Answerers::One(silent.0) {
             self.answerer = (self.answerer + 1) % self.replicas.len();
             self.stats.answerer_changes.fetch_add(1, Ordering::Relaxed);
             debug!(%silent, next = %self.replicas[self.answerer], "the answering replica left a request unanswered");
         }
-        self.propose_again(now, id, None, Answerers::All);
+        pending.request.answerers = Answerers::All;
+        self.propose_again(now, id, None);
         let at = now + self.options.repropose_after;
         if let Some(pending) = self.pending.get_mut(&id) {
             pending.repropose_at = at;
@@ -284,22 +278,15 @@ where
     }
 
     /// Proposes pending request `id` again as a new multicast command, with
-    /// a fresh low-water mark, to be answered by `answerers`; `conservative`
-    /// moves it to that group in conservative mode. The old command is abandoned.
-    fn propose_again(
-        &mut self,
-        now: Instant,
-        id: RequestId,
-        conservative: Option<Group>,
-        answerers: Answerers,
-    ) {
+    /// a fresh low-water mark; `conservative` moves it to that group in
+    /// conservative mode. The old command is abandoned.
+    fn propose_again(&mut self, now: Instant, id: RequestId, conservative: Option<Group>) {
         let (Some(&low_water), Some(pending)) =
             (self.outstanding.first(), self.pending.get_mut(&id))
         else {
             return;
         };
         pending.request.low_water = low_water;
-        pending.request.answerers = answerers;
         if let Some(group) = conservative {
             pending.request.mode = Mode::Conservative;
             pending.group = group;

@@ -241,8 +241,8 @@ where
         let answerer = reach_a_replica(&net, &replicas, first, options.connect_timeout).await?;
         let stats = Arc::new(ClientStats::default());
         let (calls, rx) = mpsc::channel(4096);
-        let driver = driver::Driver::new(cluster, service, options, id, net, stats.clone());
-        let driver = driver.answered_by(answerer);
+        let driver =
+            driver::Driver::new(cluster, service, options, id, net, stats.clone(), answerer);
         tokio::spawn(driver.run(rx, inbox));
         Ok(Client { calls, id, stats })
     }

@@ -188,14 +188,11 @@ impl Tally {
             .duration_since(due)
             .as_micros()
             .clamp(1, MAX_LATENCY_MICROS) as u64;
-        let _ = match ending {
-            Ending::Passed => self.passed.record(micros),
-            Ending::Failed => self.failed.record(micros),
-            Ending::Error => {
-                self.errors += 1;
-                Ok(())
-            }
-        };
+        match ending {
+            Ending::Passed => self.passed.saturating_record(micros),
+            Ending::Failed => self.failed.saturating_record(micros),
+            Ending::Error => self.errors += 1,
+        }
     }
 
     fn report(self, elapsed: Duration) -> Report {
