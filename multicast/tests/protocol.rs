@@ -350,3 +350,70 @@ fn an_idle_acceptor_wakes_at_the_slow_timers_pace_until_traffic_arrives() {
     let next = n2.poll_timeout().expect("a timer");
     assert!(next <= now + params.delta, "traffic brings the Δ pace back");
 }
+
+/// n1 leads two rings merged together, `g` and `t`, each after n2's promise.
+fn leader_of_merged_rings(now: Instant, g: RingId, t: RingId) -> AcceptorNode {
+    let ring = |id| RingConfig {
+        id,
+        acceptors: vec![N1, N2, N3],
+        learners: vec![L],
+    };
+    let config = MulticastConfig {
+        rings: vec![ring(g), ring(t)],
+        merges: vec![vec![g, t]],
+        ..config()
+    };
+    let mut n1 =
+        AcceptorNode::new(N1, &config, Box::new(MemoryStorage::ephemeral()), now).expect("a node");
+    drain(&mut n1);
+    for ring in [g, t] {
+        let promise = Promise {
+            ring,
+            ballot: ballot(1, N1),
+            frontier: 0,
+            frontier_position: 0,
+            slots: vec![],
+        };
+        n1.handle_message(now, N2, Message::Promise(promise));
+        assert!(n1.is_coordinator(ring));
+    }
+    n1
+}
+
+// Reference: DESIGN.md section 1 — a skip of n counts as n instances in the
+// merge; a batch of a ring behind its busy partner carries that skip itself.
+#[test]
+fn a_batch_of_a_ring_behind_its_busy_partner_spans_up_to_it() {
+    let (g, t) = (RingId(0), RingId(1));
+    let now = Instant::now();
+    let mut n1 = leader_of_merged_rings(now, g, t);
+    let propose = |n1: &mut AcceptorNode, ring, seq| {
+        let propose = Propose {
+            ring,
+            commands: vec![command(seq)],
+            forwarded: false,
+        };
+        n1.handle_message(now, NodeId(500), Message::Propose(propose));
+        let sent = drain(n1);
+        let [
+            Transmit {
+                message: Message::Accept(accept),
+                ..
+            },
+        ] = &sent[..]
+        else {
+            panic!("one Accept expected, got {sent:?}");
+        };
+        assert_eq!(accept.value.commands(), &[command(seq)][..]);
+        (accept.instance, accept.value.positions())
+    };
+    // Three rounds of input with commands for g only: three batches, positions 0, 1, 2.
+    for seq in 0..3 {
+        assert_eq!(propose(&mut n1, g, seq), (seq, 1));
+    }
+    // t's first batch covers positions 0..3: g's batches need not wait for t.
+    assert_eq!(propose(&mut n1, t, 10), (0, 3));
+    // Level again: g's next batch takes one position, and so does t's after it.
+    assert_eq!(propose(&mut n1, g, 20), (3, 1));
+    assert_eq!(propose(&mut n1, t, 21), (1, 1));
+}

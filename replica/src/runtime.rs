@@ -333,6 +333,7 @@ impl<S: ConflictModel> Hooks<Learner> for ReplicaHooks<S> {
             info!(
                 instances = m.delivered_instances,
                 commands = m.delivered_commands,
+                skips = m.delivered_skips,
                 duplicate_commands = m.duplicate_commands,
                 recovery_requests = m.recovery_requests,
                 unknown_peer = m.unknown_peer,

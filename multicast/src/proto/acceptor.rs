@@ -441,12 +441,13 @@ impl AcceptorRing {
     /// the frontier is written to storage.
     fn advance_frontier(&mut self, ctx: &mut Ctx<'_>) -> Result<(), StorageError> {
         while let Some(slot) = self.log.get(&self.frontier).filter(|s| s.decided) {
+            if matches!(slot.value, Value::Batch(_)) {
+                // Just past the batch's commands, which come at its first position.
+                self.content_position = self.frontier_position.saturating_add(1);
+            }
             self.frontier_position = self
                 .frontier_position
                 .saturating_add(slot.value.positions());
-            if matches!(slot.value, Value::Batch(_)) {
-                self.content_position = self.frontier_position;
-            }
             self.frontier += 1;
         }
         if self

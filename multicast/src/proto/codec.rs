@@ -17,7 +17,7 @@ use thiserror::Error;
 use super::messages::Message;
 
 /// The only wire version this build speaks.
-pub const WIRE_VERSION: u8 = 3;
+pub const WIRE_VERSION: u8 = 4;
 
 /// Default upper bound on one frame: 16 MiB.
 pub const DEFAULT_MAX_FRAME: usize = 16 * 1024 * 1024;

@@ -21,7 +21,7 @@ use super::config::{ConfigError, MulticastConfig, Params};
 use super::dedupe::Dedupe;
 use super::messages::{Decide, Message, Transmit, Trimmed};
 use super::metrics::LearnerMetrics;
-use super::types::{Command, Instance, NodeId, RingId, Value};
+use super::types::{Batch, Command, Instance, NodeId, RingId, Value};
 
 /// One delivered instance.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -121,6 +121,7 @@ impl LearnerRing {
         self.dedupe.sweep(instance);
         out.metrics.delivered_instances += 1;
         out.metrics.delivered_commands += value.commands().len() as u64;
+        out.metrics.delivered_skips += u64::from(matches!(value, Value::Skip(_)));
         out.deliveries.push_back(Delivery {
             ring: out.ring,
             instance,
@@ -314,6 +315,6 @@ fn filter(
     }
     match kept {
         None => Value::Batch(batch),
-        Some(kept) => Value::batch(kept),
+        Some(kept) => Value::Batch(Batch::new(&kept).spanning(batch.span())),
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! Rings are taken in ring-id order, `M` instances from each per turn,
 //! round-robin. A skip of `n` counts as `n` instances: it becomes credit that
-//! the ring's next turns consume without waiting. Two mergers fed the same
+//! the ring's next turns consume without waiting. A batch spanning `n`
+//! positions is a batch followed by a skip of `n - 1`. Two mergers fed the same
 //! per-ring sequences produce the same merged sequence, whatever the timing of
 //! the feeds; that is what makes two replica threads that share rings A and B
 //! order A's and B's commands the same way.
@@ -152,6 +153,7 @@ impl Merger {
                 (_, Value::Skip(n)) => self.credit[r] = n,
                 (instance, Value::Batch(batch)) => {
                     self.consume(1);
+                    self.credit[r] = batch.span() - 1;
                     let commands = batch.shared();
                     if !commands.is_empty() {
                         let ring = self.rings[r];
@@ -244,6 +246,32 @@ mod tests {
         assert_eq!(drain(&mut m), vec![0, 1, 2, 3]);
         m.push(B, 1, batch(99)).unwrap();
         assert_eq!(drain(&mut m), vec![99, 4]);
+    }
+
+    #[test]
+    fn a_batch_spanning_n_is_a_batch_then_a_skip_of_n_minus_one() {
+        let spanning = |tag, span| match batch(tag) {
+            Value::Batch(b) => Value::Batch(b.spanning(span)),
+            skip => skip,
+        };
+        for m in 1..=3 {
+            let mut spans = Merger::new(&[A, B], m).unwrap();
+            let mut skips = Merger::new(&[A, B], m).unwrap();
+            spans.push(A, 0, spanning(1, 3)).unwrap();
+            spans.push(A, 1, batch(2)).unwrap();
+            skips.push(A, 0, batch(1)).unwrap();
+            skips.push(A, 1, Value::Skip(2)).unwrap();
+            skips.push(A, 2, batch(2)).unwrap();
+            for (i, tag) in (10..16).enumerate() {
+                spans.push(B, i as u64, batch(tag)).unwrap();
+                skips.push(B, i as u64, batch(tag)).unwrap();
+            }
+            let merged = drain(&mut spans);
+            assert_eq!(merged, drain(&mut skips), "M = {m}");
+            if m == 1 {
+                assert_eq!(merged, vec![1, 10, 11, 12, 2, 13]);
+            }
+        }
     }
 
     #[test]

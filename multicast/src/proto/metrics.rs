@@ -43,6 +43,8 @@ pub struct LearnerMetrics {
     pub delivered_instances: u64,
     /// Commands delivered, over all rings.
     pub delivered_commands: u64,
+    /// Instances delivered that were skips (rate leveling, Phase-1 holes), over all rings.
+    pub delivered_skips: u64,
     /// Commands decided again (a proposer's retry) and not delivered twice.
     pub duplicate_commands: u64,
     /// Decisions for instances already delivered or buffered.

@@ -335,7 +335,15 @@ impl AcceptorNode {
             metrics,
             ..
         } = self;
-        for state in rings.values_mut() {
+        let ids: Vec<RingId> = rings.keys().copied().collect();
+        for id in ids {
+            if rings[&id].coordinator.is_none() {
+                continue;
+            }
+            // Seen afresh per ring: a batch spans the positions its partners
+            // proposed in this very flush.
+            let view = level_view(rings, now, params, id);
+            let state = rings.get_mut(&id).expect("ring exists");
             let Some(c) = state.coordinator.as_mut() else {
                 continue;
             };
@@ -348,7 +356,7 @@ impl AcceptorNode {
                 dirty,
                 metrics,
             };
-            c.flush(&mut ctx, &state.acceptor.members);
+            c.flush(&mut ctx, &state.acceptor.members, view);
         }
         self.drain_local(now);
     }
@@ -456,7 +464,7 @@ impl AcceptorNode {
     }
 
     fn tick_ring(&mut self, now: Instant, ring: RingId) {
-        let view = self.level_view(now, ring);
+        let view = level_view(&self.rings, now, &self.params, ring);
         let AcceptorNode {
             params,
             rings,
@@ -491,28 +499,41 @@ impl AcceptorNode {
             c.tick(&mut ctx, &members, view);
         }
     }
+}
 
-    fn level_view(&self, now: Instant, ring: RingId) -> LevelView {
-        let window = self.params.delta * 2;
-        let partners = &self.rings[&ring].partners;
-        let busy_max = self
-            .rings
-            .iter()
-            .filter(|(id, r)| partners.contains(id) && r.acceptor.busy_since(now, window))
-            .map(|(_, r)| r.acceptor.frontier_position())
-            .max();
-        let content_max = partners
-            .iter()
-            .filter_map(|p| self.rings.get(p))
-            .map(|r| r.acceptor.content_position())
-            .max()
-            .unwrap_or(0);
-        let unobserved = partners.iter().any(|p| !self.rings.contains_key(p));
-        LevelView {
-            busy_max,
-            content_max,
-            unobserved,
-        }
+/// What this node sees of the rings merged with `ring`. A busy partner's
+/// position is the one its coordinator proposes next when this node leads
+/// it, else the one its acceptor here has seen decided.
+fn level_view(
+    rings: &BTreeMap<RingId, RingState>,
+    now: Instant,
+    params: &Params,
+    ring: RingId,
+) -> LevelView {
+    let window = params.delta * 2;
+    let partners = &rings[&ring].partners;
+    let busy_max = rings
+        .iter()
+        .filter(|(id, _)| partners.contains(id))
+        .filter_map(|(_, r)| {
+            let leading = r.coordinator.as_ref();
+            let busy = r.acceptor.busy_since(now, window)
+                || leading.is_some_and(|c| c.is_busy(now, params.delta));
+            let proposed = leading.map_or(0, |c| c.next().1);
+            busy.then(|| r.acceptor.frontier_position().max(proposed))
+        })
+        .max();
+    let content_max = partners
+        .iter()
+        .filter_map(|p| rings.get(p))
+        .map(|r| r.acceptor.content_position())
+        .max()
+        .unwrap_or(0);
+    let unobserved = partners.iter().any(|p| !rings.contains_key(p));
+    LevelView {
+        busy_max,
+        content_max,
+        unobserved,
     }
 }
 

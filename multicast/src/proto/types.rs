@@ -4,7 +4,10 @@
 //! `(proposer, seq)` that lets learners deliver it at most once per ring even
 //! when the proposer had to send it again. An *instance* of a ring decides a
 //! [`Value`]: a batch of commands, or a skip of `n` instances that the merge
-//! counts as `n` (DESIGN.md section 1).
+//! counts as `n` (DESIGN.md section 1). A batch may also span more than one
+//! position: its commands come at the first, and the rest are skipped, so a
+//! ring with less traffic than the rings it is merged with keeps pace with
+//! them without an instance of its own per position.
 //!
 //! A batch travels as the bytes its coordinator encoded ([`Batch`]):
 //! acceptors store, compare and forward them without looking inside, and a
@@ -128,13 +131,15 @@ pub enum BatchError {
 /// The commands one instance decides, as the coordinator encoded them.
 ///
 /// Encoded once ([`Batch::new`]); acceptors keep and forward the bytes, and
-/// [`PartialEq`] compares them. The commands are decoded on first use
+/// [`PartialEq`] compares them (and the span). The commands are decoded on first use
 /// ([`Batch::decode`], [`Batch::commands`]), once per copy of the batch, and
 /// their payloads are slices of the batch's bytes, not copies.
 #[derive(Clone)]
 pub struct Batch {
     encoded: Bytes,
     commands: OnceLock<Arc<[Command]>>,
+    /// Merge positions the batch occupies (at least 1); see [`Batch::span`].
+    span: u64,
 }
 
 impl Batch {
@@ -148,7 +153,24 @@ impl Batch {
         Batch {
             encoded,
             commands: OnceLock::new(),
+            span: 1,
         }
+    }
+
+    /// The same batch spanning `span` merge positions: its commands at the
+    /// first, then `span - 1` skipped, as if a skip followed it in the same
+    /// instance.
+    ///
+    /// # Panics
+    /// If `span` is 0.
+    pub fn spanning(self, span: u64) -> Batch {
+        assert!(span >= 1, "a batch spans at least one position");
+        Batch { span, ..self }
+    }
+
+    /// Merge positions the batch occupies: 1 unless built with [`Batch::spanning`].
+    pub fn span(&self) -> u64 {
+        self.span
     }
 
     /// The encoded commands.
@@ -193,7 +215,7 @@ impl Batch {
 impl PartialEq for Batch {
     fn eq(&self, other: &Batch) -> bool {
         let (a, b) = (&self.encoded, &other.encoded);
-        (a.as_ptr() == b.as_ptr() && a.len() == b.len()) || a == b
+        self.span == other.span && ((a.as_ptr() == b.as_ptr() && a.len() == b.len()) || a == b)
     }
 }
 
@@ -204,9 +226,13 @@ impl Eq for Batch {}
 impl fmt::Debug for Batch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.commands.get() {
-            Some(commands) => f.debug_list().entries(commands.iter()).finish(),
-            None => write!(f, "Batch({} bytes)", self.encoded.len()),
+            Some(commands) => f.debug_list().entries(commands.iter()).finish()?,
+            None => write!(f, "Batch({} bytes)", self.encoded.len())?,
         }
+        if self.span > 1 {
+            write!(f, " spanning {}", self.span)?;
+        }
+        Ok(())
     }
 }
 
@@ -237,8 +263,10 @@ impl<'de> Deserialize<'de> for Batch {
 
 /// What one instance decides.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "WireValue", try_from = "WireValue")]
 pub enum Value {
-    /// A batch of commands; counts as one instance in the merge.
+    /// A batch of commands; counts as [`Batch::span`] instances in the merge
+    /// (usually one).
     Batch(Batch),
     /// `n` instances with nothing in them, decided as one (rate leveling and
     /// hole filling). Counts as `n` instances in the merge.
@@ -250,7 +278,7 @@ impl Value {
     /// a skip of n counts as n instances).
     pub fn positions(&self) -> u64 {
         match self {
-            Value::Batch(_) => 1,
+            Value::Batch(batch) => batch.span(),
             Value::Skip(n) => *n,
         }
     }
@@ -266,6 +294,47 @@ impl Value {
     /// A batch of `commands`.
     pub fn batch(commands: Vec<Command>) -> Value {
         Value::Batch(Batch::new(&commands))
+    }
+}
+
+/// A [`Value`] as stored and sent. A batch spanning one position has the
+/// encoding it had before spans existed, so that records written by an
+/// earlier build still decode; a spanning batch is a variant of its own.
+#[derive(Serialize, Deserialize)]
+enum WireValue {
+    Batch(Batch),
+    Skip(u64),
+    Spanning(Batch, u64),
+}
+
+impl From<Value> for WireValue {
+    fn from(value: Value) -> WireValue {
+        match value {
+            Value::Batch(batch) if batch.span() > 1 => {
+                let span = batch.span();
+                WireValue::Spanning(batch, span)
+            }
+            Value::Batch(batch) => WireValue::Batch(batch),
+            Value::Skip(n) => WireValue::Skip(n),
+        }
+    }
+}
+
+/// A spanning batch that spans less than two positions (only a faulty peer sends one).
+#[derive(Debug, Error)]
+#[error("a spanning batch spans {0} positions; it must span at least 2")]
+struct BadSpan(u64);
+
+impl TryFrom<WireValue> for Value {
+    type Error = BadSpan;
+
+    fn try_from(value: WireValue) -> Result<Value, BadSpan> {
+        Ok(match value {
+            WireValue::Batch(batch) => Value::Batch(batch),
+            WireValue::Skip(n) => Value::Skip(n),
+            WireValue::Spanning(_, span) if span < 2 => return Err(BadSpan(span)),
+            WireValue::Spanning(batch, span) => Value::Batch(batch.spanning(span)),
+        })
     }
 }
 
@@ -348,6 +417,31 @@ mod tests {
     fn skip_counts_its_positions() {
         assert_eq!(Value::Skip(7).positions(), 7);
         assert_eq!(Value::batch(Vec::new()).positions(), 1);
+        let spanning = Value::Batch(Batch::new(&[command(1, b"x")]).spanning(5));
+        assert_eq!(spanning.positions(), 5);
+    }
+
+    #[test]
+    fn a_spanning_batch_round_trips_and_a_plain_one_keeps_its_old_encoding() {
+        let batch = Batch::new(&[command(1, b"put 7")]);
+        // A plain batch is encoded as before spans existed: variant 0, the bytes.
+        let old = [&[0u8][..], &postcard::to_allocvec(&batch).unwrap()].concat();
+        let plain = Value::Batch(batch.clone());
+        assert_eq!(postcard::to_allocvec(&plain).unwrap(), old);
+        let spanning = Value::Batch(batch.clone().spanning(3));
+        let wire = postcard::to_allocvec(&spanning).unwrap();
+        let back: Value = postcard::from_bytes(&wire).unwrap();
+        assert_eq!(back, spanning);
+        assert_eq!(back.positions(), 3);
+        assert_ne!(back, plain, "the span is part of the value");
+        // A span below 2 in the spanning variant is refused, not wrapped.
+        let bad = [
+            &[2u8][..],
+            &postcard::to_allocvec(&batch).unwrap(),
+            &[1u8][..],
+        ]
+        .concat();
+        assert!(postcard::from_bytes::<Value>(&bad).is_err());
     }
 
     fn command(seq: u64, payload: &'static [u8]) -> Command {

@@ -405,7 +405,7 @@ fn digest(value: &Value) -> u64 {
     match value {
         Value::Skip(n) => (0u8, n).hash(&mut h),
         Value::Batch(batch) => {
-            1u8.hash(&mut h);
+            (1u8, batch.span()).hash(&mut h);
             for c in batch.commands() {
                 (c.id, c.low_water, &c.payload[..]).hash(&mut h);
             }
