@@ -236,6 +236,7 @@ impl fmt::Debug for Batch {
     }
 }
 
+/// The bytes only: the span travels with the [`Value`] that holds the batch.
 impl Serialize for Batch {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_bytes(&self.encoded)
