@@ -284,10 +284,7 @@ impl Coordinator {
             self.assign(ctx, members, value);
         }
         while self.backlog.is_empty() && self.window_open(ctx) && self.batch_due(ctx) {
-            let span = view
-                .busy_max
-                .map_or(1, |max| max.saturating_sub(self.next_position));
-            let batch = self.take_batch(ctx).spanning(span.max(1));
+            let batch = self.take_batch(ctx, view.busy_max.unwrap_or(0));
             self.assign(ctx, members, Value::Batch(batch));
         }
     }
@@ -306,7 +303,9 @@ impl Coordinator {
             || ctx.now.duration_since(since) >= params.batch_delay
     }
 
-    fn take_batch(&mut self, ctx: &Ctx<'_>) -> Batch {
+    /// The next batch from the queue, spanning up to position `up_to` when
+    /// this ring is behind it (else one position).
+    fn take_batch(&mut self, ctx: &Ctx<'_>, up_to: u64) -> Batch {
         let params = ctx.params;
         let mut batch = Vec::with_capacity(self.pending.len().min(params.batch_max_commands));
         let mut bytes = 0;
@@ -325,7 +324,8 @@ impl Coordinator {
         } else {
             Some(ctx.now)
         };
-        Batch::new(&batch)
+        let span = up_to.saturating_sub(self.next_position).max(1);
+        Batch::new(&batch).spanning(span)
     }
 
     /// Timers: Phase 1 and Accept retransmission, batch delay, rate leveling.
@@ -403,11 +403,10 @@ impl Coordinator {
                 );
                 // Commands held back (window full, `batch_delay`) go now,
                 // spanning the gap, rather than behind a skip of their own.
-                let gap = target - self.next_position;
                 let value = if self.pending.is_empty() {
-                    Value::Skip(gap)
+                    Value::Skip(target - self.next_position)
                 } else {
-                    Value::Batch(self.take_batch(ctx).spanning(gap))
+                    Value::Batch(self.take_batch(ctx, target))
                 };
                 self.assign(ctx, members, value);
                 self.next_idle_skip = ctx.now + delta * IDLE_FLOOR_TICKS;

@@ -92,6 +92,9 @@ pub struct AcceptorNode {
     id: NodeId,
     params: Params,
     rings: BTreeMap<RingId, RingState>,
+    /// The keys of `rings` (fixed at start), to visit them in turn while
+    /// each needs a look at the others.
+    ring_ids: Vec<RingId>,
     detector: FailureDetector,
     storage: Box<dyn Storage>,
     outbox: Outbox,
@@ -158,6 +161,7 @@ impl AcceptorNode {
         let mut node = AcceptorNode {
             id,
             params: config.params.clone(),
+            ring_ids: rings.keys().copied().collect(),
             rings,
             detector,
             storage,
@@ -284,9 +288,8 @@ impl AcceptorNode {
             self.active = false;
             self.last_tick = now;
             self.next_tick = now + self.tick_interval(fast);
-            let ids: Vec<RingId> = self.rings.keys().copied().collect();
-            for ring in ids {
-                self.tick_ring(now, ring);
+            for i in 0..self.ring_ids.len() {
+                self.tick_ring(now, self.ring_ids[i]);
             }
         }
         self.drain_local(now);
@@ -328,6 +331,7 @@ impl AcceptorNode {
         let AcceptorNode {
             params,
             rings,
+            ring_ids,
             detector,
             storage,
             outbox,
@@ -335,18 +339,15 @@ impl AcceptorNode {
             metrics,
             ..
         } = self;
-        let ids: Vec<RingId> = rings.keys().copied().collect();
-        for id in ids {
-            if rings[&id].coordinator.is_none() {
+        for id in ring_ids.iter() {
+            if rings[id].coordinator.is_none() {
                 continue;
             }
             // Seen afresh per ring: a batch spans the positions its partners
             // proposed in this very flush.
-            let view = level_view(rings, now, params, id);
-            let state = rings.get_mut(&id).expect("ring exists");
-            let Some(c) = state.coordinator.as_mut() else {
-                continue;
-            };
+            let view = level_view(rings, now, params, *id);
+            let state = rings.get_mut(id).expect("ring exists");
+            let c = state.coordinator.as_mut().expect("checked above");
             let mut ctx = Ctx {
                 now,
                 params,

@@ -263,8 +263,8 @@ impl<'de> Deserialize<'de> for Batch {
 }
 
 /// What one instance decides.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(into = "WireValue", try_from = "WireValue")]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "WireValue")]
 pub enum Value {
     /// A batch of commands; counts as [`Batch::span`] instances in the merge
     /// (usually one).
@@ -301,23 +301,23 @@ impl Value {
 /// A [`Value`] as stored and sent. A batch spanning one position has the
 /// encoding it had before spans existed, so that records written by an
 /// earlier build still decode; a spanning batch is a variant of its own.
+/// Generic over how the batch is held: decoded owned, encoded borrowed (no
+/// copy of the value per message sent).
 #[derive(Serialize, Deserialize)]
-enum WireValue {
-    Batch(Batch),
+enum WireValue<B = Batch> {
+    Batch(B),
     Skip(u64),
-    Spanning(Batch, u64),
+    Spanning(B, u64),
 }
 
-impl From<Value> for WireValue {
-    fn from(value: Value) -> WireValue {
-        match value {
-            Value::Batch(batch) if batch.span() > 1 => {
-                let span = batch.span();
-                WireValue::Spanning(batch, span)
-            }
+impl Serialize for Value {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let wire = match self {
+            Value::Batch(batch) if batch.span() > 1 => WireValue::Spanning(batch, batch.span()),
             Value::Batch(batch) => WireValue::Batch(batch),
-            Value::Skip(n) => WireValue::Skip(n),
-        }
+            Value::Skip(n) => WireValue::Skip(*n),
+        };
+        wire.serialize(serializer)
     }
 }
 
