@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use psmr_btree::{BTree, BTreeService, Op};
-use psmr_replica::workload::{self, Submission, WorkloadOptions};
+use psmr_replica::workload::{self, Feed, Submission, WorkloadOptions};
 use psmr_replica::{ClientId, EngineConfig, EngineKind, Outcome, Reply, ReplySink, WaitPolicy};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -351,7 +351,7 @@ fn measure(args: &Args, submissions: &[Submission], mut config: EngineConfig, sh
             config.clone(),
             tree(),
             &streams,
-            run as u64,
+            (Feed::Queued, run as u64),
             sink.clone(),
         )
         .expect("the engine runs");

@@ -1,7 +1,9 @@
 //! The engines on the B+-tree (issue: "Equivalence tests"): random workloads
 //! with 0–100 % dependent commands, K in {1, 2, 3, 4, 8}, random pauses in
 //! the worker threads, and for `classes` random reconfiguration points that
-//! differ between the two runs. Every engine returns the same responses as the
+//! differ between the two runs; the first run delivers everything before
+//! the workers start, the second while they run (batches then also run on
+//! the delivering thread). Every engine returns the same responses as the
 //! sequential execution of the same delivered streams, with the same Retry
 //! set for opt-psmr, and ends with the same digest; two runs with different
 //! timings agree.
@@ -14,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use psmr_btree::{BTree, BTreeService, Op};
-use psmr_replica::workload::{self, CollectSink, Submission, WorkloadOptions};
+use psmr_replica::workload::{self, CollectSink, Feed, Submission, WorkloadOptions};
 use psmr_replica::{ClientId, EngineConfig, EngineKind, Jitter, Outcome};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -89,7 +91,7 @@ fn every_engine_matches_sequential_execution() {
                 config,
                 state(),
                 &streams,
-                seed + run,
+                ([Feed::Queued, Feed::Live][run as usize], seed + run),
                 sink.clone(),
             )
             .unwrap_or_else(|e| panic!("{what}: run {run}: {e}"));
@@ -145,7 +147,7 @@ fn failed_safety_checks_are_retried_and_executed_once() {
         config,
         state(),
         &streams,
-        1,
+        (Feed::Live, 1),
         sink.clone(),
     )
     .unwrap();

@@ -248,6 +248,11 @@ impl Rendezvous {
             .wait_until(|| self.released.load(Ordering::SeqCst) > round)
     }
 
+    /// Whether round `round` (and every one before it) is released.
+    pub fn is_released(&self, round: u64) -> bool {
+        self.released.load(Ordering::SeqCst) > round
+    }
+
     /// A thread's whole part of round `round`: arrive, execute it with
     /// `work` if it is the last, else wait until it is released.
     pub fn meet(&self, thread: usize, round: u64, work: impl FnOnce()) -> Result<(), Aborted> {

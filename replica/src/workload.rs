@@ -325,22 +325,37 @@ pub fn feed<S: ConflictModel, T>(
     Ok(())
 }
 
-/// Builds an engine of `config` from `state`, queues `streams` (interleaved
-/// by `feed_seed`), then starts the workers and waits until every command
-/// is executed. Returns what the engine left and how long execution took
-/// (from the start of the workers to the end of the last one).
+/// When [`run`] delivers the streams.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Feed {
+    /// All of them before the workers start (to time execution alone).
+    Queued,
+    /// While the workers run, as a replica's network thread does: batches
+    /// for parked workers may run on the feeding thread (inline).
+    Live,
+}
+
+/// Builds an engine of `config` from `state`, delivers `streams`
+/// (interleaved by `feed_seed`) as `how` says, and waits until every
+/// command is executed. Returns what the engine left and how long execution
+/// took (from the start of the workers to the end of the last one).
 pub fn run<S: ConflictModel, T>(
     service: &Arc<S>,
     config: EngineConfig,
     state: S::State,
     streams: &Streams<T>,
-    feed_seed: u64,
+    (how, feed_seed): (Feed, u64),
     sink: Arc<dyn ReplySink>,
 ) -> Result<(Finished<S::State>, Duration), EngineError> {
     let mut engine = Engine::new(service.clone(), state, config, sink)?;
-    feed(&engine, streams, feed_seed)?;
+    if how == Feed::Queued {
+        feed(&engine, streams, feed_seed)?;
+    }
     let start = Instant::now();
     engine.spawn()?;
+    if how == Feed::Live {
+        feed(&engine, streams, feed_seed)?;
+    }
     let finished = engine.finish()?;
     Ok((finished, start.elapsed()))
 }
@@ -379,14 +394,16 @@ pub fn canonical(replies: &[Reply]) -> Vec<(ClientId, Option<RequestId>, Outcome
 }
 
 /// A random configuration of an engine of `kind` for the equivalence tests:
-/// K in {1, 2, 3, 4, 8}, the merge's M, batch synchronization, cbase's
-/// window, and for classes the thread bounds and a reconfiguration policy
+/// K in {1, 2, 3, 4, 8}, the merge's M, batch synchronization, the inline
+/// budget (never, the default, or always), cbase's window, and for classes the thread bounds and a reconfiguration policy
 /// (often one that changes the number of threads at random points).
 pub fn draw_config(rng: &mut impl RngExt, kind: EngineKind) -> EngineConfig {
     let threads = [1, 2, 3, 4, 8][rng.random_range(0..5)];
     let mut config = EngineConfig::new(kind, threads);
     config.merge_m = rng.random_range(1..=3);
     config.batch_sync = rng.random_bool(0.5);
+    config.inline_budget =
+        [Duration::ZERO, config.inline_budget, Duration::from_secs(1)][rng.random_range(0..3)];
     config.window = [1, 4, 64, 256][rng.random_range(0..4)];
     config.min_threads = rng.random_range(1..=threads);
     config.initial_threads = rng.random_range(config.min_threads..=threads);

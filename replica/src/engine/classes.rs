@@ -408,7 +408,7 @@ pub(super) fn run<S: ConflictModel>(
     thread: usize,
     queue: Queue,
 ) -> ExecMetrics {
-    let _stop = StopGuard(shared);
+    let _stop = StopGuard(shared, None);
     let mut worker = Worker {
         shared,
         thread,

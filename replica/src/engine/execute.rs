@@ -58,6 +58,9 @@ pub struct ExecMetrics {
     pub syncs: u64,
     /// `classes`: reconfigurations this worker executed.
     pub reconfigs: u64,
+    /// smr, psmr, opt-psmr: batches of this worker that the delivering
+    /// thread executed while the worker's thread was parked.
+    pub inline_batches: u64,
 }
 
 /// A decoded request about to run.

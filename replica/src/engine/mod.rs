@@ -12,10 +12,16 @@
 //! ```
 //!
 //! The state sits behind a read-write lock. In parallel mode each worker
-//! holds a read guard across many commands; at a synchronization every
-//! worker drops it before it arrives, so the executor can take the write guard
-//! without contention. An engine with one worker holds the write guard for
-//! good.
+//! holds a read guard across the batches it runs in a row; at a
+//! synchronization every worker drops it before it arrives, so the executor
+//! can take the write guard without contention. An engine with one worker
+//! takes the write guard instead.
+//!
+//! A worker whose thread is parked may be run by the thread that delivers
+//! to it (the replica's network thread), for a batch cheaper than the two
+//! wake-ups a handoff costs ([`EngineConfig::inline_budget`], [`worker`]):
+//! at one call in flight that is every batch, and the replica answers with
+//! one thread wake-up fewer on each side.
 //!
 //! `smr` is one worker that merges only `g_all`; `psmr` and `opt-psmr` have K
 //! workers; they differ in what the clients send (CC-G or OC-G), and the
@@ -32,7 +38,7 @@ mod intake;
 mod pause;
 mod worker;
 
-use std::sync::{Arc, Mutex, RwLock, mpsc};
+use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -178,7 +184,18 @@ pub struct EngineConfig {
     pub policy: Policy,
     /// Added to every executed command. Default none.
     pub cost: ExecCost,
+    /// smr, psmr, opt-psmr: a batch for a worker whose thread is parked
+    /// runs on the delivering thread (the replica's network thread) when it
+    /// is expected to take at most this long (the worker's measured time per
+    /// command, at first the configured `cost`, times the batch's commands);
+    /// it saves the two thread wake-ups of a handoff. Zero: every batch runs
+    /// on its worker's thread. Default [`DEFAULT_INLINE_BUDGET`].
+    pub inline_budget: Duration,
 }
+
+/// How long a batch may run on the delivering thread: about what waking a
+/// parked worker and then the network thread costs on this machine.
+pub const DEFAULT_INLINE_BUDGET: Duration = Duration::from_micros(50);
 
 impl EngineConfig {
     /// An engine of `kind` with `threads` workers: for psmr and opt-psmr on
@@ -207,6 +224,7 @@ impl EngineConfig {
             initial_threads: workers,
             policy: Policy::Fixed,
             cost: ExecCost::default(),
+            inline_budget: DEFAULT_INLINE_BUDGET,
         }
     }
 
@@ -417,12 +435,8 @@ pub(crate) enum Input {
 
 /// How delivered instances reach the workers.
 enum Front<S: ConflictModel> {
-    /// smr, psmr, opt-psmr: one queue per worker, merged by the worker.
-    Rings {
-        inputs: Vec<mpsc::Sender<Input>>,
-        /// Queues not yet handed to a worker (before [`Engine::spawn`]).
-        queued: Vec<mpsc::Receiver<Input>>,
-    },
+    /// smr, psmr, opt-psmr: one slot per worker, merged by the worker.
+    Rings(Slots),
     /// cbase and classes: `g_all` alone, ordered here, then handed to the
     /// parallelizer or the scheduler.
     Single {
@@ -485,10 +499,11 @@ impl<S: ConflictModel> Engine<S> {
             config,
         });
         let front = match shared.config.kind {
-            EngineKind::Smr | EngineKind::Psmr | EngineKind::OptPsmr => {
-                let (inputs, queued) = (0..threads).map(|_| mpsc::channel()).unzip();
-                Front::Rings { inputs, queued }
-            }
+            EngineKind::Smr | EngineKind::Psmr | EngineKind::OptPsmr => Front::Rings(Slots(
+                (0..threads)
+                    .map(|t| Arc::new(worker::Slot::new(&shared, t)))
+                    .collect(),
+            )),
             EngineKind::Cbase => Front::single(
                 &shared.config,
                 Stage::Cbase(Arc::new(cbase::Parallelizer::new(&shared))),
@@ -513,9 +528,9 @@ impl<S: ConflictModel> Engine<S> {
         for thread in 0..self.shared.config.threads() {
             let shared = self.shared.clone();
             let body: Box<dyn FnOnce() -> ExecMetrics + Send> = match &mut self.front {
-                Front::Rings { queued, .. } => {
-                    let rx = queued.remove(0);
-                    Box::new(move || worker::run(&shared, thread, rx))
+                Front::Rings(slots) => {
+                    let slot = slots.0[thread].clone();
+                    Box::new(move || worker::run(&shared, &slot))
                 }
                 Front::Single { stage, .. } => match stage {
                     Stage::Cbase(parallelizer) => {
@@ -545,7 +560,7 @@ impl<S: ConflictModel> Engine<S> {
         value: Value,
     ) -> Result<(), EngineError> {
         match &self.front {
-            Front::Rings { inputs, .. } => self.deliver_to_rings(inputs, ring, instance, value),
+            Front::Rings(slots) => self.deliver_to_rings(&slots.0, ring, instance, value),
             Front::Single { merger, stage } => {
                 let mut merger = lock(merger);
                 merger
@@ -564,7 +579,7 @@ impl<S: ConflictModel> Engine<S> {
 
     fn deliver_to_rings(
         &self,
-        inputs: &[mpsc::Sender<Input>],
+        slots: &[Arc<worker::Slot>],
         ring: RingId,
         instance: Instance,
         value: Value,
@@ -576,10 +591,10 @@ impl<S: ConflictModel> Engine<S> {
                 instance,
                 value,
             };
-            inputs[thread].send(input).map_err(|_| EngineError::Stopped)
+            slots[thread].deliver(&self.shared, input)
         };
         if ring == config.all_ring {
-            for thread in 0..inputs.len() {
+            for thread in 0..slots.len() {
                 send(thread, value.clone())?;
             }
             return Ok(());
@@ -598,7 +613,7 @@ impl<S: ConflictModel> Engine<S> {
         self.spawn()?;
         let mut reconfigurations = Vec::new();
         match self.front {
-            Front::Rings { inputs, .. } => drop(inputs),
+            Front::Rings(slots) => drop(slots),
             Front::Single { stage, .. } => match stage {
                 Stage::Cbase(parallelizer) => parallelizer.close(),
                 Stage::Classes(scheduler) => {
@@ -640,6 +655,17 @@ impl<S: ConflictModel> Front<S> {
         Front::Single {
             merger: Mutex::new(merger),
             stage,
+        }
+    }
+}
+
+/// The workers' slots; dropping them closes their inputs.
+struct Slots(Vec<Arc<worker::Slot>>);
+
+impl Drop for Slots {
+    fn drop(&mut self) {
+        for slot in &self.0 {
+            slot.close();
         }
     }
 }

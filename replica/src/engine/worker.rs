@@ -1,36 +1,85 @@
-//! One worker thread t_i: merges its rings, executes batches from its own
-//! group in parallel mode, and takes part in the synchronous mode for batches
-//! from `g_all` (the opt-PSMR paper's Algorithm 1, thread side).
+//! One worker t_i: merges its rings, executes batches from its own group in
+//! parallel mode, and takes part in the synchronous mode for batches from
+//! `g_all` (the opt-PSMR paper's Algorithm 1, thread side).
+//!
+//! A worker is a [`Slot`]: its input queue, and its state (merger, rounds,
+//! counters) behind a lock. Its own thread runs it; while that thread is
+//! parked, the thread that delivers to it may run it instead (inline):
+//!
+//! ```text
+//!  deliver ─> queue ─┬─ thread parked, batch cheap ─> run on the delivering thread
+//!                    └─ otherwise ──────────────────> wake the worker's thread
+//! ```
+//!
+//! Handing a batch to a parked thread costs a wake-up, and its replies cost
+//! another (the network thread that sends them is parked too): 25–100 µs
+//! each on this machine, more than a batch of cheap commands takes to run.
+//! The delivering thread runs a batch itself when the worker's measured time
+//! per command, times the batch's commands, is within the engine's
+//! `inline_budget`. It never blocks there: a batch that must wait for a
+//! synchronization round to be released, or that is too costly, goes back to
+//! the worker's thread. Whoever runs it, a slot's batches execute in the
+//! worker's merge order with the worker's lane, so what executes is the same.
+
+use std::collections::VecDeque;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::{Condvar, Mutex, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant};
 
 use psmr_multicast::proto::{Command, Merged, Merger};
-use std::sync::RwLockReadGuard;
-use std::sync::mpsc::Receiver;
 
 use super::execute::{Access, ExecMetrics};
 use super::pause::Pauser;
-use super::{EngineState, Input, Shared};
-use crate::rendezvous::{Aborted, Turn};
+use super::{EngineError, EngineState, Input, Shared, lock, panic_message};
+use crate::rendezvous::Turn;
 use crate::service::{Lane, Service};
 use crate::wire::Reply;
 
-/// Wakes the other workers for good when this one dies: no synchronization
-/// can complete without it. (A worker that stops because its input closed
-/// has met every synchronization that needs it.)
-pub(super) struct StopGuard<'a, S: Service>(pub(super) &'a Shared<S>);
-
-impl<S: Service> Drop for StopGuard<'_, S> {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            self.0.rendezvous.abort();
-        }
-    }
+/// One worker: its queue of delivered instances and its state.
+pub(super) struct Slot {
+    queue: Mutex<Queue>,
+    /// Signalled when the queue gets input, is closed, or is handed work.
+    ready: Condvar,
+    core: Mutex<Core>,
 }
 
-struct Worker<'a, S: Service> {
-    shared: &'a Shared<S>,
+#[derive(Default)]
+struct Queue {
+    items: VecDeque<Input>,
+    /// The worker's thread waits on `ready`.
+    parked: bool,
+    /// An inline run handed work back: the thread runs even without input.
+    handed_back: bool,
+    /// No more input: the thread stops once it has run what it has.
+    closed: bool,
+    /// The thread has stopped (inputs closed, or it died).
+    stopped: bool,
+}
+
+/// Who runs a slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Runner {
+    /// Its own thread, which may block.
+    Thread,
+    /// The delivering thread, which must not block.
+    Inline,
+}
+
+/// Why a run of a slot ended.
+enum Stop {
+    /// Nothing more can be merged now.
+    Drained,
+    /// (Inline only) the next batch must wait or is too costly: the
+    /// worker's thread takes it from `pending`.
+    HandBack,
+    /// Another worker died.
+    Aborted,
+}
+
+/// A worker's state, run by one thread at a time.
+struct Core {
     lane: Lane,
     merger: Merger,
-    inputs: Receiver<Input>,
     metrics: ExecMetrics,
     round: u64,
     /// A round this worker arrived at early, not yet seen released; it
@@ -39,169 +88,468 @@ struct Worker<'a, S: Service> {
     pauser: Pauser,
     /// Replies of the batch being executed, handed to the sink at its end.
     replies: Vec<Reply>,
+    /// A batch taken from the merger and handed back, executed next.
+    pending: Option<Merged>,
+    /// Inputs moved out of the queue (its buffer is swapped back in).
+    taken: VecDeque<Input>,
+    /// Measured execution time per command (a moving average), in ns.
+    per_command_ns: u64,
 }
 
-/// Runs worker `thread` until its inputs close; returns its counters.
-pub(super) fn run<S: Service>(
-    shared: &Shared<S>,
-    thread: usize,
-    inputs: Receiver<Input>,
-) -> ExecMetrics {
-    let _stop = StopGuard(shared);
-    let config = &shared.config;
-    let mut rings = vec![config.all_ring];
-    rings.extend(config.thread_rings.get(thread).copied());
-    let mut worker = Worker {
-        shared,
-        lane: Lane {
-            thread,
-            threads: config.threads(),
-        },
-        merger: Merger::new(&rings, config.merge_m).expect("validated configuration"),
-        inputs,
-        metrics: ExecMetrics::default(),
-        round: 0,
-        unreleased: None,
-        pauser: Pauser::new(config.jitter, thread),
-        replies: Vec::new(),
-    };
-    if worker.lane.threads == 1 {
-        worker.run_alone();
-    } else {
-        let _ = worker.run_parallel();
+/// Wakes the other workers for good when this one dies: no synchronization
+/// can complete without it. (A worker that stops because its input closed
+/// has met every synchronization that needs it.) Either way, later
+/// deliveries to it fail.
+pub(super) struct StopGuard<'a, S: Service>(pub(super) &'a Shared<S>, pub(super) Option<&'a Slot>);
+
+impl<S: Service> Drop for StopGuard<'_, S> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.rendezvous.abort();
+        }
+        if let Some(slot) = self.1 {
+            lock(&slot.queue).stopped = true;
+        }
     }
-    worker.metrics
 }
 
-impl<S: Service> Worker<'_, S> {
-    /// The next merged batch; blocks for input; `None` when inputs closed.
-    fn next_batch(&mut self) -> Option<Merged> {
+impl Slot {
+    /// The slot of worker `thread` of an engine configured by `shared`.
+    pub(super) fn new<S: Service>(shared: &Shared<S>, thread: usize) -> Slot {
+        let config = &shared.config;
+        let mut rings = vec![config.all_ring];
+        rings.extend(config.thread_rings.get(thread).copied());
+        let cost = config.cost.busy + config.cost.wait;
+        let core = Core {
+            lane: Lane {
+                thread,
+                threads: config.threads(),
+            },
+            merger: Merger::new(&rings, config.merge_m).expect("validated configuration"),
+            metrics: ExecMetrics::default(),
+            round: 0,
+            unreleased: None,
+            pauser: Pauser::new(config.jitter, thread),
+            replies: Vec::new(),
+            pending: None,
+            taken: VecDeque::new(),
+            per_command_ns: nanos(cost),
+        };
+        Slot {
+            queue: Mutex::default(),
+            ready: Condvar::new(),
+            core: Mutex::new(core),
+        }
+    }
+
+    /// Queues `input`. If the worker's thread is parked, runs the worker
+    /// here when that is cheap, else wakes the thread.
+    pub(super) fn deliver<S: Service>(
+        &self,
+        shared: &Shared<S>,
+        input: Input,
+    ) -> Result<(), EngineError> {
+        let mut queue = lock(&self.queue);
+        if queue.stopped {
+            return Err(EngineError::Stopped);
+        }
+        queue.items.push_back(input);
+        if !queue.parked {
+            // The thread is running: it looks at the queue before it parks.
+            return Ok(());
+        }
+        drop(queue);
+        if !shared.config.inline_budget.is_zero() {
+            // The thread may have woken meanwhile and hold the core: then it runs.
+            if let Ok(mut core) = self.core.try_lock() {
+                let thread = core.lane.thread;
+                let run = catch_unwind(AssertUnwindSafe(|| {
+                    core.run(shared, &self.queue, Runner::Inline)
+                }));
+                drop(core);
+                match run {
+                    Ok(Stop::Drained) => return Ok(()),
+                    Ok(Stop::Aborted) => return Err(EngineError::Stopped),
+                    Ok(Stop::HandBack) => lock(&self.queue).handed_back = true,
+                    Err(panic) => {
+                        shared.rendezvous.abort();
+                        self.close();
+                        let message = panic_message(&panic);
+                        return Err(EngineError::WorkerPanicked { thread, message });
+                    }
+                }
+            }
+        }
+        self.ready.notify_one();
+        Ok(())
+    }
+
+    /// No more input: the worker's thread stops once it has run what it has.
+    pub(super) fn close(&self) {
+        lock(&self.queue).closed = true;
+        self.ready.notify_one();
+    }
+
+    /// Parks the worker's thread until it has something to run; `false`
+    /// when the inputs are closed and nothing is left.
+    fn park(&self) -> bool {
+        let mut queue = lock(&self.queue);
+        while queue.items.is_empty() && !queue.handed_back {
+            if queue.closed {
+                return false;
+            }
+            queue.parked = true;
+            queue = self.ready.wait(queue).unwrap_or_else(|e| e.into_inner());
+        }
+        queue.parked = false;
+        queue.handed_back = false;
+        true
+    }
+}
+
+/// Runs worker `slot` on this thread until its inputs close; returns its
+/// counters.
+pub(super) fn run<S: Service>(shared: &Shared<S>, slot: &Slot) -> ExecMetrics {
+    let _stop = StopGuard(shared, Some(slot));
+    loop {
+        // Poisoned: an inline run panicked halfway through a batch.
+        let Ok(mut core) = slot.core.lock() else {
+            return ExecMetrics::default();
+        };
+        if let Stop::Aborted = core.run(shared, &slot.queue, Runner::Thread) {
+            return std::mem::take(&mut core.metrics);
+        }
+        drop(core);
+        if !slot.park() {
+            break;
+        }
+    }
+    slot.core
+        .lock()
+        .map(|mut c| std::mem::take(&mut c.metrics))
+        .unwrap_or_default()
+}
+
+impl Core {
+    fn run<S: Service>(&mut self, shared: &Shared<S>, queue: &Mutex<Queue>, by: Runner) -> Stop {
+        if self.lane.threads == 1 {
+            self.run_alone(shared, queue, by)
+        } else {
+            self.run_parallel(shared, queue, by)
+        }
+    }
+
+    /// The next merged batch, from what has been delivered so far.
+    fn next_batch(&mut self, queue: &Mutex<Queue>) -> Option<Merged> {
+        if let Some(batch) = self.pending.take() {
+            return Some(batch);
+        }
         loop {
             if let Some(batch) = self.merger.poll() {
                 return Some(batch);
             }
-            let Input::Deliver {
+            {
+                let mut queue = lock(queue);
+                if queue.items.is_empty() {
+                    return None;
+                }
+                std::mem::swap(&mut queue.items, &mut self.taken);
+            }
+            for Input::Deliver {
                 ring,
                 instance,
                 value,
-            } = self.inputs.recv().ok()?;
-            self.merger
-                .push(ring, instance, value)
-                .expect("engine routes only merged rings");
+            } in self.taken.drain(..)
+            {
+                self.merger
+                    .push(ring, instance, value)
+                    .expect("engine routes only merged rings");
+            }
         }
     }
 
-    /// A single worker holds exclusive access for good.
-    fn run_alone(&mut self) {
-        let shared = self.shared;
-        let mut state = shared.state.write().unwrap_or_else(|e| e.into_inner());
-        while let Some(batch) = self.next_batch() {
+    /// Whether `batch` may run on the delivering thread.
+    fn cheap<S: Service>(&self, shared: &Shared<S>, batch: &Merged) -> bool {
+        let expected = (batch.commands.len() as u64).saturating_mul(self.per_command_ns);
+        expected <= nanos(shared.config.inline_budget)
+    }
+
+    /// Hands `batch` back to the worker's thread if the delivering thread
+    /// must not run it.
+    fn hand_back<S: Service>(
+        &mut self,
+        shared: &Shared<S>,
+        batch: Merged,
+        by: Runner,
+    ) -> Option<Merged> {
+        if by == Runner::Inline && !self.cheap(shared, &batch) {
+            self.pending = Some(batch);
+            return None;
+        }
+        Some(batch)
+    }
+
+    /// A single worker executes everything with exclusive access.
+    fn run_alone<S: Service>(
+        &mut self,
+        shared: &Shared<S>,
+        queue: &Mutex<Queue>,
+        by: Runner,
+    ) -> Stop {
+        let mut guard: Option<RwLockWriteGuard<'_, EngineState<S::State>>> = None;
+        while let Some(batch) = self.next_batch(queue) {
+            let Some(batch) = self.hand_back(shared, batch, by) else {
+                return Stop::HandBack;
+            };
+            let state = guard.get_or_insert_with(|| write(shared));
             let lane = (batch.ring != shared.config.all_ring).then_some(self.lane);
-            for command in batch.commands.iter() {
-                self.pause();
+            self.execute_batch(shared, by, &batch.commands, |command, metrics| {
                 let access = Access::Exclusive {
-                    state: &mut state,
+                    state: &mut **state,
                     lane,
                 };
-                let reply = shared.execute(access, command, &mut self.metrics);
-                self.replies.push(reply);
-            }
-            self.flush();
+                shared.execute(access, command, metrics)
+            });
         }
+        Stop::Drained
+    }
+
+    fn run_parallel<S: Service>(
+        &mut self,
+        shared: &Shared<S>,
+        queue: &Mutex<Queue>,
+        by: Runner,
+    ) -> Stop {
+        let mut guard: Option<RwLockReadGuard<'_, EngineState<S::State>>> = None;
+        while let Some(batch) = self.next_batch(queue) {
+            let Some(batch) = self.hand_back(shared, batch, by) else {
+                return Stop::HandBack;
+            };
+            if batch.ring == shared.config.all_ring {
+                guard = None;
+                self.synchronous(shared, by, &batch.commands);
+                continue;
+            }
+            if let Some(round) = self.unreleased {
+                match by {
+                    Runner::Thread => {
+                        if shared.rendezvous.await_release(round).is_err() {
+                            return Stop::Aborted;
+                        }
+                    }
+                    Runner::Inline if !shared.rendezvous.is_released(round) => {
+                        self.pending = Some(batch);
+                        return Stop::HandBack;
+                    }
+                    Runner::Inline => {}
+                }
+                self.unreleased = None;
+            }
+            let state = &**guard.get_or_insert_with(|| read(shared));
+            let table = self.lane.thread;
+            let lane = self.lane;
+            self.execute_batch(shared, by, &batch.commands, |command, metrics| {
+                let access = Access::Shared { state, lane, table };
+                shared.execute(access, command, metrics)
+            });
+        }
+        Stop::Drained
+    }
+
+    /// Executes `commands` one by one with `execute`, times them, and hands
+    /// their replies to the sink.
+    fn execute_batch<S: Service>(
+        &mut self,
+        shared: &Shared<S>,
+        by: Runner,
+        commands: &[Command],
+        mut execute: impl FnMut(&Command, &mut ExecMetrics) -> Reply,
+    ) {
+        let started = Instant::now();
+        for command in commands {
+            self.pauser.pause();
+            let reply = execute(command, &mut self.metrics);
+            self.replies.push(reply);
+        }
+        self.timed(commands.len(), started, by);
+        self.flush(shared);
+    }
+
+    /// Records how long `commands` commands took to execute.
+    fn timed(&mut self, commands: usize, started: Instant, by: Runner) {
+        if by == Runner::Inline {
+            self.metrics.inline_batches += 1;
+        }
+        if commands == 0 {
+            return;
+        }
+        let sample = nanos(started.elapsed()) / commands as u64;
+        self.per_command_ns = self.per_command_ns - self.per_command_ns / 8 + sample / 8;
     }
 
     /// Hands the replies of the batch just executed to the sink.
-    fn flush(&mut self) {
+    fn flush<S: Service>(&mut self, shared: &Shared<S>) {
         if !self.replies.is_empty() {
-            self.shared
-                .sink
-                .replies(self.lane.thread, &mut self.replies);
+            shared.sink.replies(self.lane.thread, &mut self.replies);
             self.replies.clear();
         }
     }
 
-    fn run_parallel(&mut self) -> Result<(), Aborted> {
-        let shared = self.shared;
-        let mut guard = Some(read(shared));
-        while let Some(batch) = self.next_batch() {
-            if batch.ring == shared.config.all_ring {
-                guard = None;
-                self.synchronous(&batch.commands);
-                continue;
-            }
-            if let Some(round) = self.unreleased.take() {
-                shared.rendezvous.await_release(round)?;
-            }
-            let state = &**guard.get_or_insert_with(|| read(shared));
-            for command in batch.commands.iter() {
-                self.pause();
-                let access = Access::Shared {
-                    state,
-                    lane: self.lane,
-                    table: self.lane.thread,
-                };
-                let reply = shared.execute(access, command, &mut self.metrics);
-                self.replies.push(reply);
-            }
-            self.flush();
-        }
-        Ok(())
-    }
-
     /// Synchronous mode for a batch of `g_all` commands: one handoff for the
     /// whole batch, or one per command without batch synchronization.
-    fn synchronous(&mut self, commands: &[Command]) {
-        if self.shared.config.batch_sync {
-            self.handoff(commands);
+    fn synchronous<S: Service>(&mut self, shared: &Shared<S>, by: Runner, commands: &[Command]) {
+        if shared.config.batch_sync {
+            self.handoff(shared, by, commands);
         } else {
             for command in commands {
-                self.handoff(std::slice::from_ref(command));
+                self.handoff(shared, by, std::slice::from_ref(command));
             }
         }
     }
 
     /// Arrives at the next round; the last worker to arrive executes it. The
     /// others wait for its release only before work of their own.
-    fn handoff(&mut self, commands: &[Command]) {
-        let shared = self.shared;
+    fn handoff<S: Service>(&mut self, shared: &Shared<S>, by: Runner, commands: &[Command]) {
         let round = self.round;
         self.round += 1;
         self.metrics.syncs += 1;
-        self.pause();
+        self.pauser.pause();
         match shared.rendezvous.arrive(self.lane.thread, round) {
             Turn::Execute => {
                 // Every earlier round was released before this one could
                 // complete (its executor had to arrive here too).
                 self.unreleased = None;
-                self.execute_exclusively(commands);
-                shared.rendezvous.release(round);
-                self.flush();
+                self.execute_exclusively(shared, by, commands);
             }
             Turn::Wait => self.unreleased = Some(round),
         }
     }
 
-    /// Executes `commands` with the write guard; their replies wait in
-    /// `self.replies` until the other workers are released.
-    fn execute_exclusively(&mut self, commands: &[Command]) {
-        let shared = self.shared;
-        let mut state = shared.state.write().unwrap_or_else(|e| e.into_inner());
-        for command in commands {
-            self.pause();
-            let access = Access::Exclusive {
-                state: &mut state,
-                lane: None,
-            };
-            let reply = shared.execute(access, command, &mut self.metrics);
-            self.replies.push(reply);
+    /// Executes round `self.round - 1`'s `commands` with the write guard,
+    /// releases the round, then sends the replies.
+    fn execute_exclusively<S: Service>(
+        &mut self,
+        shared: &Shared<S>,
+        by: Runner,
+        commands: &[Command],
+    ) {
+        let started = Instant::now();
+        {
+            let mut state = write(shared);
+            for command in commands {
+                self.pauser.pause();
+                let access = Access::Exclusive {
+                    state: &mut state,
+                    lane: None,
+                };
+                let reply = shared.execute(access, command, &mut self.metrics);
+                self.replies.push(reply);
+            }
         }
-    }
-
-    fn pause(&mut self) {
-        self.pauser.pause();
+        shared.rendezvous.release(self.round - 1);
+        self.timed(commands.len(), started, by);
+        self.flush(shared);
     }
 }
 
 fn read<S: Service>(shared: &Shared<S>) -> RwLockReadGuard<'_, EngineState<S::State>> {
     shared.state.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write<S: Service>(shared: &Shared<S>) -> RwLockWriteGuard<'_, EngineState<S::State>> {
+    shared.state.write().unwrap_or_else(|e| e.into_inner())
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::thread::ThreadId;
+
+    use psmr_multicast::proto::{CommandId, ProposerId, RingId, Value};
+
+    use super::*;
+    use crate::engine::{Engine, EngineConfig, EngineKind, ExecCost, ReplySink};
+    use crate::services::{NullOp, NullService};
+    use crate::wire::{Answerers, Mode, Request, RequestId, ServiceId};
+
+    /// Records the thread that handed over each reply.
+    #[derive(Default)]
+    struct ThreadSink(Mutex<Vec<ThreadId>>);
+
+    impl ReplySink for ThreadSink {
+        fn replies(&self, _thread: usize, replies: &mut Vec<Reply>) {
+            let me = std::thread::current().id();
+            lock(&self.0).extend(replies.drain(..).map(|_| me));
+        }
+    }
+
+    fn command(seq: u64) -> Command {
+        let request = Request {
+            id: RequestId(seq + 1),
+            low_water: RequestId(0),
+            mode: Mode::Conservative,
+            service: ServiceId(0),
+            op: NullOp { tag: 0 }.encode(),
+            answerers: Answerers::All,
+        };
+        Command {
+            id: CommandId {
+                proposer: ProposerId(7),
+                seq,
+            },
+            low_water: 0,
+            payload: request.encode(),
+        }
+    }
+
+    /// Delivers `count` single-command batches on ring 1 to a running
+    /// opt-psmr engine, each once the one before was answered and a pause
+    /// let the worker park; returns how many replies came from the
+    /// delivering thread.
+    fn answered_here(config: EngineConfig, count: u64) -> usize {
+        let sink = Arc::new(ThreadSink::default());
+        let engine = Engine::start(Arc::new(NullService), (), config, sink.clone()).unwrap();
+        // g_all stays silent: its positions come first in the merge.
+        engine.deliver(RingId(0), 0, Value::Skip(1_000)).unwrap();
+        for seq in 0..count {
+            let value = Value::batch(vec![command(seq)]);
+            engine.deliver(RingId(1), seq, value).unwrap();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while lock(&sink.0).len() as u64 <= seq {
+                assert!(Instant::now() < deadline, "no reply to {seq}");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let finished = engine.finish().unwrap();
+        let inline: u64 = finished.metrics.iter().map(|m| m.inline_batches).sum();
+        let me = std::thread::current().id();
+        let here = lock(&sink.0).iter().filter(|&&t| t == me).count();
+        assert_eq!(here as u64, inline, "the counter says what ran here");
+        here
+    }
+
+    #[test]
+    fn a_cheap_batch_for_a_parked_worker_runs_on_the_delivering_thread() {
+        let config = EngineConfig::new(EngineKind::OptPsmr, 2);
+        // The first may come before the worker parked for the first time.
+        assert!(answered_here(config, 10) >= 9);
+    }
+
+    #[test]
+    fn without_a_budget_or_above_it_a_batch_runs_on_its_worker() {
+        let mut config = EngineConfig::new(EngineKind::OptPsmr, 2);
+        config.inline_budget = Duration::ZERO;
+        assert_eq!(answered_here(config.clone(), 5), 0);
+        config.inline_budget = Duration::from_micros(50);
+        config.cost = ExecCost {
+            busy: Duration::from_micros(200),
+            wait: Duration::ZERO,
+        };
+        assert_eq!(answered_here(config, 5), 0);
+    }
 }

@@ -6,11 +6,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use psmr_replica::workload::{self, CollectSink, Streams};
+use psmr_replica::workload::{self, CollectSink, Feed, Streams};
 use psmr_replica::{ConflictModel, EngineConfig, EngineKind, ExecMetrics, Jitter, Reply};
 
 /// Runs `config` on `streams` from `state`, with thread jitter, feed order
-/// and random reconfiguration points from `seed`.
+/// and random reconfiguration points from `seed`; an odd `seed` delivers
+/// while the workers run (so that batches also run inline), an even one
+/// before they start.
 pub(crate) fn run_engine<S: ConflictModel>(
     service: &Arc<S>,
     config: &EngineConfig,
@@ -24,9 +26,24 @@ pub(crate) fn run_engine<S: ConflictModel>(
         max_pause: Duration::from_micros(50),
     });
     let sink = Arc::new(CollectSink::default());
-    let (finished, _) = workload::run(service, config, state, streams, seed, sink.clone())
-        .expect("the engine runs");
+    let (finished, _) = workload::run(
+        service,
+        config,
+        state,
+        streams,
+        (feed(seed), seed),
+        sink.clone(),
+    )
+    .expect("the engine runs");
     (sink.take(), finished.state, finished.metrics)
+}
+
+/// How seed `seed` delivers.
+pub(crate) fn feed(seed: u64) -> Feed {
+    match seed % 2 {
+        0 => Feed::Queued,
+        _ => Feed::Live,
+    }
 }
 
 /// Every engine.
