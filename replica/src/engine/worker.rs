@@ -274,19 +274,21 @@ impl Core {
         expected <= nanos(shared.config.inline_budget)
     }
 
-    /// Hands `batch` back to the worker's thread if the delivering thread
-    /// must not run it.
-    fn hand_back<S: Service>(
+    /// The next batch `by` may run: `Err(Drained)` when nothing can be
+    /// merged now, `Err(HandBack)` when the delivering thread must leave it
+    /// to the worker's thread (it stays in `pending`).
+    fn next_for<S: Service>(
         &mut self,
         shared: &Shared<S>,
-        batch: Merged,
+        queue: &Mutex<Queue>,
         by: Runner,
-    ) -> Option<Merged> {
+    ) -> Result<Merged, Stop> {
+        let batch = self.next_batch(queue).ok_or(Stop::Drained)?;
         if by == Runner::Inline && !self.cheap(shared, &batch) {
             self.pending = Some(batch);
-            return None;
+            return Err(Stop::HandBack);
         }
-        Some(batch)
+        Ok(batch)
     }
 
     /// A single worker executes everything with exclusive access.
@@ -297,9 +299,10 @@ impl Core {
         by: Runner,
     ) -> Stop {
         let mut guard: Option<RwLockWriteGuard<'_, EngineState<S::State>>> = None;
-        while let Some(batch) = self.next_batch(queue) {
-            let Some(batch) = self.hand_back(shared, batch, by) else {
-                return Stop::HandBack;
+        loop {
+            let batch = match self.next_for(shared, queue, by) {
+                Ok(batch) => batch,
+                Err(stop) => return stop,
             };
             let state = guard.get_or_insert_with(|| write(shared));
             let lane = (batch.ring != shared.config.all_ring).then_some(self.lane);
@@ -311,7 +314,6 @@ impl Core {
                 shared.execute(access, command, metrics)
             });
         }
-        Stop::Drained
     }
 
     fn run_parallel<S: Service>(
@@ -321,9 +323,10 @@ impl Core {
         by: Runner,
     ) -> Stop {
         let mut guard: Option<RwLockReadGuard<'_, EngineState<S::State>>> = None;
-        while let Some(batch) = self.next_batch(queue) {
-            let Some(batch) = self.hand_back(shared, batch, by) else {
-                return Stop::HandBack;
+        loop {
+            let batch = match self.next_for(shared, queue, by) {
+                Ok(batch) => batch,
+                Err(stop) => return stop,
             };
             if batch.ring == shared.config.all_ring {
                 guard = None;
@@ -353,7 +356,6 @@ impl Core {
                 shared.execute(access, command, metrics)
             });
         }
-        Stop::Drained
     }
 
     /// Executes `commands` one by one with `execute`, times them, and hands
