@@ -25,6 +25,13 @@
 //! engine = ["smr", "psmr"]             # (outermost) engine, threads, storage,
 //! dependent = [0.0, 0.5, 1.0]          # clients, in_flight, rate, dependent (innermost)
 //!
+//! # Optional, top level (before [base]):
+//! # order = ["dependent", "engine"]   # these axes outermost, in this order; the others
+//! #                                   #   nest inside them as above. Here smr and psmr of one
+//! #                                   #   share run back to back (a fresh cluster each).
+//! # baseline = "smr"                  # summary.md: each other engine's throughput over this
+//! #                                   #   engine's at the same settings, in the same pass
+//!
 //! [[plot]]               # one PNG and one SVG each
 //! name = "throughput"    # file name
 //! title = "Throughput"
@@ -59,6 +66,13 @@ pub(crate) struct Experiment {
     /// slowed as a whole). Default 1.
     #[serde(default = "one_pass")]
     pub(crate) repeat: u32,
+    /// Sweep axes to nest outermost, in this order; the others nest inside
+    /// them in the default order. Default none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) order: Vec<Axis>,
+    /// The engine the others are compared with, pass by pass. Default none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) baseline: Option<EngineName>,
     /// The settings every point starts from.
     #[serde(default)]
     pub(crate) base: Point,
@@ -156,6 +170,33 @@ pub(crate) fn clusters(points: &[Point]) -> usize {
         .filter(|w| !w[0].same_cluster(&w[1]))
         .count();
     usize::from(!points.is_empty()) + changes
+}
+
+/// A sweep axis, as `order` names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[allow(missing_docs)]
+pub(crate) enum Axis {
+    Engine,
+    Threads,
+    Storage,
+    Clients,
+    InFlight,
+    Rate,
+    Dependent,
+}
+
+impl Axis {
+    /// Every axis, outermost first, as points nest by default.
+    const DEFAULT_ORDER: [Axis; 7] = [
+        Axis::Engine,
+        Axis::Threads,
+        Axis::Storage,
+        Axis::Clients,
+        Axis::InFlight,
+        Axis::Rate,
+        Axis::Dependent,
+    ];
 }
 
 /// Values to vary; each list, when not empty, replaces the base value.
@@ -290,6 +331,23 @@ impl Experiment {
             ));
         }
         check_point("base", &self.base)?;
+        for (i, axis) in self.order.iter().enumerate() {
+            if self.order[..i].contains(axis) {
+                return Err(invalid(format!("order[{i}]"), "names an axis twice"));
+            }
+        }
+        if let Some(baseline) = self.baseline {
+            let runs = match self.sweep.engine.is_empty() {
+                true => self.base.engine == baseline,
+                false => self.sweep.engine.contains(&baseline),
+            };
+            if !runs {
+                return Err(invalid(
+                    "baseline",
+                    format!("no point runs {}", baseline.kind().name()),
+                ));
+            }
+        }
         let s = &self.sweep;
         for (i, &t) in s.threads.iter().enumerate() {
             check_threads(&format!("sweep.threads[{i}]"), t)?;
@@ -350,20 +408,50 @@ impl Experiment {
         Ok(())
     }
 
-    /// Every point, in the order they run: the sweep's lists nested with
-    /// engine outermost and dependent innermost, so points that share a
-    /// cluster are neighbours.
+    /// Every point, in the order they run: the axes of `order` outermost,
+    /// then the others with engine outermost and dependent innermost, so
+    /// that by default points that share a cluster are neighbours.
     pub(crate) fn points(&self) -> Vec<Point> {
         let s = &self.sweep;
+        let rest = Axis::DEFAULT_ORDER
+            .into_iter()
+            .filter(|a| !self.order.contains(a));
         let mut points = vec![self.base.clone()];
-        expand(&mut points, &s.engine, |p, &v| p.engine = v);
-        expand(&mut points, &s.threads, |p, &v| p.threads = v);
-        expand(&mut points, &s.storage, |p, &v| p.storage = v);
-        expand(&mut points, &s.clients, |p, &v| p.clients = v);
-        expand(&mut points, &s.in_flight, |p, &v| p.in_flight = v);
-        expand(&mut points, &s.rate, |p, &v| p.rate = Some(v));
-        expand(&mut points, &s.dependent, |p, &v| p.dependent = v);
+        for axis in self.order.iter().copied().chain(rest) {
+            match axis {
+                Axis::Engine => expand(&mut points, &s.engine, |p, &v| p.engine = v),
+                Axis::Threads => expand(&mut points, &s.threads, |p, &v| p.threads = v),
+                Axis::Storage => expand(&mut points, &s.storage, |p, &v| p.storage = v),
+                Axis::Clients => expand(&mut points, &s.clients, |p, &v| p.clients = v),
+                Axis::InFlight => expand(&mut points, &s.in_flight, |p, &v| p.in_flight = v),
+                Axis::Rate => expand(&mut points, &s.rate, |p, &v| p.rate = Some(v)),
+                Axis::Dependent => expand(&mut points, &s.dependent, |p, &v| p.dependent = v),
+            }
+        }
         points
+    }
+
+    /// For each point of an engine other than the baseline, the index of
+    /// the baseline's point with otherwise the same settings (if the sweep
+    /// has it).
+    pub(crate) fn baseline_pairs(&self, points: &[Point]) -> Vec<(usize, usize)> {
+        let Some(baseline) = self.baseline else {
+            return Vec::new();
+        };
+        let mut pairs = Vec::new();
+        for (i, p) in points.iter().enumerate() {
+            if p.engine == baseline {
+                continue;
+            }
+            let twin = Point {
+                engine: baseline,
+                ..p.clone()
+            };
+            if let Some(j) = points.iter().position(|q| *q == twin) {
+                pairs.push((i, j));
+            }
+        }
+        pairs
     }
 }
 
@@ -543,6 +631,16 @@ pub(crate) mod tests {
                 "title = \"t\"\nrepeat = 0",
                 "repeat: must be between 1 and 100",
             ),
+            (
+                "title = \"t\"",
+                "title = \"t\"\norder = [\"dependent\", \"threads\", \"dependent\"]",
+                "order[2]: names an axis twice",
+            ),
+            (
+                "title = \"t\"",
+                "title = \"t\"\nbaseline = \"psmr\"",
+                "baseline: no point runs psmr",
+            ),
         ];
         for (from, to, expected) in cases {
             let text = FILE.replacen(from, to, 1);
@@ -557,5 +655,67 @@ pub(crate) mod tests {
             .contains("unknown field `sed`")
         );
         assert!(error(&FILE.replace("\"psmr\"", "\"fast\"")).contains("unknown variant `fast`"));
+        let order = FILE.replacen("title = \"t\"", "title = \"t\"\norder = [\"share\"]", 1);
+        assert!(error(&order).contains("unknown variant `share`"));
+    }
+
+    #[test]
+    fn every_experiment_file_of_the_repository_is_valid() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut files = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") && !path.ends_with("Cargo.toml") {
+                Experiment::load(&path).unwrap_or_else(|e| panic!("{e}"));
+                files += 1;
+            }
+        }
+        assert!(
+            files >= 6,
+            "fig2, fig2-raw, fig3, fig4, fig5, quick: {files}"
+        );
+    }
+
+    #[test]
+    fn order_puts_its_axes_outermost_and_each_engine_finds_its_baseline_twin() {
+        let text = FILE.replacen(
+            "title = \"t\"",
+            "title = \"t\"\norder = [\"dependent\", \"threads\"]\nbaseline = \"smr\"",
+            1,
+        );
+        let e = Experiment::parse(&text).unwrap();
+        let points = e.points();
+        let shape: Vec<(f64, usize, EngineName)> = points
+            .iter()
+            .map(|p| (p.dependent, p.threads, p.engine))
+            .collect();
+        use EngineName::{OptPsmr, Smr};
+        assert_eq!(
+            shape[..6],
+            [
+                (0.0, 1, Smr),
+                (0.0, 1, OptPsmr),
+                (0.0, 4, Smr),
+                (0.0, 4, OptPsmr),
+                (0.5, 1, Smr),
+                (0.5, 1, OptPsmr),
+            ]
+        );
+        assert_eq!(clusters(&points), 12, "no neighbours share a cluster");
+        let pairs = e.baseline_pairs(&points);
+        assert_eq!(pairs.len(), 6, "one per opt-psmr point");
+        for (i, j) in pairs {
+            assert_eq!((points[i].engine, points[j].engine), (OptPsmr, Smr));
+            let (a, b) = (&points[i], &points[j]);
+            assert_eq!((a.dependent, a.threads), (b.dependent, b.threads));
+            assert_eq!(j + 1, i, "back to back");
+        }
+        assert_eq!(Experiment::parse(&e.to_toml()).unwrap(), e);
+        assert!(
+            Experiment::parse(FILE)
+                .unwrap()
+                .baseline_pairs(&points)
+                .is_empty()
+        );
     }
 }

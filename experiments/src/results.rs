@@ -122,6 +122,81 @@ pub(crate) fn median_of(measured: &[Row]) -> Vec<Row> {
         .collect()
 }
 
+/// A point's throughput over its baseline twin's (see
+/// [`Experiment::baseline_pairs`]), pass by pass.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Ratio {
+    /// The point.
+    pub(crate) point: usize,
+    /// One ratio per pass that measured both points.
+    pub(crate) per_pass: Vec<f64>,
+}
+
+impl Ratio {
+    /// The median ratio (the lower middle one for an even count).
+    pub(crate) fn median(&self) -> f64 {
+        let mut sorted = self.per_pass.clone();
+        sorted.sort_by(f64::total_cmp);
+        sorted[(sorted.len() - 1) / 2]
+    }
+
+    /// The lowest ratio.
+    pub(crate) fn lowest(&self) -> f64 {
+        self.per_pass.iter().copied().fold(f64::INFINITY, f64::min)
+    }
+}
+
+/// For each `(point, baseline)` pair, the ratio of their throughputs in
+/// each pass (`passes`: the rows of each pass) that measured both with a
+/// non-zero baseline.
+pub(crate) fn ratios(pairs: &[(usize, usize)], passes: &[&[Row]]) -> Vec<Ratio> {
+    let throughput =
+        |rows: &[Row], point| rows.iter().find(|r| r.point == point).map(|r| r.throughput);
+    pairs
+        .iter()
+        .filter_map(|&(point, baseline)| {
+            let per_pass: Vec<f64> = passes
+                .iter()
+                .filter_map(
+                    |rows| match (throughput(rows, point), throughput(rows, baseline)) {
+                        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+                        _ => None,
+                    },
+                )
+                .collect();
+            (!per_pass.is_empty()).then_some(Ratio { point, per_pass })
+        })
+        .collect()
+}
+
+/// The ratios as a markdown section.
+pub(crate) fn ratio_table(experiment: &Experiment, rows: &[Row], ratios: &[Ratio]) -> String {
+    let baseline = experiment.baseline.map_or("", |b| b.kind().name());
+    let mut s = format!(
+        "## Throughput over {baseline}, pass by pass\n\nEach ratio divides a point's throughput by {baseline}'s at the same settings, measured in the same pass (back to back when `order` nests the engine innermost), so that a slow minute of the machine slows both.\n\n| point | engine | K | clients x in flight | dependent % | per pass | median | lowest |\n|---:|---|---:|---|---:|---|---:|---:|\n"
+    );
+    for ratio in ratios {
+        let Some(r) = rows.iter().find(|r| r.point == ratio.point) else {
+            continue;
+        };
+        let passes: Vec<String> = ratio.per_pass.iter().map(|v| format!("{v:.2}")).collect();
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} x {} | {:.0} | {} | {:.2} | {:.2} |",
+            r.point,
+            r.engine,
+            r.threads,
+            r.clients,
+            r.in_flight,
+            r.dependent_pct,
+            passes.join(" / "),
+            ratio.median(),
+            ratio.lowest()
+        );
+    }
+    s
+}
+
 /// A column of `data.csv` that experiment files can plot.
 pub(crate) struct Column {
     /// Name in experiment files.
@@ -328,7 +403,12 @@ fn passes_label(repeat: u32) -> String {
 }
 
 /// The text of `summary.md`.
-pub(crate) fn summary(experiment: &Experiment, rows: &[Row], run: &Provenance<'_>) -> String {
+pub(crate) fn summary(
+    experiment: &Experiment,
+    rows: &[Row],
+    ratios: &[Ratio],
+    run: &Provenance<'_>,
+) -> String {
     let b = &experiment.base;
     let mut s = format!("# {}\n\n", experiment.title);
     if !experiment.about.is_empty() {
@@ -364,6 +444,9 @@ pub(crate) fn summary(experiment: &Experiment, rows: &[Row], run: &Provenance<'_
         let _ = writeln!(s, "{line}");
     }
     let _ = writeln!(s, "\n{}\n", table(rows));
+    if !ratios.is_empty() {
+        let _ = writeln!(s, "{}", ratio_table(experiment, rows, ratios));
+    }
     for plot in &experiment.plots {
         let _ = writeln!(s, "![{}]({}.svg)\n", plot.title, plot.name);
     }
@@ -477,6 +560,40 @@ pub(crate) mod tests {
         );
         assert_eq!(range(b), "10–30");
         assert_eq!(range(&sample_row()), "-", "one pass has no range");
+    }
+
+    #[test]
+    fn ratios_divide_by_the_baseline_of_the_same_pass_only() {
+        let row = |point, throughput| Row {
+            point,
+            throughput,
+            ..sample_row()
+        };
+        // Point 1 against its baseline 0, point 3 against 2.
+        let first = [row(0, 100.0), row(1, 90.0), row(2, 50.0), row(3, 75.0)];
+        let second = [row(0, 200.0), row(1, 150.0), row(2, 0.0), row(3, 10.0)];
+        let cut_short = [row(0, 10.0)];
+        let passes: [&[Row]; 3] = [&first, &second, &cut_short];
+        let ratios = ratios(&[(1, 0), (3, 2)], &passes);
+        assert_eq!(ratios.len(), 2);
+        assert_eq!(ratios[0].point, 1);
+        assert_eq!(
+            ratios[0].per_pass,
+            [0.9, 0.75],
+            "each pass its own baseline"
+        );
+        assert_eq!((ratios[0].median(), ratios[0].lowest()), (0.75, 0.75));
+        assert_eq!(ratios[1].per_pass, [1.5], "a zero baseline is no ratio");
+        let e = Experiment::parse(&crate::experiment::tests::FILE.replacen(
+            "title = \"t\"",
+            "title = \"t\"\nbaseline = \"smr\"",
+            1,
+        ))
+        .unwrap();
+        let rows = median_of(&[first.as_slice(), &second].concat());
+        let table = ratio_table(&e, &rows, &ratios);
+        assert!(table.contains("Throughput over smr"), "{table}");
+        assert!(table.contains("| 0.90 / 0.75 | 0.75 | 0.75 |"), "{table}");
     }
 
     #[test]

@@ -24,7 +24,7 @@ use crate::load::{Load, LoadError, LoadOptions};
 use crate::local::{ClusterSpec, LocalCluster, LocalError};
 use crate::machine::{Machine, cpu_percent, cpu_times};
 use crate::plot::PlotError;
-use crate::results::{self, Provenance, ResultsError, Row};
+use crate::results::{self, Provenance, Ratio, ResultsError, Row};
 
 /// Options of `psmr sweep`.
 #[derive(clap::Args, Debug)]
@@ -123,25 +123,34 @@ pub(crate) fn run(args: SweepArgs) -> Result<PathBuf, SweepError> {
         .build()
         .map_err(io(Path::new("tokio runtime")))?;
     let mut measured = Vec::with_capacity(points.len() * passes);
+    // Where each pass's rows start in `measured`.
+    let mut pass_starts = Vec::with_capacity(passes);
     let outcome = runtime.block_on(async {
         for pass in 0..passes {
             let run = Pass {
                 index: pass,
                 of: passes,
             };
+            pass_starts.push(measured.len());
             measure_all(&points, run, &dir, args.port, &bar, &mut measured).await?;
         }
         Ok(())
     });
     bar.finish_and_clear();
     let rows = results::median_of(&measured);
+    let by_pass: Vec<&[Row]> = pass_starts
+        .iter()
+        .zip(pass_starts.iter().skip(1).chain([&measured.len()]))
+        .map(|(&start, &end)| &measured[start..end])
+        .collect();
+    let ratios = results::ratios(&experiment.baseline_pairs(&points), &by_pass);
     let run = Provenance {
         machine: &machine,
         command: std::env::args().collect::<Vec<_>>().join(" "),
         started: humantime::format_rfc3339_seconds(started).to_string(),
         took_s: clock.elapsed().as_secs_f64(),
     };
-    write_results(&experiment, &rows, &dir, &run)?;
+    write_results(&experiment, &rows, &ratios, &dir, &run)?;
     // The clusters' configuration, certificates and data are of no use after the run.
     let _ = std::fs::remove_dir_all(dir.join("cluster"));
     if let Err((point, source)) = outcome {
@@ -220,12 +229,17 @@ fn progress(points: usize) -> ProgressBar {
 fn write_results(
     experiment: &Experiment,
     rows: &[Row],
+    ratios: &[Ratio],
     dir: &Path,
     run: &Provenance<'_>,
 ) -> Result<(), SweepError> {
     results::write_csv(&dir.join("data.csv"), rows)?;
     let summary = dir.join("summary.md");
-    std::fs::write(&summary, results::summary(experiment, rows, run)).map_err(io(&summary))?;
+    let text = results::summary(experiment, rows, ratios, run);
+    std::fs::write(&summary, text).map_err(io(&summary))?;
+    if !ratios.is_empty() {
+        print!("{}", results::ratio_table(experiment, rows, ratios));
+    }
     crate::plot::draw_all(experiment, rows, dir)?;
     Ok(())
 }

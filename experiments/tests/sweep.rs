@@ -105,6 +105,9 @@ fn the_quick_experiment_measures_every_point_and_plot_redraws_it() {
         "seed 1",
         "execution cost: none",
         "| 5 | opt-psmr | 2 |",
+        "## Throughput over smr, pass by pass",
+        "| 2 | psmr | 2 | 2 x 16 | 0 |",
+        "| 5 | opt-psmr | 2 | 2 x 16 | 100 |",
         "![",
     ] {
         assert!(summary.contains(needle), "{needle:?} missing:\n{summary}");
