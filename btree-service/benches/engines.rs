@@ -351,7 +351,8 @@ fn measure(args: &Args, submissions: &[Submission], mut config: EngineConfig, sh
             config.clone(),
             tree(),
             &streams,
-            (Feed::Queued, run as u64),
+            Feed::Queued,
+            run as u64,
             sink.clone(),
         )
         .expect("the engine runs");

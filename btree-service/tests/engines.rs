@@ -91,7 +91,8 @@ fn every_engine_matches_sequential_execution() {
                 config,
                 state(),
                 &streams,
-                ([Feed::Queued, Feed::Live][run as usize], seed + run),
+                [Feed::Queued, Feed::Live][run as usize],
+                seed + run,
                 sink.clone(),
             )
             .unwrap_or_else(|e| panic!("{what}: run {run}: {e}"));
@@ -147,7 +148,8 @@ fn failed_safety_checks_are_retried_and_executed_once() {
         config,
         state(),
         &streams,
-        (Feed::Live, 1),
+        Feed::Live,
+        1,
         sink.clone(),
     )
     .unwrap();

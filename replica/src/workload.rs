@@ -344,7 +344,8 @@ pub fn run<S: ConflictModel, T>(
     config: EngineConfig,
     state: S::State,
     streams: &Streams<T>,
-    (how, feed_seed): (Feed, u64),
+    how: Feed,
+    feed_seed: u64,
     sink: Arc<dyn ReplySink>,
 ) -> Result<(Finished<S::State>, Duration), EngineError> {
     let mut engine = Engine::new(service.clone(), state, config, sink)?;
@@ -395,8 +396,9 @@ pub fn canonical(replies: &[Reply]) -> Vec<(ClientId, Option<RequestId>, Outcome
 
 /// A random configuration of an engine of `kind` for the equivalence tests:
 /// K in {1, 2, 3, 4, 8}, the merge's M, batch synchronization, the inline
-/// budget (never, the default, or always), cbase's window, and for classes the thread bounds and a reconfiguration policy
-/// (often one that changes the number of threads at random points).
+/// budget (never, the default, or always), cbase's window, and for classes
+/// the thread bounds and a reconfiguration policy (often one that changes
+/// the number of threads at random points).
 pub fn draw_config(rng: &mut impl RngExt, kind: EngineKind) -> EngineConfig {
     let threads = [1, 2, 3, 4, 8][rng.random_range(0..5)];
     let mut config = EngineConfig::new(kind, threads);

@@ -31,7 +31,8 @@ pub(crate) fn run_engine<S: ConflictModel>(
         config,
         state,
         streams,
-        (feed(seed), seed),
+        feed(seed),
+        seed,
         sink.clone(),
     )
     .expect("the engine runs");
