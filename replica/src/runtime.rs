@@ -7,7 +7,8 @@
 //! ```
 //!
 //! Both run the sans-IO core on one tokio task ([`psmr_multicast::net::drive`]);
-//! the engine's workers are OS threads.
+//! the engine's workers are OS threads, and a cheap batch for a parked
+//! worker runs on this task's thread instead (`engine::worker`).
 
 use std::collections::HashMap;
 use std::future::Future;
