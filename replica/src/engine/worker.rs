@@ -172,7 +172,9 @@ impl Slot {
                     Ok(Stop::Aborted) => return Err(EngineError::Stopped),
                     Ok(Stop::HandBack) => lock(&self.queue).handed_back = true,
                     Err(panic) => {
+                        // Half a batch ran: this worker takes nothing more.
                         shared.rendezvous.abort();
+                        lock(&self.queue).stopped = true;
                         self.close();
                         let message = panic_message(&panic);
                         return Err(EngineError::WorkerPanicked { thread, message });
@@ -490,12 +492,16 @@ mod tests {
     }
 
     fn command(seq: u64) -> Command {
+        command_tagged(seq, 0)
+    }
+
+    fn command_tagged(seq: u64, tag: u64) -> Command {
         let request = Request {
             id: RequestId(seq + 1),
             low_water: RequestId(0),
             mode: Mode::Conservative,
             service: ServiceId(0),
-            op: NullOp { tag: 0 }.encode(),
+            op: NullOp { tag }.encode(),
             answerers: Answerers::All,
         };
         Command {
@@ -540,6 +546,81 @@ mod tests {
         let config = EngineConfig::new(EngineKind::OptPsmr, 2);
         // The first may come before the worker parked for the first time.
         assert!(answered_here(config, 10) >= 9);
+    }
+
+    /// The null service, but a command tagged 666 panics (a service bug).
+    struct Buggy;
+
+    impl Service for Buggy {
+        type State = ();
+        type Op = NullOp;
+        type Violation = <NullService as Service>::Violation;
+
+        fn id(&self) -> ServiceId {
+            NullService.id()
+        }
+
+        fn decode(&self, op: &[u8]) -> Option<NullOp> {
+            NullService.decode(op)
+        }
+
+        fn execute(&self, state: &mut (), op: &NullOp) -> bytes::Bytes {
+            assert_ne!(op.tag, 666, "a service bug");
+            NullService.execute(state, op)
+        }
+
+        fn execute_shared(
+            &self,
+            state: &(),
+            lane: Lane,
+            op: &NullOp,
+        ) -> Result<bytes::Bytes, Self::Violation> {
+            assert_ne!(op.tag, 666, "a service bug");
+            NullService.execute_shared(state, lane, op)
+        }
+
+        fn safety_check(&self, state: &(), lane: Lane, op: &NullOp) -> bool {
+            NullService.safety_check(state, lane, op)
+        }
+
+        fn digest(&self, state: &()) -> u64 {
+            NullService.digest(state)
+        }
+    }
+
+    impl crate::model::ConflictModel for Buggy {
+        fn placement(&self, op: &NullOp, lanes: usize) -> crate::model::Placement {
+            NullService.placement(op, lanes)
+        }
+    }
+
+    #[test]
+    fn a_panic_on_the_delivering_thread_stops_the_engine_with_an_error() {
+        let sink = Arc::new(ThreadSink::default());
+        let config = EngineConfig::new(EngineKind::Smr, 1);
+        let engine = Engine::start(Arc::new(Buggy), (), config, sink.clone()).unwrap();
+        engine
+            .deliver(RingId(0), 0, Value::batch(vec![command(0)]))
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while lock(&sink.0).is_empty() {
+            assert!(Instant::now() < deadline, "no reply");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+        let buggy = Value::batch(vec![command_tagged(1, 666)]);
+        match engine.deliver(RingId(0), 1, buggy) {
+            Err(EngineError::WorkerPanicked { thread: 0, message }) => {
+                assert!(message.contains("a service bug"), "{message}");
+            }
+            other => panic!("expected the panic as an error, got {other:?}"),
+        }
+        let next = Value::batch(vec![command(2)]);
+        assert!(matches!(
+            engine.deliver(RingId(0), 2, next),
+            Err(EngineError::Stopped)
+        ));
+        assert!(engine.finish().is_err(), "the state is poisoned");
     }
 
     #[test]
