@@ -113,13 +113,20 @@ pub(crate) fn median_of(measured: &[Row]) -> Vec<Row> {
         .into_values()
         .map(|mut rows| {
             rows.sort_by(|a, b| a.throughput.total_cmp(&b.throughput));
-            let mut median = rows[(rows.len() - 1) / 2].clone();
+            let mut median = rows[lower_middle(rows.len())].clone();
             median.passes = u32::try_from(rows.len()).expect("at most MAX_PASSES passes");
             median.throughput_min = Some(rows[0].throughput);
             median.throughput_max = rows.last().map(|r| r.throughput);
             median
         })
         .collect()
+}
+
+/// Where the median of `len` sorted values is: the lower middle one for an
+/// even count (a measured value, never an average of two).
+fn lower_middle(len: usize) -> usize {
+    assert!(len > 0, "no values");
+    (len - 1) / 2
 }
 
 /// A point's throughput over its baseline twin's (see
@@ -137,7 +144,7 @@ impl Ratio {
     pub(crate) fn median(&self) -> f64 {
         let mut sorted = self.per_pass.clone();
         sorted.sort_by(f64::total_cmp);
-        sorted[(sorted.len() - 1) / 2]
+        sorted[lower_middle(sorted.len())]
     }
 
     /// The lowest ratio.
@@ -149,7 +156,7 @@ impl Ratio {
 /// For each `(point, baseline)` pair, the ratio of their throughputs in
 /// each pass (`passes`: the rows of each pass) that measured both with a
 /// non-zero baseline.
-pub(crate) fn ratios(pairs: &[(usize, usize)], passes: &[&[Row]]) -> Vec<Ratio> {
+pub(crate) fn ratios(pairs: &[(usize, usize)], passes: &[Vec<Row>]) -> Vec<Ratio> {
     let throughput =
         |rows: &[Row], point| rows.iter().find(|r| r.point == point).map(|r| r.throughput);
     pairs
@@ -406,7 +413,7 @@ fn passes_label(repeat: u32) -> String {
 pub(crate) fn summary(
     experiment: &Experiment,
     rows: &[Row],
-    ratios: &[Ratio],
+    ratio_table: Option<&str>,
     run: &Provenance<'_>,
 ) -> String {
     let b = &experiment.base;
@@ -444,8 +451,8 @@ pub(crate) fn summary(
         let _ = writeln!(s, "{line}");
     }
     let _ = writeln!(s, "\n{}\n", table(rows));
-    if !ratios.is_empty() {
-        let _ = writeln!(s, "{}", ratio_table(experiment, rows, ratios));
+    if let Some(ratios) = ratio_table {
+        let _ = writeln!(s, "{ratios}");
     }
     for plot in &experiment.plots {
         let _ = writeln!(s, "![{}]({}.svg)\n", plot.title, plot.name);
@@ -570,10 +577,10 @@ pub(crate) mod tests {
             ..sample_row()
         };
         // Point 1 against its baseline 0, point 3 against 2.
-        let first = [row(0, 100.0), row(1, 90.0), row(2, 50.0), row(3, 75.0)];
-        let second = [row(0, 200.0), row(1, 150.0), row(2, 0.0), row(3, 10.0)];
-        let cut_short = [row(0, 10.0)];
-        let passes: [&[Row]; 3] = [&first, &second, &cut_short];
+        let first = vec![row(0, 100.0), row(1, 90.0), row(2, 50.0), row(3, 75.0)];
+        let second = vec![row(0, 200.0), row(1, 150.0), row(2, 0.0), row(3, 10.0)];
+        let cut_short = vec![row(0, 10.0)];
+        let passes = [first, second, cut_short];
         let ratios = ratios(&[(1, 0), (3, 2)], &passes);
         assert_eq!(ratios.len(), 2);
         assert_eq!(ratios[0].point, 1);
@@ -590,7 +597,7 @@ pub(crate) mod tests {
             1,
         ))
         .unwrap();
-        let rows = median_of(&[first.as_slice(), &second].concat());
+        let rows = median_of(&passes.concat());
         let table = ratio_table(&e, &rows, &ratios);
         assert!(table.contains("Throughput over smr"), "{table}");
         assert!(table.contains("| 0.90 / 0.75 | 0.75 | 0.75 |"), "{table}");

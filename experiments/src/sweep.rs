@@ -122,27 +122,23 @@ pub(crate) fn run(args: SweepArgs) -> Result<PathBuf, SweepError> {
         .enable_all()
         .build()
         .map_err(io(Path::new("tokio runtime")))?;
-    let mut measured = Vec::with_capacity(points.len() * passes);
-    // Where each pass's rows start in `measured`.
-    let mut pass_starts = Vec::with_capacity(passes);
+    // The rows of each pass (the last one cut short if a point failed).
+    let mut by_pass: Vec<Vec<Row>> = Vec::with_capacity(passes);
     let outcome = runtime.block_on(async {
         for pass in 0..passes {
             let run = Pass {
                 index: pass,
                 of: passes,
             };
-            pass_starts.push(measured.len());
-            measure_all(&points, run, &dir, args.port, &bar, &mut measured).await?;
+            by_pass.push(Vec::with_capacity(points.len()));
+            let rows = by_pass.last_mut().expect("pushed above");
+            measure_all(&points, run, &dir, args.port, &bar, rows).await?;
         }
         Ok(())
     });
     bar.finish_and_clear();
+    let measured = by_pass.concat();
     let rows = results::median_of(&measured);
-    let by_pass: Vec<&[Row]> = pass_starts
-        .iter()
-        .zip(pass_starts.iter().skip(1).chain([&measured.len()]))
-        .map(|(&start, &end)| &measured[start..end])
-        .collect();
     let ratios = results::ratios(&experiment.baseline_pairs(&points), &by_pass);
     let run = Provenance {
         machine: &machine,
@@ -235,10 +231,11 @@ fn write_results(
 ) -> Result<(), SweepError> {
     results::write_csv(&dir.join("data.csv"), rows)?;
     let summary = dir.join("summary.md");
-    let text = results::summary(experiment, rows, ratios, run);
+    let ratio_table = (!ratios.is_empty()).then(|| results::ratio_table(experiment, rows, ratios));
+    let text = results::summary(experiment, rows, ratio_table.as_deref(), run);
     std::fs::write(&summary, text).map_err(io(&summary))?;
-    if !ratios.is_empty() {
-        print!("{}", results::ratio_table(experiment, rows, ratios));
+    if let Some(table) = ratio_table {
+        print!("{table}");
     }
     crate::plot::draw_all(experiment, rows, dir)?;
     Ok(())

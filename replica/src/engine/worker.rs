@@ -360,11 +360,23 @@ impl Core {
         }
     }
 
-    /// Executes `commands` one by one with `execute`, times them, and hands
-    /// their replies to the sink.
+    /// Executes `commands` one by one with `execute`, then hands their
+    /// replies to the sink.
     fn execute_batch<S: Service>(
         &mut self,
         shared: &Shared<S>,
+        by: Runner,
+        commands: &[Command],
+        execute: impl FnMut(&Command, &mut ExecMetrics) -> Reply,
+    ) {
+        self.execute_commands(by, commands, execute);
+        self.flush(shared);
+    }
+
+    /// Executes `commands` one by one with `execute`, keeping their replies
+    /// in `self.replies`, and times them.
+    fn execute_commands(
+        &mut self,
         by: Runner,
         commands: &[Command],
         mut execute: impl FnMut(&Command, &mut ExecMetrics) -> Reply,
@@ -376,7 +388,6 @@ impl Core {
             self.replies.push(reply);
         }
         self.timed(commands.len(), started, by);
-        self.flush(shared);
     }
 
     /// Records how long `commands` commands took to execute.
@@ -437,21 +448,16 @@ impl Core {
         by: Runner,
         commands: &[Command],
     ) {
-        let started = Instant::now();
-        {
-            let mut state = write(shared);
-            for command in commands {
-                self.pauser.pause();
-                let access = Access::Exclusive {
-                    state: &mut state,
-                    lane: None,
-                };
-                let reply = shared.execute(access, command, &mut self.metrics);
-                self.replies.push(reply);
-            }
-        }
+        let mut state = write(shared);
+        self.execute_commands(by, commands, |command, metrics| {
+            let access = Access::Exclusive {
+                state: &mut state,
+                lane: None,
+            };
+            shared.execute(access, command, metrics)
+        });
+        drop(state);
         shared.rendezvous.release(self.round - 1);
-        self.timed(commands.len(), started, by);
         self.flush(shared);
     }
 }
