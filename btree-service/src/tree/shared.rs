@@ -104,17 +104,36 @@ impl BTree {
         }
     }
 
-    /// The leaf of `key`, checked to be reachable by `thread`.
+    /// The leaf of one of `thread`'s keys. The leaf's fences hold the key,
+    /// which lies in the partition, so the leaf is own or shared, never
+    /// foreign: reads and value updates need not look at its fences (a
+    /// cache miss per command on a large tree).
+    fn own_leaf(
+        &self,
+        p: &Partitioning,
+        thread: usize,
+        key: u64,
+    ) -> Result<u32, ContractViolation> {
+        let leaf = self.leaf_of(key);
+        if p.owner(key) != thread {
+            return Err(self.violation(p, thread, ViolationKind::ForeignKey, key, leaf));
+        }
+        debug_assert!(
+            self.scope(p, thread, leaf).is_some(),
+            "leaf {leaf} holds key {key}"
+        );
+        Ok(leaf)
+    }
+
+    /// The leaf of `key`, checked to be reachable by `thread`, and whether
+    /// other threads reach it too.
     fn own_key(
         &self,
         p: &Partitioning,
         thread: usize,
         key: u64,
     ) -> Result<(u32, Scope), ContractViolation> {
-        let leaf = self.leaf_of(key);
-        if p.owner(key) != thread {
-            return Err(self.violation(p, thread, ViolationKind::ForeignKey, key, leaf));
-        }
+        let leaf = self.own_leaf(p, thread, key)?;
         let scope = self
             .scope(p, thread, leaf)
             .ok_or_else(|| self.violation(p, thread, ViolationKind::ForeignLeaf, key, leaf))?;
@@ -128,7 +147,7 @@ impl BTree {
         thread: usize,
         key: u64,
     ) -> Result<Option<u64>, ContractViolation> {
-        let (leaf, _) = self.own_key(p, thread, key)?;
+        let leaf = self.own_leaf(p, thread, key)?;
         Ok(self.search(leaf, key).ok().map(|i| self.val(leaf, i)))
     }
 
@@ -140,7 +159,7 @@ impl BTree {
         key: u64,
         value: u64,
     ) -> Result<Option<u64>, ContractViolation> {
-        let (leaf, _) = self.own_key(p, thread, key)?;
+        let leaf = self.own_leaf(p, thread, key)?;
         Ok(self.search(leaf, key).ok().map(|i| {
             let old = self.val(leaf, i);
             self.set_val(leaf, i, value);
