@@ -13,7 +13,7 @@
 //!              connection a hello came on, so a restarted replica learns of us again)
 //! ```
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use psmr_multicast::net::{Inbound, Network, Purpose, frame_of};
 use psmr_multicast::proto::codec::{self, DEFAULT_MAX_FRAME};
-use psmr_multicast::proto::{CommandId, NodeId, Proposer, ProposerId, RingId};
+use psmr_multicast::proto::{CommandId, NodeId, Proposer, ProposerId, RingId, SeqMap};
 use psmr_replica::cluster::ClusterConfig;
 use psmr_replica::{
     Answerers, ClientId, EngineKind, Group, Mode, Outcome, Reply, Request, RequestId, route,
@@ -60,7 +60,8 @@ where
     net: Network,
     proposer: Proposer,
     pending: HashMap<RequestId, Pending<M::Op>>,
-    outstanding: BTreeSet<RequestId>,
+    /// Requests not answered yet, by id: the oldest is the low-water mark.
+    outstanding: SeqMap<()>,
     deadlines: VecDeque<(Instant, RequestId)>,
     /// Re-proposal times, in order (the interval is constant).
     repropose: VecDeque<(Instant, RequestId)>,
@@ -95,7 +96,7 @@ where
             net,
             proposer,
             pending: HashMap::new(),
-            outstanding: BTreeSet::new(),
+            outstanding: SeqMap::default(),
             deadlines: VecDeque::new(),
             repropose: VecDeque::new(),
             next_request: 0,
@@ -186,11 +187,11 @@ where
         let now = Instant::now();
         let id = RequestId(self.next_request);
         self.next_request += 1;
-        self.outstanding.insert(id);
+        self.outstanding.insert(id.0, ());
         let (mode, group) = route(self.kind, &self.service, &call.op, self.threads);
         let request = Request {
             id,
-            low_water: *self.outstanding.first().expect("just inserted"),
+            low_water: RequestId(self.outstanding.first().expect("just inserted")),
             mode,
             service: self.service.service_id(),
             op: self.service.encode_op(&call.op),
@@ -281,12 +282,12 @@ where
     /// a fresh low-water mark; `conservative` moves it to that group in
     /// conservative mode. The old command is abandoned.
     fn propose_again(&mut self, now: Instant, id: RequestId, conservative: Option<Group>) {
-        let (Some(&low_water), Some(pending)) =
+        let (Some(low_water), Some(pending)) =
             (self.outstanding.first(), self.pending.get_mut(&id))
         else {
             return;
         };
-        pending.request.low_water = low_water;
+        pending.request.low_water = RequestId(low_water);
         if let Some(group) = conservative {
             pending.request.mode = Mode::Conservative;
             pending.group = group;
@@ -303,7 +304,7 @@ where
         let Some(pending) = self.pending.remove(&id) else {
             return;
         };
-        self.outstanding.remove(&id);
+        self.outstanding.remove(id.0);
         self.proposer.done(pending.command);
         let retried = pending.retried;
         let answer = result.map(|response| Answer { response, retried });

@@ -27,6 +27,7 @@ mod metrics;
 mod node;
 mod outbox;
 mod proposer;
+mod seqmap;
 mod types;
 
 pub use config::{ConfigError, MAX_RING_ACCEPTORS, MulticastConfig, Params, RingConfig};
@@ -39,6 +40,7 @@ pub use messages::{
 pub use metrics::{LearnerMetrics, NodeMetrics};
 pub use node::{AcceptorNode, NodeError, RingPositions};
 pub use proposer::{ProposeError, Proposer};
+pub use seqmap::SeqMap;
 pub use types::{
     Ballot, Batch, BatchError, Command, CommandId, Instance, NodeId, ProposerId, RingId, Value,
     VoteSet,

@@ -20,6 +20,7 @@ use thiserror::Error;
 
 use super::config::MulticastConfig;
 use super::messages::{Message, Propose, Transmit};
+use super::seqmap::SeqMap;
 use super::types::{Command, CommandId, NodeId, ProposerId, RingId};
 
 /// Why a proposal was refused.
@@ -52,7 +53,7 @@ pub struct Proposer {
     rings: BTreeMap<RingId, Ring>,
     retry_timeout: Duration,
     next_seq: u64,
-    outstanding: BTreeMap<u64, Outstanding>,
+    outstanding: SeqMap<Outstanding>,
     /// (deadline, seq) in deadline order; entries of finished commands are skipped.
     deadlines: VecDeque<(Instant, u64)>,
     staged: BTreeMap<(NodeId, RingId), Vec<Command>>,
@@ -76,7 +77,7 @@ impl Proposer {
                 .collect(),
             retry_timeout,
             next_seq: 0,
-            outstanding: BTreeMap::new(),
+            outstanding: SeqMap::default(),
             deadlines: VecDeque::new(),
             staged: BTreeMap::new(),
         }
@@ -120,7 +121,7 @@ impl Proposer {
     /// The command is delivered (or abandoned): stop sending it.
     pub fn done(&mut self, id: CommandId) {
         if id.proposer == self.id {
-            self.outstanding.remove(&id.seq);
+            self.outstanding.remove(id.seq);
         }
         self.prune();
     }
@@ -130,7 +131,7 @@ impl Proposer {
         while let Some(&(deadline, seq)) = self.deadlines.front() {
             if self
                 .outstanding
-                .get(&seq)
+                .get(seq)
                 .is_some_and(|o| o.deadline == deadline)
             {
                 break;
@@ -145,16 +146,15 @@ impl Proposer {
     }
 
     fn low_water(&self) -> u64 {
-        self.outstanding
-            .keys()
-            .next()
-            .copied()
-            .unwrap_or(self.next_seq)
+        self.outstanding.first().unwrap_or(self.next_seq)
     }
 
     fn stage(&mut self, seq: u64) {
         let low_water = self.low_water();
-        let o = &self.outstanding[&seq];
+        let o = self
+            .outstanding
+            .get(seq)
+            .expect("staged commands are outstanding");
         let acceptors = &self.rings[&o.ring].acceptors;
         let to = acceptors[o.attempt % acceptors.len()];
         let command = Command {
@@ -175,7 +175,7 @@ impl Proposer {
                 break;
             }
             self.deadlines.pop_front();
-            let Some(o) = self.outstanding.get_mut(&seq) else {
+            let Some(o) = self.outstanding.get_mut(seq) else {
                 continue;
             };
             if o.deadline != deadline {
