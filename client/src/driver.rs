@@ -13,7 +13,7 @@
 //!              connection a hello came on, so a restarted replica learns of us again)
 //! ```
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -59,9 +59,8 @@ where
     options: ClientOptions,
     net: Network,
     proposer: Proposer,
-    pending: HashMap<RequestId, Pending<M::Op>>,
-    /// Requests not answered yet, by id: the oldest is the low-water mark.
-    outstanding: SeqMap<()>,
+    /// Calls not answered yet, by request id: the oldest is the low-water mark.
+    pending: SeqMap<Pending<M::Op>>,
     deadlines: VecDeque<(Instant, RequestId)>,
     /// Re-proposal times, in order (the interval is constant).
     repropose: VecDeque<(Instant, RequestId)>,
@@ -95,8 +94,7 @@ where
             options,
             net,
             proposer,
-            pending: HashMap::new(),
-            outstanding: SeqMap::default(),
+            pending: SeqMap::default(),
             deadlines: VecDeque::new(),
             repropose: VecDeque::new(),
             next_request: 0,
@@ -187,11 +185,10 @@ where
         let now = Instant::now();
         let id = RequestId(self.next_request);
         self.next_request += 1;
-        self.outstanding.insert(id.0, ());
         let (mode, group) = route(self.kind, &self.service, &call.op, self.threads);
         let request = Request {
             id,
-            low_water: RequestId(self.outstanding.first().expect("just inserted")),
+            low_water: RequestId(self.pending.first().unwrap_or(id.0)),
             mode,
             service: self.service.service_id(),
             op: self.service.encode_op(&call.op),
@@ -212,7 +209,7 @@ where
             deadline,
             reply: call.reply,
         };
-        self.pending.insert(id, pending);
+        self.pending.insert(id.0, pending);
     }
 
     fn propose(&mut self, now: Instant, group: Group, request: &Request) -> CommandId {
@@ -241,7 +238,7 @@ where
     /// The optimistic guess failed: the same request, conservatively, once
     /// (answered by the same replicas: the one asked has just answered).
     fn retry(&mut self, id: RequestId) {
-        let Some(pending) = self.pending.get(&id) else {
+        let Some(pending) = self.pending.get(id.0) else {
             return;
         };
         if pending.retried {
@@ -250,7 +247,7 @@ where
         let group = self.service.conservative(&pending.op, self.threads);
         self.stats.retries.fetch_add(1, Ordering::Relaxed);
         self.propose_again(Instant::now(), id, Some(group));
-        if let Some(pending) = self.pending.get_mut(&id) {
+        if let Some(pending) = self.pending.get_mut(id.0) {
             pending.retried = true;
         }
     }
@@ -260,7 +257,7 @@ where
     /// the next one takes over.
     fn repropose(&mut self, now: Instant, id: RequestId) {
         self.stats.reproposals.fetch_add(1, Ordering::Relaxed);
-        let Some(pending) = self.pending.get_mut(&id) else {
+        let Some(pending) = self.pending.get_mut(id.0) else {
             return;
         };
         let silent = self.replicas[self.answerer];
@@ -272,7 +269,7 @@ where
         pending.request.answerers = Answerers::All;
         self.propose_again(now, id, None);
         let at = now + self.options.repropose_after;
-        if let Some(pending) = self.pending.get_mut(&id) {
+        if let Some(pending) = self.pending.get_mut(id.0) {
             pending.repropose_at = at;
             self.repropose.push_back((at, id));
         }
@@ -282,8 +279,7 @@ where
     /// a fresh low-water mark; `conservative` moves it to that group in
     /// conservative mode. The old command is abandoned.
     fn propose_again(&mut self, now: Instant, id: RequestId, conservative: Option<Group>) {
-        let (Some(low_water), Some(pending)) =
-            (self.outstanding.first(), self.pending.get_mut(&id))
+        let (Some(low_water), Some(pending)) = (self.pending.first(), self.pending.get_mut(id.0))
         else {
             return;
         };
@@ -295,16 +291,15 @@ where
         let (group, request, old) = (pending.group, pending.request.clone(), pending.command);
         let command = self.propose(now, group, &request);
         self.proposer.done(old);
-        if let Some(pending) = self.pending.get_mut(&id) {
+        if let Some(pending) = self.pending.get_mut(id.0) {
             pending.command = command;
         }
     }
 
     fn finish(&mut self, id: RequestId, result: Result<Bytes, ClientError>) {
-        let Some(pending) = self.pending.remove(&id) else {
+        let Some(pending) = self.pending.remove(id.0) else {
             return;
         };
-        self.outstanding.remove(id.0);
         self.proposer.done(pending.command);
         let retried = pending.retried;
         let answer = result.map(|response| Answer { response, retried });
@@ -321,7 +316,7 @@ where
                 break;
             }
             self.repropose.pop_front();
-            if self.pending.get(&id).is_some_and(|p| p.repropose_at == at) {
+            if self.pending.get(id.0).is_some_and(|p| p.repropose_at == at) {
                 self.repropose(now, id);
             }
         }
@@ -330,7 +325,7 @@ where
                 break;
             }
             self.deadlines.pop_front();
-            if self.pending.get(&id).is_some_and(|p| p.deadline == at) {
+            if self.pending.get(id.0).is_some_and(|p| p.deadline == at) {
                 self.stats.timeouts.fetch_add(1, Ordering::Relaxed);
                 let deadline = self.options.deadline;
                 self.finish(id, Err(ClientError::Timeout { deadline }));
