@@ -599,8 +599,23 @@ impl<S: ConflictModel> Engine<S> {
             slots[thread].deliver(&self.shared, input)
         };
         if ring == config.all_ring {
-            for thread in 0..slots.len() {
-                send(thread, value.clone())?;
+            // A worker run here that stops at this synchronization, unreleased,
+            // is tried again once every worker has it: the last one to arrive
+            // may have executed and released it meanwhile, which saves waking
+            // the first one's thread.
+            let mut handed_back = Vec::new();
+            for (thread, slot) in slots.iter().enumerate() {
+                let input = Input::Deliver {
+                    ring,
+                    instance,
+                    value: value.clone(),
+                };
+                if slot.offer(&self.shared, input)? == worker::Offer::HandedBack {
+                    handed_back.push(thread);
+                }
+            }
+            for thread in handed_back {
+                slots[thread].retry(&self.shared)?;
             }
             return Ok(());
         }
