@@ -604,20 +604,27 @@ impl<S: ConflictModel> Engine<S> {
             // may have executed and released it meanwhile, which saves waking
             // the first one's thread.
             let mut handed_back = Vec::new();
-            for (thread, slot) in slots.iter().enumerate() {
+            for slot in slots {
                 let input = Input::Deliver {
                     ring,
                     instance,
                     value: value.clone(),
                 };
-                if slot.offer(&self.shared, input)? == worker::Offer::HandedBack {
-                    handed_back.push(thread);
+                match slot.offer(&self.shared, input) {
+                    Ok(worker::Offer::HandedBack) => handed_back.push(slot),
+                    Ok(worker::Offer::Settled) => {}
+                    Err(e) => {
+                        // Their threads take what was handed back.
+                        handed_back.iter().for_each(|s| s.wake());
+                        return Err(e);
+                    }
                 }
             }
-            for thread in handed_back {
-                slots[thread].retry(&self.shared)?;
+            let mut outcome = Ok(());
+            for slot in handed_back {
+                outcome = outcome.and(slot.retry(&self.shared));
             }
-            return Ok(());
+            return outcome;
         }
         let thread = config
             .thread_rings

@@ -171,7 +171,8 @@ impl Slot {
 
     /// Queues `input` and, if the worker's thread is parked, runs the worker
     /// here as far as it cheaply can. `HandedBack`: work is left for the
-    /// thread, which is not woken yet: the caller must call [`Slot::retry`].
+    /// thread, which is not woken yet: the caller must call [`Slot::retry`]
+    /// or [`Slot::wake`].
     pub(super) fn offer<S: Service>(
         &self,
         shared: &Shared<S>,
@@ -203,6 +204,11 @@ impl Slot {
             self.ready.notify_one();
         }
         Ok(())
+    }
+
+    /// Wakes the thread for work handed back by [`Slot::offer`].
+    pub(super) fn wake(&self) {
+        self.ready.notify_one();
     }
 
     fn run_inline<S: Service>(&self, shared: &Shared<S>) -> Result<Offer, EngineError> {
