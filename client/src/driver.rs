@@ -59,8 +59,10 @@ where
     options: ClientOptions,
     net: Network,
     proposer: Proposer,
-    /// Calls not answered yet, by request id: the oldest is the low-water mark.
-    pending: SeqMap<Pending<M::Op>>,
+    /// Calls not answered yet, by request id: the oldest is the low-water
+    /// mark. Boxed: a call that waits long leaves a hole per later call
+    /// answered before it, which then costs a pointer.
+    pending: SeqMap<Box<Pending<M::Op>>>,
     deadlines: VecDeque<(Instant, RequestId)>,
     /// Re-proposal times, in order (the interval is constant).
     repropose: VecDeque<(Instant, RequestId)>,
@@ -209,7 +211,7 @@ where
             deadline,
             reply: call.reply,
         };
-        self.pending.insert(id.0, pending);
+        self.pending.insert(id.0, Box::new(pending));
     }
 
     fn propose(&mut self, now: Instant, group: Group, request: &Request) -> CommandId {
@@ -297,7 +299,7 @@ where
     }
 
     fn finish(&mut self, id: RequestId, result: Result<Bytes, ClientError>) {
-        let Some(pending) = self.pending.remove(id.0) else {
+        let Some(pending) = self.pending.remove(id.0).map(|p| *p) else {
             return;
         };
         self.proposer.done(pending.command);
