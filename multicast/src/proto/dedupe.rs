@@ -10,13 +10,23 @@
 //!
 //! Commands of a proposer mostly arrive in `seq` order, so the delivered set
 //! is kept as "everything from the low-water mark up to `contiguous`" plus
-//! the few delivered out of order above it: the common case is O(1).
+//! the seqs delivered above it: those in a window of [`WINDOW`] seqs above
+//! `contiguous` as flags, the rare ones beyond it in a set. On a ring that
+//! carries only some of a proposer's commands (P-SMR's thread rings and
+//! `g_all`) `contiguous` moves with the low-water mark only, so every command
+//! lands above it: a flag in a `VecDeque` costs there what the contiguous
+//! case costs, where a `BTreeSet` took 47 ns per command at a psmr replica
+//! (8 ns in smr). A seq far ahead (a faulty proposer) goes to the set and
+//! costs no window memory.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
 
 use rustc_hash::FxHashMap;
 
 use super::types::{Command, Instance, ProposerId};
+
+/// Seqs above `contiguous` tracked as flags.
+const WINDOW: u64 = 1 << 16;
 
 #[derive(Debug, Default)]
 struct ProposerState {
@@ -24,8 +34,10 @@ struct ProposerState {
     low_water: u64,
     /// Every seq in `[low_water, contiguous)` was delivered.
     contiguous: u64,
-    /// Delivered seqs above `contiguous`.
-    ahead: BTreeSet<u64>,
+    /// Flag `i`: seq `contiguous + i` was delivered (flag 0 never is).
+    window: VecDeque<bool>,
+    /// Delivered seqs at or beyond `contiguous + WINDOW`.
+    far: BTreeSet<u64>,
     last_instance: Instance,
 }
 
@@ -35,19 +47,46 @@ impl ProposerState {
             return;
         }
         self.low_water = low_water;
-        self.contiguous = self.contiguous.max(low_water);
-        while self.ahead.first().is_some_and(|&seq| seq < self.contiguous) {
-            self.ahead.pop_first();
+        if low_water > self.contiguous {
+            let passed = (low_water - self.contiguous).min(self.window.len() as u64);
+            self.window.drain(..passed as usize);
+            self.contiguous = low_water;
         }
-        self.absorb();
+        self.settle();
     }
 
-    /// Moves `contiguous` over seqs delivered ahead of it.
-    fn absorb(&mut self) {
-        while self.ahead.first() == Some(&self.contiguous) {
-            self.ahead.pop_first();
-            self.contiguous += 1;
+    /// Moves `contiguous` over seqs delivered ahead of it, and seqs of
+    /// `far` that came within the window into it.
+    fn settle(&mut self) {
+        loop {
+            while self.window.front() == Some(&true) {
+                self.window.pop_front();
+                self.contiguous = self.contiguous.saturating_add(1);
+            }
+            let mut moved = false;
+            while let Some(&seq) = self.far.first() {
+                if seq >= self.contiguous.saturating_add(WINDOW) {
+                    break;
+                }
+                self.far.pop_first();
+                if seq >= self.contiguous {
+                    self.flag(seq - self.contiguous);
+                    moved = true;
+                }
+            }
+            if !moved {
+                return;
+            }
         }
+    }
+
+    fn flag(&mut self, offset: u64) {
+        debug_assert!(offset < WINDOW);
+        let at = offset as usize;
+        if self.window.len() <= at {
+            self.window.resize(at + 1, false);
+        }
+        self.window[at] = true;
     }
 
     /// Marks `seq` delivered; false if it was (or may not be) delivered.
@@ -55,12 +94,16 @@ impl ProposerState {
         if seq < self.contiguous {
             return false;
         }
-        if seq == self.contiguous {
-            self.contiguous += 1;
-            self.absorb();
-            return true;
+        let offset = seq - self.contiguous;
+        if offset >= WINDOW {
+            return self.far.insert(seq);
         }
-        self.ahead.insert(seq)
+        if self.window.get(offset as usize) == Some(&true) {
+            return false;
+        }
+        self.flag(offset);
+        self.settle();
+        true
     }
 }
 
@@ -153,7 +196,34 @@ mod tests {
         );
         let state = &d.proposers[&ProposerId(9)];
         assert_eq!(state.contiguous, 8);
-        assert!(state.ahead.is_empty());
+        assert!(state.window.is_empty() && state.far.is_empty());
+    }
+
+    /// Against the set of every delivered seq, over random seqs near the
+    /// low-water mark, beyond the window, repeated, and rising low-water
+    /// marks; the seed is in every message.
+    #[test]
+    fn the_filter_admits_like_a_set_of_delivered_seqs() {
+        use rand::{RngExt, SeedableRng};
+        use rand_chacha::ChaCha8Rng;
+        for seed in 0..64u64 {
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            let mut d = Dedupe::new(1 << 40);
+            let (mut delivered, mut low) = (BTreeSet::new(), 0u64);
+            for step in 0..2_000u64 {
+                if rng.random_bool(0.05) {
+                    low += rng.random_range(0..WINDOW / 4);
+                }
+                let seq = match rng.random_range(0..10) {
+                    0 => low + WINDOW + rng.random_range(0..WINDOW),
+                    1 => low.saturating_sub(rng.random_range(0..4)),
+                    _ => low + rng.random_range(0..64),
+                };
+                let expected = seq >= low && delivered.insert(seq);
+                let got = d.admit(step, &cmd(1, seq, low));
+                assert_eq!(got, expected, "seed {seed} step {step} seq {seq} low {low}");
+            }
+        }
     }
 
     #[test]
