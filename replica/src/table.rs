@@ -110,8 +110,11 @@ impl ExecutedTable {
             self.advance(client, log.low_water);
             let mine = self.clients.entry(client).or_default();
             for (request, response) in log.responses {
-                if request >= mine.low_water && mine.find(request).is_err() {
-                    mine.insert(request, response);
+                if request < mine.low_water {
+                    continue;
+                }
+                if let Err(at) = mine.find(request) {
+                    mine.responses.insert(at, (request, response));
                 }
             }
         }

@@ -430,6 +430,7 @@ pub(crate) struct Placed<'a> {
     pub(crate) table: usize,
 }
 
+#[derive(Clone)]
 pub(crate) enum Input {
     Deliver {
         ring: RingId,
@@ -590,48 +591,48 @@ impl<S: ConflictModel> Engine<S> {
         value: Value,
     ) -> Result<(), EngineError> {
         let config = &self.shared.config;
-        let send = |thread: usize, value: Value| {
-            let input = Input::Deliver {
-                ring,
-                instance,
-                value,
-            };
-            slots[thread].deliver(&self.shared, input)
+        let input = Input::Deliver {
+            ring,
+            instance,
+            value,
         };
         if ring == config.all_ring {
-            // A worker run here that stops at this synchronization, unreleased,
-            // is tried again once every worker has it: the last one to arrive
-            // may have executed and released it meanwhile, which saves waking
-            // the first one's thread.
-            let mut handed_back = Vec::new();
-            for slot in slots {
-                let input = Input::Deliver {
-                    ring,
-                    instance,
-                    value: value.clone(),
-                };
-                match slot.offer(&self.shared, input) {
-                    Ok(worker::Offer::HandedBack) => handed_back.push(slot),
-                    Ok(worker::Offer::Settled) => {}
-                    Err(e) => {
-                        // Their threads take what was handed back.
-                        handed_back.iter().for_each(|s| s.wake());
-                        return Err(e);
-                    }
-                }
-            }
-            let mut outcome = Ok(());
-            for slot in handed_back {
-                outcome = outcome.and(slot.retry(&self.shared));
-            }
-            return outcome;
+            return self.deliver_to_all(slots, &input);
         }
         let thread = config
             .thread_rings
             .iter()
             .position(|&r| r == ring)
             .ok_or(EngineError::UnknownRing { ring })?;
-        send(thread, value)
+        slots[thread].deliver(&self.shared, input)
+    }
+
+    /// A `g_all` instance goes to every worker. A worker run here that stops
+    /// at this synchronization, unreleased, is tried again once every worker
+    /// has it: the last one to arrive may have executed and released it
+    /// meanwhile, which saves waking the first one's thread.
+    fn deliver_to_all(
+        &self,
+        slots: &[Arc<worker::Slot>],
+        input: &Input,
+    ) -> Result<(), EngineError> {
+        let mut handed_back = Vec::new();
+        for slot in slots {
+            match slot.offer(&self.shared, input.clone()) {
+                Ok(worker::Offer::HandedBack) => handed_back.push(slot),
+                Ok(worker::Offer::Settled) => {}
+                Err(e) => {
+                    // Their threads take what was handed back.
+                    handed_back.iter().for_each(|s| s.wake());
+                    return Err(e);
+                }
+            }
+        }
+        let mut outcome = Ok(());
+        for slot in handed_back {
+            outcome = outcome.and(slot.retry(&self.shared));
+        }
+        outcome
     }
 
     /// Waits until every delivered command that can be merged is executed,
