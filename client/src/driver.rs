@@ -29,6 +29,7 @@ use psmr_replica::{
 use tokio::sync::{mpsc, oneshot};
 use tracing::debug;
 
+use crate::sequential::Sequential;
 use crate::{Answer, Call, ClientError, ClientOptions, ClientStats, ServiceClient};
 
 struct Pending<Op> {
@@ -59,6 +60,7 @@ where
     options: ClientOptions,
     net: Network,
     proposer: Proposer,
+    sequential: Sequential,
     /// Calls not answered yet, by request id: the oldest is the low-water
     /// mark. Boxed: a call that waits long leaves a hole per later call
     /// answered before it, which then costs a pointer.
@@ -93,6 +95,7 @@ where
             service,
             kind: cluster.engine(),
             threads: cluster.threads(),
+            sequential: Sequential::new(options.sequential_above),
             options,
             net,
             proposer,
@@ -187,7 +190,15 @@ where
         let now = Instant::now();
         let id = RequestId(self.next_request);
         self.next_request += 1;
-        let (mode, group) = route(self.kind, &self.service, &call.op, self.threads);
+        let chosen = route(self.kind, &self.service, &call.op, self.threads);
+        let was = self.sequential.is_on();
+        let (mode, group) = self.sequential.route(chosen);
+        if self.sequential.is_on() != was {
+            debug!(on = !was, "sequential fallback (every command to g_all)");
+        }
+        if group != chosen.1 {
+            self.stats.sequential.fetch_add(1, Ordering::Relaxed);
+        }
         let request = Request {
             id,
             low_water: RequestId(self.pending.first().unwrap_or(id.0)),

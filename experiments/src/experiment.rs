@@ -17,6 +17,8 @@
 //! in_flight = 32         #   ... with this many calls each
 //! # rate = 20000         # open loop instead: calls per second
 //! dependent = 0.0        # share of inserts and deletes, 0..=1
+//! sequential_above = 0.4 # psmr, opt-psmr: clients send every command to g_all while at
+//!                        #   least this share of their recent ones need it; 1: never
 //! warmup = "2s"
 //! duration = "5s"        # measured interval
 //! seed = 1
@@ -102,6 +104,7 @@ pub(crate) struct Point {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) rate: Option<u64>,
     pub(crate) dependent: f64,
+    pub(crate) sequential_above: f64,
     #[serde(with = "humantime_serde")]
     pub(crate) warmup: Duration,
     #[serde(with = "humantime_serde")]
@@ -122,6 +125,7 @@ impl Default for Point {
             in_flight: 32,
             rate: None,
             dependent: 0.0,
+            sequential_above: psmr_client::ClientOptions::default().sequential_above,
             warmup: Duration::from_secs(2),
             duration: Duration::from_secs(5),
             seed: 1,
@@ -476,6 +480,7 @@ fn check_point(prefix: &str, p: &Point) -> Result<(), ExperimentError> {
     let field = |f: &str| format!("{prefix}.{f}");
     check_threads(&field("threads"), p.threads)?;
     check_share(&field("dependent"), p.dependent)?;
+    check_share(&field("sequential_above"), p.sequential_above)?;
     let positive = [
         ("preload", p.preload),
         ("clients", p.clients as u64),
@@ -599,6 +604,11 @@ pub(crate) mod tests {
                 "threads = [1, 4]",
                 "threads = [0]",
                 "sweep.threads[0]: must be between 1 and 64",
+            ),
+            (
+                "warmup = \"100ms\"",
+                "warmup = \"100ms\"\nsequential_above = 1.2",
+                "base.sequential_above: must be between 0 and 1",
             ),
             (
                 "x = \"dependent\"",

@@ -12,12 +12,13 @@
 //! from the calls that passed.
 
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use psmr_btree::{BTreeClient, Op, Response};
-use psmr_client::{ClientError, ClientOptions};
+use psmr_client::{ClientError, ClientOptions, ClientStats};
 use psmr_replica::cluster::ClusterConfig;
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -50,6 +51,11 @@ pub(crate) struct LoadOptions {
     /// Every replica answers every call (default: one replica per client).
     #[arg(long)]
     pub(crate) every_replica_answers: bool,
+    /// psmr, opt-psmr: each client sends every command to g_all while at
+    /// least this share of its last 1,024 commands are mapped there; 1 turns
+    /// the fallback off (the papers' P-SMR).
+    #[arg(long, default_value_t = ClientOptions::default().sequential_above)]
+    pub(crate) sequential_above: f64,
 }
 
 /// Why the load generator failed.
@@ -61,6 +67,9 @@ pub(crate) enum LoadError {
     /// `--dependent` is outside 0..=1.
     #[error("--dependent must be between 0 and 1, not {0}")]
     Dependent(f64),
+    /// `--sequential-above` is outside 0..=1.
+    #[error("--sequential-above must be between 0 and 1, not {0}")]
+    SequentialAbove(f64),
 }
 
 /// What a load run measured.
@@ -78,6 +87,9 @@ pub(crate) struct Report {
     pub(crate) passed: Histogram<u64>,
     /// Latencies of the answered calls whose safety check failed.
     pub(crate) failed: Histogram<u64>,
+    /// The share of calls (0 to 1, warm-up included) that the sequential
+    /// fallback sent to `g_all` instead of one thread's group.
+    pub(crate) sequential: f64,
 }
 
 impl Report {
@@ -110,7 +122,7 @@ impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "throughput {:.0} commands/s ({} completed, {} errors in {:.1} s); latency ms: p50 {:.3} p99 {:.3} p99.9 {:.3} max {:.3}; failed safety checks {} ({:.2} %, mean latency {:.3} ms vs {:.3} ms passed)",
+            "throughput {:.0} commands/s ({} completed, {} errors in {:.1} s); latency ms: p50 {:.3} p99 {:.3} p99.9 {:.3} max {:.3}; failed safety checks {} ({:.2} %, mean latency {:.3} ms vs {:.3} ms passed); sent to g_all by the sequential fallback {:.1} %",
             self.throughput(),
             self.completed,
             self.errors,
@@ -123,6 +135,7 @@ impl fmt::Display for Report {
             self.fail_rate(),
             mean_ms(&self.failed),
             mean_ms(&self.passed),
+            self.sequential * 100.0,
         )
     }
 }
@@ -207,6 +220,7 @@ impl Tally {
             latency,
             passed: self.passed,
             failed: self.failed,
+            sequential: 0.0,
         }
     }
 }
@@ -256,6 +270,9 @@ impl Load {
         if !(0.0..=1.0).contains(&options.dependent) {
             return Err(LoadError::Dependent(options.dependent));
         }
+        if !(0.0..=1.0).contains(&options.sequential_above) {
+            return Err(LoadError::SequentialAbove(options.sequential_above));
+        }
         let mut trees = Vec::with_capacity(options.clients.max(1));
         // Consecutive ids from a random base: the clients' answering replicas
         // (chosen by id) take turns, not left to chance.
@@ -264,6 +281,7 @@ impl Load {
             let client = ClientOptions {
                 id: Some(base + i as u64),
                 every_replica_answers: options.every_replica_answers,
+                sequential_above: options.sequential_above,
                 ..ClientOptions::default()
             };
             trees.push(BTreeClient::connect(cluster, client).await?);
@@ -295,7 +313,15 @@ impl Load {
             Some(rate) => open_loop(trees, rate, options.seed, mix, window).await,
             None => closed_loops(trees, options, mix, window).await,
         };
-        tally.report(window.end.duration_since(window.from))
+        let mut report = tally.report(window.end.duration_since(window.from));
+        let count = |f: fn(&ClientStats) -> &AtomicU64| -> u64 {
+            trees
+                .iter()
+                .map(|t| f(t.inner().stats()).load(Ordering::Relaxed))
+                .sum()
+        };
+        report.sequential = count(|s| &s.sequential) as f64 / count(|s| &s.calls).max(1) as f64;
+        report
     }
 }
 

@@ -273,6 +273,7 @@ async fn serve(options: &LocalOptions, local: &mut LocalCluster) -> Result<(), L
                 dependent: 0.0,
                 seed: 1,
                 every_replica_answers: false,
+                sequential_above: psmr_client::ClientOptions::default().sequential_above,
             };
             println!("  load       {}", crate::load::run(cluster, &load).await?);
         }

@@ -49,6 +49,12 @@ pub(crate) struct Row {
     pub(crate) passed_mean_ms: f64,
     pub(crate) failed_mean_ms: f64,
     pub(crate) replica_cpu_pct: f64,
+    /// The clients' sequential fallback threshold and the share of calls it
+    /// sent to `g_all` (absent in files written before the fallback: 0).
+    #[serde(default)]
+    pub(crate) sequential_above: f64,
+    #[serde(default)]
+    pub(crate) sequential_pct: f64,
     /// Passes that measured this point; the row is the one of median
     /// throughput (absent in files written before `repeat` existed).
     #[serde(default = "crate::experiment::one_pass")]
@@ -93,6 +99,8 @@ impl Row {
             passed_mean_ms: mean_ms(&report.passed),
             failed_mean_ms: mean_ms(&report.failed),
             replica_cpu_pct: cpu,
+            sequential_above: p.sequential_above,
+            sequential_pct: report.sequential * 100.0,
             passes: 1,
             throughput_min: Some(throughput),
             throughput_max: Some(throughput),
@@ -323,6 +331,11 @@ pub(crate) static COLUMNS: &[Column] = &[
         failed_mean_ms
     ),
     number!("cpu", "replica CPU (% of one core)", replica_cpu_pct),
+    number!(
+        "sequential",
+        "commands sent to g_all by the sequential fallback (%)",
+        sequential_pct
+    ),
 ];
 
 /// Why results could not be written or read.
@@ -462,12 +475,12 @@ pub(crate) fn summary(
 
 fn table(rows: &[Row]) -> String {
     let mut s = String::from(
-        "| point | engine | K | storage | clients x in flight | rate | dependent % | throughput (cmds/s) | range (cmds/s) | p50 ms | p99 ms | p99.9 ms | failed % | failed / passed mean ms | replica CPU % |\n|---:|---|---:|---|---|---:|---:|---:|---|---:|---:|---:|---:|---|---:|\n",
+        "| point | engine | K | storage | clients x in flight | rate | dependent % | throughput (cmds/s) | range (cmds/s) | p50 ms | p99 ms | p99.9 ms | failed % | failed / passed mean ms | replica CPU % | sequential % |\n|---:|---|---:|---|---|---:|---:|---:|---|---:|---:|---:|---:|---|---:|---:|\n",
     );
     for r in rows {
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} x {} | {} | {:.0} | {:.0} | {} | {:.3} | {:.3} | {:.3} | {:.2} | {:.3} / {:.3} | {:.0} |",
+            "| {} | {} | {} | {} | {} x {} | {} | {:.0} | {:.0} | {} | {:.3} | {:.3} | {:.3} | {:.2} | {:.3} / {:.3} | {:.0} | {:.0} |",
             r.point,
             r.engine,
             r.threads,
@@ -484,7 +497,8 @@ fn table(rows: &[Row]) -> String {
             r.fail_rate_pct,
             r.failed_mean_ms,
             r.passed_mean_ms,
-            r.replica_cpu_pct
+            r.replica_cpu_pct,
+            r.sequential_pct
         );
     }
     s

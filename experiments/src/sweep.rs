@@ -283,12 +283,13 @@ async fn measure_all(
         let row = measure(i, p, local).await.map_err(|e| (i, e))?;
         bar.suspend(|| {
             println!(
-                "{pass}point {i:>3}  {:<48} {:>9.0} cmds/s  p50 {:.3} ms  failed {:.2} %  cpu {:.0} %",
+                "{pass}point {i:>3}  {:<48} {:>9.0} cmds/s  p50 {:.3} ms  failed {:.2} %  cpu {:.0} %  sequential {:.0} %",
                 describe(p),
                 row.throughput,
                 row.p50_ms,
                 row.fail_rate_pct,
-                row.replica_cpu_pct
+                row.replica_cpu_pct,
+                row.sequential_pct
             );
         });
         rows.push(row);
@@ -339,6 +340,7 @@ async fn measure(index: usize, p: &Point, cluster: &LocalCluster) -> Result<Row,
         dependent: p.dependent,
         seed: p.seed,
         every_replica_answers: false,
+        sequential_above: p.sequential_above,
     };
     let load = Load::connect(&cluster.config, &options).await?;
     let window = load.window();

@@ -60,12 +60,15 @@ async fn checked_op(
 
 /// Concurrent clients on disjoint keys, then one client with scans, then a
 /// full comparison: every response equals the model's.
-async fn model_workload(cluster: &TestCluster, seed: u64) {
+async fn model_workload(cluster: &TestCluster, seed: u64, fallback: bool) {
     const TASKS: u64 = 4;
     const OPS: usize = 150;
     let preload = cluster.cluster.service.preload;
     let space = 2 * preload;
     let tree = cluster.client().await;
+    if fallback {
+        enter_the_sequential_fallback(&tree, space).await;
+    }
     let mut tasks = Vec::new();
     for task in 0..TASKS {
         let tree = tree.clone();
@@ -102,24 +105,55 @@ async fn model_workload(cluster: &TestCluster, seed: u64) {
         }
     }
     assert_eq!(scan_all(&tree).await, model, "the final contents");
+    let sequential = tree.inner().stats().sequential.load(Ordering::Relaxed);
+    assert_eq!(
+        sequential > 0,
+        fallback,
+        "{sequential} commands sent to g_all by the sequential fallback"
+    );
     println!(
         "retries after failed safety checks: {}",
         tree.inner().stats().retries.load(Ordering::Relaxed)
     );
 }
 
-fn model_test(engine: EngineName) {
-    model_test_with(Spec {
-        engine,
-        ..Spec::default()
-    });
+/// Fills the client's window of recent commands with dependent ones (an
+/// insert and a delete of keys beyond `space`, which leave no trace), so
+/// that its later commands mapped to one thread go to `g_all`.
+async fn enter_the_sequential_fallback(tree: &BTreeClient, space: u64) {
+    let tasks: Vec<_> = (0..8u64)
+        .map(|task| {
+            let tree = tree.clone();
+            tokio::spawn(async move {
+                for i in 0..80 {
+                    let key = space + task * 1_000 + i;
+                    assert_eq!(tree.insert(key, 1).await.unwrap(), None);
+                    assert_eq!(tree.delete(key).await.unwrap(), Some(1));
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("a task of dependent commands");
+    }
 }
 
-fn model_test_with(spec: Spec) {
+fn model_test(engine: EngineName) {
+    model_test_with(
+        Spec {
+            engine,
+            ..Spec::default()
+        },
+        false,
+    );
+}
+
+fn model_test_with(spec: Spec, fallback: bool) {
     let seed = seed();
     let mut cluster = TestCluster::start(&spec);
     runtime().block_on(async {
-        tokio::time::timeout(Duration::from_secs(120), model_workload(&cluster, seed))
+        let workload = model_workload(&cluster, seed, fallback);
+        tokio::time::timeout(Duration::from_secs(120), workload)
             .await
             .expect("the workload finishes within 2 minutes");
     });
@@ -144,6 +178,19 @@ fn psmr_answers_like_the_model() {
     model_test(EngineName::Psmr);
 }
 
+/// psmr's client sends its read and update commands to `g_all` once most of
+/// its commands are inserts and deletes: the answers stay the model's.
+#[test]
+fn psmr_answers_like_the_model_in_the_sequential_fallback() {
+    model_test_with(
+        Spec {
+            engine: EngineName::Psmr,
+            ..Spec::default()
+        },
+        true,
+    );
+}
+
 #[test]
 fn opt_psmr_answers_like_the_model() {
     model_test(EngineName::OptPsmr);
@@ -156,11 +203,14 @@ fn cbase_answers_like_the_model() {
 
 #[test]
 fn classes_answers_like_the_model_while_it_reconfigures() {
-    model_test_with(Spec {
-        engine: EngineName::Classes,
-        policy: PolicyName::Jump,
-        ..Spec::default()
-    });
+    model_test_with(
+        Spec {
+            engine: EngineName::Classes,
+            policy: PolicyName::Jump,
+            ..Spec::default()
+        },
+        false,
+    );
 }
 
 /// Writers that insert fresh keys (odd ones, never preloaded) and remember
