@@ -1,7 +1,8 @@
 //! psmr-client: the client SDK (DESIGN.md section 7).
 //!
 //! ```text
-//!  call(op) ──> request id, mode and group (smr: g_all; psmr: CC-G; opt-psmr: OC-G)
+//!  call(op) ──> request id, mode and group (smr: g_all; psmr: CC-G; opt-psmr: OC-G;
+//!               g_all for every command while most of the recent ones need it)
 //!           ──> Propose to the ring's acceptors ──(multicast)──> replicas
 //!  answered by one replica (by all: a call alone in flight, or `every_replica_answers`)
 //!  first reply wins:  Done ──> the response
@@ -120,10 +121,11 @@ pub struct ClientOptions {
     /// parallelism gains. Sending a command to `g_all` is always safe.
     /// 1 turns it off: every command goes where its mapping says (the
     /// papers' P-SMR). Default 0.4: on this project's 2-core machine, with
-    /// B+-tree commands of a microsecond, psmr at 75 % dependent ran at
-    /// 0.64–0.71x smr with its mapping and at 1.1x with every command on
-    /// `g_all`; with 200 µs of execution per command the two were equal at
-    /// 50 % and the mapping was ahead at 25 % (README, Results).
+    /// B+-tree commands of a microsecond, psmr at 50 and 75 % dependent ran
+    /// at 0.73–0.90x smr with its mapping and at 0.92–1.06x in the fallback;
+    /// with 200 µs of execution per command the mapping was ahead at 25 %
+    /// (1.44x smr against 0.91x) and a little at 50 % (1.08x against 0.94x)
+    /// (README, Results).
     pub sequential_above: f64,
 }
 
