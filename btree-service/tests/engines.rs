@@ -70,9 +70,13 @@ fn every_engine_matches_sequential_execution() {
             round: rng.random_range(1..=48),
             resend: 0.03,
             seed,
+            // Some clients in the sequential fallback: thread commands on g_all.
+            to_all: if rng.random_bool(0.3) { 0.5 } else { 0.0 },
         };
-        let what =
-            format!("seed={seed} {kind:?} K={threads} fanout={fanout} dependent={dependent}");
+        let what = format!(
+            "seed={seed} {kind:?} K={threads} fanout={fanout} dependent={dependent} to_all={}",
+            options.to_all
+        );
         let service = BTreeService::new(keys);
         let streams = workload::build(&service, &service, &config, state(), &submissions, options);
         retries += streams.metrics.retries;

@@ -46,8 +46,12 @@ pub struct WorkloadOptions {
     pub round: usize,
     /// Probability that a request is resent, unchanged, in the next round. Default 0.
     pub resend: f64,
-    /// Seed of the resend choices.
+    /// Seed of the resend and `to_all` choices.
     pub seed: u64,
+    /// Probability that a command its mapping sends to one thread goes to
+    /// `g_all`, conservatively, instead: what a client in its sequential
+    /// fallback does (psmr-client). Default 0.
+    pub to_all: f64,
 }
 
 impl Default for WorkloadOptions {
@@ -56,6 +60,7 @@ impl Default for WorkloadOptions {
             round: 64,
             resend: 0.0,
             seed: 0,
+            to_all: 0.0,
         }
     }
 }
@@ -104,6 +109,7 @@ struct Builder<'a, S: Service, M> {
     again: Vec<(ClientId, Request, Group)>,
     rng: ChaCha8Rng,
     resend: f64,
+    to_all: f64,
 }
 
 /// Builds the streams of `submissions` for an engine configured as `config`,
@@ -136,6 +142,7 @@ where
         again: Vec::new(),
         rng: ChaCha8Rng::seed_from_u64(options.seed),
         resend: options.resend,
+        to_all: options.to_all,
     };
     for chunk in submissions.chunks(options.round.max(1)) {
         builder.round(chunk);
@@ -173,6 +180,9 @@ impl<S: Service, M: GroupMapping<Op = S::Op>> Builder<'_, S, M> {
         let threads = self.config.threads();
         let op = self.service.decode(&submission.op);
         let (mode, group) = match op {
+            Some(_) if self.to_all > 0.0 && self.rng.random_bool(self.to_all) => {
+                (Mode::Conservative, Group::All)
+            }
             Some(op) => route(self.config.kind, self.mapping, &op, threads),
             None => (Mode::Conservative, Group::All),
         };

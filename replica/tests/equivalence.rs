@@ -50,11 +50,14 @@ where
         round: rng.random_range(1..=40),
         resend: 0.05,
         seed,
+        // Some clients in the sequential fallback: thread commands on g_all.
+        to_all: if rng.random_bool(0.3) { 0.5 } else { 0.0 },
     };
     let what = format!(
-        "seed={seed} {:?} K={} dependent={dependent}",
+        "seed={seed} {:?} K={} dependent={dependent} to_all={}",
         config.kind,
-        config.threads()
+        config.threads(),
+        options.to_all
     );
     let streams = workload::build(&service, &service, &config, state(), &submissions, options);
     let expected = workload::canonical(&streams.reference);
@@ -166,6 +169,7 @@ fn resends_once(config: EngineConfig) {
         round: 8,
         resend: 0.5,
         seed: 11,
+        to_all: 0.0,
     };
     let streams = workload::build(
         &service,
