@@ -173,6 +173,14 @@ pub enum ClientError {
     /// The client was shut down.
     #[error("the client is closed")]
     Closed,
+    /// An option is out of its range.
+    #[error("ClientOptions::{field}: {reason}")]
+    Option {
+        /// The option.
+        field: &'static str,
+        /// What it must be.
+        reason: &'static str,
+    },
 }
 
 /// A call's response and how it came.
@@ -242,6 +250,12 @@ where
         service: M,
         options: ClientOptions,
     ) -> Result<Self, ClientError> {
+        if !(0.0..=1.0).contains(&options.sequential_above) {
+            return Err(ClientError::Option {
+                field: "sequential_above",
+                reason: "must be between 0 and 1",
+            });
+        }
         let id = ClientId(options.id.unwrap_or_else(rand::random));
         let paths = CertPaths {
             dir: cluster.tls.dir.clone(),
@@ -327,4 +341,27 @@ async fn reach_a_replica(
             replicas.first().copied().unwrap_or(NodeId(0)),
         )),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use psmr_replica::cluster::EngineName;
+
+    #[tokio::test]
+    async fn a_fallback_threshold_out_of_range_is_refused_before_connecting() {
+        let cluster = ClusterConfig::local(7990, EngineName::Psmr, 2);
+        for bad in [-0.1, 1.5, f64::NAN] {
+            let options = ClientOptions {
+                sequential_above: bad,
+                ..ClientOptions::default()
+            };
+            let e = Client::connect(&cluster, NullService, options).await.err();
+            assert_eq!(
+                e.map(|e| e.to_string()).as_deref(),
+                Some("ClientOptions::sequential_above: must be between 0 and 1"),
+                "{bad}"
+            );
+        }
+    }
 }
