@@ -109,7 +109,8 @@ fn range(values: impl Iterator<Item = f64>, from_zero: bool) -> std::ops::Range<
     lo..hi + pad
 }
 
-/// Tick labels with as many decimals as the axis' span needs.
+/// Tick labels with as many decimals as the axis' span needs, and no
+/// trailing zeros (threads are 1, 2, 4, 8, not 1.0, 2.0, ...).
 fn tick_format(range: &std::ops::Range<f64>) -> impl Fn(&f64) -> String + use<> {
     let span = range.end - range.start;
     let decimals = match span {
@@ -118,7 +119,13 @@ fn tick_format(range: &std::ops::Range<f64>) -> impl Fn(&f64) -> String + use<> 
         s if s >= 0.2 => 2,
         _ => 3,
     };
-    move |v: &f64| format!("{v:.decimals$}")
+    move |v: &f64| {
+        let text = format!("{v:.decimals$}");
+        match text.contains('.') {
+            true => text.trim_end_matches('0').trim_end_matches('.').to_string(),
+            false => text,
+        }
+    }
 }
 
 const COLORS: [RGBColor; 8] = [
@@ -131,6 +138,25 @@ const COLORS: [RGBColor; 8] = [
     RGBColor(227, 119, 194),
     RGBColor(23, 190, 207),
 ];
+
+/// Each engine's colour, the same in every plot, so that figures read side
+/// by side (smr green, psmr red, opt-psmr blue, as in most of them).
+const ENGINE_COLORS: [(&str, RGBColor); 5] = [
+    ("smr", COLORS[2]),
+    ("psmr", COLORS[1]),
+    ("opt-psmr", COLORS[0]),
+    ("cbase", COLORS[3]),
+    ("classes", COLORS[4]),
+];
+
+/// The colour of the `i`th line, named `name`: its engine's if the line is
+/// one engine's, else the `i`th of the palette.
+fn color_of(i: usize, name: &str) -> RGBColor {
+    ENGINE_COLORS
+        .iter()
+        .find(|(engine, _)| *engine == name)
+        .map_or(COLORS[i % COLORS.len()], |&(_, color)| color)
+}
 
 fn draw<DB: DrawingBackend>(
     root: DrawingArea<DB, Shift>,
@@ -184,7 +210,7 @@ fn draw<DB: DrawingBackend>(
         .draw()
         .map_err(e)?;
     for (i, (name, points)) in lines.iter().enumerate() {
-        let color = COLORS[i % COLORS.len()];
+        let color = color_of(i, name);
         chart
             .draw_series(LineSeries::new(
                 points.iter().copied(),
@@ -220,6 +246,26 @@ mod tests {
         r.dependent_pct = dependent;
         r.throughput = throughput;
         r
+    }
+
+    #[test]
+    fn an_engine_has_the_same_colour_in_every_plot_and_other_lines_take_the_palette() {
+        assert_eq!(color_of(0, "psmr"), color_of(2, "psmr"));
+        let engines = ENGINE_COLORS.map(|(name, _)| color_of(0, name));
+        for (i, a) in engines.iter().enumerate() {
+            assert!(engines[i + 1..].iter().all(|b| b != a), "{a:?} twice");
+        }
+        assert_eq!(color_of(1, "psmr p99_ms"), COLORS[1]);
+        assert_eq!(color_of(9, ""), COLORS[1]);
+    }
+
+    #[test]
+    fn tick_labels_have_the_decimals_the_span_needs_and_no_trailing_zeros() {
+        let threads = tick_format(&(0.6..8.4));
+        assert_eq!((threads(&1.0), threads(&2.5)), ("1".into(), "2.5".into()));
+        let ratio = tick_format(&(0.0..1.1));
+        assert_eq!((ratio(&0.75), ratio(&1.0)), ("0.75".into(), "1".into()));
+        assert_eq!(tick_format(&(0.0..300_000.0))(&250_000.0), "250000");
     }
 
     #[test]
