@@ -3,8 +3,9 @@
 //! ```toml
 //! title = "P-SMR vs SMR as the share of dependent commands grows"
 //! about = "opt-PSMR paper, Figure 2: ..."     # optional, copied into summary.md
-//! repeat = 1             # passes over all points, each with fresh clusters; data.csv keeps,
-//!                        #   per point, the pass of median throughput and the range over all
+//! repeat = 1             # passes over all points (every other one backwards), each with
+//!                        #   fresh clusters; data.csv keeps, per point, the pass of median
+//!                        #   throughput and the range over all
 //!
 //! [base]                 # every point starts from these; each field optional (defaults below)
 //! engine = "psmr"        # smr | psmr | opt-psmr | cbase | classes

@@ -418,7 +418,7 @@ fn passes_label(repeat: u32) -> String {
         return "- one pass: every point measured once".to_string();
     }
     format!(
-        "- {repeat} passes over all points, each with fresh clusters; a row is the pass of median throughput, the range is over all passes"
+        "- {repeat} passes over all points, each with fresh clusters, every other one in reverse order; a row is the pass of median throughput, the range is over all passes"
     )
 }
 

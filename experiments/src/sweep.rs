@@ -132,7 +132,8 @@ pub(crate) fn run(args: SweepArgs) -> Result<PathBuf, SweepError> {
             };
             by_pass.push(Vec::with_capacity(points.len()));
             let rows = by_pass.last_mut().expect("pushed above");
-            measure_all(&points, run, &dir, args.port, &bar, rows).await?;
+            let order = pass_order(points.len(), pass);
+            measure_all(&points, &order, run, &dir, args.port, &bar, rows).await?;
         }
         Ok(())
     });
@@ -257,10 +258,24 @@ impl std::fmt::Display for Pass {
     }
 }
 
-/// Measures every point into `rows` (each pass starts its own clusters); a
-/// failure names its point.
+/// The order in which pass `pass` measures `len` points: forwards, and every
+/// other pass backwards. Neighbours are measured back to back either way, but
+/// neither is always first: on this VM the first minutes after a pause run
+/// faster (the first point of a run, smr at 0 %, measured 365,000 commands/s
+/// against 290,000–326,000 for the same point in later passes), and a
+/// fixed order gave that to the same engine in every pass.
+fn pass_order(len: usize, pass: usize) -> Vec<usize> {
+    match pass % 2 {
+        0 => (0..len).collect(),
+        _ => (0..len).rev().collect(),
+    }
+}
+
+/// Measures the points in `order` into `rows` (each pass starts its own
+/// clusters); a failure names its point.
 async fn measure_all(
     points: &[Point],
+    order: &[usize],
     pass: Pass,
     dir: &Path,
     port: u16,
@@ -268,7 +283,7 @@ async fn measure_all(
     rows: &mut Vec<Row>,
 ) -> Result<(), (usize, SweepError)> {
     let mut cluster: Option<(Point, LocalCluster)> = None;
-    for (i, p) in points.iter().enumerate() {
+    for (i, p) in order.iter().map(|&i| (i, &points[i])) {
         bar.set_message(describe(p));
         if !cluster.as_ref().is_some_and(|(q, _)| q.same_cluster(p)) {
             // The old cluster stops (and frees its ports) before the next starts.
@@ -353,4 +368,17 @@ async fn measure(index: usize, p: &Point, cluster: &LocalCluster) -> Result<Row,
     };
     let (report, cpu) = tokio::join!(load.run(window), cpu);
     Ok(Row::new(index, p, &report, cpu))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_other_pass_runs_the_points_backwards() {
+        assert_eq!(pass_order(3, 0), [0, 1, 2]);
+        assert_eq!(pass_order(3, 1), [2, 1, 0]);
+        assert_eq!(pass_order(3, 2), [0, 1, 2]);
+        assert!(pass_order(0, 1).is_empty());
+    }
 }
