@@ -240,6 +240,12 @@ where
             debug!(from = %inbound.from, "undecodable reply");
             return;
         };
+        if reply.execution_ns > 0 {
+            self.sequential.execution(reply.execution_ns);
+            self.stats
+                .execution_ns
+                .store(reply.execution_ns, Ordering::Relaxed);
+        }
         let Some(id) = reply.request else { return };
         match reply.outcome {
             Outcome::Retry => self.retry(id),

@@ -191,6 +191,66 @@ fn psmr_answers_like_the_model_in_the_sequential_fallback() {
     );
 }
 
+/// A tenth of a client's commands on `g_all` (inserts, among reads): what
+/// the replicas report of their execution time, and how many thread
+/// commands the client sent to `g_all` (its sequential fallback).
+async fn a_tenth_on_g_all(cluster: &TestCluster) -> (u64, u64) {
+    let tree = cluster.client().await;
+    let fresh = 2 * cluster.cluster.service.preload;
+    let tasks: Vec<_> = (0..8u64)
+        .map(|task| {
+            let tree = tree.clone();
+            tokio::spawn(async move {
+                for i in 0..200u64 {
+                    let key = fresh + task * 1_000 + i;
+                    if i % 10 == 0 {
+                        assert_eq!(tree.insert(key, i).await.unwrap(), None);
+                    } else {
+                        assert_eq!(tree.get(key - i % 10).await.unwrap(), Some(i - i % 10));
+                    }
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("a task of reads and inserts");
+    }
+    let stats = tree.inner().stats();
+    (
+        stats.execution_ns.load(Ordering::Relaxed),
+        stats.sequential.load(Ordering::Relaxed),
+    )
+}
+
+/// Replies say what commands cost to execute; with cheap ones (the
+/// B+-tree's own work) a tenth on `g_all` is enough for the client to send
+/// everything there, with costly ones (a wait of 1 ms) it is not.
+#[test]
+fn the_client_falls_back_sooner_when_the_replicas_report_cheap_commands() {
+    let spec = Spec {
+        engine: EngineName::Psmr,
+        ..Spec::default()
+    };
+    let rt = runtime();
+    let mut cheap = TestCluster::start(&spec);
+    let (ns, sequential) = rt.block_on(a_tenth_on_g_all(&cheap));
+    assert!(ns > 0, "the replicas report their execution time");
+    assert!(sequential > 0, "cheap commands ({ns} ns): no fallback");
+    cheap.assert_running();
+    drop(cheap);
+    let mut costly = TestCluster::prepare(&spec, |c| {
+        c.service.exec_wait = Some(Duration::from_millis(1));
+    });
+    costly.start_all();
+    let (ns, sequential) = rt.block_on(a_tenth_on_g_all(&costly));
+    assert!(ns >= 1_000_000, "a 1 ms wait reported as {ns} ns");
+    assert_eq!(
+        sequential, 0,
+        "costly commands ({ns} ns) stay on their threads"
+    );
+    costly.assert_running();
+}
+
 #[test]
 fn opt_psmr_answers_like_the_model() {
     model_test(EngineName::OptPsmr);

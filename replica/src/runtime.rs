@@ -403,6 +403,7 @@ mod tests {
             client: ClientId(client),
             request: Some(RequestId(request)),
             outcome: Outcome::Done(bytes::Bytes::from_static(b"ok")),
+            execution_ns: 0,
             answerers,
         }
     }

@@ -96,6 +96,11 @@ pub struct Reply {
     pub request: Option<RequestId>,
     /// What happened.
     pub outcome: Outcome,
+    /// How long the replica's worker took to execute a command lately, in
+    /// nanoseconds (a moving mean over its batches; 0: not measured). A
+    /// client of psmr or opt-psmr falls back to sequential execution sooner
+    /// when commands are cheap (see `psmr-client`'s `sequential_above`).
+    pub execution_ns: u64,
     /// Which replicas send this reply: the request's choice, kept here for the
     /// replica's reply router; not on the wire (a client gets it as `All`).
     #[serde(skip)]
@@ -186,6 +191,7 @@ mod tests {
                 requested: 2,
                 served: 1,
             }),
+            execution_ns: 1_500,
             answerers: Answerers::All,
         };
         assert_eq!(Reply::decode(&reply.encode()).unwrap(), reply);

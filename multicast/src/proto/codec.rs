@@ -16,8 +16,9 @@ use thiserror::Error;
 
 use super::messages::Message;
 
-/// The only wire version this build speaks.
-pub const WIRE_VERSION: u8 = 4;
+/// The only wire version this build speaks (5: a reply carries the
+/// replica's execution time per command).
+pub const WIRE_VERSION: u8 = 5;
 
 /// Default upper bound on one frame: 16 MiB.
 pub const DEFAULT_MAX_FRAME: usize = 16 * 1024 * 1024;

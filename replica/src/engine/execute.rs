@@ -99,6 +99,7 @@ fn execute_once<S: Service>(
             client,
             request: None,
             outcome: Outcome::Refused(Refusal::MalformedRequest),
+            execution_ns: 0,
             answerers: Answerers::All,
         };
     };
@@ -124,6 +125,7 @@ fn execute_once<S: Service>(
         client,
         request: Some(request.id),
         outcome,
+        execution_ns: 0,
         answerers: request.answerers,
     }
 }
@@ -137,6 +139,7 @@ pub(crate) fn stale(command: &Command, metrics: &mut ExecMetrics) -> Reply {
         client: ClientId(command.id.proposer.0),
         request: request.as_ref().map(|r| r.id),
         outcome: Outcome::Refused(Refusal::Stale),
+        execution_ns: 0,
         answerers: request.map_or(Answerers::All, |r| r.answerers),
     }
 }

@@ -459,9 +459,14 @@ impl Core {
         self.per_command_ns = self.per_command_ns - self.per_command_ns / 8 + sample / 8;
     }
 
-    /// Hands the replies of the batch just executed to the sink.
+    /// Hands the replies of the batch just executed to the sink, each with
+    /// this worker's recent execution time per command.
     fn flush<S: Service>(&mut self, shared: &Shared<S>) {
         if !self.replies.is_empty() {
+            let execution_ns = self.per_command_ns.max(1);
+            for reply in &mut self.replies {
+                reply.execution_ns = execution_ns;
+            }
             shared.sink.replies(self.lane.thread, &mut self.replies);
             self.replies.clear();
         }
@@ -737,5 +742,41 @@ mod tests {
             wait: Duration::ZERO,
         };
         assert_eq!(answered_here(config, 5), 0);
+    }
+
+    /// The execution time per command the replies of `batches` batches of
+    /// `per_batch` commands carry, on a psmr engine whose commands wait `wait`.
+    fn reported(wait: Duration, batches: u64, per_batch: u64) -> Vec<u64> {
+        let sink = Arc::new(crate::workload::CollectSink::default());
+        let mut config = EngineConfig::new(EngineKind::Psmr, 2);
+        config.cost = ExecCost {
+            busy: Duration::ZERO,
+            wait,
+        };
+        let engine = Engine::start(Arc::new(NullService), (), config, sink.clone()).unwrap();
+        engine.deliver(RingId(0), 0, Value::Skip(1_000)).unwrap();
+        for batch in 0..batches {
+            let seqs = batch * per_batch..(batch + 1) * per_batch;
+            let value = Value::batch(seqs.map(command).collect());
+            engine.deliver(RingId(1), batch, value).unwrap();
+        }
+        engine.finish().unwrap();
+        sink.take().iter().map(|r| r.execution_ns).collect()
+    }
+
+    #[test]
+    fn replies_carry_the_workers_execution_time_per_command() {
+        let wait = Duration::from_millis(2);
+        let costly = reported(wait, 40, 4);
+        assert_eq!(costly.len(), 160);
+        // A moving mean that starts at the configured cost: never below the wait.
+        assert!(costly.iter().all(|&ns| ns >= nanos(wait)), "{costly:?}");
+        let cheap = reported(Duration::ZERO, 40, 4);
+        assert_eq!(cheap.len(), 160);
+        // Measured, so never 0 (not measured), and far below a 2 ms wait.
+        assert!(cheap.iter().all(|&ns| ns > 0), "{cheap:?}");
+        let mut sorted = cheap.clone();
+        sorted.sort_unstable();
+        assert!(sorted[sorted.len() / 2] < nanos(wait) / 10, "{cheap:?}");
     }
 }
