@@ -25,7 +25,7 @@
 //! psmr ran at 0.86x smr at 10 % dependent with its threads and at 0.95x in
 //! the fallback. When execution costs more (a command that waits for I/O),
 //! the threads pay up to about 40 %. So every reply carries the replica's
-//! recent execution time per command, and while it is below [`CHEAP`] the
+//! recent execution time per command, and while it is below [`CHEAP_NS`] the
 //! fallback starts from [`CHEAP_ABOVE`] instead of the configured share.
 
 use psmr_replica::{Group, Mode};
