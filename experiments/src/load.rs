@@ -90,6 +90,9 @@ pub(crate) struct Report {
     /// The share of calls (0 to 1, warm-up included) that the sequential
     /// fallback sent to `g_all` instead of one thread's group.
     pub(crate) sequential: f64,
+    /// The replicas' execution time per command as their last replies
+    /// reported it, in microseconds (the most any client saw; 0: none did).
+    pub(crate) execution_us: f64,
 }
 
 impl Report {
@@ -122,7 +125,7 @@ impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "throughput {:.0} commands/s ({} completed, {} errors in {:.1} s); latency ms: p50 {:.3} p99 {:.3} p99.9 {:.3} max {:.3}; failed safety checks {} ({:.2} %, mean latency {:.3} ms vs {:.3} ms passed); sent to g_all by the sequential fallback {:.1} %",
+            "throughput {:.0} commands/s ({} completed, {} errors in {:.1} s); latency ms: p50 {:.3} p99 {:.3} p99.9 {:.3} max {:.3}; failed safety checks {} ({:.2} %, mean latency {:.3} ms vs {:.3} ms passed); sent to g_all by the sequential fallback {:.1} %; replicas report {:.1} us of execution per command",
             self.throughput(),
             self.completed,
             self.errors,
@@ -136,6 +139,7 @@ impl fmt::Display for Report {
             mean_ms(&self.failed),
             mean_ms(&self.passed),
             self.sequential * 100.0,
+            self.execution_us,
         )
     }
 }
@@ -221,6 +225,7 @@ impl Tally {
             passed: self.passed,
             failed: self.failed,
             sequential: 0.0,
+            execution_us: 0.0,
         }
     }
 }
@@ -321,6 +326,12 @@ impl Load {
                 .sum()
         };
         report.sequential = count(|s| &s.sequential) as f64 / count(|s| &s.calls).max(1) as f64;
+        report.execution_us = trees
+            .iter()
+            .map(|t| t.inner().stats().execution_ns.load(Ordering::Relaxed))
+            .max()
+            .unwrap_or(0) as f64
+            / 1000.0;
         report
     }
 }
