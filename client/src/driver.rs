@@ -240,8 +240,8 @@ where
             debug!(from = %inbound.from, "undecodable reply");
             return;
         };
+        self.sequential.execution(reply.execution_ns);
         if reply.execution_ns > 0 {
-            self.sequential.execution(reply.execution_ns);
             self.stats
                 .execution_ns
                 .store(reply.execution_ns, Ordering::Relaxed);

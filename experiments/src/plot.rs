@@ -9,6 +9,7 @@ use std::sync::Once;
 
 use plotters::coord::Shift;
 use plotters::prelude::*;
+use psmr_replica::EngineKind;
 use thiserror::Error;
 
 use crate::experiment::{Experiment, PlotSpec};
@@ -141,12 +142,12 @@ const COLORS: [RGBColor; 8] = [
 
 /// Each engine's colour, the same in every plot, so that figures read side
 /// by side (smr green, psmr red, opt-psmr blue, as in most of them).
-const ENGINE_COLORS: [(&str, RGBColor); 5] = [
-    ("smr", COLORS[2]),
-    ("psmr", COLORS[1]),
-    ("opt-psmr", COLORS[0]),
-    ("cbase", COLORS[3]),
-    ("classes", COLORS[4]),
+const ENGINE_COLORS: [(EngineKind, RGBColor); 5] = [
+    (EngineKind::Smr, COLORS[2]),
+    (EngineKind::Psmr, COLORS[1]),
+    (EngineKind::OptPsmr, COLORS[0]),
+    (EngineKind::Cbase, COLORS[3]),
+    (EngineKind::Classes, COLORS[4]),
 ];
 
 /// The colour of the `i`th line, named `name`: its engine's if the line is
@@ -154,7 +155,7 @@ const ENGINE_COLORS: [(&str, RGBColor); 5] = [
 fn color_of(i: usize, name: &str) -> RGBColor {
     ENGINE_COLORS
         .iter()
-        .find(|(engine, _)| *engine == name)
+        .find(|(engine, _)| engine.name() == name)
         .map_or(COLORS[i % COLORS.len()], |&(_, color)| color)
 }
 
@@ -251,7 +252,7 @@ mod tests {
     #[test]
     fn an_engine_has_the_same_colour_in_every_plot_and_other_lines_take_the_palette() {
         assert_eq!(color_of(0, "psmr"), color_of(2, "psmr"));
-        let engines = ENGINE_COLORS.map(|(name, _)| color_of(0, name));
+        let engines = ENGINE_COLORS.map(|(engine, _)| color_of(0, engine.name()));
         for (i, a) in engines.iter().enumerate() {
             assert!(engines[i + 1..].iter().all(|b| b != a), "{a:?} twice");
         }
