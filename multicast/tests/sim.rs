@@ -21,6 +21,13 @@ fn seeds_from_env() -> u64 {
         .unwrap_or(500)
 }
 
+fn partition_seeds_from_env() -> u64 {
+    std::env::var("PSMR_SIM_PARTITION_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| seeds_from_env() / 2)
+}
+
 /// Runs `seeds` on every core; returns the failures, in seed order.
 fn run_all(seeds: std::ops::Range<u64>, options: SimOptions) -> Vec<Failure> {
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get()) as u64;
@@ -70,9 +77,18 @@ fn many_seeds_keep_every_property() {
 fn harsh_faults_keep_every_property() {
     let options = SimOptions {
         harsh: true,
-        broken: false,
+        ..SimOptions::default()
     };
     assert_all_pass(seeds_from_env() / 5, options);
+}
+
+#[test]
+fn partitions_and_pauses_keep_every_property() {
+    let options = SimOptions {
+        partitions: true,
+        ..SimOptions::default()
+    };
+    assert_all_pass(partition_seeds_from_env(), options);
 }
 
 #[test]
@@ -90,6 +106,7 @@ fn an_acceptor_that_forgets_its_promise_is_caught() {
     let options = SimOptions {
         harsh: true,
         broken: true,
+        ..SimOptions::default()
     };
     let failures = run_all(0..100, options);
     let safety: Vec<&Failure> = failures
@@ -119,6 +136,7 @@ fn replay() {
     let options = SimOptions {
         harsh: env_flag("PSMR_SIM_HARSH"),
         broken: env_flag("PSMR_SIM_BROKEN"),
+        partitions: env_flag("PSMR_SIM_PARTITIONS"),
     };
     match sim::run(seed, options) {
         Ok(report) => eprintln!("seed={seed} passed: {report:?}"),

@@ -1,13 +1,15 @@
 //! A deterministic simulator of Multi-Ring Paxos (DESIGN.md section 9).
 //!
-//! One thread, one seed. The seed draws the [`Scenario`] (rings of 3 or 5
+//! One thread, one seed. The seed draws the [`Scenario`] (rings of 3, 5 or 7
 //! acceptors, P-SMR-shaped learners, protocol parameters, fault rates) and
 //! every random choice of the run. A run has two phases:
 //!
 //! 1. safety: proposers propose while the network delays, loses, duplicates
 //!    and reorders messages and acceptors crash and restart (never more than
 //!    a minority of any ring at once, counting memory-mode acceptors that
-//!    have not caught up since their restart), coordinators included;
+//!    have not caught up since their restart), coordinators included; in the
+//!    partition regime ([`SimOptions::partitions`]) the network also splits,
+//!    cuts single directions, and processes pause ([`faults`]);
 //! 2. liveness: every acceptor is restarted, the network heals, and the run
 //!    continues until every proposal is delivered everywhere it should be,
 //!    or the deadline passes (a validity violation).
@@ -18,6 +20,7 @@
 
 mod checker;
 mod disk;
+pub mod faults;
 mod scenario;
 
 use std::cmp::Reverse;
@@ -70,7 +73,7 @@ pub struct Failure {
     /// The state of every node when the run stopped.
     pub state: String,
     /// Environment settings, besides the seed, that replay this run.
-    pub replay_flags: &'static str,
+    pub replay_flags: String,
 }
 
 impl fmt::Display for Failure {
@@ -96,12 +99,7 @@ pub fn run(seed: u64, options: SimOptions) -> Result<Report, Box<Failure>> {
             at: Duration::from_nanos(world.now),
             scenario: summary,
             state: world.describe(),
-            replay_flags: match (options.harsh, options.broken) {
-                (false, false) => "",
-                (true, false) => " PSMR_SIM_HARSH=1",
-                (false, true) => " PSMR_SIM_BROKEN=1",
-                (true, true) => " PSMR_SIM_HARSH=1 PSMR_SIM_BROKEN=1",
-            },
+            replay_flags: options.replay_flags(),
         })),
     }
 }
@@ -151,7 +149,7 @@ pub fn latency_probe(seed: u64, threads: u16, commands: usize, think: Duration) 
 fn summarize(s: &Scenario) -> String {
     let rings: Vec<usize> = s.config.rings.iter().map(|r| r.acceptors.len()).collect();
     format!(
-        "acceptors={} rings={:?} disk={:?} {:?} window={} m={} loss={:.3} dup={:.3}",
+        "acceptors={} rings={:?} disk={:?} {:?} window={} m={} loss={:.3} dup={:.3} episodes={}",
         s.acceptors.len(),
         rings,
         s.disk,
@@ -159,7 +157,8 @@ fn summarize(s: &Scenario) -> String {
         s.config.params.window,
         s.config.params.merge_m,
         s.network.loss,
-        s.network.duplicate
+        s.network.duplicate,
+        s.episodes.len()
     )
 }
 
@@ -176,6 +175,10 @@ enum Event {
     Restart {
         node: NodeId,
     },
+    /// Episode `i` of the scenario starts.
+    EpisodeStart(usize),
+    /// Episode `i` of the scenario ends.
+    EpisodeEnd(usize),
     Heal,
 }
 
@@ -214,6 +217,14 @@ enum Who {
     Proposer(NodeId),
 }
 
+impl Who {
+    fn node(self) -> NodeId {
+        match self {
+            Who::Acceptor(id) | Who::Learner(id) | Who::Proposer(id) => id,
+        }
+    }
+}
+
 struct World {
     scenario: Scenario,
     rng: ChaCha8Rng,
@@ -226,6 +237,10 @@ struct World {
     proposers: BTreeMap<NodeId, Proposer>,
     checker: Checker,
     healed: bool,
+    /// Episodes under way (indices into the scenario's episodes).
+    active: Vec<usize>,
+    /// Messages that reached a paused process, in arrival order.
+    held: Vec<(NodeId, NodeId, Message)>,
     messages: u64,
     lost: u64,
     crashes: u32,
@@ -288,6 +303,8 @@ impl World {
             proposers,
             checker,
             healed: false,
+            active: Vec::new(),
+            held: Vec::new(),
             messages: 0,
             lost: 0,
             crashes: 0,
@@ -340,6 +357,11 @@ impl World {
             self.schedule(at, Event::Crash);
             at += self.rng.random_range(every / 2..=every * 3 / 2);
         }
+        for (i, episode) in self.scenario.episodes.clone().into_iter().enumerate() {
+            let start = nanos(episode.at);
+            self.schedule(start, Event::EpisodeStart(i));
+            self.schedule(start + nanos(episode.duration), Event::EpisodeEnd(i));
+        }
         self.schedule(safety, Event::Heal);
     }
 
@@ -366,7 +388,8 @@ impl World {
     fn earliest_timer(&self) -> Option<(u64, Who)> {
         let since = |i: Instant| nanos(i.saturating_duration_since(self.base));
         let acceptors = self.acceptors.iter().filter_map(|(&id, s)| {
-            Some((since(s.node.as_ref()?.poll_timeout()?), Who::Acceptor(id)))
+            let at = since(s.node.as_ref()?.poll_timeout()?);
+            Some((at, Who::Acceptor(id)))
         });
         let learners = self
             .learners
@@ -376,13 +399,17 @@ impl World {
             .proposers
             .iter()
             .filter_map(|(&id, p)| Some((since(p.poll_timeout()?), Who::Proposer(id))));
-        acceptors.chain(learners).chain(proposers).fold(
-            None,
-            |best: Option<(u64, Who)>, (t, who)| match best {
+        // A paused process runs its timers when it resumes (its episode's end
+        // is an event, so it is never later than that).
+        let paused = |(_, who): &(u64, Who)| !self.is_paused(who.node());
+        acceptors
+            .chain(learners)
+            .chain(proposers)
+            .filter(paused)
+            .fold(None, |best: Option<(u64, Who)>, (t, who)| match best {
                 Some((b, _)) if b <= t => best,
                 _ => Some((t, who)),
-            },
-        )
+            })
     }
 
     fn fire(&mut self, who: Who) -> Result<(), Violation> {
@@ -427,11 +454,60 @@ impl World {
                 self.restart(node);
                 self.drain_acceptor(node)
             }
+            Event::EpisodeStart(i) => {
+                if !self.healed {
+                    self.active.push(i);
+                }
+                Ok(())
+            }
+            Event::EpisodeEnd(i) => {
+                self.active.retain(|&a| a != i);
+                self.resume_if_unpaused()
+            }
             Event::Heal => self.heal(),
         }
     }
 
+    /// Whether an active episode pauses `node`.
+    fn is_paused(&self, node: NodeId) -> bool {
+        self.active
+            .iter()
+            .any(|&i| self.scenario.episodes[i].paused() == Some(node))
+    }
+
+    /// Hands the messages held for processes that are no longer paused to them.
+    fn resume_if_unpaused(&mut self) -> Result<(), Violation> {
+        let held = std::mem::take(&mut self.held);
+        for (from, to, message) in held {
+            if self.is_paused(to) {
+                self.held.push((from, to, message));
+            } else {
+                self.deliver(from, to, message)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the active episodes lose a message from `from` to `to`.
+    fn cut(&mut self, from: NodeId, to: NodeId) -> bool {
+        let mut kept = 1.0;
+        for &i in &self.active {
+            if let Some(loss) = self.scenario.episodes[i].loss(from, to) {
+                kept *= 1.0 - loss;
+            }
+        }
+        kept < 1.0 && !self.rng.random_bool(kept)
+    }
+
     fn deliver(&mut self, from: NodeId, to: NodeId, message: Message) -> Result<(), Violation> {
+        if self.cut(from, to) {
+            self.lost += 1;
+            return Ok(());
+        }
+        if self.is_paused(to) {
+            self.held.push((from, to, message));
+            return Ok(());
+        }
         let now = self.instant();
         if let Some(slot) = self.acceptors.get_mut(&to) {
             match slot.node.as_mut() {
@@ -620,6 +696,8 @@ impl World {
 
     fn heal(&mut self) -> Result<(), Violation> {
         self.healed = true;
+        self.active.clear();
+        self.resume_if_unpaused()?;
         let ids: Vec<NodeId> = self.acceptors.keys().copied().collect();
         for id in ids {
             self.restart(id);

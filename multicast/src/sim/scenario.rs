@@ -8,6 +8,7 @@ use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::disk::DiskMode;
+use super::faults::{Cast, Episode, draw_episodes};
 use crate::proto::{MulticastConfig, NodeId, Params, RingConfig, RingId};
 
 /// The ring every replica thread subscribes to.
@@ -54,6 +55,27 @@ pub struct SimOptions {
     /// Restarted acceptors forget everything they promised and accepted
     /// (the bug the checker must catch).
     pub broken: bool,
+    /// The partition regime: network partitions (symmetric, one-way,
+    /// non-transitive), lossy directions, process pauses longer than the
+    /// suspect timeout, and long delays, besides crashes.
+    pub partitions: bool,
+}
+
+impl SimOptions {
+    /// The environment settings, besides the seed, that replay a run drawn
+    /// with these options (`PSMR_SIM_HARSH=1` and the like).
+    pub fn replay_flags(&self) -> String {
+        let flags = [
+            (self.harsh, " PSMR_SIM_HARSH=1"),
+            (self.broken, " PSMR_SIM_BROKEN=1"),
+            (self.partitions, " PSMR_SIM_PARTITIONS=1"),
+        ];
+        flags
+            .iter()
+            .filter(|(on, _)| *on)
+            .map(|(_, flag)| *flag)
+            .collect()
+    }
 }
 
 /// Everything about one run.
@@ -89,14 +111,25 @@ pub struct Scenario {
     pub liveness: Duration,
     /// Proposer retry timeout.
     pub retry: Duration,
+    /// Partitions and pauses during the safety phase (partition regime only).
+    pub episodes: Vec<Episode>,
 }
 
 impl Scenario {
     /// Draws a scenario from `seed`.
     pub fn from_seed(seed: u64, options: SimOptions) -> Scenario {
-        let SimOptions { harsh, broken } = options;
+        let SimOptions {
+            harsh,
+            broken,
+            partitions,
+        } = options;
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let pool_size = if harsh || rng.random_bool(0.5) { 3 } else { 5 };
+        let pool_size = match rng.random_range(0..10) {
+            _ if harsh => 3,
+            0..=4 => 3,
+            5..=7 => 5,
+            _ => 7,
+        };
         let pool: Vec<NodeId> = (1..=pool_size).map(NodeId).collect();
         let threads = rng.random_range(1..=3u16);
         let rings = draw_rings(&mut rng, &pool, threads);
@@ -109,13 +142,33 @@ impl Scenario {
         let learners = learner_specs(threads);
         let rings = with_learners(rings, &learners);
         let params = draw_params(&mut rng);
-        let proposers = (0..rng.random_range(1..=3u32))
+        let proposers: Vec<NodeId> = (0..rng.random_range(1..=3u32))
             .map(|i| NodeId(FIRST_PROPOSER + i))
             .collect();
         let disk = if broken || rng.random_bool(0.5) {
             DiskMode::Memory
         } else {
             DiskMode::Durable
+        };
+        let network = draw_network(&mut rng, partitions);
+        let safety = ms(if partitions {
+            rng.random_range(2000..=3500)
+        } else {
+            rng.random_range(1000..=2000)
+        });
+        let cast = Cast {
+            acceptors: &acceptors,
+            others: learners
+                .iter()
+                .map(|l| l.id)
+                .chain(proposers.iter().copied())
+                .collect(),
+            suspect: params.suspect_timeout,
+        };
+        let episodes = if partitions {
+            draw_episodes(&mut rng, &cast, safety)
+        } else {
+            Vec::new()
         };
         Scenario {
             seed,
@@ -130,9 +183,11 @@ impl Scenario {
             commands_per_proposer: rng.random_range(10..=40),
             disk,
             options,
-            network: draw_network(&mut rng),
+            network,
             crash_every: ms(if harsh {
                 rng.random_range(15..=60)
+            } else if partitions {
+                rng.random_range(300..=1500)
             } else {
                 rng.random_range(80..=400)
             }),
@@ -142,9 +197,10 @@ impl Scenario {
                 rng.random_range(20..=300)
             }),
             coordinator_crash: rng.random_range(0.2..=0.8),
-            safety: ms(rng.random_range(1000..=2000)),
+            safety,
             liveness: Duration::from_secs(20),
             retry: ms(rng.random_range(60..=200)),
+            episodes,
         }
     }
 }
@@ -191,6 +247,7 @@ impl Scenario {
             safety: Duration::ZERO,
             liveness: Duration::from_secs(60),
             retry: Duration::from_secs(1),
+            episodes: Vec::new(),
         }
     }
 }
@@ -199,8 +256,8 @@ fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
 
-/// Rings g_1..g_K and g_all; each has all acceptors of the pool or three of
-/// them. Either one order for every ring (one coordinator for all, the
+/// Rings g_1..g_K and g_all; each has all acceptors of the pool or an odd
+/// subset of at least three. Either one order for every ring (one coordinator for all, the
 /// default of a cluster file) or an order rotated per ring so that
 /// coordinators spread.
 fn draw_rings(rng: &mut ChaCha8Rng, pool: &[NodeId], threads: u16) -> Vec<RingConfig> {
@@ -208,11 +265,13 @@ fn draw_rings(rng: &mut ChaCha8Rng, pool: &[NodeId], threads: u16) -> Vec<RingCo
     (0..=threads)
         .map(|i| {
             let mut members: Vec<NodeId> = pool.to_vec();
-            if pool.len() == 5 && rng.random_bool(0.5) {
-                let drop_a = rng.random_range(0..5);
-                members.remove(drop_a);
-                let drop_b = rng.random_range(0..4);
-                members.remove(drop_b);
+            // A ring of a subset of the pool: 3 of 5, 3 or 5 of 7.
+            if pool.len() > 3 && rng.random_bool(0.5) {
+                let size = 2 * rng.random_range(1..pool.len() / 2) + 1;
+                while members.len() > size {
+                    let drop = rng.random_range(0..members.len());
+                    members.remove(drop);
+                }
             }
             if rotate {
                 let shift = usize::from(i) % members.len();
@@ -292,12 +351,19 @@ fn draw_params(rng: &mut ChaCha8Rng) -> Params {
     }
 }
 
-fn draw_network(rng: &mut ChaCha8Rng) -> NetworkFaults {
+/// The partition regime also has long delays: slow messages may take longer
+/// than the suspect timeout, and arrive far out of order.
+fn draw_network(rng: &mut ChaCha8Rng, partitions: bool) -> NetworkFaults {
+    let slow_extra = if partitions && rng.random_bool(0.5) {
+        rng.random_range(40..=300)
+    } else {
+        rng.random_range(5..=40)
+    };
     NetworkFaults {
         min_delay: Duration::from_micros(50),
         max_delay: Duration::from_micros(rng.random_range(200..=2000)),
         slow: rng.random_range(0.0..=0.1),
-        slow_extra: ms(rng.random_range(5..=40)),
+        slow_extra: ms(slow_extra),
         loss: rng.random_range(0.0..=0.08),
         duplicate: rng.random_range(0.0..=0.05),
     }
