@@ -39,7 +39,7 @@ fn n2(now: Instant) -> AcceptorNode {
 
 fn drain(node: &mut AcceptorNode) -> Vec<Transmit> {
     std::iter::from_fn(|| node.poll_transmit())
-        .filter(|t| t.message != Message::Heartbeat)
+        .filter(|t| !matches!(t.message, Message::Heartbeat(_)))
         .collect()
 }
 

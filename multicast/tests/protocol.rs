@@ -41,7 +41,7 @@ fn node(id: NodeId, now: Instant) -> AcceptorNode {
 
 fn drain(node: &mut AcceptorNode) -> Vec<Transmit> {
     std::iter::from_fn(|| node.poll_transmit())
-        .filter(|t| t.message != Message::Heartbeat)
+        .filter(|t| !matches!(t.message, Message::Heartbeat(_)))
         .collect()
 }
 
@@ -337,7 +337,7 @@ fn an_idle_acceptor_wakes_at_the_slow_timers_pace_until_traffic_arrives() {
         while n2.poll_transmit().is_some() {}
         wakes += 1;
         // Heartbeats from peers are not traffic.
-        n2.handle_message(now, N1, Message::Heartbeat);
+        n2.handle_message(now, N1, Message::Heartbeat(Default::default()));
     }
     // Ticks every 10 ms and heartbeats every 20 ms: about 100; at Δ it was 1,000.
     assert!(wakes <= 160, "{wakes} wake-ups in an idle second");

@@ -8,6 +8,7 @@
 
 use std::time::Instant;
 
+use psmr_multicast::proto::PlantedBug;
 use psmr_multicast::sim::{self, Failure, SimOptions};
 
 fn env_flag(name: &str) -> bool {
@@ -21,6 +22,16 @@ fn seeds_from_env() -> u64 {
         .unwrap_or(500)
 }
 
+fn planted_bug(name: &str) -> Option<PlantedBug> {
+    [
+        PlantedBug::OldHintRule,
+        PlantedBug::OldLeadership,
+        PlantedBug::OldCoordinator,
+    ]
+    .into_iter()
+    .find(|bug| format!("{bug:?}") == name)
+}
+
 fn partition_seeds_from_env() -> u64 {
     std::env::var("PSMR_SIM_PARTITION_SEEDS")
         .ok()
@@ -28,17 +39,20 @@ fn partition_seeds_from_env() -> u64 {
         .unwrap_or_else(|| seeds_from_env() / 2)
 }
 
-/// Runs `seeds` on every core; returns the failures, in seed order.
-fn run_all(seeds: std::ops::Range<u64>, options: SimOptions) -> Vec<Failure> {
+/// Runs `seeds` on every core; returns every run's outcome, in seed order.
+fn run_seeds(
+    seeds: std::ops::Range<u64>,
+    options: SimOptions,
+) -> Vec<Result<sim::Report, Box<Failure>>> {
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get()) as u64;
-    let mut failures: Vec<Failure> = std::thread::scope(|s| {
+    let mut outcomes: Vec<(u64, Result<sim::Report, Box<Failure>>)> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
             .map(|t| {
                 let seeds = seeds.clone();
                 s.spawn(move || {
                     seeds
                         .filter(|seed| seed % threads == t)
-                        .filter_map(|seed| sim::run(seed, options).err().map(|f| *f))
+                        .map(|seed| (seed, sim::run(seed, options)))
                         .collect::<Vec<_>>()
                 })
             })
@@ -48,8 +62,26 @@ fn run_all(seeds: std::ops::Range<u64>, options: SimOptions) -> Vec<Failure> {
             .flat_map(|h| h.join().expect("sim thread"))
             .collect()
     });
-    failures.sort_by_key(|f| f.seed);
-    failures
+    outcomes.sort_by_key(|(seed, _)| *seed);
+    outcomes.into_iter().map(|(_, outcome)| outcome).collect()
+}
+
+/// Runs `seeds` on every core; returns the failures, in seed order.
+fn run_all(seeds: std::ops::Range<u64>, options: SimOptions) -> Vec<Failure> {
+    run_seeds(seeds, options)
+        .into_iter()
+        .filter_map(|outcome| outcome.err().map(|f| *f))
+        .collect()
+}
+
+/// The lower-middle, 99th percentile and largest of `values` (with the seed).
+fn spread<T: Ord + Copy + std::fmt::Debug>(mut values: Vec<T>) -> String {
+    values.sort();
+    let at = |q: f64| values[((values.len() - 1) as f64 * q) as usize];
+    match values.last() {
+        Some(max) => format!("p50 {:?} p99 {:?} max {max:?}", at(0.5), at(0.99)),
+        None => "none".to_string(),
+    }
 }
 
 fn assert_all_pass(n: u64, options: SimOptions) {
@@ -82,13 +114,49 @@ fn harsh_faults_keep_every_property() {
     assert_all_pass(seeds_from_env() / 5, options);
 }
 
+/// Every property holds under partitions and pauses; prints how long rings
+/// took to deliver everything after healing, and how many terms started.
 #[test]
 fn partitions_and_pauses_keep_every_property() {
     let options = SimOptions {
         partitions: true,
         ..SimOptions::default()
     };
-    assert_all_pass(partition_seeds_from_env(), options);
+    let seeds = partition_seeds_from_env();
+    let start = Instant::now();
+    let outcomes = run_seeds(0..seeds, options);
+    eprintln!(
+        "simulated {seeds} seeds ({options:?}) in {:?}",
+        start.elapsed()
+    );
+    let reports: Vec<&sim::Report> = outcomes.iter().filter_map(|o| o.as_ref().ok()).collect();
+    eprintln!(
+        "after healing, everything delivered within: {}",
+        spread(
+            reports
+                .iter()
+                .map(|r| (r.recovered_after, r.seed))
+                .collect()
+        )
+    );
+    eprintln!(
+        "terms started per run: {}",
+        spread(reports.iter().map(|r| (r.elections, r.seed)).collect())
+    );
+    let failures: Vec<&Failure> = outcomes
+        .iter()
+        .filter_map(|o| o.as_ref().err().map(|f| &**f))
+        .collect();
+    for f in &failures {
+        eprintln!("{f}");
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {seeds} seeds violated a property; first: {}\n{}",
+        failures.len(),
+        failures[0],
+        failures[0].state
+    );
 }
 
 #[test]
@@ -125,6 +193,34 @@ fn an_acceptor_that_forgets_its_promise_is_caught() {
     eprintln!("first: {}", safety[0]);
 }
 
+/// Runs the partition regime with `bug` planted; returns the failures.
+fn planted(bug: PlantedBug) -> Vec<Failure> {
+    let options = SimOptions {
+        partitions: true,
+        planted: Some(bug),
+        ..SimOptions::default()
+    };
+    let seeds = partition_seeds_from_env();
+    let failures = run_all(0..seeds, options);
+    let safety = failures.iter().filter(|f| f.violation.is_safety()).count();
+    eprintln!(
+        "{bug:?}: {} of {seeds} seeds failed, {safety} with a safety violation",
+        failures.len()
+    );
+    failures
+}
+
+/// The coordinator as it was before partitions were handled (who leads, and
+/// the `decided_below` hint): the partition regime must expose the agreement
+/// bug it had on rings of five within the seeds CI runs.
+#[test]
+fn the_old_coordinator_breaks_agreement_in_the_partition_regime() {
+    let failures = planted(PlantedBug::OldCoordinator);
+    let first = failures.iter().find(|f| f.violation.is_safety());
+    let first = first.expect("no partition seed exposed the old coordinator's agreement bug");
+    eprintln!("first: {first}");
+}
+
 #[test]
 fn replay() {
     let Some(seed) = std::env::var("PSMR_SIM_SEED")
@@ -137,6 +233,9 @@ fn replay() {
         harsh: env_flag("PSMR_SIM_HARSH"),
         broken: env_flag("PSMR_SIM_BROKEN"),
         partitions: env_flag("PSMR_SIM_PARTITIONS"),
+        planted: std::env::var("PSMR_SIM_PLANTED")
+            .ok()
+            .and_then(|v| planted_bug(&v)),
     };
     match sim::run(seed, options) {
         Ok(report) => eprintln!("seed={seed} passed: {report:?}"),
@@ -164,4 +263,108 @@ fn a_lone_client_never_waits_for_idle_rings() {
             "seed={seed}: a command waited {max:?}"
         );
     }
+}
+
+/// One fault of each kind on the coordinator of `g_all` (n1), for a few
+/// seconds, on an otherwise clean cluster under steady load: the ring must
+/// serve during the fault (another node takes over), serve again at once
+/// after it, and start few terms. Prints each fault's figures, and the old
+/// leadership rules' beside them.
+#[test]
+fn single_faults_cost_few_terms_and_little_time() {
+    use psmr_multicast::proto::NodeId;
+    use psmr_multicast::sim::faults::{Episode, EpisodeKind};
+    use std::collections::BTreeSet;
+    use std::time::Duration;
+
+    let n1 = NodeId(1);
+    let others: BTreeSet<NodeId> = [2, 3, 100, 101, 102, 1000].map(NodeId).into();
+    let set = |nodes: &[u32]| nodes.iter().map(|&n| NodeId(n)).collect::<BTreeSet<_>>();
+    let faults = [
+        ("split", EpisodeKind::Split { side: set(&[1]) }),
+        (
+            "inbound cut",
+            EpisodeKind::Cut {
+                from: others.clone(),
+                to: set(&[1]),
+            },
+        ),
+        (
+            "outbound cut",
+            EpisodeKind::Cut {
+                from: set(&[1]),
+                to: others.clone(),
+            },
+        ),
+        (
+            "pair cut n1-n2",
+            EpisodeKind::Cut {
+                from: set(&[1, 2]),
+                to: set(&[1, 2]),
+            },
+        ),
+        (
+            "inbound loss 50%",
+            EpisodeKind::Lossy {
+                from: others.clone(),
+                to: set(&[1]),
+                loss: 0.5,
+            },
+        ),
+        (
+            "inbound loss 90%",
+            EpisodeKind::Lossy {
+                from: others.clone(),
+                to: set(&[1]),
+                loss: 0.9,
+            },
+        ),
+        ("pause", EpisodeKind::Pause { node: n1 }),
+    ];
+    let mut worst_cases = Vec::new();
+    let mut storm = 0;
+    for (name, kind) in faults {
+        let episode = Episode {
+            at: Duration::from_secs(1),
+            duration: Duration::from_secs(5),
+            kind,
+        };
+        let now = sim::fault_probe(1, episode.clone(), SimOptions::default())
+            .unwrap_or_else(|f| panic!("{name}: {f}\n{}", f.state));
+        let old = SimOptions {
+            planted: Some(PlantedBug::OldLeadership),
+            ..SimOptions::default()
+        };
+        let before = match sim::fault_probe(1, episode, old) {
+            Ok(r) if name.starts_with("pair") => {
+                storm = r.elections;
+                format!("{} terms", r.elections)
+            }
+            Ok(r) => format!(
+                "{} terms, {:.0} % served, resumed after {:?}",
+                r.elections,
+                r.served_during * 100.0,
+                r.resumed_after
+            ),
+            Err(f) => format!("{}", f.violation),
+        };
+        eprintln!(
+            "{name:>16}: {} terms, {:.0} % served during, resumed after {:?}, worst wait after {:?} (old rules: {before})",
+            now.elections,
+            now.served_during * 100.0,
+            now.resumed_after,
+            now.worst_after
+        );
+        worst_cases.push((name, now));
+    }
+    for (name, r) in worst_cases {
+        assert!(
+            r.resumed_after <= Duration::from_millis(100),
+            "{name}: {r:?}"
+        );
+        assert!(r.elections <= 20, "{name}: {r:?}");
+    }
+    // The probe itself can see a storm: under the old rules two nodes that
+    // cannot hear each other take the ring from each other without end.
+    assert!(storm > 200, "old rules, pair cut: only {storm} terms");
 }

@@ -17,6 +17,7 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use super::catchup::Catchup;
+use super::config::old_hint_rule;
 use super::context::{Ctx, Membership};
 use super::messages::{
     Accept, Decide, LearnRequest, Message, Nack, Prepare, Promise, PromisedSlot, Trimmed,
@@ -146,6 +147,19 @@ impl AcceptorRing {
         self.amnesiac_until.is_some()
     }
 
+    /// Every value this acceptor holds as decided, in instance order.
+    pub(crate) fn decided_values(&self) -> impl Iterator<Item = (Instance, &Value)> + '_ {
+        self.log
+            .iter()
+            .filter(|&(&i, s)| s.decided || i < self.frontier)
+            .map(|(&i, s)| (i, &s.value))
+    }
+
+    /// The instance below which this node may have forgotten votes, while it does.
+    pub(crate) fn amnesiac_until(&self) -> Option<Instance> {
+        self.amnesiac_until
+    }
+
     /// Whether a batch was decided here within `window` before `now`.
     pub(crate) fn busy_since(&self, now: Instant, window: std::time::Duration) -> bool {
         self.last_batch_at
@@ -228,15 +242,31 @@ impl AcceptorRing {
     }
 
     /// Phase 2: vote, then forward along the ring or decide.
+    ///
+    /// A ballot below the promise is refused first, even for an instance
+    /// already decided: the refusal carries the higher ballot, and that is
+    /// how a coordinator cut off from its ring learns that it was replaced.
+    /// The coordinator's `decided_below` hint is applied only after that check.
     pub(crate) fn on_accept(&mut self, ctx: &mut Ctx<'_>, a: Accept) -> Result<(), StorageError> {
         self.note_horizon(a.decided_below);
+        if a.ballot < self.promised && !old_hint_rule(ctx.params) {
+            ctx.metrics.stale_ballot += 1;
+            let nack = Nack {
+                ring: a.ring,
+                promised: self.promised,
+            };
+            ctx.send(a.ballot.node, Message::Nack(nack));
+            return Ok(());
+        }
         self.apply_hint(ctx, a.ballot, a.decided_below)?;
         if self.is_decided(a.instance) {
             ctx.metrics.duplicates += 1;
             // The coordinator may be re-proposing something decided long
             // ago: release its window slot, locally or with a Decide.
             if a.ballot.node == ctx.me() {
-                ctx.out.decided.push((a.ring, a.instance));
+                if let Some(ballot) = self.decided_ballot(a.instance) {
+                    ctx.out.decided.push((a.ring, a.instance, ballot));
+                }
             } else {
                 self.answer_decided(ctx, a.instance, a.ballot.node);
             }
@@ -258,6 +288,14 @@ impl AcceptorRing {
             return Ok(());
         }
         self.vote(ctx, a)
+    }
+
+    /// The ballot of the decision of `instance`, if this node knows its slot.
+    fn decided_ballot(&self, instance: Instance) -> Option<Ballot> {
+        self.log
+            .get(&instance)
+            .filter(|s| s.decided)
+            .map(|s| s.ballot)
     }
 
     fn vote(&mut self, ctx: &mut Ctx<'_>, a: Accept) -> Result<(), StorageError> {
@@ -333,7 +371,7 @@ impl AcceptorRing {
         self.note_horizon(d.instance.saturating_add(1));
         if self.is_decided(d.instance) {
             ctx.metrics.duplicates += 1;
-            ctx.out.decided.push((d.ring, d.instance));
+            ctx.out.decided.push((d.ring, d.instance, d.ballot));
         } else {
             self.mark_decided(ctx, d.instance, d.ballot, d.value.clone())?;
         }
@@ -404,7 +442,8 @@ impl AcceptorRing {
             slot.value = value;
         }
         slot.decided = true;
-        ctx.out.decided.push((self.ring(), instance));
+        let ballot = slot.ballot;
+        ctx.out.decided.push((self.ring(), instance, ballot));
         self.advance_frontier(ctx)
     }
 
@@ -430,7 +469,7 @@ impl AcceptorRing {
                 if matches!(slot.value, Value::Batch(_)) {
                     self.last_batch_at = Some(ctx.now);
                 }
-                ctx.out.decided.push((ring, instance));
+                ctx.out.decided.push((ring, instance, ballot));
             }
         }
         self.hint.1 = decided_below;

@@ -3,6 +3,12 @@
 //! gap persists for `recovery_timeout`, ask an acceptor for the missing
 //! instances, rotating through acceptors on every ask. When nothing at all
 //! has arrived for ten timeouts, ask anyway, in case the tail was lost.
+//!
+//! An answer that moves the frontier while a gap remains is followed by the
+//! next ask at once, to the same acceptor: a node that was cut off for a
+//! long time catches up at one `recovery_batch` per round trip, not per
+//! `recovery_timeout` (after a partition of seconds, the rings may have
+//! decided many thousands of instances, mostly skips).
 
 use std::time::Instant;
 
@@ -17,6 +23,8 @@ pub(crate) struct Catchup {
     last_frontier: Instance,
     last_progress: Instant,
     next_peer: usize,
+    /// An answer moved the frontier: ask for the rest now, of the same peer.
+    follow_up: bool,
 }
 
 impl Catchup {
@@ -27,6 +35,7 @@ impl Catchup {
             last_frontier: frontier,
             last_progress: now,
             next_peer: 0,
+            follow_up: false,
         }
     }
 
@@ -46,12 +55,20 @@ impl Catchup {
         params: &Params,
     ) -> Option<(NodeId, LearnRequest)> {
         if frontier != self.last_frontier {
+            self.follow_up = self.last_request.is_some();
             self.last_frontier = frontier;
             self.last_progress = now;
             self.gap_since = None;
             self.last_request = None;
         }
         let wait = params.recovery_timeout;
+        if self.follow_up && horizon > frontier && !peers.is_empty() {
+            self.follow_up = false;
+            self.last_request = Some(now);
+            let peer = peers[self.next_peer.wrapping_sub(1) % peers.len()];
+            return Some((peer, request(ring, frontier, horizon, params)));
+        }
+        self.follow_up = false;
         let due_after = if horizon > frontier {
             let since = *self.gap_since.get_or_insert(now);
             if now.duration_since(since) < wait {
@@ -75,20 +92,23 @@ impl Catchup {
         self.last_request = Some(now);
         let peer = peers[self.next_peer % peers.len()];
         self.next_peer = self.next_peer.wrapping_add(1);
-        let batch_end = frontier.saturating_add(params.recovery_batch);
-        let to = if horizon > frontier {
-            horizon.min(batch_end)
-        } else {
-            batch_end
-        };
-        Some((
-            peer,
-            LearnRequest {
-                ring,
-                from: frontier,
-                to,
-            },
-        ))
+        Some((peer, request(ring, frontier, horizon, params)))
+    }
+}
+
+/// A request for the next `recovery_batch` instances from `frontier`, up to
+/// `horizon` if decisions beyond the frontier are known.
+fn request(ring: RingId, frontier: Instance, horizon: Instance, params: &Params) -> LearnRequest {
+    let batch_end = frontier.saturating_add(params.recovery_batch);
+    let to = if horizon > frontier {
+        horizon.min(batch_end)
+    } else {
+        batch_end
+    };
+    LearnRequest {
+        ring,
+        from: frontier,
+        to,
     }
 }
 
@@ -130,6 +150,35 @@ mod tests {
             )
             .unwrap();
         assert_eq!(to, NodeId(2));
+    }
+
+    // After a partition a node may be thousands of instances behind: each
+    // answer that moves the frontier brings the next ask at once, of the
+    // same peer, not a recovery timeout later.
+    #[test]
+    fn an_answer_that_leaves_a_gap_is_followed_up_at_once() {
+        let params = Params::default();
+        let t0 = Instant::now();
+        let peers = [NodeId(1), NodeId(2)];
+        let mut c = Catchup::new(0, t0);
+        assert!(c.poll(t0, RingId(0), 0, 10_000, &peers, &params).is_none());
+        let t1 = t0 + params.recovery_timeout;
+        let (to, req) = c.poll(t1, RingId(0), 0, 10_000, &peers, &params).unwrap();
+        assert_eq!(
+            (to, req.from, req.to),
+            (NodeId(1), 0, params.recovery_batch)
+        );
+        let t2 = t1 + Duration::from_micros(300);
+        let b = params.recovery_batch;
+        let (to, req) = c.poll(t2, RingId(0), b, 10_000, &peers, &params).unwrap();
+        assert_eq!((to, req.from, req.to), (NodeId(1), b, 2 * b));
+        assert!(
+            c.poll(t2, RingId(0), b, 10_000, &peers, &params).is_none(),
+            "no progress, no follow-up"
+        );
+        // Progress without an ask of ours (ordinary decisions) waits as before.
+        let mut quiet = Catchup::new(0, t0);
+        assert!(quiet.poll(t0, RingId(0), 5, 9, &peers, &params).is_none());
     }
 
     #[test]

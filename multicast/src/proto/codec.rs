@@ -16,9 +16,9 @@ use thiserror::Error;
 
 use super::messages::Message;
 
-/// The only wire version this build speaks (5: a reply carries the
-/// replica's execution time per command).
-pub const WIRE_VERSION: u8 = 5;
+/// The only wire version this build speaks (6: heartbeats say what the
+/// sender hears and leads).
+pub const WIRE_VERSION: u8 = 6;
 
 /// Default upper bound on one frame: 16 MiB.
 pub const DEFAULT_MAX_FRAME: usize = 16 * 1024 * 1024;
@@ -174,13 +174,18 @@ mod tests {
     fn frames_round_trip_and_stream() {
         let mut buf = Vec::new();
         encode_frame(&accept(), &mut buf, DEFAULT_MAX_FRAME).unwrap();
-        encode_frame(&Message::Heartbeat, &mut buf, DEFAULT_MAX_FRAME).unwrap();
+        encode_frame(
+            &Message::Heartbeat(Default::default()),
+            &mut buf,
+            DEFAULT_MAX_FRAME,
+        )
+        .unwrap();
         let (first, used) = decode_frame(&buf, DEFAULT_MAX_FRAME).unwrap().unwrap();
         assert_eq!(first, accept());
         let (second, used2) = decode_frame(&buf[used..], DEFAULT_MAX_FRAME)
             .unwrap()
             .unwrap();
-        assert_eq!(second, Message::Heartbeat);
+        assert_eq!(second, Message::Heartbeat(Default::default()));
         assert_eq!(used + used2, buf.len());
     }
 
@@ -206,7 +211,7 @@ mod tests {
 
     #[test]
     fn unknown_versions_and_garbage_are_errors() {
-        let mut buf = frame(&Message::Heartbeat, DEFAULT_MAX_FRAME).unwrap();
+        let mut buf = frame(&Message::Heartbeat(Default::default()), DEFAULT_MAX_FRAME).unwrap();
         buf[4] = 9;
         assert!(matches!(
             decode_frame(&buf, DEFAULT_MAX_FRAME),

@@ -95,6 +95,61 @@ pub struct Params {
     /// A learner forgets a proposer it has not seen for this many instances
     /// of a ring (at-most-once delivery holds within that horizon). Default 10,000,000.
     pub dedupe_horizon: u64,
+    /// A bug planted on purpose, for tests that show the simulator catches it.
+    #[cfg(feature = "planted-bugs")]
+    pub planted: Option<PlantedBug>,
+}
+
+/// Bugs planted on purpose (feature `planted-bugs`, for tests only): the
+/// simulator must catch them within the seeds CI runs.
+#[cfg(feature = "planted-bugs")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PlantedBug {
+    /// The `decided_below` hint as it was before the five-acceptor agreement
+    /// bug was fixed: a coordinator counts a decision at any ballot towards
+    /// the hint and keeps leading, and an acceptor applies the hint before it
+    /// checks the Accept's ballot. Alone it is out of reach: the leadership
+    /// rules end a stale coordinator's term before it can advertise a hint.
+    OldHintRule,
+    /// Who coordinates, as before partitions were handled: the first
+    /// acceptor in ring order that is not suspected, no announcements, no
+    /// leader stickiness, no quorum hearing, one-way suspicion, no pacing of
+    /// terms. Rings stall after partitions heal.
+    OldLeadership,
+    /// Both: the coordinator as it was, which broke agreement on rings of five.
+    OldCoordinator,
+}
+
+/// Whether the old hint rule is planted (never, without the feature).
+pub(crate) fn old_hint_rule(params: &Params) -> bool {
+    #[cfg(feature = "planted-bugs")]
+    {
+        matches!(
+            params.planted,
+            Some(PlantedBug::OldHintRule | PlantedBug::OldCoordinator)
+        )
+    }
+    #[cfg(not(feature = "planted-bugs"))]
+    {
+        let _ = params;
+        false
+    }
+}
+
+/// Whether the old leadership rules are planted (never, without the feature).
+pub(crate) fn old_leadership(params: &Params) -> bool {
+    #[cfg(feature = "planted-bugs")]
+    {
+        matches!(
+            params.planted,
+            Some(PlantedBug::OldLeadership | PlantedBug::OldCoordinator)
+        )
+    }
+    #[cfg(not(feature = "planted-bugs"))]
+    {
+        let _ = params;
+        false
+    }
 }
 
 impl Default for Params {
@@ -117,6 +172,8 @@ impl Default for Params {
             recovery_batch: 256,
             learner_buffer: 65_536,
             dedupe_horizon: 10_000_000,
+            #[cfg(feature = "planted-bugs")]
+            planted: None,
         }
     }
 }

@@ -76,21 +76,6 @@ impl Membership {
             .find(|&node| !ctx.detector.suspects(node, ctx.now))
     }
 
-    /// The acceptor this node believes coordinates the ring: the first in
-    /// ring order that it does not suspect.
-    pub(crate) fn believed_coordinator(
-        &self,
-        ctx_now: Instant,
-        detector: &FailureDetector,
-    ) -> NodeId {
-        *self
-            .config
-            .acceptors
-            .iter()
-            .find(|&&a| !detector.suspects(a, ctx_now))
-            .expect("a node never suspects itself")
-    }
-
     /// The other acceptors that are not suspected.
     pub(crate) fn live_peers(&self, ctx: &Ctx<'_>) -> Vec<NodeId> {
         self.config

@@ -44,6 +44,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
+use super::config::old_hint_rule;
 use super::context::{Ctx, Membership};
 use super::messages::{Accept, Message, Prepare, Promise};
 use super::types::{Ballot, Batch, Command, Instance, NodeId, Value, VoteSet};
@@ -90,6 +91,12 @@ pub(crate) struct Coordinator {
     next_level: Instant,
     next_idle_skip: Instant,
     last_batch_at: Option<Instant>,
+    /// The highest ballot of a decision this coordinator learned that is
+    /// above its own: its term is over, and it sends nothing more.
+    superseded: Option<Ballot>,
+    /// Instances up to which the ring must decide even when idle, so that
+    /// acceptors that restarted without their votes leave amnesia.
+    skip_to: Instance,
 }
 
 impl Coordinator {
@@ -118,6 +125,8 @@ impl Coordinator {
             next_level: ctx.now,
             next_idle_skip: ctx.now,
             last_batch_at: None,
+            superseded: None,
+            skip_to: 0,
         };
         c.send_prepare(ctx, members, |_| true);
         c
@@ -240,6 +249,9 @@ impl Coordinator {
     }
 
     fn send_accept(&mut self, ctx: &mut Ctx<'_>, members: &Membership, instance: Instance) {
+        if self.superseded.is_some() {
+            return;
+        }
         let decided_below = self.decided_below();
         let Some(flight) = self.in_flight.get_mut(&instance) else {
             return;
@@ -265,16 +277,39 @@ impl Coordinator {
             .unwrap_or(self.next_instance)
     }
 
-    /// An instance this coordinator may have proposed is decided.
-    pub(crate) fn on_decided(&mut self, instance: Instance) {
+    /// An instance this coordinator may have proposed is decided at `ballot`.
+    ///
+    /// At this coordinator's ballot, or a lower one, the decided value is the
+    /// one it proposed (Phase 1 made it re-propose any value that could have
+    /// been chosen before), so the instance counts towards `decided_below`.
+    /// At a higher ballot somebody else led after this term: the value may be
+    /// another, so the instance must never be advertised as decided in this
+    /// ballot (acceptors would mark their votes of this ballot decided), and
+    /// the term is over.
+    pub(crate) fn on_decided(&mut self, ctx: &Ctx<'_>, instance: Instance, ballot: Ballot) {
+        if ballot > self.ballot && !old_hint_rule(ctx.params) {
+            self.superseded = self.superseded.max(Some(ballot));
+            return;
+        }
         self.in_flight.remove(&instance);
+    }
+
+    /// The ballot of a decision above this term's, if one was learned.
+    pub(crate) fn superseded(&self) -> Option<Ballot> {
+        self.superseded
+    }
+
+    /// Makes the ring decide every instance below `instance`, with skips if
+    /// nothing else comes (acceptors that lost their votes wait for that).
+    pub(crate) fn skip_to(&mut self, instance: Instance) {
+        self.skip_to = self.skip_to.max(instance);
     }
 
     /// Re-proposes the Phase 1 backlog, then proposes batches, while the
     /// window has room; a batch spans up to the busy partners' position in
     /// `view`.
     pub(crate) fn flush(&mut self, ctx: &mut Ctx<'_>, members: &Membership, view: LevelView) {
-        if !self.is_leading() {
+        if !self.is_leading() || self.superseded.is_some() {
             return;
         }
         while self.window_open(ctx) {
@@ -286,6 +321,10 @@ impl Coordinator {
         while self.backlog.is_empty() && self.window_open(ctx) && self.batch_due(ctx) {
             let batch = self.take_batch(ctx, view.busy_max.unwrap_or(0));
             self.assign(ctx, members, Value::Batch(batch));
+        }
+        while self.backlog.is_empty() && self.window_open(ctx) && self.next_instance < self.skip_to
+        {
+            self.assign(ctx, members, Value::Skip(1));
         }
     }
 

@@ -6,7 +6,7 @@
 //! coordinator --Accept--> successor --Accept(+vote)--> ... --> decider     (Phase 2 along the ring)
 //! decider --Decide--> learners;  decider --Decide(relay)--> ... --> coordinator
 //! learner/acceptor --LearnRequest--> acceptor --Decide | Trimmed--> requester   (gap recovery)
-//! acceptor --Heartbeat--> acceptors                                      (failure detection)
+//! acceptor --Heartbeat--> acceptors            (failure detection, who leads, where rings stand)
 //! ```
 //!
 //! Every message names its ring, except heartbeats, which are per node.
@@ -34,8 +34,8 @@ pub enum Message {
     LearnRequest(LearnRequest),
     /// The answer to a [`LearnRequest`] for instances the acceptor no longer keeps.
     Trimmed(Trimmed),
-    /// Liveness signal between acceptors.
-    Heartbeat,
+    /// Liveness signal between acceptors, with what the sender hears and leads.
+    Heartbeat(Heartbeat),
 }
 
 impl Message {
@@ -50,7 +50,7 @@ impl Message {
             Message::Decide(m) => Some(m.ring),
             Message::LearnRequest(m) => Some(m.ring),
             Message::Trimmed(m) => Some(m.ring),
-            Message::Heartbeat => None,
+            Message::Heartbeat(_) => None,
         }
     }
 }
@@ -173,6 +173,35 @@ pub struct Trimmed {
     pub below: Instance,
     /// The merge position of `below`.
     pub position: u64,
+}
+
+/// Sent by every acceptor to its peers every `heartbeat_interval`.
+///
+/// Besides being a sign of life it says which peers the sender hears, so
+/// that a peer that cannot hear a node treats it as failed although its
+/// messages arrive (one-way loss), and, per ring, whether the sender leads
+/// it: a node follows the leader it hears announce the highest ballot, and
+/// refuses to promise to anybody else while that leader is alive.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    /// The acceptors the sender has heard from within its suspect timeout.
+    pub hears: Vec<NodeId>,
+    /// One entry per ring the sender is an acceptor of.
+    pub rings: Vec<RingBeat>,
+}
+
+/// What a [`Heartbeat`] says about one ring.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RingBeat {
+    /// Ring.
+    pub ring: RingId,
+    /// The ballot at which the sender leads the ring (Phase 1 done), if it does.
+    pub leading: Option<Ballot>,
+    /// Every instance below this is decided, as far as the sender knows.
+    pub frontier: Instance,
+    /// The sender restarted without its accepted values and abstains from
+    /// Phase 1 until it knows every instance below this to be decided.
+    pub amnesiac_until: Option<Instance>,
 }
 
 /// A message and its destination, produced by a protocol role for its driver to send.

@@ -34,6 +34,10 @@ pub struct NodeMetrics {
     pub bad_frames: u64,
     /// Terms not started because a peer announced the highest possible ballot.
     pub ballots_exhausted: u64,
+    /// Prepares refused because this node hears a live leader other than the candidate.
+    pub prepares_refused: u64,
+    /// Terms this node ended while leading (a higher ballot, another leader, no quorum heard).
+    pub step_downs: u64,
 }
 
 /// Counters of a learner.

@@ -20,6 +20,7 @@ mod context;
 mod coordinator;
 mod dedupe;
 mod failure;
+mod leadership;
 mod learner;
 mod merger;
 mod messages;
@@ -30,12 +31,14 @@ mod proposer;
 mod seqmap;
 mod types;
 
+#[cfg(feature = "planted-bugs")]
+pub use config::PlantedBug;
 pub use config::{ConfigError, MAX_RING_ACCEPTORS, MulticastConfig, Params, RingConfig};
 pub use learner::{Delivery, Learner, LearnerError, Lost};
 pub use merger::{MergeError, Merged, Merger};
 pub use messages::{
-    Accept, Decide, LearnRequest, Message, Nack, Prepare, Promise, PromisedSlot, Propose, Transmit,
-    Trimmed,
+    Accept, Decide, Heartbeat, LearnRequest, Message, Nack, Prepare, Promise, PromisedSlot,
+    Propose, RingBeat, Transmit, Trimmed,
 };
 pub use metrics::{LearnerMetrics, NodeMetrics};
 pub use node::{AcceptorNode, NodeError, RingPositions};

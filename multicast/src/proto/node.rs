@@ -12,10 +12,12 @@
 //!  poll_timeout()                 <--- when to call handle_timeout next
 //! ```
 //!
-//! A node is coordinator of a ring when every acceptor before it in the
-//! ring order is suspected; it then runs Phase 1 with a ballot above any it
-//! has seen. It steps down when an earlier acceptor is heard from again or a
-//! higher ballot shows up, handing its queued commands to the new coordinator.
+//! Who coordinates a ring is decided by [`Leadership`]: the live leader
+//! with the highest ballot, else the first viable node in ring order, which
+//! then runs Phase 1 with a ballot above any it has seen. A coordinator steps
+//! down when it hears a leader with a higher ballot, learns of a higher
+//! ballot (a refusal, a decision), or stops hearing a quorum, handing its
+//! queued commands to the node it believes in.
 //!
 //! The rings' timers tick every Δ (rate leveling) while messages other than
 //! heartbeats arrive, a ring has a gap, or a coordinator has work; otherwise
@@ -30,14 +32,15 @@ use thiserror::Error;
 
 use super::acceptor::AcceptorRing;
 use super::codec;
-use super::config::{ConfigError, MulticastConfig, Params};
+use super::config::{ConfigError, MulticastConfig, Params, old_hint_rule, old_leadership};
 use super::context::{Ctx, Membership};
 use super::coordinator::{Coordinator, LevelView};
 use super::failure::FailureDetector;
-use super::messages::{Message, Propose, Transmit};
+use super::leadership::Leadership;
+use super::messages::{Heartbeat, Message, Prepare, Propose, RingBeat, Transmit};
 use super::metrics::NodeMetrics;
 use super::outbox::Outbox;
-use super::types::{Ballot, Command, Instance, NodeId, RingId};
+use super::types::{Ballot, Command, Instance, NodeId, RingId, Value};
 use crate::storage::{Storage, StorageError};
 
 /// Why a node could not be created.
@@ -75,15 +78,29 @@ struct RingState {
     /// Rings merged with this one by some learner (rate leveling looks at those).
     partners: Vec<RingId>,
     coordinator: Option<Coordinator>,
-    /// Highest ballot heard of in a Nack; a new term must exceed it.
-    seen: Ballot,
-    /// When this node last started a term.
-    term_started: Option<Instant>,
+    lead: Leadership,
+    /// Commands that arrived while this node was to start a term but had
+    /// to wait (terms start at most once per retry timeout).
+    parked: Vec<Command>,
 }
 
 impl RingState {
     fn members(&self) -> &Membership {
         &self.acceptor.members
+    }
+
+    /// The ballot at which this node leads the ring, if it does (Phase 1
+    /// done and no decision at a higher ballot learned since).
+    fn leading(&self) -> Option<Ballot> {
+        self.coordinator
+            .as_ref()
+            .filter(|c| c.is_leading() && c.superseded().is_none())
+            .map(Coordinator::ballot)
+    }
+
+    /// Who this node believes coordinates the ring.
+    fn believed(&self, ctx: &Ctx<'_>) -> Option<NodeId> {
+        self.lead.believed(ctx, self.members(), self.leading())
     }
 }
 
@@ -141,13 +158,12 @@ impl AcceptorNode {
             };
             let state = recovered.rings.remove(&ring.id).unwrap_or_default();
             let acceptor = AcceptorRing::new(members, state, recovered.values_lost, now);
-            let seen = Ballot::ZERO;
             let state = RingState {
                 acceptor,
                 partners: config.partners(ring.id),
                 coordinator: None,
-                seen,
-                term_started: None,
+                lead: Leadership::default(),
+                parked: Vec::new(),
             };
             rings.insert(ring.id, state);
         }
@@ -157,7 +173,12 @@ impl AcceptorNode {
         let always_fast = rings
             .values()
             .any(|s| s.partners.iter().any(|p| !rings.contains_key(p)));
-        let detector = FailureDetector::new(peers, config.params.suspect_timeout, now);
+        peers.sort_unstable();
+        peers.dedup();
+        let mut detector = FailureDetector::new(id, peers, config.params.suspect_timeout, now);
+        if old_leadership(&config.params) {
+            detector = detector.one_way();
+        }
         let mut node = AcceptorNode {
             id,
             params: config.params.clone(),
@@ -237,6 +258,15 @@ impl AcceptorNode {
         })
     }
 
+    /// Every value of `ring` this node holds as decided, in instance order
+    /// (for checkers: every acceptor must agree with every learner).
+    pub fn decided_values(&self, ring: RingId) -> Vec<(Instance, &Value)> {
+        self.rings
+            .get(&ring)
+            .map(|r| r.acceptor.decided_values().collect())
+            .unwrap_or_default()
+    }
+
     /// The first instance of `ring` this node does not know to be decided.
     pub fn frontier(&self, ring: RingId) -> Option<Instance> {
         self.rings.get(&ring).map(|r| r.acceptor.frontier())
@@ -258,7 +288,7 @@ impl AcceptorNode {
         self.detector.heard(from, now);
         self.last_now = self.last_now.max(now);
         self.flush_due = true;
-        if !self.active && !matches!(message, Message::Heartbeat) {
+        if !self.active && !matches!(message, Message::Heartbeat(_)) {
             // Traffic after a quiet spell: tick as soon as the Δ pace allows
             // (once per tick; later messages find the tick pulled in already).
             self.active = true;
@@ -278,9 +308,10 @@ impl AcceptorNode {
         self.last_now = self.last_now.max(now);
         if now >= self.next_heartbeat {
             self.next_heartbeat = now + self.params.heartbeat_interval;
+            let heartbeat = Message::Heartbeat(self.heartbeat(now));
             let peers: Vec<NodeId> = self.detector.peers().collect();
             for peer in peers {
-                self.outbox.send(peer, Message::Heartbeat);
+                self.outbox.send(peer, heartbeat.clone());
             }
         }
         if now >= self.next_tick {
@@ -382,6 +413,77 @@ impl AcceptorNode {
         })
     }
 
+    /// What this node tells its peers every heartbeat interval.
+    fn heartbeat(&self, now: Instant) -> Heartbeat {
+        let rings = self
+            .rings
+            .iter()
+            .map(|(&ring, state)| RingBeat {
+                ring,
+                leading: state.leading(),
+                frontier: state.acceptor.frontier(),
+                amnesiac_until: state.acceptor.amnesiac_until(),
+            })
+            .collect();
+        Heartbeat {
+            hears: self.detector.heard_peers(now),
+            rings,
+        }
+    }
+
+    /// A peer's heartbeat: whom it hears, what it leads, where it stands.
+    /// Views change, so every ring it speaks of settles its role.
+    fn on_heartbeat(&mut self, now: Instant, from: NodeId, heartbeat: Heartbeat) {
+        self.detector.reported(from, &heartbeat.hears, now);
+        for beat in heartbeat.rings {
+            let Some(state) = self.rings.get_mut(&beat.ring) else {
+                continue;
+            };
+            if !state.members().is_member(from) {
+                continue;
+            }
+            state.acceptor.note_horizon(beat.frontier);
+            if !old_leadership(&self.params) {
+                state.lead.heard_leader(from, beat.leading, now);
+            }
+            state.lead.heard_amnesia(from, beat.amnesiac_until);
+        }
+        for i in 0..self.ring_ids.len() {
+            let ring = self.ring_ids[i];
+            self.with_ring(now, ring, settle);
+        }
+    }
+
+    /// Runs `f` on `ring`'s state with a context of this node.
+    fn with_ring(
+        &mut self,
+        now: Instant,
+        ring: RingId,
+        f: impl FnOnce(&mut Ctx<'_>, &mut RingState),
+    ) {
+        let AcceptorNode {
+            params,
+            rings,
+            detector,
+            storage,
+            outbox,
+            dirty,
+            metrics,
+            ..
+        } = self;
+        let state = rings.get_mut(&ring).expect("ring exists");
+        let mut ctx = Ctx {
+            now,
+            params,
+            detector,
+            out: outbox,
+            storage: storage.as_mut(),
+            dirty,
+            metrics,
+        };
+        f(&mut ctx, state);
+    }
+
     fn drain_local(&mut self, now: Instant) {
         while let Some(message) = self.outbox.local.pop_front() {
             if self.halted.is_some() {
@@ -395,6 +497,8 @@ impl AcceptorNode {
         let Some(ring) = message.ring() else {
             if !self.detector.knows(from) {
                 self.metrics.unknown_peer += 1;
+            } else if let Message::Heartbeat(heartbeat) = message {
+                self.on_heartbeat(now, from, heartbeat);
             }
             return;
         };
@@ -443,7 +547,7 @@ impl AcceptorNode {
         }
         match message {
             Message::Propose(p) => on_propose(&mut ctx, state, p),
-            Message::Prepare(p) => state.acceptor.on_prepare(&mut ctx, from, p)?,
+            Message::Prepare(p) => on_prepare(&mut ctx, state, from, p)?,
             Message::Promise(p) => {
                 // The promiser knows every instance below its frontier to be
                 // decided: a gap this node's acceptor must fill.
@@ -453,12 +557,12 @@ impl AcceptorNode {
                     c.on_promise(&mut ctx, &members, from, p);
                 }
             }
-            Message::Nack(n) => state.seen = state.seen.max(n.promised),
+            Message::Nack(n) => state.lead.seen = state.lead.seen.max(n.promised),
             Message::Accept(a) => state.acceptor.on_accept(&mut ctx, a)?,
             Message::Decide(d) => state.acceptor.on_decide(&mut ctx, d)?,
             Message::LearnRequest(r) => state.acceptor.on_learn_request(&mut ctx, from, r),
             Message::Trimmed(t) => state.acceptor.on_trimmed(&mut ctx, t)?,
-            Message::Heartbeat => {}
+            Message::Heartbeat(_) => {}
         }
         settle(&mut ctx, state);
         Ok(())
@@ -494,9 +598,15 @@ impl AcceptorNode {
         settle(&mut ctx, state);
         let members = state.acceptor.members.clone();
         if stalled_leader(&ctx, state) {
+            park_pending(state);
             new_term(&mut ctx, state, &members);
         }
+        let amnesia_end = state
+            .lead
+            .amnesia_end()
+            .max(state.acceptor.amnesiac_until().unwrap_or(0));
         if let Some(c) = state.coordinator.as_mut() {
+            c.skip_to(amnesia_end);
             c.tick(&mut ctx, &members, view);
         }
     }
@@ -538,19 +648,23 @@ fn level_view(
     }
 }
 
-/// After any input: hand new decisions to the coordinator, then make sure
-/// the right node coordinates.
+/// After any input: hand new decisions to the coordinator (a decision at a
+/// higher ballot supersedes it), then make sure the right node coordinates.
 fn settle(ctx: &mut Ctx<'_>, state: &mut RingState) {
     let members = state.acceptor.members.clone();
     let ring = members.config.id;
-    if let Some(c) = state.coordinator.as_mut() {
-        for &(r, instance) in &ctx.out.decided {
-            if r == ring {
-                c.on_decided(instance);
-            }
+    for &(r, instance, ballot) in &ctx.out.decided {
+        if r != ring {
+            continue;
+        }
+        if !old_hint_rule(ctx.params) {
+            state.lead.seen = state.lead.seen.max(ballot);
+        }
+        if let Some(c) = state.coordinator.as_mut() {
+            c.on_decided(ctx, instance, ballot);
         }
     }
-    ctx.out.decided.clear();
+    ctx.out.decided.retain(|&(r, _, _)| r != ring);
     reconcile_role(ctx, state, &members);
 }
 
@@ -564,71 +678,137 @@ fn stalled_leader(ctx: &Ctx<'_>, state: &RingState) -> bool {
         .as_ref()
         .is_some_and(Coordinator::is_leading);
     let quiet = state
+        .lead
         .term_started
         .is_none_or(|t| ctx.now.duration_since(t) >= timeout);
     leading && quiet && state.acceptor.stalled(ctx.now, timeout)
 }
 
 /// Starts a term with a ballot above any seen, from this node's frontier,
-/// carrying over the commands queued in the previous term. If no higher
-/// ballot exists (a peer sent the highest one), the node does not lead and
-/// hands its queued commands on.
+/// carrying over the commands parked meanwhile. If no higher ballot exists
+/// (a peer sent the highest one), the node does not lead and hands its
+/// parked commands on.
 fn new_term(ctx: &mut Ctx<'_>, state: &mut RingState, members: &Membership) {
-    let pending = state
-        .coordinator
-        .take()
-        .map(|mut c| c.take_pending())
-        .unwrap_or_default();
-    let highest = state.acceptor.promised().max(state.seen);
+    let pending = std::mem::take(&mut state.parked);
+    let highest = state.acceptor.promised().max(state.lead.seen);
     let Some(ballot) = highest.next_for(ctx.me()) else {
         ctx.metrics.ballots_exhausted += 1;
-        forward(ctx, members, pending);
+        forward(ctx, members, state.believed(ctx), pending);
         return;
     };
     let from = state.acceptor.frontier();
     let mut next = Coordinator::start(ctx, members, ballot, from);
     next.propose(ctx, pending);
     state.coordinator = Some(next);
-    state.term_started = Some(ctx.now);
+    state.lead.term_started = Some(ctx.now);
 }
 
-/// Starts, restarts or ends this node's coordinator term for the ring.
-fn reconcile_role(ctx: &mut Ctx<'_>, state: &mut RingState, members: &Membership) {
-    let eligible = members.believed_coordinator(ctx.now, ctx.detector) == ctx.me();
-    let highest = state.acceptor.promised().max(state.seen);
-    let can_lead = highest.next_for(ctx.me()).is_some();
-    match state.coordinator.as_mut() {
-        None if eligible && can_lead => new_term(ctx, state, members),
-        Some(c) if eligible && c.ballot() < highest => new_term(ctx, state, members),
-        Some(c) if !eligible => {
-            let pending = c.take_pending();
-            state.coordinator = None;
-            forward(ctx, members, pending);
-        }
-        _ => {}
+/// Ends this node's term, keeping its queued commands for whoever coordinates next.
+fn park_pending(state: &mut RingState) {
+    if let Some(mut c) = state.coordinator.take() {
+        state.parked.extend(c.take_pending());
     }
+}
+
+/// Starts, restarts or ends this node's coordinator term for the ring: a
+/// term ends when another node is believed to coordinate, or when its ballot
+/// is below one heard of; a term starts when this node is believed to
+/// coordinate and has none (at most once per retry timeout).
+fn reconcile_role(ctx: &mut Ctx<'_>, state: &mut RingState, members: &Membership) {
+    let highest = state.acceptor.promised().max(state.lead.seen);
+    if let Some(c) = &state.coordinator {
+        let outdated = c.ballot() < highest || c.superseded().is_some();
+        if outdated || state.believed(ctx) != Some(ctx.me()) {
+            if c.is_leading() {
+                ctx.metrics.step_downs += 1;
+            }
+            park_pending(state);
+        }
+    }
+    if state.coordinator.is_some() {
+        return;
+    }
+    let believed = state.believed(ctx);
+    if believed == Some(ctx.me()) {
+        let can_lead = highest.next_for(ctx.me()).is_some();
+        if can_lead && state.lead.may_start_term(ctx.now, ctx.params) {
+            new_term(ctx, state, members);
+        }
+    } else {
+        let parked = std::mem::take(&mut state.parked);
+        forward(ctx, members, believed, parked);
+    }
+}
+
+/// Phase 1b at this node's acceptor, unless it hears a live leader other
+/// than the candidate (see [`Leadership`]): then the Prepare is refused.
+fn on_prepare(
+    ctx: &mut Ctx<'_>,
+    state: &mut RingState,
+    from: NodeId,
+    p: Prepare,
+) -> Result<(), StorageError> {
+    let fresh = p.ballot > state.acceptor.promised();
+    if fresh
+        && state
+            .lead
+            .refuses(ctx, state.members(), state.leading(), from)
+    {
+        ctx.metrics.prepares_refused += 1;
+        let nack = super::messages::Nack {
+            ring: p.ring,
+            promised: state.acceptor.promised(),
+        };
+        ctx.send(from, Message::Nack(nack));
+        return Ok(());
+    }
+    state.acceptor.on_prepare(ctx, from, p)
 }
 
 fn on_propose(ctx: &mut Ctx<'_>, state: &mut RingState, p: Propose) {
     ctx.metrics.commands_received += p.commands.len() as u64;
     let members = state.acceptor.members.clone();
-    match state.coordinator.as_mut() {
-        Some(c) => c.propose(ctx, p.commands),
-        None if p.forwarded => ctx.metrics.commands_dropped += p.commands.len() as u64,
-        None => forward(ctx, &members, p.commands),
+    if let Some(c) = state.coordinator.as_mut() {
+        c.propose(ctx, p.commands);
+        return;
+    }
+    let believed = state.believed(ctx);
+    if believed == Some(ctx.me()) {
+        // A term starts soon (see `reconcile_role`): keep them for it.
+        let room = ctx
+            .params
+            .max_pending_commands
+            .saturating_sub(state.parked.len());
+        let dropped = p.commands.len().saturating_sub(room);
+        ctx.metrics.commands_dropped += dropped as u64;
+        state.parked.extend(p.commands.into_iter().take(room));
+    } else if p.forwarded {
+        ctx.metrics.commands_dropped += p.commands.len() as u64;
+    } else {
+        forward(ctx, &members, believed, p.commands);
     }
 }
 
-/// Sends commands to the coordinator this node believes in.
-fn forward(ctx: &mut Ctx<'_>, members: &Membership, commands: Vec<Command>) {
+/// Sends commands to `to`, the coordinator this node believes in; if it
+/// believes in none (it hears too few), to the first peer it does not
+/// suspect, which may know better.
+fn forward(ctx: &mut Ctx<'_>, members: &Membership, to: Option<NodeId>, commands: Vec<Command>) {
     if commands.is_empty() {
         return;
     }
-    let to = members.believed_coordinator(ctx.now, ctx.detector);
-    if to == ctx.me() {
+    let me = ctx.me();
+    let to = to.filter(|&n| n != me).or_else(|| {
+        members
+            .config
+            .acceptors
+            .iter()
+            .copied()
+            .find(|&a| a != me && !ctx.detector.suspects(a, ctx.now))
+    });
+    let Some(to) = to else {
         ctx.metrics.commands_dropped += commands.len() as u64;
         return;
-    }
+    };
     ctx.metrics.commands_forwarded += commands.len() as u64;
     let propose = Propose {
         ring: members.config.id,

@@ -6,7 +6,7 @@
 use std::collections::VecDeque;
 
 use super::messages::{Message, Transmit};
-use super::types::{Instance, NodeId, RingId};
+use super::types::{Ballot, Instance, NodeId, RingId};
 
 /// Outgoing messages of one node.
 #[derive(Debug)]
@@ -14,9 +14,10 @@ pub(crate) struct Outbox {
     me: NodeId,
     pub(crate) remote: VecDeque<Transmit>,
     pub(crate) local: VecDeque<Message>,
-    /// Instances newly known to be decided while handling the current input;
-    /// the node hands them to its coordinators.
-    pub(crate) decided: Vec<(RingId, Instance)>,
+    /// Instances newly known to be decided while handling the current input,
+    /// with the ballot of the decision; the node hands them to its
+    /// coordinators (a decision at a higher ballot ends a coordinator's term).
+    pub(crate) decided: Vec<(RingId, Instance, Ballot)>,
 }
 
 impl Outbox {

@@ -37,6 +37,15 @@ pub enum Violation {
         /// The acceptor.
         acceptor: NodeId,
     },
+    /// An acceptor holds as decided a value other than the one decided.
+    AcceptorAgreement {
+        /// The acceptor.
+        acceptor: NodeId,
+        /// Ring.
+        ring: RingId,
+        /// Instance.
+        instance: Instance,
+    },
     /// A learner delivered a command twice on one ring.
     Duplicate {
         /// Learner.
@@ -110,6 +119,16 @@ impl fmt::Display for Violation {
                 write!(
                     f,
                     "agreement: acceptor {acceptor} learned two decisions for one instance"
+                )
+            }
+            Violation::AcceptorAgreement {
+                acceptor,
+                ring,
+                instance,
+            } => {
+                write!(
+                    f,
+                    "agreement: acceptor {acceptor} holds a different value as decided for {ring} instance {instance}"
                 )
             }
             Violation::Duplicate {
@@ -193,6 +212,8 @@ struct LearnerLog {
 pub struct Checker {
     proposed: HashMap<CommandId, (RingId, Bytes)>,
     decided: HashMap<(RingId, Instance), u64>,
+    /// What acceptors hold as decided.
+    held: HashMap<(RingId, Instance), u64>,
     learners: BTreeMap<NodeId, LearnerLog>,
     merges: Vec<MergeLog>,
     /// Hash of every delivery in order, to compare two runs of one seed.
@@ -225,6 +246,7 @@ impl Checker {
         Checker {
             proposed: HashMap::new(),
             decided: HashMap::new(),
+            held: HashMap::new(),
             learners,
             merges,
             trace: 0,
@@ -285,6 +307,28 @@ impl Checker {
             }
         }
         self.feed_merges(learner, d, now);
+        Ok(())
+    }
+
+    /// An acceptor holds `value` as decided for `instance` of `ring`: every
+    /// acceptor must hold the same (learners deliver it without the commands
+    /// they had delivered before, so they are checked among themselves).
+    pub fn acceptor_decided(
+        &mut self,
+        acceptor: NodeId,
+        ring: RingId,
+        instance: Instance,
+        value: &Value,
+    ) -> Result<(), Violation> {
+        let digest = digest(value);
+        let first = *self.held.entry((ring, instance)).or_insert(digest);
+        if first != digest {
+            return Err(Violation::AcceptorAgreement {
+                acceptor,
+                ring,
+                instance,
+            });
+        }
         Ok(())
     }
 

@@ -115,14 +115,40 @@ pub(super) fn draw_episodes(
 ) -> Vec<Episode> {
     let count = rng.random_range(1..=5);
     let safety_ms = safety.as_millis() as u64;
-    (0..count)
+    let mut episodes: Vec<Episode> = (0..count)
         .map(|_| {
             let at = Duration::from_millis(rng.random_range(0..safety_ms * 4 / 5));
             let duration = draw_duration(rng, cast.suspect);
             let kind = draw_kind(rng, cast);
             Episode { at, duration, kind }
         })
-        .collect()
+        .collect();
+    if rng.random_bool(0.4) {
+        episodes.extend(flapping(rng, cast, safety));
+    }
+    episodes
+}
+
+/// The same split, again and again, each a little longer or shorter than
+/// the suspect timeout: terms start and end on both sides while commands are
+/// in flight (real networks flap like this; on rings of five it once broke
+/// agreement).
+fn flapping(rng: &mut ChaCha8Rng, cast: &Cast<'_>, safety: Duration) -> Vec<Episode> {
+    let victim = cast.acceptors[0];
+    let side = draw_side(rng, cast, victim);
+    let suspect_ms = cast.suspect.as_millis() as u64;
+    let mut at = rng.random_range(0..safety.as_millis() as u64 / 2);
+    let mut episodes = Vec::new();
+    for _ in 0..rng.random_range(3..=8) {
+        let cut = rng.random_range(suspect_ms / 2..=suspect_ms * 3);
+        episodes.push(Episode {
+            at: Duration::from_millis(at),
+            duration: Duration::from_millis(cut),
+            kind: EpisodeKind::Split { side: side.clone() },
+        });
+        at += cut + rng.random_range(1..=suspect_ms * 2);
+    }
+    episodes
 }
 
 /// Mostly longer than the suspect timeout (an election happens), sometimes
@@ -201,7 +227,12 @@ fn draw_kind(rng: &mut ChaCha8Rng, cast: &Cast<'_>) -> EpisodeKind {
 /// acceptors, and each learner or proposer with a coin flip.
 fn draw_side(rng: &mut ChaCha8Rng, cast: &Cast<'_>, victim: NodeId) -> BTreeSet<NodeId> {
     let n = cast.acceptors.len();
-    let size = rng.random_range(1..n.max(2));
+    // Minorities of more than one acceptor are the interesting ones on rings of five and seven.
+    let size = if n > 3 && rng.random_bool(0.5) {
+        rng.random_range(2..=n / 2)
+    } else {
+        rng.random_range(1..n.max(2))
+    };
     let mut side = BTreeSet::from([victim]);
     while side.len() < size {
         side.insert(cast.acceptors[rng.random_range(0..n)]);

@@ -51,6 +51,10 @@ pub struct Report {
     pub lost: u64,
     /// Acceptor crashes.
     pub crashes: u32,
+    /// Terms started (Phase 1 runs), over every acceptor and ring.
+    pub elections: u64,
+    /// Virtual time from healing to the moment every proposal was delivered.
+    pub recovered_after: Duration,
     /// Commands proposed.
     pub commands: usize,
     /// Virtual time when every proposal was delivered.
@@ -102,6 +106,54 @@ pub fn run(seed: u64, options: SimOptions) -> Result<Report, Box<Failure>> {
             replay_flags: options.replay_flags(),
         })),
     }
+}
+
+/// One fault on an otherwise clean cluster (three acceptors, one thread
+/// ring and `g_all`, default parameters, 100 µs per message), under a steady
+/// load of one command per millisecond from 0 to `episode.at + duration + 2 s`.
+/// Shows what a fault costs: terms started, time to deliver everything after
+/// it ends. `options` may plant a bug (the other options are ignored).
+pub fn fault_probe(
+    seed: u64,
+    episode: faults::Episode,
+    options: SimOptions,
+) -> Result<ProbeReport, Box<Failure>> {
+    let mut scenario = Scenario::quiet(seed, 1);
+    scenario.config.params = scenario::plant(scenario.config.params, options);
+    scenario.safety = episode.at + episode.duration + Duration::from_secs(2);
+    scenario.commands_per_proposer = u32::try_from(scenario.safety.as_millis()).unwrap_or(u32::MAX);
+    scenario.retry = Duration::from_millis(200);
+    let (start, end) = (nanos(episode.at), nanos(episode.at + episode.duration));
+    scenario.episodes = vec![episode];
+    let summary = summarize(&scenario);
+    let mut world = World::new(scenario);
+    match world.run() {
+        Ok(()) => Ok(world.probe_report(start, end)),
+        Err(violation) => Err(Box::new(Failure {
+            seed,
+            violation,
+            at: Duration::from_nanos(world.now),
+            scenario: summary,
+            state: world.describe(),
+            replay_flags: options.replay_flags(),
+        })),
+    }
+}
+
+/// What one fault cost ([`fault_probe`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProbeReport {
+    /// Terms started, over every acceptor and ring.
+    pub elections: u64,
+    /// Share of the commands proposed during the fault that came out of a
+    /// merge before it ended.
+    pub served_during: f64,
+    /// From the end of the fault to the first merged delivery of a command
+    /// proposed after it.
+    pub resumed_after: Duration,
+    /// The longest a command proposed after the fault waited for its first
+    /// merged delivery.
+    pub worst_after: Duration,
 }
 
 /// Merge latency of a lone client: one command at a time, each to a random
@@ -244,7 +296,16 @@ struct World {
     messages: u64,
     lost: u64,
     crashes: u32,
+    /// Every command proposed and when (virtual nanoseconds).
+    proposals: Vec<(crate::proto::CommandId, u64)>,
+    /// Elections counted by acceptors that crashed since.
+    elections_before_crashes: u64,
+    /// When the run healed (virtual nanoseconds).
+    healed_at: u64,
 }
+
+/// How often (virtual time) the acceptors' decided values are compared.
+const ACCEPTOR_SCAN: u64 = 100_000_000;
 
 fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
@@ -308,6 +369,9 @@ impl World {
             messages: 0,
             lost: 0,
             crashes: 0,
+            elections_before_crashes: 0,
+            healed_at: 0,
+            proposals: Vec::new(),
         }
     }
 
@@ -328,9 +392,14 @@ impl World {
         self.plan();
         let deadline = nanos(self.scenario.safety + self.scenario.liveness);
         let mut next_check = 0;
+        let mut next_scan = 0;
         while let Some(at) = self.step()? {
             if at > deadline {
                 break;
+            }
+            if at >= next_scan {
+                next_scan = at + ACCEPTOR_SCAN;
+                self.check_acceptors()?;
             }
             if self.healed && at >= next_check {
                 next_check = at + 1_000_000;
@@ -339,7 +408,24 @@ impl World {
                 }
             }
         }
+        self.check_acceptors()?;
         self.checker.finish(self.healed)
+    }
+
+    /// Every value an acceptor holds as decided agrees with every other
+    /// acceptor's: a wrong decision that no learner happened to fetch is
+    /// caught too.
+    fn check_acceptors(&mut self) -> Result<(), Violation> {
+        for (&id, slot) in &self.acceptors {
+            let Some(node) = &slot.node else { continue };
+            for ring in &self.scenario.config.rings {
+                for (instance, value) in node.decided_values(ring.id) {
+                    self.checker
+                        .acceptor_decided(id, ring.id, instance, value)?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Schedules the proposals, the crashes and the healing.
@@ -540,6 +626,7 @@ impl World {
             .propose(now, ring, payload.clone())
             .expect("scenario rings exist");
         self.checker.proposed(id, ring, payload);
+        self.proposals.push((id, self.now));
         self.drain_proposer(proposer);
         (id, self.now)
     }
@@ -675,7 +762,9 @@ impl World {
         }
         let victim = pool[self.rng.random_range(0..pool.len())];
         let slot = self.acceptors.get_mut(&victim).expect("victim");
-        slot.node = None;
+        if let Some(node) = slot.node.take() {
+            self.elections_before_crashes += node.metrics().elections;
+        }
         slot.disk.crash();
         self.crashes += 1;
         let downtime = self
@@ -696,6 +785,7 @@ impl World {
 
     fn heal(&mut self) -> Result<(), Violation> {
         self.healed = true;
+        self.healed_at = self.now;
         self.active.clear();
         self.resume_if_unpaused()?;
         let ids: Vec<NodeId> = self.acceptors.keys().copied().collect();
@@ -757,12 +847,45 @@ impl World {
         out
     }
 
+    /// Costs of a fault active from `start` to `end` (virtual nanoseconds).
+    fn probe_report(&self, start: u64, end: u64) -> ProbeReport {
+        let report = self.report();
+        let merged = |id| self.checker.merged_at(id).unwrap_or(u64::MAX);
+        let during: Vec<_> = self
+            .proposals
+            .iter()
+            .filter(|&&(_, at)| (start..end).contains(&at))
+            .collect();
+        let served = during.iter().filter(|&&&(id, _)| merged(id) < end).count();
+        let after = self.proposals.iter().filter(|&&(_, at)| at >= end);
+        let resumed = after
+            .clone()
+            .map(|&(id, _)| merged(id))
+            .min()
+            .unwrap_or(end);
+        let worst = after.map(|&(id, at)| merged(id).saturating_sub(at)).max();
+        ProbeReport {
+            elections: report.elections,
+            served_during: served as f64 / during.len().max(1) as f64,
+            resumed_after: Duration::from_nanos(resumed.saturating_sub(end)),
+            worst_after: Duration::from_nanos(worst.unwrap_or(0)),
+        }
+    }
+
     fn report(&self) -> Report {
         Report {
             seed: self.scenario.seed,
             messages: self.messages,
             lost: self.lost,
             crashes: self.crashes,
+            elections: self.elections_before_crashes
+                + self
+                    .acceptors
+                    .values()
+                    .filter_map(|s| s.node.as_ref())
+                    .map(|n| n.metrics().elections)
+                    .sum::<u64>(),
+            recovered_after: Duration::from_nanos(self.now.saturating_sub(self.healed_at)),
             commands: self.checker.proposed_count(),
             finished_at: Duration::from_nanos(self.now),
             trace: self.checker.trace,

@@ -59,6 +59,9 @@ pub struct SimOptions {
     /// non-transitive), lossy directions, process pauses longer than the
     /// suspect timeout, and long delays, besides crashes.
     pub partitions: bool,
+    /// A bug planted in the protocol core, which the run should expose.
+    #[cfg(feature = "planted-bugs")]
+    pub planted: Option<crate::proto::PlantedBug>,
 }
 
 impl SimOptions {
@@ -70,11 +73,16 @@ impl SimOptions {
             (self.broken, " PSMR_SIM_BROKEN=1"),
             (self.partitions, " PSMR_SIM_PARTITIONS=1"),
         ];
-        flags
+        let mut flags: String = flags
             .iter()
             .filter(|(on, _)| *on)
             .map(|(_, flag)| *flag)
-            .collect()
+            .collect();
+        #[cfg(feature = "planted-bugs")]
+        if let Some(bug) = self.planted {
+            flags.push_str(&format!(" PSMR_SIM_PLANTED={bug:?}"));
+        }
+        flags
     }
 }
 
@@ -122,6 +130,7 @@ impl Scenario {
             harsh,
             broken,
             partitions,
+            ..
         } = options;
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let pool_size = match rng.random_range(0..10) {
@@ -141,7 +150,7 @@ impl Scenario {
         acceptors.dedup();
         let learners = learner_specs(threads);
         let rings = with_learners(rings, &learners);
-        let params = draw_params(&mut rng);
+        let params = plant(draw_params(&mut rng), options);
         let proposers: Vec<NodeId> = (0..rng.random_range(1..=3u32))
             .map(|i| NodeId(FIRST_PROPOSER + i))
             .collect();
@@ -180,7 +189,11 @@ impl Scenario {
             acceptors,
             learners,
             proposers,
-            commands_per_proposer: rng.random_range(10..=40),
+            commands_per_proposer: if partitions {
+                rng.random_range(40..=120)
+            } else {
+                rng.random_range(10..=40)
+            },
             disk,
             options,
             network,
@@ -198,7 +211,8 @@ impl Scenario {
             }),
             coordinator_crash: rng.random_range(0.2..=0.8),
             safety,
-            liveness: Duration::from_secs(20),
+            // After partitions heal the cluster must serve again within 2 s.
+            liveness: Duration::from_secs(if partitions { 2 } else { 20 }),
             retry: ms(rng.random_range(60..=200)),
             episodes,
         }
@@ -324,6 +338,20 @@ fn with_learners(mut rings: Vec<RingConfig>, learners: &[LearnerSpec]) -> Vec<Ri
             .collect();
     }
     rings
+}
+
+/// The protocol parameters with the options' planted bug, if any.
+#[cfg(feature = "planted-bugs")]
+pub(super) fn plant(params: Params, options: SimOptions) -> Params {
+    Params {
+        planted: options.planted,
+        ..params
+    }
+}
+
+#[cfg(not(feature = "planted-bugs"))]
+pub(super) fn plant(params: Params, _options: SimOptions) -> Params {
+    params
 }
 
 fn draw_params(rng: &mut ChaCha8Rng) -> Params {
