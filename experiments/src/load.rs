@@ -56,6 +56,11 @@ pub(crate) struct LoadOptions {
     /// the fallback off (the papers' P-SMR).
     #[arg(long, default_value_t = ClientOptions::default().sequential_above)]
     pub(crate) sequential_above: f64,
+    /// Also print, every INTERVAL from the start (warm-up included), a line
+    /// `timeline t=SECONDS answered=N errors=N` with the calls that ended in
+    /// it: shows how a fault and its healing look from a client.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub(crate) timeline: Option<Duration>,
 }
 
 /// Why the load generator failed.
@@ -151,6 +156,10 @@ impl fmt::Display for Report {
 /// whole run (the client faulted in fresh pages all along).
 struct Tally {
     errors: u64,
+    /// Calls answered and calls that ended in an error, measured or not
+    /// (for the timeline).
+    answered_all: u64,
+    errors_all: u64,
     /// Microseconds, of calls that passed their safety check.
     passed: Histogram<u64>,
     /// Microseconds, of calls that failed it.
@@ -163,6 +172,8 @@ impl Default for Tally {
             Histogram::new_with_bounds(1, MAX_LATENCY_MICROS as u64, 3).expect("valid bounds");
         Tally {
             errors: 0,
+            answered_all: 0,
+            errors_all: 0,
             passed: histogram.clone(),
             failed: histogram,
         }
@@ -198,6 +209,10 @@ impl Tally {
     /// Records a call that was due at `due`, if it falls in the measured interval.
     fn note(&mut self, window: &Window, due: Instant, ending: Ending) {
         let now = Instant::now();
+        match ending {
+            Ending::Error => self.errors_all += 1,
+            Ending::Passed | Ending::Failed => self.answered_all += 1,
+        }
         if due < window.from || now > window.end {
             return;
         }
@@ -314,10 +329,18 @@ impl Load {
     /// Generates load until `window` ends; measures inside it.
     pub(crate) async fn run(&self, window: Window) -> Report {
         let (trees, options, mix) = (&self.trees, &self.options, self.mix);
-        let tally = match options.rate {
-            Some(rate) => open_loop(trees, rate, options.seed, mix, window).await,
-            None => closed_loops(trees, options, mix, window).await,
+        let total = SharedTally::default();
+        let timeline = options
+            .timeline
+            .map(|every| tokio::spawn(print_timeline(total.clone(), every, window.end)));
+        match options.rate {
+            Some(rate) => open_loop(trees, rate, options.seed, mix, window, &total).await,
+            None => closed_loops(trees, options, mix, window, &total).await,
         };
+        if let Some(timeline) = timeline {
+            timeline.abort();
+        }
+        let tally = take(total);
         let mut report = tally.report(window.end.duration_since(window.from));
         let count = |f: fn(&ClientStats) -> &AtomicU64| -> u64 {
             trees
@@ -357,13 +380,35 @@ async fn one_call(tree: &BTreeClient, rng: &mut ChaCha8Rng, mix: Mix) -> Ending 
     }
 }
 
+/// Prints, every `every` until `end`, the calls that ended since the last line.
+async fn print_timeline(tally: SharedTally, every: Duration, end: Instant) {
+    let start = Instant::now();
+    let mut ticks = tokio::time::interval(every);
+    ticks.tick().await;
+    let (mut answered, mut errors) = (0, 0);
+    while Instant::now() < end {
+        ticks.tick().await;
+        let (a, e) = {
+            let t = tally.lock().unwrap_or_else(|e| e.into_inner());
+            (t.answered_all, t.errors_all)
+        };
+        println!(
+            "timeline t={:.3} answered={} errors={}",
+            start.elapsed().as_secs_f64(),
+            a - answered,
+            e - errors
+        );
+        (answered, errors) = (a, e);
+    }
+}
+
 async fn closed_loops(
     trees: &[BTreeClient],
     options: &LoadOptions,
     mix: Mix,
     window: Window,
-) -> Tally {
-    let total = SharedTally::default();
+    total: &SharedTally,
+) {
     let mut tasks = Vec::new();
     for (c, tree) in trees.iter().enumerate() {
         for slot in 0..options.in_flight.max(1) {
@@ -382,14 +427,19 @@ async fn closed_loops(
     for task in tasks {
         let _ = task.await;
     }
-    take(total)
 }
 
-async fn open_loop(trees: &[BTreeClient], rate: u64, seed: u64, mix: Mix, window: Window) -> Tally {
+async fn open_loop(
+    trees: &[BTreeClient],
+    rate: u64,
+    seed: u64,
+    mix: Mix,
+    window: Window,
+    total: &SharedTally,
+) {
     let interval = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
     let start = Instant::now();
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let total = SharedTally::default();
     let mut tasks = Vec::new();
     for sent in 0u32.. {
         let due = start + interval * sent;
@@ -408,7 +458,6 @@ async fn open_loop(trees: &[BTreeClient], rate: u64, seed: u64, mix: Mix, window
     for task in tasks {
         let _ = task.await;
     }
-    take(total)
 }
 
 #[cfg(test)]

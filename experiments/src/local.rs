@@ -274,6 +274,7 @@ async fn serve(options: &LocalOptions, local: &mut LocalCluster) -> Result<(), L
                 seed: 1,
                 every_replica_answers: false,
                 sequential_above: psmr_client::ClientOptions::default().sequential_above,
+                timeline: None,
             };
             println!("  load       {}", crate::load::run(cluster, &load).await?);
         }

@@ -356,6 +356,7 @@ async fn measure(index: usize, p: &Point, cluster: &LocalCluster) -> Result<Row,
         seed: p.seed,
         every_replica_answers: false,
         sequential_above: p.sequential_above,
+        timeline: None,
     };
     let load = Load::connect(&cluster.config, &options).await?;
     let window = load.window();

@@ -103,7 +103,9 @@ fn the_first_acceptor_prepares_at_start() {
     assert_eq!(drain(&mut n2), vec![], "n2 is not first in ring order");
 }
 
-// Reference: DESIGN.md section 4 — Phase 2 travels the ring; decision at f+1 votes.
+// Reference: DESIGN.md section 4 — Phase 2 travels the ring; decision at f+1
+// votes; the decider tells the learners and the coordinator directly, and the
+// other acceptors by a relay around the ring.
 #[test]
 fn phase_two_goes_along_the_ring_and_decides_at_f_plus_one() {
     let now = Instant::now();
@@ -147,21 +149,19 @@ fn phase_two_goes_along_the_ring_and_decides_at_f_plus_one() {
     assert_eq!(
         drain(&mut n2),
         vec![
-            to(L, Message::Decide(decide)),
+            to(L, Message::Decide(decide.clone())),
+            to(N1, Message::Decide(decide.clone())),
             to(N3, Message::Decide(relay.clone()))
         ]
     );
     assert_eq!(n2.metrics().decided, 1);
 
-    // n3 learns it and passes it on to the coordinator, which stops the relay.
+    // n3, the only acceptor neither decider nor coordinator, ends the relay.
     let mut n3 = node(N3, now);
-    n3.handle_message(now, N2, Message::Decide(relay.clone()));
-    let onward = Decide { hops: 2, ..relay };
-    assert_eq!(
-        drain(&mut n3),
-        vec![to(N1, Message::Decide(onward.clone()))]
-    );
-    n1.handle_message(now, N3, Message::Decide(onward));
+    n3.handle_message(now, N2, Message::Decide(relay));
+    assert_eq!(drain(&mut n3), vec![]);
+    assert_eq!(n3.frontier(R), Some(1));
+    n1.handle_message(now, N2, Message::Decide(decide));
     assert_eq!(drain(&mut n1), vec![]);
     assert_eq!(n1.frontier(R), Some(1));
 }

@@ -165,6 +165,7 @@ impl Reporter {
             dropped = load(&s.dropped),
             connect_failures = load(&s.connect_failures),
             unknown_destination = load(&s.unknown_destination),
+            stalled = load(&s.stalled),
             "network counters"
         );
     }
@@ -186,11 +187,14 @@ impl Hooks<AcceptorNode> for AcceptorHooks {
         self.reporter.report(|| {
             let m = node.metrics();
             info!(
+                node = %node.id(),
                 decided = m.decided,
                 commands = m.commands_received,
                 dropped = m.commands_dropped,
                 forwarded = m.commands_forwarded,
                 elections = m.elections,
+                step_downs = m.step_downs,
+                prepares_refused = m.prepares_refused,
                 unknown_peer = m.unknown_peer,
                 unknown_ring = m.unknown_ring,
                 bad_frames = m.bad_frames,

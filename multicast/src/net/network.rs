@@ -28,7 +28,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use thiserror::Error;
 use tokio::sync::mpsc;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::stream::{FrameReader, Hello, Purpose, StreamError, push_frame, read_hello};
 use super::tls::{Tls, TlsError, node_name, peer_is_node};
@@ -143,6 +143,8 @@ pub struct NetStats {
     /// Frames for a destination not in the address book (an anonymous
     /// client asking an acceptor for something), dropped.
     pub unknown_destination: AtomicU64,
+    /// Dialed connections replaced because nothing arrived on them for a second.
+    pub stalled: AtomicU64,
 }
 
 struct Inner {
@@ -300,7 +302,11 @@ impl Network {
 
 fn transport_config() -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
-    t.keep_alive_interval(Some(Duration::from_millis(500)));
+    t.keep_alive_interval(Some(KEEP_ALIVE));
+    // The links of a cluster are fast: a first estimate of a third of a
+    // second (QUIC's default, for the internet) makes a handshake whose first
+    // packets were lost wait a second before it tries again.
+    t.initial_rtt(Duration::from_millis(10));
     t.max_idle_timeout(Some(
         Duration::from_secs(5).try_into().expect("a valid timeout"),
     ));
@@ -312,6 +318,23 @@ fn transport_config() -> quinn::TransportConfig {
     t.ack_frequency_config(Some(ack_frequency()));
     t
 }
+
+/// How often an idle connection pings its peer (which acknowledges it).
+const KEEP_ALIVE: Duration = Duration::from_millis(250);
+
+/// A dialed connection on which nothing at all arrived for this long (no
+/// acknowledgement of a ping, no data) is dead to us and is replaced. QUIC
+/// would wait for its idle timeout, and while a path is cut its probes back
+/// off exponentially, so after a cut of seconds the connection woke up
+/// seconds after the path healed, delivering everything queued meanwhile at
+/// once (stale heartbeats and proposals). A fresh connection carries only
+/// what the protocol sends from then on.
+const STALLED_AFTER: Duration = Duration::from_secs(1);
+
+/// A handshake that has not completed in this long is abandoned and started
+/// again, so that the first attempt after a partition heals is not stuck in
+/// the backoff of one begun during it.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Packets a peer may take in before it must acknowledge them (it acknowledges
 /// after one more, or after [`ACK_DELAY`]).
@@ -361,7 +384,10 @@ async fn connection(inner: &Arc<Inner>, to: NodeId) -> Result<quinn::Connection,
         .endpoint
         .connect_with(inner.client_config.clone(), addr, &node_name(to))
         .map_err(|e| failed(e.to_string()))?;
-    let c = connecting.await.map_err(|e| failed(e.to_string()))?;
+    let c = tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting)
+        .await
+        .map_err(|_| failed(format!("no handshake within {HANDSHAKE_TIMEOUT:?}")))?
+        .map_err(|e| failed(e.to_string()))?;
     inner
         .connections
         .lock()
@@ -372,8 +398,41 @@ async fn connection(inner: &Arc<Inner>, to: NodeId) -> Result<quinn::Connection,
         c.clone(),
         inner.inbox.clone(),
     ));
+    tokio::spawn(watch(inner.clone(), to, c.clone()));
     Ok(c)
 }
+
+/// Closes the dialed connection `c` to `to` once nothing has arrived on it
+/// for [`STALLED_AFTER`] (see there); its writers then dial again.
+async fn watch(inner: Arc<Inner>, to: NodeId, c: quinn::Connection) {
+    let mut ticks = tokio::time::interval(STALLED_AFTER / 4);
+    let (mut received, mut since) = (c.stats().udp_rx.datagrams, tokio::time::Instant::now());
+    loop {
+        ticks.tick().await;
+        if c.close_reason().is_some() {
+            return;
+        }
+        let now = c.stats().udp_rx.datagrams;
+        if now != received {
+            (received, since) = (now, tokio::time::Instant::now());
+        } else if since.elapsed() >= STALLED_AFTER {
+            info!(me = ?inner.me, peer = %to, "nothing received for {STALLED_AFTER:?}; replacing the connection");
+            inner.stats.stalled.fetch_add(1, Ordering::Relaxed);
+            c.close(STALLED_CODE.into(), b"stalled");
+            let mut connections = inner.connections.lock().unwrap_or_else(|e| e.into_inner());
+            if connections
+                .get(&to)
+                .is_some_and(|k| k.stable_id() == c.stable_id())
+            {
+                connections.remove(&to);
+            }
+            return;
+        }
+    }
+}
+
+/// The application close code of a connection replaced for silence.
+const STALLED_CODE: u32 = 2;
 
 /// Opens a stream of `purpose` to `to` and sends the hello.
 async fn open_stream(

@@ -83,6 +83,7 @@ impl AcceptorRing {
         members: Membership,
         recovered: RecoveredRing,
         values_lost: bool,
+        params: &super::config::Params,
         now: Instant,
     ) -> Self {
         let trimmed = recovered.trimmed_below;
@@ -117,7 +118,9 @@ impl AcceptorRing {
             amnesiac_until,
             horizon: frontier,
             hint: (Ballot::ZERO, frontier),
-            catchup: Catchup::new(frontier, now),
+            // The ring does not wait on an acceptor that catches up: it does
+            // so at a pace that leaves the live traffic most of the machine.
+            catchup: Catchup::new(frontier, now, params.recovery_timeout / 2),
             last_batch_at: None,
             persisted_frontier: frontier,
         }
@@ -354,16 +357,40 @@ impl AcceptorRing {
             ctx.send(learner, Message::Decide(decide.clone()));
         }
         if ballot.node != ctx.me() {
-            if let Some(next) = self.members.successor(ctx, |_| true) {
-                let relay = Decide {
+            // The coordinator hears it directly: its window must not depend on
+            // every link of the ring (a relay through a node whose links are
+            // half back after a partition left the coordinator waiting for
+            // retransmissions, one retry timeout per window).
+            ctx.send(ballot.node, Message::Decide(decide.clone()));
+            self.relay(
+                ctx,
+                Decide {
                     relay: true,
-                    hops: 1,
+                    hops: 0,
                     ..decide
-                };
-                ctx.send(next, Message::Decide(relay));
-            }
+                },
+            );
         }
         Ok(())
+    }
+
+    /// Passes a decision on to the next acceptor in ring order that is not
+    /// suspected and not its coordinator (which the decider told directly),
+    /// until it has visited the other acceptors once.
+    fn relay(&self, ctx: &mut Ctx<'_>, d: Decide) {
+        let others = self.members.n().saturating_sub(2);
+        if usize::from(d.hops) >= others {
+            return;
+        }
+        let coordinator = self.members.config.position(d.ballot.node);
+        let next = self.members.successor(ctx, |pos| Some(pos) != coordinator);
+        if let Some(next) = next {
+            let relay = Decide {
+                hops: d.hops.saturating_add(1),
+                ..d
+            };
+            ctx.send(next, Message::Decide(relay));
+        }
     }
 
     /// A decision, relayed around the ring or answering a learn request.
@@ -375,15 +402,8 @@ impl AcceptorRing {
         } else {
             self.mark_decided(ctx, d.instance, d.ballot, d.value.clone())?;
         }
-        let hops_left = usize::from(d.hops) < self.members.n();
-        if d.relay && d.ballot.node != ctx.me() && hops_left {
-            if let Some(next) = self.members.successor(ctx, |_| true) {
-                let relay = Decide {
-                    hops: d.hops.saturating_add(1),
-                    ..d
-                };
-                ctx.send(next, Message::Decide(relay));
-            }
+        if d.relay && d.ballot.node != ctx.me() {
+            self.relay(ctx, d);
         }
         Ok(())
     }

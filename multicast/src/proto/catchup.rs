@@ -5,10 +5,13 @@
 //! has arrived for ten timeouts, ask anyway, in case the tail was lost.
 //!
 //! An answer that moves the frontier while a gap remains is followed by the
-//! next ask at once, to the same acceptor: a node that was cut off for a
-//! long time catches up at one `recovery_batch` per round trip, not per
-//! `recovery_timeout` (after a partition of seconds, the rings may have
-//! decided many thousands of instances, mostly skips).
+//! next ask at once (at most one per `pace`), to the same acceptor: a node
+//! that was cut off for a long time catches up at one `recovery_batch` per
+//! round trip, not per `recovery_timeout` (after a partition of seconds, the
+//! rings may have decided many thousands of instances). Learners, which
+//! replicas wait on, ask as fast as answers come; acceptors, which the ring
+//! does not wait on, at a pace that leaves the live traffic most of the
+//! machine.
 
 use std::time::Instant;
 
@@ -25,10 +28,15 @@ pub(crate) struct Catchup {
     next_peer: usize,
     /// An answer moved the frontier: ask for the rest now, of the same peer.
     follow_up: bool,
+    /// When the last request left.
+    last_ask: Option<Instant>,
+    /// Least time between a request and the follow-up of its answer.
+    pace: std::time::Duration,
 }
 
 impl Catchup {
-    pub(crate) fn new(frontier: Instance, now: Instant) -> Self {
+    /// Gap recovery from `frontier`, following answers up at most once per `pace`.
+    pub(crate) fn new(frontier: Instance, now: Instant, pace: std::time::Duration) -> Self {
         Catchup {
             gap_since: None,
             last_request: None,
@@ -36,6 +44,8 @@ impl Catchup {
             last_progress: now,
             next_peer: 0,
             follow_up: false,
+            last_ask: None,
+            pace,
         }
     }
 
@@ -63,8 +73,15 @@ impl Catchup {
         }
         let wait = params.recovery_timeout;
         if self.follow_up && horizon > frontier && !peers.is_empty() {
+            if self
+                .last_ask
+                .is_some_and(|t| now.duration_since(t) < self.pace)
+            {
+                return None;
+            }
             self.follow_up = false;
             self.last_request = Some(now);
+            self.last_ask = Some(now);
             let peer = peers[self.next_peer.wrapping_sub(1) % peers.len()];
             return Some((peer, request(ring, frontier, horizon, params)));
         }
@@ -90,6 +107,7 @@ impl Catchup {
             return None;
         }
         self.last_request = Some(now);
+        self.last_ask = Some(now);
         let peer = peers[self.next_peer % peers.len()];
         self.next_peer = self.next_peer.wrapping_add(1);
         Some((peer, request(ring, frontier, horizon, params)))
@@ -123,7 +141,7 @@ mod tests {
         let params = Params::default();
         let t0 = Instant::now();
         let peers = [NodeId(1), NodeId(2)];
-        let mut c = Catchup::new(5, t0);
+        let mut c = Catchup::new(5, t0, Duration::ZERO);
         assert!(c.poll(t0, RingId(0), 5, 9, &peers, &params).is_none());
         let t1 = t0 + params.recovery_timeout;
         let (to, req) = c.poll(t1, RingId(0), 5, 9, &peers, &params).unwrap();
@@ -135,7 +153,7 @@ mod tests {
                 5,
                 9,
                 &peers,
-                &params
+                &params,
             )
             .is_none()
         );
@@ -160,7 +178,7 @@ mod tests {
         let params = Params::default();
         let t0 = Instant::now();
         let peers = [NodeId(1), NodeId(2)];
-        let mut c = Catchup::new(0, t0);
+        let mut c = Catchup::new(0, t0, Duration::ZERO);
         assert!(c.poll(t0, RingId(0), 0, 10_000, &peers, &params).is_none());
         let t1 = t0 + params.recovery_timeout;
         let (to, req) = c.poll(t1, RingId(0), 0, 10_000, &peers, &params).unwrap();
@@ -177,15 +195,38 @@ mod tests {
             "no progress, no follow-up"
         );
         // Progress without an ask of ours (ordinary decisions) waits as before.
-        let mut quiet = Catchup::new(0, t0);
+        let mut quiet = Catchup::new(0, t0, Duration::ZERO);
         assert!(quiet.poll(t0, RingId(0), 5, 9, &peers, &params).is_none());
+    }
+
+    // An acceptor's follow-ups wait for their pace; a learner's do not.
+    #[test]
+    fn a_paced_follow_up_waits_for_its_pace() {
+        let params = Params::default();
+        let t0 = Instant::now();
+        let pace = Duration::from_millis(10);
+        let peers = [NodeId(1)];
+        let mut c = Catchup::new(0, t0, pace);
+        c.poll(t0, RingId(0), 0, 10_000, &peers, &params);
+        let t1 = t0 + params.recovery_timeout;
+        assert!(c.poll(t1, RingId(0), 0, 10_000, &peers, &params).is_some());
+        let b = params.recovery_batch;
+        let early = t1 + pace / 2;
+        assert!(
+            c.poll(early, RingId(0), b, 10_000, &peers, &params)
+                .is_none()
+        );
+        let (_, req) = c
+            .poll(t1 + pace, RingId(0), b, 10_000, &peers, &params)
+            .expect("the follow-up, once the pace allows");
+        assert_eq!(req.from, b);
     }
 
     #[test]
     fn polls_when_idle_for_long() {
         let params = Params::default();
         let t0 = Instant::now();
-        let mut c = Catchup::new(5, t0);
+        let mut c = Catchup::new(5, t0, Duration::ZERO);
         assert!(
             c.poll(
                 t0 + params.recovery_timeout * 9,
@@ -193,7 +234,7 @@ mod tests {
                 5,
                 5,
                 &[NodeId(1)],
-                &params
+                &params,
             )
             .is_none()
         );

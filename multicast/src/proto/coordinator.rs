@@ -9,7 +9,11 @@
 //! ```
 //!
 //! Phase 1 runs once per term, for every instance from the first one the
-//! coordinator does not know to be decided. From the promises it re-proposes,
+//! coordinator does not know to be decided. The coordinator's own acceptor
+//! promises last, once the others' promises make a quorum with it: a
+//! candidate whose Prepares are refused (a live leader is heard elsewhere)
+//! leaves no higher promise behind at its own acceptor, which would
+//! otherwise refuse the live leader's Accepts and end its term. From the promises it re-proposes,
 //! per instance, a value reported decided, else the value of the highest
 //! ballot, and fills holes with a skip of one; new proposals follow.
 //!
@@ -108,7 +112,7 @@ impl Coordinator {
         from: Instance,
     ) -> Coordinator {
         ctx.metrics.elections += 1;
-        let c = Coordinator {
+        let mut c = Coordinator {
             ballot,
             phase: Phase::Preparing {
                 from,
@@ -128,8 +132,24 @@ impl Coordinator {
             superseded: None,
             skip_to: 0,
         };
-        c.send_prepare(ctx, members, |_| true);
+        let me = ctx.me();
+        c.send_prepare(ctx, members, |a| a != me);
+        c.ask_self_when_due(ctx, members);
         c
+    }
+
+    /// Sends the Prepare to this node's own acceptor once the promises of the
+    /// others make a quorum with it (again at every retry while it has not
+    /// promised: it may have refused while it still heard the old leader).
+    fn ask_self_when_due(&mut self, ctx: &mut Ctx<'_>, members: &Membership) {
+        let me = ctx.me();
+        let Phase::Preparing { promises, .. } = &self.phase else {
+            return;
+        };
+        let others = promises.keys().filter(|&&n| n != me).count();
+        if !promises.contains_key(&me) && others + 1 >= members.quorum() {
+            self.send_prepare(ctx, members, |a| a == me);
+        }
     }
 
     pub(crate) fn ballot(&self) -> Ballot {
@@ -206,6 +226,8 @@ impl Coordinator {
         promises.insert(from, p);
         if promises.len() >= members.quorum() {
             self.finish_phase1(ctx, members);
+        } else {
+            self.ask_self_when_due(ctx, members);
         }
     }
 
@@ -376,8 +398,10 @@ impl Coordinator {
         {
             if ctx.now.duration_since(*sent_at) >= retry {
                 *sent_at = ctx.now;
+                let me = ctx.me();
                 let answered: Vec<NodeId> = promises.keys().copied().collect();
-                self.send_prepare(ctx, members, |a| !answered.contains(&a));
+                self.send_prepare(ctx, members, |a| a != me && !answered.contains(&a));
+                self.ask_self_when_due(ctx, members);
             }
             return;
         }

@@ -84,6 +84,14 @@ impl FailureDetector {
         now.duration_since(heard) > self.timeout || !self.hears_me(node, now)
     }
 
+    /// Whether nothing was heard from `node` for the timeout (whatever it
+    /// reports hearing). Unknown nodes (this node itself) are not silent.
+    pub(crate) fn silent(&self, node: NodeId, now: Instant) -> bool {
+        self.last_heard
+            .get(&node)
+            .is_some_and(|&t| now.duration_since(t) > self.timeout)
+    }
+
     /// Whether `node`'s latest report (if fresh) lists this node.
     fn hears_me(&self, node: NodeId, now: Instant) -> bool {
         self.reports

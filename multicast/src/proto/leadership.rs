@@ -5,7 +5,8 @@
 //!  heartbeat: "I lead r at b" ──> announcement (the highest-ballot live one wins)
 //!  believed coordinator = the live announced leader (or this node, if it leads)
 //!                       else the first node in ring order that is viable
-//!  viable = not suspected, and hears a quorum of the ring (its heartbeats say whom it hears)
+//!  live leader: its announcements arrive, and it hears a quorum (its heartbeats say whom it hears)
+//!  viable = not suspected (silent, or not hearing this node), and hears a quorum of the ring
 //! ```
 //!
 //! Rules that keep a ring live after partitions heal, without election storms:
@@ -106,11 +107,15 @@ impl Leadership {
             return None;
         }
         let mine = mine.filter(|_| viable(ctx, members, me));
+        // A leader whose announcements arrive is alive, and leads if it hears
+        // a quorum, whether or not it hears this node: this node must not
+        // challenge it (it would only be refused, or disturb it).
         let theirs = self.announced.filter(|a| {
             a.node != me
                 && ctx.now.duration_since(a.at) <= ctx.params.suspect_timeout
                 && members.is_member(a.node)
-                && viable(ctx, members, a.node)
+                && !ctx.detector.silent(a.node, ctx.now)
+                && hears_quorum(ctx, members, a.node)
         });
         match (mine, theirs) {
             (Some(b), Some(a)) if a.ballot > b => Some(a.node),
@@ -166,8 +171,12 @@ fn viable(ctx: &Ctx<'_>, members: &Membership, node: NodeId) -> bool {
     if old_leadership(ctx.params) {
         return node == ctx.me() || !ctx.detector.suspects(node, ctx.now);
     }
+    (node == ctx.me() || !ctx.detector.suspects(node, ctx.now)) && hears_quorum(ctx, members, node)
+}
+
+/// Whether `node` hears a quorum of the ring (by its reports, for a peer).
+fn hears_quorum(ctx: &Ctx<'_>, members: &Membership, node: NodeId) -> bool {
     let acceptors = &members.config.acceptors;
-    let quorum = members.quorum();
-    (node == ctx.me() || !ctx.detector.suspects(node, ctx.now))
-        && ctx.detector.hears_quorum(node, acceptors, quorum, ctx.now)
+    ctx.detector
+        .hears_quorum(node, acceptors, members.quorum(), ctx.now)
 }

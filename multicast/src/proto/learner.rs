@@ -173,7 +173,8 @@ impl Learner {
                 buffer: BTreeMap::new(),
                 horizon: 0,
                 dedupe: Dedupe::new(config.params.dedupe_horizon),
-                catchup: Catchup::new(0, now),
+                // Replicas wait on their learner: it catches up as fast as answers come.
+                catchup: Catchup::new(0, now, std::time::Duration::ZERO),
                 lost: None,
             };
             rings.insert(ring, state);

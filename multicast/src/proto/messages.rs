@@ -4,7 +4,7 @@
 //! proposer --Propose--> any acceptor --(forward)--> coordinator of the ring
 //! coordinator --Prepare--> acceptors --Promise/Nack--> coordinator        (Phase 1, once per term)
 //! coordinator --Accept--> successor --Accept(+vote)--> ... --> decider     (Phase 2 along the ring)
-//! decider --Decide--> learners;  decider --Decide(relay)--> ... --> coordinator
+//! decider --Decide--> learners, coordinator;  decider --Decide(relay)--> other acceptors
 //! learner/acceptor --LearnRequest--> acceptor --Decide | Trimmed--> requester   (gap recovery)
 //! acceptor --Heartbeat--> acceptors            (failure detection, who leads, where rings stand)
 //! ```
@@ -146,10 +146,12 @@ pub struct Decide {
     pub ballot: Ballot,
     /// The decided value.
     pub value: Value,
-    /// Whether this copy travels around the ring (it is forwarded by each
-    /// acceptor until it reaches the coordinator) or is a direct answer.
+    /// Whether this copy travels around the ring (each acceptor passes it
+    /// to the next one but the coordinator, which the decider told directly)
+    /// or is a direct answer.
     pub relay: bool,
-    /// Relay hops so far; a relay stops after as many hops as the ring has acceptors.
+    /// Relay hops so far; a relay stops once it has visited the `n - 2`
+    /// acceptors that are neither the decider nor the coordinator.
     pub hops: u8,
 }
 

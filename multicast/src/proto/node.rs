@@ -71,6 +71,12 @@ pub struct RingPositions {
     pub content_position: u64,
     /// If this node coordinates the ring: the instance and position of its next proposal.
     pub next_proposal: Option<(Instance, u64)>,
+    /// The ballot this node's acceptor promised.
+    pub promised: Ballot,
+    /// The highest ballot this node heard of.
+    pub seen: Ballot,
+    /// The ballot of this node's term, if it has one (leading or preparing).
+    pub term: Option<Ballot>,
 }
 
 struct RingState {
@@ -157,7 +163,8 @@ impl AcceptorNode {
                 me,
             };
             let state = recovered.rings.remove(&ring.id).unwrap_or_default();
-            let acceptor = AcceptorRing::new(members, state, recovered.values_lost, now);
+            let acceptor =
+                AcceptorRing::new(members, state, recovered.values_lost, &config.params, now);
             let state = RingState {
                 acceptor,
                 partners: config.partners(ring.id),
@@ -255,6 +262,9 @@ impl AcceptorNode {
             frontier_position: state.acceptor.frontier_position(),
             content_position: state.acceptor.content_position(),
             next_proposal: state.coordinator.as_ref().map(Coordinator::next),
+            promised: state.acceptor.promised(),
+            seen: state.lead.seen,
+            term: state.coordinator.as_ref().map(Coordinator::ballot),
         })
     }
 
@@ -697,6 +707,7 @@ fn new_term(ctx: &mut Ctx<'_>, state: &mut RingState, members: &Membership) {
         return;
     };
     let from = state.acceptor.frontier();
+    tracing::info!(ring = %members.config.id, node = %ctx.me(), %ballot, from, "starting a term");
     let mut next = Coordinator::start(ctx, members, ballot, from);
     next.propose(ctx, pending);
     state.coordinator = Some(next);
@@ -718,9 +729,11 @@ fn reconcile_role(ctx: &mut Ctx<'_>, state: &mut RingState, members: &Membership
     let highest = state.acceptor.promised().max(state.lead.seen);
     if let Some(c) = &state.coordinator {
         let outdated = c.ballot() < highest || c.superseded().is_some();
-        if outdated || state.believed(ctx) != Some(ctx.me()) {
+        let believed = state.believed(ctx);
+        if outdated || believed != Some(ctx.me()) {
             if c.is_leading() {
                 ctx.metrics.step_downs += 1;
+                tracing::info!(ring = %members.config.id, node = %ctx.me(), ballot = %c.ballot(), %highest, ?believed, "ending a term");
             }
             park_pending(state);
         }

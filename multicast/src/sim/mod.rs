@@ -818,9 +818,15 @@ impl World {
                         .next_proposal
                         .map(|(i, pos)| format!(" next={i}@{pos}"))
                         .unwrap_or_default();
+                    let term = p.term.map(|b| format!(" term={b}")).unwrap_or_default();
                     Some(format!(
-                        "{}{lead}{amnesiac}={}@{}(content {}){next}",
-                        r.id, p.frontier, p.frontier_position, p.content_position
+                        "{}{lead}{amnesiac}={}@{}(content {}){next}{term} promised={} seen={}",
+                        r.id,
+                        p.frontier,
+                        p.frontier_position,
+                        p.content_position,
+                        p.promised,
+                        p.seen
                     ))
                 })
                 .collect();

@@ -73,15 +73,16 @@ impl SimOptions {
             (self.broken, " PSMR_SIM_BROKEN=1"),
             (self.partitions, " PSMR_SIM_PARTITIONS=1"),
         ];
-        let mut flags: String = flags
+        let flags: String = flags
             .iter()
             .filter(|(on, _)| *on)
             .map(|(_, flag)| *flag)
             .collect();
         #[cfg(feature = "planted-bugs")]
-        if let Some(bug) = self.planted {
-            flags.push_str(&format!(" PSMR_SIM_PLANTED={bug:?}"));
-        }
+        let flags = match self.planted {
+            Some(bug) => format!("{flags} PSMR_SIM_PLANTED={bug:?}"),
+            None => flags,
+        };
         flags
     }
 }
