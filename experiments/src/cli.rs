@@ -9,6 +9,7 @@ use psmr_btree::{BTreeClient, BTreeError};
 use psmr_client::{ClientError, ClientOptions};
 use psmr_multicast::net::{TlsError, generate_dev_certs};
 use psmr_multicast::proto::NodeId;
+use psmr_multicast::storage::OpenMode;
 use psmr_replica::cluster::{ClusterConfig, ClusterError, EngineName, ServiceKind, StorageKind};
 use psmr_replica::runtime::{self, RuntimeError};
 use thiserror::Error;
@@ -43,7 +44,7 @@ enum Command {
         dir: Option<PathBuf>,
     },
     /// Run one acceptor.
-    Acceptor(NodeArgs),
+    Acceptor(AcceptorArgs),
     /// Run one replica.
     Replica(NodeArgs),
     /// Run an experiment file: a local cluster per configuration, load,
@@ -62,6 +63,17 @@ enum Command {
         #[command(subcommand)]
         command: ClientCommand,
     },
+}
+
+#[derive(clap::Args, Debug)]
+struct AcceptorArgs {
+    #[command(flatten)]
+    node: NodeArgs,
+    /// Initialize this acceptor's data directory as a new member, then run.
+    /// Without it the directory must hold the acceptor's storage: an acceptor
+    /// that starts empty has forgotten its promises and can break agreement.
+    #[arg(long)]
+    init: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -254,11 +266,17 @@ pub(crate) fn run(args: Args) -> Result<(), CliError> {
             );
             Ok(())
         }
-        Command::Acceptor(node) => {
+        Command::Acceptor(AcceptorArgs { node, init }) => {
             let cluster = ClusterConfig::load(&node.config)?;
+            let mode = if init {
+                OpenMode::Init
+            } else {
+                OpenMode::Existing
+            };
             runtime()?.block_on(runtime::run_acceptor(
                 &cluster,
                 NodeId(node.id),
+                mode,
                 shutdown(node.exit_with_parent),
             ))?;
             Ok(())

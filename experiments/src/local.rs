@@ -234,10 +234,13 @@ fn spawn(config: &Path, cluster: &ClusterConfig) -> Result<Children, LocalError>
         .map(|a| ("acceptor", a.id))
         .chain(cluster.replicas.iter().map(|r| ("replica", r.id)));
     for (role, id) in nodes {
+        // The data directory was wiped: every acceptor is a new member.
+        let init: &[&str] = if role == "acceptor" { &["--init"] } else { &[] };
         let child = Command::new(&exe)
             .args([role, "--config"])
             .arg(config)
             .args(["--id", &id.to_string(), "--exit-with-parent"])
+            .args(init)
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .spawn()

@@ -24,7 +24,7 @@ use psmr_multicast::proto::{
     AcceptorNode, Ballot, Batch, Command, CommandId, Decide, Learner, Merged, Merger, Message,
     MulticastConfig, NodeId, Params, Propose, ProposerId, RingConfig, RingId, Transmit, Value,
 };
-use psmr_multicast::storage::{DurableLog, LogOptions, MemoryStorage, Record};
+use psmr_multicast::storage::{DurableLog, LogOptions, MemoryStorage, OpenMode, Record};
 
 const PAYLOAD: [u8; 64] = [0x5a; 64];
 const LEARNER: NodeId = NodeId(100);
@@ -289,7 +289,8 @@ fn merge_run(
 fn durable_log() -> f64 {
     const RECORDS_PER_SYNC: u64 = 16;
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let mut log = DurableLog::open(dir.path(), LogOptions::default(), |_| {}).unwrap();
+    let (mut log, _) =
+        DurableLog::open(dir.path(), LogOptions::default(), OpenMode::Init, |_| {}).unwrap();
     let batch = Batch::new(&(0..64).map(|s| command(1, s)).collect::<Vec<_>>());
     let start = Instant::now();
     let (mut instance, mut syncs) = (0u64, 0u64);

@@ -6,7 +6,8 @@
 //! id = 1
 //! address = "127.0.0.1:7101"
 //! storage = "memory"            # or "durable"; default memory
-//! data_dir = "data/acceptor-1"  # default data/acceptor-<id>
+//! data_dir = "data/acceptor-1"  # default data/acceptor-<id>; relative paths (here and in
+//!                               # [tls]) are relative to this file's directory
 //!
 //! [[replica]]
 //! id = 101
@@ -494,8 +495,26 @@ impl ClusterConfig {
                 path: path.to_path_buf(),
                 source,
             })?;
+        let mut config = config;
+        config.resolve_relative(path.parent().unwrap_or(Path::new("")));
         config.validate()?;
         Ok(config)
+    }
+
+    /// Makes the acceptors' data directories (their default included) and
+    /// the certificate directory absolute against `base`, the cluster file's
+    /// directory: an acceptor started from another working directory must
+    /// find its own storage, never an empty one.
+    fn resolve_relative(&mut self, base: &Path) {
+        for a in &mut self.acceptors {
+            let dir = a.data_dir();
+            if dir.is_relative() {
+                a.data_dir = Some(base.join(dir));
+            }
+        }
+        if self.tls.dir.is_relative() {
+            self.tls.dir = base.join(&self.tls.dir);
+        }
     }
 
     /// The file's TOML text.
@@ -790,6 +809,25 @@ mod tests {
         let m = parse(&spread).unwrap().multicast();
         assert_eq!(m.rings[0].acceptors, vec![NodeId(3), NodeId(1), NodeId(2)]);
         assert_eq!(m.rings[1].acceptors, vec![NodeId(2), NodeId(3), NodeId(1)]);
+    }
+
+    // An acceptor started from another working directory must find its own
+    // storage: relative paths are the cluster file's, not the process's.
+    #[test]
+    fn relative_directories_resolve_against_the_cluster_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("conf").join("cluster.toml");
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        let text = GOOD.replace(
+            "address = \"127.0.0.1:7103\"",
+            "address = \"127.0.0.1:7103\"\n        data_dir = \"/abs/a3\"",
+        );
+        std::fs::write(&file, format!("{text}\n[tls]\ndir = \"certs\"\n")).unwrap();
+        let c = ClusterConfig::load(&file).unwrap();
+        let conf = dir.path().join("conf");
+        assert_eq!(c.acceptors[0].data_dir(), conf.join("data/acceptor-1"));
+        assert_eq!(c.acceptors[2].data_dir(), PathBuf::from("/abs/a3"));
+        assert_eq!(c.tls.dir, conf.join("certs"));
     }
 
     #[test]

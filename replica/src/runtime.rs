@@ -20,7 +20,9 @@ use psmr_multicast::net::{
     self, Hooks, Identity, Inbound, NetConfig, NetError, Network, Purpose, Tls, TlsError,
 };
 use psmr_multicast::proto::{AcceptorNode, Learner, LearnerError, NodeError, NodeId, RingId};
-use psmr_multicast::storage::{DurableStorage, LogOptions, MemoryStorage, Storage, StorageError};
+use psmr_multicast::storage::{
+    DurableStorage, LogOptions, MemoryStorage, OpenMode, Storage, StorageError,
+};
 use thiserror::Error;
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
@@ -82,9 +84,12 @@ fn net_config(cluster: &ClusterConfig, id: NodeId, tls: Tls) -> NetConfig {
 }
 
 /// Runs acceptor `id` until `shutdown` resolves or its storage fails.
+/// `mode` says whether its data directory must already hold its storage or
+/// is initialized now, for a new member (`psmr acceptor --init`).
 pub async fn run_acceptor(
     cluster: &ClusterConfig,
     id: NodeId,
+    mode: OpenMode,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RuntimeError> {
     let entry =
@@ -98,11 +103,22 @@ pub async fn run_acceptor(
             })?;
     let dir = entry.data_dir();
     let storage: Box<dyn Storage> = match entry.storage {
-        StorageKind::Memory => Box::new(MemoryStorage::open(&dir.join("metadata"))?),
-        StorageKind::Durable => Box::new(DurableStorage::open(
-            &dir.join("log"),
-            LogOptions::default(),
-        )?),
+        StorageKind::Memory => Box::new(MemoryStorage::open(&dir.join("metadata"), mode)?),
+        StorageKind::Durable => {
+            let (storage, report) =
+                DurableStorage::open(&dir.join("log"), LogOptions::default(), mode)?;
+            if let Some(cut) = &report.discarded {
+                match cut.damage {
+                    None => {
+                        info!(node = %id, file = %cut.path.display(), offset = cut.offset, bytes = cut.bytes, "cut a torn write off the end of the log (never acknowledged)")
+                    }
+                    Some(damage) => {
+                        warn!(node = %id, file = %cut.path.display(), offset = cut.offset, bytes = cut.bytes, %damage, "cut damaged records off the end of the log; they may have held acknowledged votes, so this acceptor stays out of elections until it has learned every decision they could have touched")
+                    }
+                }
+            }
+            Box::new(storage)
+        }
     };
     let mut node = AcceptorNode::new(id, &cluster.multicast(), storage, Instant::now())?;
     let (net, mut inbox) = Network::start(net_config(cluster, id, node_tls(cluster, id)?))?;

@@ -129,6 +129,8 @@ pub struct TestCluster {
     pub config: PathBuf,
     dir: tempfile::TempDir,
     children: BTreeMap<u32, Child>,
+    /// Acceptors started once already (later starts are restarts, not --init).
+    initialized: std::collections::BTreeSet<u32>,
 }
 
 impl TestCluster {
@@ -163,6 +165,7 @@ impl TestCluster {
             config,
             dir,
             children: BTreeMap::new(),
+            initialized: Default::default(),
         }
     }
 
@@ -191,6 +194,8 @@ impl TestCluster {
         } else {
             "replica"
         };
+        let first = role == "acceptor" && self.initialized.insert(id);
+        let init: &[&str] = if first { &["--init"] } else { &[] };
         let log = self.log(id);
         let stderr = std::fs::OpenOptions::new()
             .create(true)
@@ -200,6 +205,7 @@ impl TestCluster {
         let child = psmr()
             .args([role, "--config", path_str(&self.config)])
             .args(["--id", &id.to_string(), "--exit-with-parent"])
+            .args(init)
             .env("RUST_LOG", "info")
             .stdin(Stdio::piped())
             .stdout(Stdio::null())

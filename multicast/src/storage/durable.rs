@@ -1,35 +1,63 @@
 //! The durable acceptor log: append-only segment files in one directory.
 //!
 //! ```text
+//! dir/ACCEPTOR                   marker: an initialized acceptor's directory
 //! dir/00000000000000000000.log   oldest segment
-//! dir/00000000000000000001.log   ...
 //! dir/0000000000000000000N.log   active segment, appended to
 //!
-//! record = len: u32 LE | crc32(payload): u32 LE | payload = postcard(Record)
+//! segment = "PSMRLOG2" | entry*
+//! entry   = len: u32 LE | kind: u8 | 0 0 0 | crc32(len, kind): u32 LE | crc32(payload): u32 LE | payload
+//! kind 0  = record: payload = postcard(Record)
+//! kind 1  = seal:   payload = its own offset, u64 LE: every byte before it was made durable
 //! ```
 //!
 //! Records are buffered by [`DurableLog::append`]; [`DurableLog::sync`] writes
-//! the whole group with one write and one `fdatasync`. A segment that reaches
-//! `segment_bytes` is closed and a new one started (with an fsync of the
-//! directory). When a new segment starts, closed segments that hold no
-//! accepted value at or above their ring's trim point are deleted, after the
-//! current metadata (promises, vote bounds, trims) has been re-written to the
-//! active segment, so deleting them never forgets a promise.
+//! the group with one write and one `fdatasync`. Each group starts with a
+//! seal, which proves that everything before it had been synced (the group
+//! is only written once the previous sync returned). A group holding a
+//! promise or a vote bound is sealed at once with a second `fdatasync`,
+//! because forgetting those would break agreement; a group of votes alone
+//! stays unproven until the next group, which costs nothing.
 //!
-//! Recovery reads every segment in order. In the last segment a torn tail (a
-//! record cut short, a zero-filled tail, or a last record whose checksum fails)
-//! is the trace of a write that was never acknowledged: it is truncated.
-//! Anything wrong before that is corruption, reported with the file and offset.
+//! Recovery reads every segment in order and tells three things apart:
+//! - a *torn tail*: the last segment ends inside an entry, or in zeros (a
+//!   write that never completed, so never acknowledged): cut off, and that
+//!   is all;
+//! - *damage in the unproven last group*: a complete entry that fails its
+//!   checksum after the last seal. It may be a write torn with a hole (never
+//!   acknowledged) or a synced vote that later rotted: it is cut off, reported
+//!   with file and offset, and the acceptor restarts as one that lost its
+//!   votes (amnesiac up to its vote bound, as memory storage does), which is
+//!   safe either way;
+//! - *corruption*: damage before a seal, or in any segment but the last.
+//!   Recovery refuses to start and names the file and offset.
+//!
+//! What recovery read is made durable (every segment and the directory are
+//! fsynced) and proven (a seal after it) before the log is handed back: a
+//! record that survived a process kill in the page cache is acted on by the
+//! restarted acceptor, and must survive a power loss after that.
+//!
+//! A segment that reaches `segment_bytes` is sealed and a new one started.
+//! Closed segments that hold no accepted value at or above their ring's trim
+//! point are deleted, after the current metadata (promises, vote bounds,
+//! trims) has been re-written to the active segment.
 
 use std::collections::BTreeMap;
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use super::fs::{AppendFile, FileSystem, StdFs};
 use super::{Corruption, Record, Recovered, Storage, StorageError};
 use crate::proto::{Ballot, Instance, RingId};
 
-const HEADER: usize = 8;
+const MAGIC: &[u8; 8] = b"PSMRLOG2";
+const ENTRY_HEADER: usize = 16;
+const SEAL_LEN: usize = ENTRY_HEADER + 8;
+const KIND_RECORD: u8 = 0;
+const KIND_SEAL: u8 = 1;
+
+/// The file that marks a directory as an initialized acceptor's.
+pub const MARKER: &str = "ACCEPTOR";
 
 /// Tuning of a [`DurableLog`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,6 +74,45 @@ impl Default for LogOptions {
             segment_bytes: 64 * 1024 * 1024,
             max_record: 64 * 1024 * 1024,
         }
+    }
+}
+
+/// How to treat the directory when opening.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpenMode {
+    /// The directory must hold an initialized log (its marker): a missing or
+    /// empty directory is an error, never a fresh acceptor.
+    Existing,
+    /// Initialize a new member: the directory must be missing or empty.
+    Init,
+}
+
+/// Something recovery cut off the end of the last segment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Discarded {
+    /// The segment.
+    pub path: PathBuf,
+    /// Where the cut starts.
+    pub offset: u64,
+    /// How many bytes were cut.
+    pub bytes: u64,
+    /// Whether it was a torn write (never acknowledged) or damage that may
+    /// have hidden acknowledged votes.
+    pub damage: Option<Corruption>,
+}
+
+/// What recovery found besides the records.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// What was cut off the end of the log, if anything.
+    pub discarded: Option<Discarded>,
+}
+
+impl RecoveryReport {
+    /// Whether acknowledged votes may have been lost (damage in the
+    /// unproven last group): the acceptor must restart amnesiac.
+    pub fn votes_may_be_lost(&self) -> bool {
+        self.discarded.as_ref().is_some_and(|d| d.damage.is_some())
     }
 }
 
@@ -69,83 +136,121 @@ struct Segment {
 
 /// A segmented append-only log of [`Record`]s with grouped fdatasync.
 pub struct DurableLog {
+    fs: Arc<dyn FileSystem>,
     dir: PathBuf,
     options: LogOptions,
-    file: File,
+    file: Box<dyn AppendFile>,
     active: Segment,
     active_len: u64,
+    /// Offset of the active segment below which a seal proves durability.
+    proven: u64,
     closed: Vec<Segment>,
     buffer: Vec<u8>,
+    /// The buffered group holds a promise or a vote bound: seal it at once.
+    buffer_needs_seal: bool,
     buffered: BTreeMap<RingId, Instance>,
     meta: BTreeMap<RingId, Meta>,
 }
 
 impl DurableLog {
-    /// Opens (or creates) the log in `dir`, replaying every valid record
-    /// through `replay`. A torn tail of the last segment is truncated.
+    /// Opens the log in `dir` on the operating system's file system (see
+    /// [`DurableLog::open_on`]).
     pub fn open(
         dir: &Path,
         options: LogOptions,
+        mode: OpenMode,
+        replay: impl FnMut(Record),
+    ) -> Result<(DurableLog, RecoveryReport), StorageError> {
+        DurableLog::open_on(Arc::new(StdFs), dir, options, mode, replay)
+    }
+
+    /// Opens (or, in [`OpenMode::Init`], creates) the log in `dir` on `fs`,
+    /// replaying every valid record through `replay`, and makes what it read
+    /// durable before returning.
+    pub fn open_on(
+        fs: Arc<dyn FileSystem>,
+        dir: &Path,
+        options: LogOptions,
+        mode: OpenMode,
         mut replay: impl FnMut(Record),
-    ) -> Result<DurableLog, StorageError> {
-        fs::create_dir_all(dir).map_err(io("create directory", dir))?;
-        let mut indices = segment_indices(dir)?;
+    ) -> Result<(DurableLog, RecoveryReport), StorageError> {
+        prepare_dir(fs.as_ref(), dir, mode)?;
+        let mut indices = segment_indices(fs.as_ref(), dir)?;
         if indices.is_empty() {
             indices.push(0);
-            create_segment(dir, 0)?;
+            create_segment(fs.as_ref(), dir, 0)?;
         }
         let mut meta = BTreeMap::new();
         let mut segments = Vec::new();
+        let mut report = RecoveryReport::default();
         let mut active_len = 0;
+        let mut proven = 0;
         let last = indices.len() - 1;
         for (i, &index) in indices.iter().enumerate() {
             let path = segment_path(dir, index);
-            let bytes = fs::read(&path).map_err(io("read", &path))?;
+            let bytes = fs.read(&path).map_err(io("read", &path))?;
             let mut segment = Segment {
                 path,
                 index,
                 max_accept: BTreeMap::new(),
             };
-            let valid = scan(
-                &segment.path,
-                &bytes,
-                i == last,
-                options.max_record,
-                |record| {
-                    note(&mut meta, &mut segment.max_accept, &record);
-                    replay(record);
-                },
-            )?;
+            let scan = scan(&segment.path, &bytes, i == last, options.max_record, |r| {
+                note(&mut meta, &mut segment.max_accept, &r);
+                replay(r);
+            })?;
             if i == last {
-                if valid < bytes.len() {
-                    truncate(&segment.path, valid as u64)?;
+                if scan.valid < bytes.len() {
+                    let cut = (bytes.len() - scan.valid) as u64;
+                    fs.truncate(&segment.path, scan.valid as u64)
+                        .map_err(io("truncate", &segment.path))?;
+                    report.discarded = Some(Discarded {
+                        path: segment.path.clone(),
+                        offset: scan.valid as u64,
+                        bytes: cut,
+                        damage: scan.damage,
+                    });
                 }
-                active_len = valid as u64;
+                active_len = scan.valid as u64;
+                proven = scan.proven as u64;
             }
+            fs.sync_file(&segment.path)
+                .map_err(io("fsync", &segment.path))?;
             segments.push(segment);
         }
+        fs.sync_dir(dir).map_err(io("fsync directory", dir))?;
         let active = segments.pop().expect("at least one segment");
-        let file = OpenOptions::new()
-            .append(true)
-            .open(&active.path)
+        let file = fs
+            .open_append(&active.path)
             .map_err(io("open", &active.path))?;
-        Ok(DurableLog {
+        let mut log = DurableLog {
+            fs,
             dir: dir.to_path_buf(),
             options,
             file,
             active,
             active_len,
+            proven,
             closed: segments,
             buffer: Vec::new(),
+            buffer_needs_seal: false,
             buffered: BTreeMap::new(),
             meta,
-        })
+        };
+        // The acceptor acts on what was replayed: prove it, so that later
+        // damage to it reads as corruption, never as a torn tail.
+        if log.proven < log.active_len {
+            log.seal()?;
+        }
+        Ok((log, report))
     }
 
     /// Buffers `record`; it is durable once [`DurableLog::sync`] returns.
     pub fn append(&mut self, record: &Record) -> Result<(), StorageError> {
         note(&mut self.meta, &mut self.buffered, record);
-        encode(record, &mut self.buffer)
+        self.buffer_needs_seal |=
+            matches!(record, Record::Promise { .. } | Record::VoteBound { .. });
+        encode(KIND_RECORD, &postcard_of(record)?, &mut self.buffer);
+        Ok(())
     }
 
     /// Bytes appended and not yet synced.
@@ -153,7 +258,8 @@ impl DurableLog {
         self.buffer.len()
     }
 
-    /// Writes every buffered record and waits for `fdatasync`.
+    /// Writes every buffered record (after a seal of what came before) and
+    /// waits for `fdatasync`; seals a group with a promise or vote bound at once.
     pub fn sync(&mut self) -> Result<(), StorageError> {
         if self.buffer.is_empty() {
             return Ok(());
@@ -161,7 +267,20 @@ impl DurableLog {
         if self.active_len >= self.options.segment_bytes {
             self.roll()?;
         }
-        self.write_buffer()?;
+        let group = std::mem::take(&mut self.buffer);
+        let mut bytes = Vec::with_capacity(SEAL_LEN + group.len());
+        if self.proven < self.active_len {
+            encode(KIND_SEAL, &self.active_len.to_le_bytes(), &mut bytes);
+        }
+        bytes.extend_from_slice(&group);
+        self.write(&bytes)?;
+        if std::mem::take(&mut self.buffer_needs_seal) {
+            self.seal()?;
+        }
+        for (ring, instance) in std::mem::take(&mut self.buffered) {
+            let max = self.active.max_accept.entry(ring).or_insert(instance);
+            *max = (*max).max(instance);
+        }
         if self.closed.iter().any(|s| self.deletable(s)) {
             self.compact()?;
         }
@@ -173,29 +292,33 @@ impl DurableLog {
         self.closed.len() + 1
     }
 
-    fn write_buffer(&mut self) -> Result<(), StorageError> {
-        self.file
-            .write_all(&self.buffer)
-            .map_err(io("write", &self.active.path))?;
-        self.file
-            .sync_data()
-            .map_err(io("fdatasync", &self.active.path))?;
-        self.active_len += self.buffer.len() as u64;
-        self.buffer.clear();
-        for (ring, instance) in std::mem::take(&mut self.buffered) {
-            let max = self.active.max_accept.entry(ring).or_insert(instance);
-            *max = (*max).max(instance);
-        }
+    /// Appends `bytes` to the active segment and waits for `fdatasync`.
+    fn write(&mut self, bytes: &[u8]) -> Result<(), StorageError> {
+        let path = &self.active.path;
+        self.file.write_all(bytes).map_err(io("write", path))?;
+        self.file.sync_data().map_err(io("fdatasync", path))?;
+        self.active_len += bytes.len() as u64;
         Ok(())
     }
 
+    /// Proves everything written so far with a seal of its own.
+    fn seal(&mut self) -> Result<(), StorageError> {
+        let mut bytes = Vec::with_capacity(SEAL_LEN);
+        let at = self.active_len;
+        encode(KIND_SEAL, &at.to_le_bytes(), &mut bytes);
+        self.write(&bytes)?;
+        self.proven = at;
+        Ok(())
+    }
+
+    /// Seals the active segment, then starts the next one.
     fn roll(&mut self) -> Result<(), StorageError> {
+        if self.proven < self.active_len {
+            self.seal()?;
+        }
         let index = self.active.index + 1;
-        let path = create_segment(&self.dir, index)?;
-        self.file = OpenOptions::new()
-            .append(true)
-            .open(&path)
-            .map_err(io("open", &path))?;
+        let path = create_segment(self.fs.as_ref(), &self.dir, index)?;
+        self.file = self.fs.open_append(&path).map_err(io("open", &path))?;
         let old = std::mem::replace(
             &mut self.active,
             Segment {
@@ -205,7 +328,8 @@ impl DurableLog {
             },
         );
         self.closed.push(old);
-        self.active_len = 0;
+        self.active_len = MAGIC.len() as u64;
+        self.proven = self.active_len;
         Ok(())
     }
 
@@ -216,25 +340,54 @@ impl DurableLog {
             .all(|(ring, &max)| self.meta.get(ring).is_some_and(|m| max < m.trimmed_below))
     }
 
-    /// Re-writes the metadata, then deletes closed segments it makes redundant.
+    /// Re-writes the metadata (sealed), then deletes closed segments it makes redundant.
     fn compact(&mut self) -> Result<(), StorageError> {
-        let snapshot: Vec<Record> = self
-            .meta
-            .iter()
-            .flat_map(|(&ring, m)| meta_records(ring, m))
-            .collect();
-        for record in &snapshot {
-            encode(record, &mut self.buffer)?;
+        let mut bytes = Vec::new();
+        if self.proven < self.active_len {
+            encode(KIND_SEAL, &self.active_len.to_le_bytes(), &mut bytes);
         }
-        self.write_buffer()?;
+        for (&ring, m) in &self.meta {
+            for record in meta_records(ring, m) {
+                encode(KIND_RECORD, &postcard_of(&record)?, &mut bytes);
+            }
+        }
+        self.write(&bytes)?;
+        self.seal()?;
         let (gone, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.closed)
             .into_iter()
             .partition(|s| self.deletable(s));
         self.closed = kept;
         for segment in gone {
-            fs::remove_file(&segment.path).map_err(io("remove", &segment.path))?;
+            self.fs
+                .remove(&segment.path)
+                .map_err(io("remove", &segment.path))?;
         }
-        sync_dir(&self.dir)
+        self.fs
+            .sync_dir(&self.dir)
+            .map_err(io("fsync directory", &self.dir))
+    }
+}
+
+/// Checks (or, for [`OpenMode::Init`], creates) the directory and its marker.
+fn prepare_dir(fs: &dyn FileSystem, dir: &Path, mode: OpenMode) -> Result<(), StorageError> {
+    let marker = dir.join(MARKER);
+    let empty = !fs.exists(dir) || fs.list(dir).map_err(io("list", dir))?.is_empty();
+    match mode {
+        OpenMode::Existing if fs.exists(&marker) => Ok(()),
+        OpenMode::Existing => Err(StorageError::NotInitialized {
+            dir: dir.to_path_buf(),
+            empty,
+        }),
+        OpenMode::Init if !empty => Err(StorageError::AlreadyInitialized {
+            dir: dir.to_path_buf(),
+        }),
+        OpenMode::Init => {
+            fs.create_dir_all(dir)
+                .map_err(io("create directory", dir))?;
+            let text = b"psmr acceptor storage, log format 2; do not delete: an acceptor that forgets its promises breaks agreement\n";
+            fs.write_new(&marker, text).map_err(io("write", &marker))?;
+            fs.sync_dir(dir).map_err(io("fsync directory", dir))
+        }
     }
 }
 
@@ -300,124 +453,165 @@ fn note(
     }
 }
 
-fn encode(record: &Record, buffer: &mut Vec<u8>) -> Result<(), StorageError> {
-    let start = buffer.len();
-    buffer.extend_from_slice(&[0; HEADER]);
-    let extended =
-        postcard::to_extend(record, std::mem::take(buffer)).map_err(StorageError::Encode);
-    *buffer = extended?;
-    let payload = &buffer[start + HEADER..];
-    let len = u32::try_from(payload.len())
-        .map_err(|_| StorageError::Encode(postcard::Error::SerializeBufferFull))?;
-    let crc = crc32fast::hash(payload);
-    buffer[start..start + 4].copy_from_slice(&len.to_le_bytes());
-    buffer[start + 4..start + HEADER].copy_from_slice(&crc.to_le_bytes());
-    Ok(())
+fn postcard_of(record: &Record) -> Result<Vec<u8>, StorageError> {
+    postcard::to_allocvec(record).map_err(StorageError::Encode)
 }
 
-/// Parses the records of one segment; returns the length of its valid prefix.
+fn header_crc(len: u32, kind: u8) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&len.to_le_bytes());
+    h.update(&[kind]);
+    h.finalize()
+}
+
+/// Appends one entry of `kind` holding `payload` to `out`.
+fn encode(kind: u8, payload: &[u8], out: &mut Vec<u8>) {
+    let len = u32::try_from(payload.len()).expect("records are far below 4 GiB");
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(&[kind, 0, 0, 0]);
+    out.extend_from_slice(&header_crc(len, kind).to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+    out.extend_from_slice(payload);
+}
+
+/// One entry read back.
+enum Parsed {
+    Record(Record, usize),
+    Seal(usize),
+    /// The bytes end inside the entry, or only zeros follow: a write that
+    /// never completed.
+    Torn,
+    /// A complete entry that is not what was written.
+    Damaged(Corruption),
+}
+
+fn parse(rest: &[u8], offset: usize, max_record: u32) -> Parsed {
+    if rest.iter().all(|&b| b == 0) {
+        return Parsed::Torn;
+    }
+    if rest.len() < ENTRY_HEADER {
+        return Parsed::Torn;
+    }
+    let word = |at: usize| u32::from_le_bytes(rest[at..at + 4].try_into().expect("4 bytes"));
+    let (len, kind) = (word(0), rest[4]);
+    if word(8) != header_crc(len, kind) || rest[5..8] != [0, 0, 0] {
+        return Parsed::Damaged(Corruption::Header);
+    }
+    if len > max_record {
+        return Parsed::Damaged(Corruption::Length(len));
+    }
+    let end = ENTRY_HEADER + len as usize;
+    if rest.len() < end {
+        return Parsed::Torn;
+    }
+    let payload = &rest[ENTRY_HEADER..end];
+    if crc32fast::hash(payload) != word(12) {
+        return Parsed::Damaged(Corruption::Checksum);
+    }
+    match kind {
+        KIND_RECORD => match postcard::from_bytes(payload) {
+            Ok(record) => Parsed::Record(record, end),
+            Err(_) => Parsed::Damaged(Corruption::Decode),
+        },
+        KIND_SEAL => match <[u8; 8]>::try_from(payload).map(u64::from_le_bytes) {
+            Ok(at) if at == offset as u64 => Parsed::Seal(end),
+            _ => Parsed::Damaged(Corruption::Decode),
+        },
+        _ => Parsed::Damaged(Corruption::Decode),
+    }
+}
+
+/// Whether a valid seal starts anywhere in `bytes` after `from`.
+fn seal_after(bytes: &[u8], from: usize, max_record: u32) -> bool {
+    (from + 1..bytes.len().saturating_sub(SEAL_LEN - 1))
+        .any(|at| matches!(parse(&bytes[at..], at, max_record), Parsed::Seal(..)))
+}
+
+/// What scanning a segment found.
+struct Scan {
+    /// Length of the prefix kept.
+    valid: usize,
+    /// Offset of the last seal (everything before it is proven durable).
+    proven: usize,
+    /// Damage found in the unproven last group (cut off with the rest).
+    damage: Option<Corruption>,
+}
+
+/// Parses the entries of one segment, handing each record to `each`.
 fn scan(
     path: &Path,
     bytes: &[u8],
     last: bool,
     max_record: u32,
     mut each: impl FnMut(Record),
-) -> Result<usize, StorageError> {
+) -> Result<Scan, StorageError> {
     let corrupt = |offset: usize, reason| StorageError::Corrupt {
         path: path.to_path_buf(),
         offset: offset as u64,
         reason,
     };
-    let mut offset = 0;
-    while offset < bytes.len() {
-        let rest = &bytes[offset..];
-        if rest.len() < HEADER {
-            return if last {
-                Ok(offset)
-            } else {
-                Err(corrupt(offset, Corruption::Truncated))
-            };
-        }
-        let len = u32::from_le_bytes(rest[..4].try_into().expect("4 bytes"));
-        let crc = u32::from_le_bytes(rest[4..HEADER].try_into().expect("4 bytes"));
-        if last && len == 0 && rest.iter().all(|&b| b == 0) {
-            return Ok(offset);
-        }
-        if len == 0 || len > max_record {
-            let beyond_end = HEADER as u64 + u64::from(len) > rest.len() as u64;
-            return if last && beyond_end {
-                Ok(offset)
-            } else {
-                Err(corrupt(offset, Corruption::Length(len)))
-            };
-        }
-        let end = HEADER + len as usize;
-        if end > rest.len() {
-            return if last {
-                Ok(offset)
-            } else {
-                Err(corrupt(offset, Corruption::Truncated))
-            };
-        }
-        let payload = &rest[HEADER..end];
-        if crc32fast::hash(payload) != crc {
-            let final_record = end == rest.len();
-            return if last && final_record {
-                Ok(offset)
-            } else {
-                Err(corrupt(offset, Corruption::Checksum))
-            };
-        }
-        let record =
-            postcard::from_bytes(payload).map_err(|_| corrupt(offset, Corruption::Decode))?;
-        each(record);
-        offset += end;
+    if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
+        return Err(corrupt(0, Corruption::Format));
     }
-    Ok(offset)
+    let (mut offset, mut proven) = (MAGIC.len(), MAGIC.len());
+    while offset < bytes.len() {
+        match parse(&bytes[offset..], offset, max_record) {
+            Parsed::Record(record, len) => {
+                each(record);
+                offset += len;
+            }
+            Parsed::Seal(len) => {
+                proven = offset;
+                offset += len;
+            }
+            Parsed::Torn if last => {
+                return Ok(Scan {
+                    valid: offset,
+                    proven,
+                    damage: None,
+                });
+            }
+            Parsed::Torn => return Err(corrupt(offset, Corruption::Truncated)),
+            Parsed::Damaged(reason) => {
+                if !last || seal_after(bytes, offset, max_record) {
+                    return Err(corrupt(offset, reason));
+                }
+                return Ok(Scan {
+                    valid: offset,
+                    proven,
+                    damage: Some(reason),
+                });
+            }
+        }
+    }
+    Ok(Scan {
+        valid: offset,
+        proven,
+        damage: None,
+    })
 }
 
 fn segment_path(dir: &Path, index: u64) -> PathBuf {
     dir.join(format!("{index:020}.log"))
 }
 
-fn segment_indices(dir: &Path) -> Result<Vec<u64>, StorageError> {
-    let mut indices = Vec::new();
-    for entry in fs::read_dir(dir).map_err(io("list", dir))? {
-        let entry = entry.map_err(io("list", dir))?;
-        let name = entry.file_name();
-        let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(".log")) else {
-            continue;
-        };
-        if let Ok(index) = stem.parse::<u64>() {
-            indices.push(index);
-        }
-    }
+fn segment_indices(fs: &dyn FileSystem, dir: &Path) -> Result<Vec<u64>, StorageError> {
+    let mut indices: Vec<u64> = fs
+        .list(dir)
+        .map_err(io("list", dir))?
+        .iter()
+        .filter_map(|name| name.strip_suffix(".log")?.parse().ok())
+        .collect();
     indices.sort_unstable();
     Ok(indices)
 }
 
-fn create_segment(dir: &Path, index: u64) -> Result<PathBuf, StorageError> {
+/// Creates segment `index` with its format header, durable with its name.
+fn create_segment(fs: &dyn FileSystem, dir: &Path, index: u64) -> Result<PathBuf, StorageError> {
     let path = segment_path(dir, index);
-    File::create(&path)
-        .and_then(|f| f.sync_all())
-        .map_err(io("create", &path))?;
-    sync_dir(dir)?;
+    fs.write_new(&path, MAGIC).map_err(io("create", &path))?;
+    fs.sync_dir(dir).map_err(io("fsync directory", dir))?;
     Ok(path)
-}
-
-fn truncate(path: &Path, len: u64) -> Result<(), StorageError> {
-    let file = OpenOptions::new()
-        .write(true)
-        .open(path)
-        .map_err(io("open", path))?;
-    file.set_len(len).map_err(io("truncate", path))?;
-    file.sync_all().map_err(io("fsync", path))
-}
-
-fn sync_dir(dir: &Path) -> Result<(), StorageError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io("fsync directory", dir))
 }
 
 fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StorageError {
@@ -432,14 +626,32 @@ pub struct DurableStorage {
 }
 
 impl DurableStorage {
-    /// Opens the log in `dir` and replays it.
-    pub fn open(dir: &Path, options: LogOptions) -> Result<DurableStorage, StorageError> {
+    /// Opens the log in `dir` and replays it. If recovery cut off damage
+    /// that may have held acknowledged votes, the acceptor restarts as one
+    /// that lost its votes (see the module docs).
+    pub fn open(
+        dir: &Path,
+        options: LogOptions,
+        mode: OpenMode,
+    ) -> Result<(DurableStorage, RecoveryReport), StorageError> {
+        DurableStorage::open_on(Arc::new(StdFs), dir, options, mode)
+    }
+
+    /// [`DurableStorage::open`] on `fs`.
+    pub fn open_on(
+        fs: Arc<dyn FileSystem>,
+        dir: &Path,
+        options: LogOptions,
+        mode: OpenMode,
+    ) -> Result<(DurableStorage, RecoveryReport), StorageError> {
         let mut recovered = Recovered::default();
-        let log = DurableLog::open(dir, options, |r| recovered.apply(r))?;
-        Ok(DurableStorage {
+        let (log, report) = DurableLog::open_on(fs, dir, options, mode, |r| recovered.apply(r))?;
+        recovered.values_lost = report.votes_may_be_lost();
+        let storage = DurableStorage {
             log,
             recovered: Some(recovered),
-        })
+        };
+        Ok((storage, report))
     }
 
     /// The underlying log.
@@ -464,7 +676,6 @@ impl Storage for DurableStorage {
 
 #[cfg(test)]
 mod tests {
-
     use bytes::Bytes;
 
     use super::*;
@@ -494,87 +705,135 @@ mod tests {
         }
     }
 
-    fn reopen(dir: &Path) -> Result<(DurableLog, Vec<Record>), StorageError> {
+    fn reopen(dir: &Path) -> Result<(DurableLog, Vec<Record>, RecoveryReport), StorageError> {
         let mut records = Vec::new();
-        let log = DurableLog::open(dir, LogOptions::default(), |r| records.push(r))?;
-        Ok((log, records))
+        let (log, report) =
+            DurableLog::open(dir, LogOptions::default(), OpenMode::Existing, |r| {
+                records.push(r)
+            })?;
+        Ok((log, records, report))
     }
 
-    #[test]
-    fn synced_records_survive_a_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        let (mut log, records) = reopen(dir.path()).unwrap();
-        assert!(records.is_empty());
-        for i in 0..10 {
-            log.append(&accept(i)).unwrap();
-        }
-        log.sync().unwrap();
-        log.append(&accept(10)).unwrap(); // never synced
-        drop(log);
-        let (_, records) = reopen(dir.path()).unwrap();
-        assert_eq!(records, (0..10).map(accept).collect::<Vec<_>>());
+    fn init(dir: &Path) -> DurableLog {
+        DurableLog::open(dir, LogOptions::default(), OpenMode::Init, |_| {})
+            .unwrap()
+            .0
     }
 
     fn only_segment(dir: &Path) -> PathBuf {
         segment_path(dir, 0)
     }
 
-    fn write_three(dir: &Path) -> u64 {
-        let (mut log, _) = reopen(dir).unwrap();
-        for i in 0..3 {
+    #[test]
+    fn synced_records_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = init(dir.path());
+        for i in 0..10 {
             log.append(&accept(i)).unwrap();
         }
         log.sync().unwrap();
-        fs::metadata(only_segment(dir)).unwrap().len()
+        log.append(&accept(10)).unwrap(); // never synced
+        drop(log);
+        let (_, records, report) = reopen(dir.path()).unwrap();
+        assert_eq!(records, (0..10).map(accept).collect::<Vec<_>>());
+        assert_eq!(report, RecoveryReport::default());
+    }
+
+    // A missing or empty directory is never a fresh acceptor: it would have
+    // forgotten its promises.
+    #[test]
+    fn a_missing_or_empty_directory_is_refused_unless_initialized() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("a").join("b");
+        let err = reopen(&missing).err().expect("refused");
+        assert!(
+            matches!(err, StorageError::NotInitialized { empty: true, .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("--init"), "{err}");
+        std::fs::create_dir_all(&missing).unwrap();
+        assert!(
+            reopen(&missing).is_err(),
+            "an empty directory is refused too"
+        );
+        drop(init(&missing));
+        assert!(reopen(&missing).is_ok());
+        let again = DurableLog::open(&missing, LogOptions::default(), OpenMode::Init, |_| {});
+        assert!(matches!(
+            again.err(),
+            Some(StorageError::AlreadyInitialized { .. })
+        ));
+    }
+
+    /// Writes three synced groups of one vote each; returns the segment's length.
+    fn write_three(dir: &Path) -> u64 {
+        let mut log = init(dir);
+        for i in 0..3 {
+            log.append(&accept(i)).unwrap();
+            log.sync().unwrap();
+        }
+        std::fs::metadata(only_segment(dir)).unwrap().len()
     }
 
     #[test]
-    fn a_torn_tail_is_truncated() {
+    fn a_write_that_never_completed_is_a_torn_tail_and_nothing_more() {
         let dir = tempfile::tempdir().unwrap();
         let len = write_three(dir.path());
         let path = only_segment(dir.path());
-        // A record cut short by a crash during the write.
-        let mut bytes = fs::read(&path).unwrap();
-        let one = len as usize / 3;
-        bytes.truncate(len as usize - one / 2);
-        fs::write(&path, &bytes).unwrap();
-        let (mut log, records) = reopen(dir.path()).unwrap();
-        assert_eq!(records.len(), 2);
-        assert_eq!(fs::metadata(&path).unwrap().len(), 2 * one as u64);
-        // The log appends after the truncation point.
-        log.append(&accept(9)).unwrap();
-        log.sync().unwrap();
-        let (_, records) = reopen(dir.path()).unwrap();
-        assert_eq!(records.last(), Some(&accept(9)));
+        let bytes = std::fs::read(&path).unwrap();
+        // Cut inside the last entry, or extended with zeros: never acknowledged.
+        for torn in [
+            bytes[..len as usize - 5].to_vec(),
+            [&bytes[..], &[0u8; 4096]].concat(),
+        ] {
+            std::fs::write(&path, &torn).unwrap();
+            let (_, records, report) = reopen(dir.path()).unwrap();
+            assert!(records.len() >= 2);
+            let cut = report.discarded.expect("a torn tail");
+            assert_eq!(cut.damage, None);
+            assert!(!report_votes_lost(&cut));
+            std::fs::write(&path, &bytes).unwrap();
+        }
     }
 
+    fn report_votes_lost(d: &Discarded) -> bool {
+        RecoveryReport {
+            discarded: Some(d.clone()),
+        }
+        .votes_may_be_lost()
+    }
+
+    // The last group is unproven: a complete entry there that fails its
+    // checksum may be a vote that was acknowledged, so the acceptor must
+    // restart amnesiac, and the report names file and offset.
     #[test]
-    fn a_zero_filled_or_garbled_last_record_is_a_torn_tail() {
+    fn damage_in_the_unproven_last_group_is_cut_and_reported_as_lost_votes() {
         let dir = tempfile::tempdir().unwrap();
         let len = write_three(dir.path());
         let path = only_segment(dir.path());
-        let mut bytes = fs::read(&path).unwrap();
-        bytes.extend_from_slice(&[0u8; 4096]);
-        fs::write(&path, &bytes).unwrap();
-        assert_eq!(reopen(dir.path()).unwrap().1.len(), 3);
-        assert_eq!(fs::metadata(&path).unwrap().len(), len);
-        // Flip a payload byte of the last record: its write was torn.
-        let mut bytes = fs::read(&path).unwrap();
+        let mut bytes = std::fs::read(&path).unwrap();
         let last = bytes.len() - 1;
-        bytes[last] ^= 0xff;
-        fs::write(&path, &bytes).unwrap();
-        assert_eq!(reopen(dir.path()).unwrap().1.len(), 2);
+        bytes[last] ^= 0x10;
+        std::fs::write(&path, &bytes).unwrap();
+        let (_, records, report) = reopen(dir.path()).unwrap();
+        assert_eq!(records.len(), 2);
+        let cut = report.discarded.clone().expect("cut");
+        assert_eq!(cut.damage, Some(Corruption::Checksum));
+        assert_eq!(cut.path, path);
+        assert!(cut.offset < len && cut.offset + cut.bytes == len);
+        assert!(report.votes_may_be_lost());
     }
 
+    // Damage followed by a seal was synced and proven: recovery refuses.
     #[test]
-    fn corruption_before_the_tail_names_file_and_offset() {
+    fn damage_before_a_seal_is_corruption_with_file_and_offset() {
         let dir = tempfile::tempdir().unwrap();
-        let len = write_three(dir.path());
+        write_three(dir.path());
         let path = only_segment(dir.path());
-        let mut bytes = fs::read(&path).unwrap();
-        let one = len as usize / 3;
-        bytes[one + HEADER + 3] ^= 0x55; // inside the second record
-        fs::write(&path, &bytes).unwrap();
+        let mut bytes = std::fs::read(&path).unwrap();
+        let first = MAGIC.len();
+        bytes[first + ENTRY_HEADER + 3] ^= 0x55; // inside the first vote
+        std::fs::write(&path, &bytes).unwrap();
         let err = reopen(dir.path()).err().expect("corruption");
         match &err {
             StorageError::Corrupt {
@@ -583,30 +842,56 @@ mod tests {
                 reason,
             } => {
                 assert_eq!(p, &path);
-                assert_eq!(*offset, one as u64);
+                assert_eq!(*offset, first as u64);
                 assert_eq!(*reason, Corruption::Checksum);
             }
             other => panic!("unexpected {other}"),
         }
-        assert!(err.to_string().contains(&format!("at byte {one}")), "{err}");
+        assert!(
+            err.to_string().contains(&format!("at byte {first}")),
+            "{err}"
+        );
+    }
+
+    // A promise is sealed before `sync` returns: rot in it is corruption,
+    // never a torn tail that would forget it.
+    #[test]
+    fn a_synced_promise_is_proven_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = init(dir.path());
+        let promise = Record::Promise {
+            ring: RingId(0),
+            ballot: ballot(9),
+        };
+        log.append(&promise).unwrap();
+        log.sync().unwrap();
+        drop(log);
+        let path = only_segment(dir.path());
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[MAGIC.len() + ENTRY_HEADER] ^= 0x01;
+        std::fs::write(&path, &bytes).unwrap();
+        assert!(matches!(
+            reopen(dir.path()).err(),
+            Some(StorageError::Corrupt { .. })
+        ));
     }
 
     #[test]
-    fn an_impossible_length_before_the_tail_is_corruption() {
+    fn a_log_of_an_older_format_is_refused_by_name() {
         let dir = tempfile::tempdir().unwrap();
-        write_three(dir.path());
-        let path = only_segment(dir.path());
-        let mut bytes = fs::read(&path).unwrap();
-        bytes[..4].copy_from_slice(&0u32.to_le_bytes());
-        fs::write(&path, &bytes).unwrap();
-        assert!(matches!(
-            reopen(dir.path()),
-            Err(StorageError::Corrupt {
-                offset: 0,
-                reason: Corruption::Length(0),
-                ..
-            })
-        ));
+        drop(init(dir.path()));
+        std::fs::write(only_segment(dir.path()), [1u8, 0, 0, 0, 9, 9, 9, 9, 0]).unwrap();
+        let err = reopen(dir.path()).err().expect("refused");
+        assert!(
+            matches!(
+                err,
+                StorageError::Corrupt {
+                    reason: Corruption::Format,
+                    ..
+                }
+            ),
+            "{err}"
+        );
     }
 
     #[test]
@@ -617,7 +902,12 @@ mod tests {
             ..LogOptions::default()
         };
         let ring = RingId(0);
-        let mut log = DurableLog::open(dir.path(), options, |_| {}).unwrap();
+        let open = |mode| {
+            DurableLog::open(dir.path(), options, mode, |_| {})
+                .unwrap()
+                .0
+        };
+        let mut log = open(OpenMode::Init);
         log.append(&Record::Promise {
             ring,
             ballot: ballot(5),
@@ -643,7 +933,10 @@ mod tests {
         assert!(remaining <= 5, "old segments were not deleted: {remaining}");
         drop(log);
         let mut recovered = Recovered::default();
-        DurableLog::open(dir.path(), options, |r| recovered.apply(r)).unwrap();
+        DurableLog::open(dir.path(), options, OpenMode::Existing, |r| {
+            recovered.apply(r)
+        })
+        .unwrap();
         let r = &recovered.rings[&ring];
         assert_eq!(r.trimmed_below, 90);
         assert!(r.promised >= ballot(5));

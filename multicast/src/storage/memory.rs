@@ -3,8 +3,10 @@
 //! [`crate::storage`] for why that is the minimum for a safe restart).
 
 use std::path::Path;
+use std::sync::Arc;
 
-use super::{DurableLog, LogOptions, Record, Recovered, Storage, StorageError};
+use super::fs::{FileSystem, StdFs};
+use super::{DurableLog, LogOptions, OpenMode, Record, Recovered, Storage, StorageError};
 
 /// [`Storage`] for the `memory` mode.
 pub struct MemoryStorage {
@@ -15,12 +17,25 @@ pub struct MemoryStorage {
 impl MemoryStorage {
     /// Memory storage whose metadata lives in `dir`. A restarted acceptor
     /// recovers its promises and abstains from Phase 1 until it has caught up.
-    pub fn open(dir: &Path) -> Result<MemoryStorage, StorageError> {
+    pub fn open(dir: &Path, mode: OpenMode) -> Result<MemoryStorage, StorageError> {
+        MemoryStorage::open_on(Arc::new(StdFs), dir, mode)
+    }
+
+    /// [`MemoryStorage::open`] on `fs`.
+    pub fn open_on(
+        fs: Arc<dyn FileSystem>,
+        dir: &Path,
+        mode: OpenMode,
+    ) -> Result<MemoryStorage, StorageError> {
         let mut recovered = Recovered {
             values_lost: true,
             ..Recovered::default()
         };
-        let log = DurableLog::open(dir, LogOptions::default(), |r| recovered.apply(r))?;
+        // A group holding a promise or a vote bound is sealed before its
+        // messages leave, so what recovery cuts off was never relied on (or
+        // is a trim, which costs nothing to forget).
+        let (log, _) =
+            DurableLog::open_on(fs, dir, LogOptions::default(), mode, |r| recovered.apply(r))?;
         Ok(MemoryStorage {
             metadata: Some(log),
             recovered,
@@ -75,7 +90,7 @@ mod tests {
             round: 4,
             node: NodeId(2),
         };
-        let mut storage = MemoryStorage::open(dir.path()).unwrap();
+        let mut storage = MemoryStorage::open(dir.path(), OpenMode::Init).unwrap();
         assert!(storage.recover().unwrap().rings.is_empty());
         storage.append(&Record::Promise { ring, ballot }).unwrap();
         storage
@@ -91,7 +106,10 @@ mod tests {
             .unwrap();
         storage.sync().unwrap();
         drop(storage);
-        let recovered = MemoryStorage::open(dir.path()).unwrap().recover().unwrap();
+        let recovered = MemoryStorage::open(dir.path(), OpenMode::Existing)
+            .unwrap()
+            .recover()
+            .unwrap();
         assert!(recovered.values_lost);
         let r = &recovered.rings[&ring];
         assert_eq!(r.promised, ballot);

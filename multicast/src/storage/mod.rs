@@ -20,6 +20,7 @@
 //!   simulator's broken-acceptor test shows it).
 
 mod durable;
+pub mod fs;
 mod memory;
 
 use std::collections::BTreeMap;
@@ -28,7 +29,9 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-pub use durable::{DurableLog, DurableStorage, LogOptions};
+pub use durable::{
+    Discarded, DurableLog, DurableStorage, LogOptions, MARKER, OpenMode, RecoveryReport,
+};
 pub use memory::MemoryStorage;
 
 use crate::proto::{Ballot, Instance, RingId, Value};
@@ -213,6 +216,20 @@ pub enum StorageError {
         /// What is wrong with it.
         reason: Corruption,
     },
+    /// The directory holds no initialized acceptor storage.
+    #[error("{} is {}: an acceptor that starts without its storage forgets its promises and can break agreement. If this is a new acceptor, start it once with --init; if it held this acceptor's data, restore that (data_dir resolves relative to the cluster file)", dir.display(), if *empty { "missing or empty" } else { "not an acceptor's data directory (no ACCEPTOR marker)" })]
+    NotInitialized {
+        /// The directory.
+        dir: PathBuf,
+        /// Whether it is missing or empty (rather than holding something else).
+        empty: bool,
+    },
+    /// `--init` on a directory that already holds something.
+    #[error("{} is not empty: --init creates a new acceptor's storage and never overwrites one", dir.display())]
+    AlreadyInitialized {
+        /// The directory.
+        dir: PathBuf,
+    },
     /// A record could not be encoded.
     #[error("cannot encode a log record: {0}")]
     Encode(#[source] postcard::Error),
@@ -224,6 +241,13 @@ pub enum Corruption {
     /// The checksum does not match the payload.
     #[error("checksum mismatch")]
     Checksum,
+    /// The entry's header does not match its own checksum.
+    #[error("damaged entry header")]
+    Header,
+    /// The segment does not start with this build's format header (a log of
+    /// an older psmr, or not a log).
+    #[error("not a log of format 2 (written by an older psmr, or not a log)")]
+    Format,
     /// The length prefix is impossible.
     #[error("record length {0} is out of range")]
     Length(u32),
