@@ -9,7 +9,7 @@
 use std::time::Instant;
 
 use psmr_multicast::proto::PlantedBug;
-use psmr_multicast::sim::{self, Failure, SimOptions};
+use psmr_multicast::sim::{self, DiskMode, Failure, SimOptions};
 
 fn env_flag(name: &str) -> bool {
     std::env::var(name).is_ok_and(|v| v == "1")
@@ -324,18 +324,27 @@ fn single_faults_cost_few_terms_and_little_time() {
     let mut worst_cases = Vec::new();
     let mut storm = 0;
     for (name, kind) in faults {
-        let episode = Episode {
-            at: Duration::from_secs(1),
-            duration: Duration::from_secs(5),
-            kind,
+        let probe = |options| sim::Probe {
+            seed: 1,
+            episodes: vec![Episode {
+                at: Duration::from_secs(1),
+                duration: Duration::from_secs(5),
+                kind: kind.clone(),
+            }],
+            load: Duration::from_secs(8),
+            disk: DiskMode::Memory,
+            options,
+            acceptors: 3,
+            tail: Duration::from_secs(2),
         };
-        let now = sim::fault_probe(1, episode.clone(), SimOptions::default())
+        let now = sim::fault_probe(probe(SimOptions::default()))
             .unwrap_or_else(|f| panic!("{name}: {f}\n{}", f.state));
+        assert_eq!(now.stalled, None, "{name}");
         let old = SimOptions {
             planted: Some(PlantedBug::OldLeadership),
             ..SimOptions::default()
         };
-        let before = match sim::fault_probe(1, episode, old) {
+        let before = match sim::fault_probe(probe(old)) {
             Ok(r) if name.starts_with("pair") => {
                 storm = r.elections;
                 format!("{} terms", r.elections)
@@ -367,4 +376,110 @@ fn single_faults_cost_few_terms_and_little_time() {
     // The probe itself can see a storm: under the old rules two nodes that
     // cannot hear each other take the ring from each other without end.
     assert!(storm > 200, "old rules, pair cut: only {storm} terms");
+}
+
+/// Acceptors that restart in memory mode lose their votes and stay out of
+/// Phase 1 until they know every instance below their vote bound decided.
+/// On an idle ring nothing is decided unless the coordinator skips up to the
+/// bound: without that they stayed amnesiac for good, and overlapping
+/// restarts left no Phase 1 quorum. Within `f` failures (amnesiacs count)
+/// they all rejoin; beyond it (a coordinator and one more of three lost their
+/// votes) no Phase 1 can ever be safe again, and every acceptor says so and
+/// stops rather than wait for ever.
+#[test]
+fn amnesiac_acceptors_of_an_idle_ring_rejoin_and_beyond_f_the_ring_says_so() {
+    use psmr_multicast::proto::NodeId;
+    use psmr_multicast::sim::faults::{Episode, EpisodeKind};
+    use std::time::Duration;
+
+    let crash = |node, at_ms, ms| Episode {
+        at: Duration::from_millis(at_ms),
+        duration: Duration::from_millis(ms),
+        kind: EpisodeKind::Crash { node: NodeId(node) },
+    };
+    // Load for the first second only; the restarts come when the rings are idle.
+    let probe = |acceptors, episodes, tail| sim::Probe {
+        seed: 3,
+        episodes,
+        load: Duration::from_secs(1),
+        disk: DiskMode::Memory,
+        options: SimOptions::default(),
+        acceptors,
+        tail,
+    };
+    let two_s = Duration::from_secs(2);
+    let rejoin = [
+        ("one of three", probe(3, vec![crash(2, 1500, 200)], two_s)),
+        (
+            "a coordinator of three",
+            probe(3, vec![crash(1, 1500, 200)], two_s),
+        ),
+        (
+            "two of five, overlapping",
+            probe(5, vec![crash(3, 1500, 200), crash(4, 1600, 300)], two_s),
+        ),
+    ];
+    for (name, probe) in rejoin {
+        let r = sim::fault_probe(probe).unwrap_or_else(|f| panic!("{name}: {f}\n{}", f.state));
+        eprintln!("{name}: {} terms, halted {:?}", r.elections, r.halted);
+        assert_eq!(
+            r.amnesiac_at_end, 0,
+            "{name}: still amnesiac 2 s after\n{}",
+            r.state
+        );
+        assert_eq!(r.stalled, None, "{name}");
+        assert!(r.halted.is_empty(), "{name}: {:?}", r.halted);
+    }
+    let beyond = probe(
+        3,
+        vec![crash(2, 1500, 200), crash(3, 1600, 300)],
+        Duration::from_secs(10),
+    );
+    let r = sim::fault_probe(beyond).unwrap_or_else(|f| panic!("beyond f: {f}\n{}", f.state));
+    eprintln!("beyond f: halted {:?}", r.halted);
+    assert!(
+        !r.halted.is_empty() && r.halted.iter().all(|(_, why)| why.contains("--init")),
+        "beyond f, the acceptors must stop with a clear error\n{}",
+        r.state
+    );
+}
+
+/// A whole memory-mode cluster killed at once has lost every vote: no Phase 1
+/// can run safely again. Every acceptor says so and stops (it would
+/// otherwise wait for ever); a durable cluster restarts and serves.
+#[test]
+fn a_whole_memory_cluster_restart_is_refused_with_a_clear_error_and_a_durable_one_serves() {
+    use psmr_multicast::proto::NodeId;
+    use psmr_multicast::sim::faults::{Episode, EpisodeKind};
+    use std::time::Duration;
+
+    let all = |disk| sim::Probe {
+        seed: 5,
+        episodes: (1..=3)
+            .map(|n| Episode {
+                at: Duration::from_millis(500),
+                duration: Duration::from_millis(100),
+                kind: EpisodeKind::Crash { node: NodeId(n) },
+            })
+            .collect(),
+        load: Duration::from_secs(2),
+        disk,
+        options: SimOptions::default(),
+        acceptors: 3,
+        tail: Duration::from_secs(8),
+    };
+    let memory = sim::fault_probe(all(DiskMode::Memory)).unwrap_or_else(|f| panic!("{f}"));
+    eprintln!("memory: {memory:?}");
+    assert_eq!(memory.halted.len(), 3, "every acceptor stops: {memory:?}");
+    assert!(
+        memory
+            .halted
+            .iter()
+            .all(|(_, why)| why.contains("--init") && why.contains("durable")),
+        "{memory:?}"
+    );
+    let durable = sim::fault_probe(all(DiskMode::Durable)).unwrap_or_else(|f| panic!("{f}"));
+    eprintln!("durable: {durable:?}");
+    assert_eq!(durable.stalled, None);
+    assert!(durable.halted.is_empty());
 }

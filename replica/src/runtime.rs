@@ -139,7 +139,7 @@ pub async fn run_acceptor(
     net.close();
     match node.take_halted() {
         Some(e) => {
-            error!(node = %id, error = %e, "storage failed; the acceptor stopped voting");
+            error!(node = %id, error = %e, "the acceptor stopped");
             Err(RuntimeError::Storage(e))
         }
         None => Ok(()),

@@ -53,7 +53,15 @@ pub(crate) struct Leadership {
     amnesia: BTreeMap<NodeId, Instance>,
     /// When this node last started a term.
     pub(crate) term_started: Option<Instant>,
+    /// Since when too many members are amnesiac for any Phase 1, with
+    /// everyone heard and nobody leading.
+    stuck_since: Option<Instant>,
 }
+
+/// How long a ring may be seen stuck in amnesia, in suspect timeouts,
+/// before the node gives up on it (long enough for every member to have
+/// caught up on whatever the others still knew).
+pub(crate) const AMNESIA_PATIENCE: u32 = 40;
 
 impl Leadership {
     /// A heartbeat of `from` says whether it leads the ring, and at which ballot.
@@ -153,6 +161,43 @@ impl Leadership {
     ) -> bool {
         self.live_leader(ctx, members, mine)
             .is_some_and(|leader| leader != from)
+    }
+
+    /// Whether the ring can never decide again: every member is heard, no
+    /// leader is live, and fewer than a quorum of members kept their votes
+    /// (memory storage, all restarted): no Phase 1 can succeed, so nothing
+    /// new is decided, so no amnesiac ever catches up. True once that has
+    /// held for [`AMNESIA_PATIENCE`] suspect timeouts in a row.
+    pub(crate) fn stuck_in_amnesia(
+        &mut self,
+        ctx: &Ctx<'_>,
+        members: &Membership,
+        mine: Option<Ballot>,
+        me_amnesiac: bool,
+    ) -> bool {
+        let me = ctx.me();
+        let acceptors = &members.config.acceptors;
+        let all_heard = acceptors
+            .iter()
+            .all(|&a| a == me || !ctx.detector.silent(a, ctx.now));
+        let kept = acceptors
+            .iter()
+            .filter(|&&a| {
+                if a == me {
+                    !me_amnesiac
+                } else {
+                    !self.amnesia.contains_key(&a)
+                }
+            })
+            .count();
+        let stuck =
+            all_heard && kept < members.quorum() && self.live_leader(ctx, members, mine).is_none();
+        if !stuck {
+            self.stuck_since = None;
+            return false;
+        }
+        let since = *self.stuck_since.get_or_insert(ctx.now);
+        ctx.now.duration_since(since) >= ctx.params.suspect_timeout * AMNESIA_PATIENCE
     }
 
     /// Whether a new term may start now (at most one per `retry_timeout`).

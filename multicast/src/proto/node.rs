@@ -607,6 +607,15 @@ impl AcceptorNode {
         }
         settle(&mut ctx, state);
         let members = state.acceptor.members.clone();
+        let (mine, me_amnesiac) = (state.leading(), state.acceptor.is_amnesiac());
+        if state
+            .lead
+            .stuck_in_amnesia(&ctx, &members, mine, me_amnesiac)
+        {
+            *halted = Some(StorageError::AllAmnesiac { ring });
+            ctx.out.remote.clear();
+            return;
+        }
         if stalled_leader(&ctx, state) {
             park_pending(state);
             new_term(&mut ctx, state, &members);

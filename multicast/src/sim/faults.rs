@@ -16,6 +16,7 @@
 //! | pair cut | two nodes do not hear each other, both hear the rest (non-transitive) |
 //! | lossy | one direction between two sets loses most messages |
 //! | pause | a process stops (GC, SIGSTOP, a VM migration) and resumes |
+//! | crash | an acceptor dies and restarts later (for probes; runs draw crashes apart) |
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -54,6 +55,12 @@ pub enum EpisodeKind {
         /// The paused process.
         node: NodeId,
     },
+    /// The acceptor crashes (what it did not sync is lost) and restarts
+    /// when the episode ends.
+    Crash {
+        /// The acceptor.
+        node: NodeId,
+    },
 }
 
 /// One fault with a start and a duration.
@@ -83,7 +90,15 @@ impl Episode {
                 to: t,
                 loss,
             } => (f.contains(&from) && t.contains(&to)).then_some(*loss),
-            EpisodeKind::Pause { .. } => None,
+            EpisodeKind::Pause { .. } | EpisodeKind::Crash { .. } => None,
+        }
+    }
+
+    /// The acceptor this episode crashes, if it is a crash.
+    pub(super) fn crashed(&self) -> Option<NodeId> {
+        match self.kind {
+            EpisodeKind::Crash { node } => Some(node),
+            _ => None,
         }
     }
 

@@ -108,36 +108,68 @@ pub fn run(seed: u64, options: SimOptions) -> Result<Report, Box<Failure>> {
     }
 }
 
-/// One fault on an otherwise clean cluster (three acceptors, one thread
-/// ring and `g_all`, default parameters, 100 µs per message), under a steady
-/// load of one command per millisecond from 0 to `episode.at + duration + 2 s`.
-/// Shows what a fault costs: terms started, time to deliver everything after
-/// it ends. `options` may plant a bug (the other options are ignored).
-pub fn fault_probe(
-    seed: u64,
-    episode: faults::Episode,
-    options: SimOptions,
-) -> Result<ProbeReport, Box<Failure>> {
-    let mut scenario = Scenario::quiet(seed, 1);
-    scenario.config.params = scenario::plant(scenario.config.params, options);
-    scenario.safety = episode.at + episode.duration + Duration::from_secs(2);
-    scenario.commands_per_proposer = u32::try_from(scenario.safety.as_millis()).unwrap_or(u32::MAX);
+/// Faults on an otherwise clean cluster, for [`fault_probe`].
+#[derive(Clone, Debug)]
+pub struct Probe {
+    /// Seed of the run.
+    pub seed: u64,
+    /// The faults.
+    pub episodes: Vec<faults::Episode>,
+    /// One command per millisecond is proposed from 0 to this.
+    pub load: Duration,
+    /// Storage of the acceptors.
+    pub disk: DiskMode,
+    /// A planted bug, if any (the other options are ignored).
+    pub options: SimOptions,
+    /// Acceptors (3 or more, odd); ring `i` is led by acceptor `i + 1` at first.
+    pub acceptors: u32,
+    /// How long the run goes on after the last fault ends.
+    pub tail: Duration,
+}
+
+/// Runs `probe`: its acceptors, one thread ring and `g_all`, default
+/// parameters, 100 µs per message, the probe's faults and load, until `tail`
+/// after the last fault ends. Shows what the faults cost: terms started, time
+/// to deliver everything after them, whether restarted acceptors left
+/// amnesia. A safety violation is an error; a stall (validity) is reported.
+pub fn fault_probe(probe: Probe) -> Result<ProbeReport, Box<Failure>> {
+    let mut scenario = Scenario::quiet_with(probe.seed, 1, probe.acceptors);
+    scenario.config.params = scenario::plant(scenario.config.params, probe.options);
+    scenario.disk = probe.disk;
+    let start = probe
+        .episodes
+        .iter()
+        .map(|e| e.at)
+        .min()
+        .unwrap_or_default();
+    let end = probe
+        .episodes
+        .iter()
+        .map(|e| e.at + e.duration)
+        .max()
+        .unwrap_or_default();
+    scenario.safety = end + probe.tail;
+    scenario.load_until = Some(probe.load);
+    scenario.commands_per_proposer = u32::try_from(probe.load.as_millis()).unwrap_or(u32::MAX);
     scenario.retry = Duration::from_millis(200);
-    let (start, end) = (nanos(episode.at), nanos(episode.at + episode.duration));
-    scenario.episodes = vec![episode];
+    scenario.episodes = probe.episodes;
     let summary = summarize(&scenario);
     let mut world = World::new(scenario);
-    match world.run() {
-        Ok(()) => Ok(world.probe_report(start, end)),
-        Err(violation) => Err(Box::new(Failure {
-            seed,
-            violation,
-            at: Duration::from_nanos(world.now),
-            scenario: summary,
-            state: world.describe(),
-            replay_flags: options.replay_flags(),
-        })),
-    }
+    let violation = match world.run() {
+        Ok(()) => None,
+        Err(v) if !v.is_safety() => Some(v),
+        Err(violation) => {
+            return Err(Box::new(Failure {
+                seed: probe.seed,
+                violation,
+                at: Duration::from_nanos(world.now),
+                scenario: summary,
+                state: world.describe(),
+                replay_flags: probe.options.replay_flags(),
+            }));
+        }
+    };
+    Ok(world.probe_report(nanos(start), nanos(end), violation))
 }
 
 /// What one fault cost ([`fault_probe`]).
@@ -154,6 +186,14 @@ pub struct ProbeReport {
     /// The longest a command proposed after the fault waited for its first
     /// merged delivery.
     pub worst_after: Duration,
+    /// (acceptor, ring) pairs still amnesiac at the end.
+    pub amnesiac_at_end: usize,
+    /// Acceptors that stopped, with why.
+    pub halted: Vec<(NodeId, String)>,
+    /// A liveness violation (some proposal never delivered), if any.
+    pub stalled: Option<Violation>,
+    /// The state of every node at the end (as a failure prints it).
+    pub state: String,
 }
 
 /// Merge latency of a lone client: one command at a time, each to a random
@@ -431,9 +471,10 @@ impl World {
     /// Schedules the proposals, the crashes and the healing.
     fn plan(&mut self) {
         let safety = nanos(self.scenario.safety);
+        let load = self.scenario.load_until.map_or(safety, nanos).max(1);
         for proposer in self.scenario.proposers.clone() {
             for _ in 0..self.scenario.commands_per_proposer {
-                let at = self.rng.random_range(0..safety);
+                let at = self.rng.random_range(0..load);
                 self.schedule(at, Event::Propose { proposer });
             }
         }
@@ -543,11 +584,18 @@ impl World {
             Event::EpisodeStart(i) => {
                 if !self.healed {
                     self.active.push(i);
+                    if let Some(node) = self.scenario.episodes[i].crashed() {
+                        self.crash_node(node);
+                    }
                 }
                 Ok(())
             }
             Event::EpisodeEnd(i) => {
                 self.active.retain(|&a| a != i);
+                if let Some(node) = self.scenario.episodes[i].crashed() {
+                    self.restart(node);
+                    self.drain_acceptor(node)?;
+                }
                 self.resume_if_unpaused()
             }
             Event::Heal => self.heal(),
@@ -761,16 +809,21 @@ impl World {
             return;
         }
         let victim = pool[self.rng.random_range(0..pool.len())];
-        let slot = self.acceptors.get_mut(&victim).expect("victim");
+        self.crash_node(victim);
+        let downtime = self
+            .rng
+            .random_range(5_000_000..=nanos(self.scenario.max_downtime).max(5_000_001));
+        self.schedule(self.now + downtime, Event::Restart { node: victim });
+    }
+
+    /// Takes acceptor `id` down: what it had not synced is lost.
+    fn crash_node(&mut self, id: NodeId) {
+        let slot = self.acceptors.get_mut(&id).expect("an acceptor");
         if let Some(node) = slot.node.take() {
             self.elections_before_crashes += node.metrics().elections;
         }
         slot.disk.crash();
         self.crashes += 1;
-        let downtime = self
-            .rng
-            .random_range(5_000_000..=nanos(self.scenario.max_downtime).max(5_000_001));
-        self.schedule(self.now + downtime, Event::Restart { node: victim });
     }
 
     fn restart(&mut self, id: NodeId) {
@@ -854,9 +907,9 @@ impl World {
     }
 
     /// Costs of a fault active from `start` to `end` (virtual nanoseconds).
-    fn probe_report(&self, start: u64, end: u64) -> ProbeReport {
+    fn probe_report(&self, start: u64, end: u64, stalled: Option<Violation>) -> ProbeReport {
         let report = self.report();
-        let merged = |id| self.checker.merged_at(id).unwrap_or(u64::MAX);
+        let merged = |id| self.checker.merged_at(id).unwrap_or(self.now);
         let during: Vec<_> = self
             .proposals
             .iter()
@@ -870,11 +923,22 @@ impl World {
             .min()
             .unwrap_or(end);
         let worst = after.map(|&(id, at)| merged(id).saturating_sub(at)).max();
+        let nodes = || {
+            self.acceptors
+                .iter()
+                .filter_map(|(&id, s)| Some((id, s.node.as_ref()?)))
+        };
         ProbeReport {
             elections: report.elections,
             served_during: served as f64 / during.len().max(1) as f64,
             resumed_after: Duration::from_nanos(resumed.saturating_sub(end)),
             worst_after: Duration::from_nanos(worst.unwrap_or(0)),
+            amnesiac_at_end: nodes().map(|(_, n)| n.amnesiac_rings()).sum(),
+            halted: nodes()
+                .filter_map(|(id, n)| Some((id, n.halted()?.to_string())))
+                .collect(),
+            stalled,
+            state: self.describe(),
         }
     }
 

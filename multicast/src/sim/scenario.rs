@@ -122,6 +122,8 @@ pub struct Scenario {
     pub retry: Duration,
     /// Partitions and pauses during the safety phase (partition regime only).
     pub episodes: Vec<Episode>,
+    /// Proposals are made from 0 to this (default: the whole safety phase).
+    pub load_until: Option<Duration>,
 }
 
 impl Scenario {
@@ -216,6 +218,7 @@ impl Scenario {
             liveness: Duration::from_secs(if partitions { 2 } else { 20 }),
             retry: ms(rng.random_range(60..=200)),
             episodes,
+            load_until: None,
         }
     }
 }
@@ -224,8 +227,14 @@ impl Scenario {
     /// No faults at all: three acceptors, `threads` thread rings and `g_all`,
     /// default protocol parameters, every message delayed 100 µs.
     pub fn quiet(seed: u64, threads: u16) -> Scenario {
+        Scenario::quiet_with(seed, threads, 3)
+    }
+
+    /// [`Scenario::quiet`] with `acceptors` acceptors; ring `i`'s order is
+    /// rotated by `i`, so ring 0 is led by n1, ring 1 by n2, ...
+    pub fn quiet_with(seed: u64, threads: u16, acceptors: u32) -> Scenario {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let pool: Vec<NodeId> = (1..=3).map(NodeId).collect();
+        let pool: Vec<NodeId> = (1..=acceptors).map(NodeId).collect();
         let mut rings = draw_rings(&mut rng, &pool, threads);
         for (i, ring) in rings.iter_mut().enumerate() {
             ring.acceptors = pool.clone();
@@ -263,6 +272,7 @@ impl Scenario {
             liveness: Duration::from_secs(60),
             retry: Duration::from_secs(1),
             episodes: Vec::new(),
+            load_until: None,
         }
     }
 }

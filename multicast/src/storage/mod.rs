@@ -230,6 +230,15 @@ pub enum StorageError {
         /// The directory.
         dir: PathBuf,
     },
+    /// Too many acceptors of a ring restarted without their accepted values
+    /// (memory storage) for the ring ever to decide again.
+    #[error(
+        "fewer than a quorum of ring {ring}'s acceptors kept their accepted values (memory storage, restarted), and none leads: the ring cannot decide again without risking agreement. Decisions only they held are lost. Start a new cluster (wipe every acceptor's data directory, start each with --init), and use durable storage where a whole-cluster restart must keep the log"
+    )]
+    AllAmnesiac {
+        /// The ring.
+        ring: RingId,
+    },
     /// A record could not be encoded.
     #[error("cannot encode a log record: {0}")]
     Encode(#[source] postcard::Error),
