@@ -190,7 +190,13 @@ where
         let now = Instant::now();
         let id = RequestId(self.next_request);
         self.next_request += 1;
-        let chosen = route(self.kind, &self.service, &call.op, self.threads);
+        let chosen = match route(self.kind, &self.service, &call.op, self.threads) {
+            Ok(chosen) => chosen,
+            Err(e) => {
+                let _ = call.reply.send(Err(ClientError::Mapping(e)));
+                return;
+            }
+        };
         let was = self.sequential.is_on();
         let (mode, group) = self.sequential.route(chosen);
         if self.sequential.is_on() != was {

@@ -47,7 +47,7 @@ use psmr_multicast::net::{CertPaths, Identity, NetConfig, NetError, Network, Tls
 use psmr_multicast::proto::NodeId;
 use psmr_replica::cluster::ClusterConfig;
 use psmr_replica::services::{ListOp, ListService, NullOp, NullService};
-use psmr_replica::{ClientId, GroupMapping, Refusal, Service, ServiceId};
+use psmr_replica::{ClientId, GroupMapping, MappingError, Refusal, Service, ServiceId};
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
 
@@ -106,7 +106,13 @@ pub struct ClientOptions {
     pub deadline: Duration,
     /// How long [`Client::connect`] waits for a replica. Default 5 s.
     pub connect_timeout: Duration,
-    /// The client id; random by default. Two clients must never share one.
+    /// The client's identity; random by default. It chooses the replica that
+    /// answers first (clients spread over the replicas by id). On the wire
+    /// every connection mixes a fresh random incarnation into it, so that a
+    /// client restarted with the same id is never taken for its earlier
+    /// self: its request ids start at 0 again, and the replicas' tables of
+    /// executed requests would answer them with the old responses, and the
+    /// acceptors' learners would drop them as already delivered.
     pub id: Option<u64>,
     /// Presents the cluster's client certificate (`client.pem` in the
     /// certificate directory). Default: when the cluster requires client certificates.
@@ -180,6 +186,10 @@ pub enum ClientError {
     /// The client was shut down.
     #[error("the client is closed")]
     Closed,
+    /// The service's group mapping broke its contract for this operation
+    /// (nothing was sent).
+    #[error(transparent)]
+    Mapping(#[from] MappingError),
     /// An option is out of its range.
     #[error("ClientOptions::{field}: {reason}")]
     Option {
@@ -233,6 +243,7 @@ where
 {
     calls: mpsc::Sender<Call<M::Op>>,
     id: ClientId,
+    wire: ClientId,
     stats: Arc<ClientStats>,
 }
 
@@ -244,6 +255,7 @@ where
         Client {
             calls: self.calls.clone(),
             id: self.id,
+            wire: self.wire,
             stats: self.stats.clone(),
         }
     }
@@ -287,10 +299,29 @@ where
         let answerer = reach_a_replica(&net, &replicas, first, options.connect_timeout).await?;
         let stats = Arc::new(ClientStats::default());
         let (calls, rx) = mpsc::channel(4096);
-        let driver =
-            driver::Driver::new(cluster, service, options, id, net, stats.clone(), answerer);
+        let wire = ClientId(incarnate(id.0, rand::random()));
+        let driver = driver::Driver::new(
+            cluster,
+            service,
+            options,
+            wire,
+            net,
+            stats.clone(),
+            answerer,
+        );
         tokio::spawn(driver.run(rx, inbox));
-        Ok(Client { calls, id, stats })
+        Ok(Client {
+            calls,
+            id,
+            wire,
+            stats,
+        })
+    }
+
+    /// The id this connection has on the wire: the client's id with this
+    /// connection's incarnation mixed in (see [`ClientOptions::id`]).
+    pub fn wire_id(&self) -> ClientId {
+        self.wire
     }
 
     /// Runs `op` on the replicated service; returns its encoded response.
@@ -351,6 +382,16 @@ async fn reach_a_replica(
             replicas.first().copied().unwrap_or(NodeId(0)),
         )),
     })
+}
+
+/// The wire id of incarnation `incarnation` of client `id`: a bijective mix
+/// (splitmix64's finalizer) of the two, so that two incarnations of one id,
+/// or two ids, share a wire id only by a 2^-64 chance.
+fn incarnate(id: u64, incarnation: u64) -> u64 {
+    let mut z = id ^ incarnation.rotate_left(29);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 #[cfg(test)]

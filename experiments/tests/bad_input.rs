@@ -50,6 +50,18 @@ fn acceptor_on(text: &str) -> String {
     stderr(&out)
 }
 
+/// An acceptor without its storage would have forgotten its promises: it
+/// refuses to start unless told it is a new member.
+#[test]
+fn an_acceptor_refuses_a_missing_data_directory_without_init() {
+    let good = ClusterConfig::local(7100, psmr_replica::cluster::EngineName::Psmr, 2).to_toml();
+    let message = acceptor_on(&good);
+    assert!(
+        message.contains("missing or empty") && message.contains("--init"),
+        "{message}"
+    );
+}
+
 #[test]
 fn bad_cluster_files_are_refused_naming_the_problem() {
     let good = ClusterConfig::local(7100, psmr_replica::cluster::EngineName::Psmr, 2).to_toml();

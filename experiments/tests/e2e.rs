@@ -469,3 +469,32 @@ fn a_replica_crash_leaves_clients_served() {
     });
     cluster.assert_running();
 }
+
+/// A client restarted with the same id starts its request ids at 0 again.
+/// Were its wire id the same, the replicas would answer its first request
+/// from their table of executed requests with the earlier incarnation's
+/// response (and the learners might drop its commands as delivered).
+#[test]
+fn a_restarted_client_is_never_answered_for_its_earlier_incarnation() {
+    let spec = Spec {
+        engine: EngineName::Psmr,
+        ..Spec::default()
+    };
+    let mut cluster = TestCluster::start(&spec);
+    runtime().block_on(async {
+        let options = ClientOptions {
+            id: Some(77),
+            ..ClientOptions::default()
+        };
+        let key = 2 * spec.preload + 1; // not preloaded
+        let first = cluster.client_with(options.clone()).await;
+        assert_eq!(first.insert(key, 500).await.expect("request 0"), None);
+        let first_wire = first.inner().wire_id();
+        drop(first);
+        let second = cluster.client_with(options).await;
+        assert_ne!(second.inner().wire_id(), first_wire);
+        assert_eq!(second.get(key).await.expect("request 0 again"), Some(500));
+        assert_eq!(second.insert(key, 600).await.expect("request 1"), Some(500));
+    });
+    cluster.assert_running();
+}

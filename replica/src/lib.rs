@@ -38,5 +38,5 @@ pub use engine::{
 };
 pub use model::{ClassId, ConflictModel, Placement, ThreadSet};
 pub use rendezvous::WaitPolicy;
-pub use service::{Group, GroupMapping, Lane, Service, route};
+pub use service::{Group, GroupMapping, Lane, MappingError, Service, route};
 pub use wire::{Answerers, ClientId, Mode, Outcome, Refusal, Reply, Request, RequestId, ServiceId};

@@ -74,7 +74,38 @@ pub enum Group {
     All,
 }
 
+/// Why a mapping's groups for an operation cannot be used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum MappingError {
+    /// A thread group that does not exist in a deployment of `threads`.
+    #[error("the group mapping chose thread group {group} in a deployment of {threads} threads")]
+    OutOfRange {
+        /// The group's thread.
+        group: usize,
+        /// Threads of the deployment.
+        threads: usize,
+    },
+    /// The optimistic group is neither the conservative one nor paired with
+    /// a conservative `g_all`.
+    #[error(
+        "the group mapping chose optimistic group {optimistic:?} with conservative group {conservative:?}: a request and its conservative retry must travel on one thread's group and g_all (the conservative group must be the optimistic one, or g_all)"
+    )]
+    Split {
+        /// OC-G's group.
+        optimistic: Group,
+        /// CC-G's group.
+        conservative: Group,
+    },
+}
+
 /// The command-to-groups functions of a service (DESIGN.md section 1).
+///
+/// Contract, checked by [`route`] for every operation: groups exist in the
+/// deployment, and the conservative group is the optimistic one or `g_all`.
+/// The replicas' table of executed requests relies on it: every copy of a
+/// request (the optimistic one and its retry) is ordered in the streams of
+/// one thread's group and `g_all`, so every thread that could see it sees
+/// them in the same order on every replica.
 pub trait GroupMapping {
     /// A decoded operation.
     type Op;
@@ -88,26 +119,89 @@ pub trait GroupMapping {
 
 /// How a client sends `op` to an engine of `kind` with `threads` threads:
 /// smr, cbase, classes: everything to `g_all`; psmr: CC-G; opt-psmr: OC-G, optimistically,
-/// where it differs from CC-G (Algorithm 1, lines 1–3).
+/// where it differs from CC-G (Algorithm 1, lines 1–3). Refuses groups that
+/// break the [`GroupMapping`] contract.
 pub fn route<M: GroupMapping>(
     kind: EngineKind,
     mapping: &M,
     op: &M::Op,
     threads: usize,
-) -> (Mode, Group) {
-    match kind {
+) -> Result<(Mode, Group), MappingError> {
+    let in_range = |group: Group| match group {
+        Group::Thread(t) if t >= threads => Err(MappingError::OutOfRange { group: t, threads }),
+        _ => Ok(group),
+    };
+    Ok(match kind {
         EngineKind::Smr | EngineKind::Cbase | EngineKind::Classes => {
             (Mode::Conservative, Group::All)
         }
-        EngineKind::Psmr => (Mode::Conservative, mapping.conservative(op, threads)),
+        EngineKind::Psmr => (
+            Mode::Conservative,
+            in_range(mapping.conservative(op, threads))?,
+        ),
         EngineKind::OptPsmr => {
-            let conservative = mapping.conservative(op, threads);
-            let optimistic = mapping.optimistic(op, threads);
+            let conservative = in_range(mapping.conservative(op, threads))?;
+            let optimistic = in_range(mapping.optimistic(op, threads))?;
             if optimistic == conservative {
                 (Mode::Conservative, conservative)
-            } else {
+            } else if conservative == Group::All {
                 (Mode::Optimistic, optimistic)
+            } else {
+                return Err(MappingError::Split {
+                    optimistic,
+                    conservative,
+                });
             }
         }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A mapping that answers what it is told to.
+    struct Fixed(Group, Group);
+
+    impl GroupMapping for Fixed {
+        type Op = ();
+        fn conservative(&self, _: &(), _: usize) -> Group {
+            self.0
+        }
+        fn optimistic(&self, _: &(), _: usize) -> Group {
+            self.1
+        }
+    }
+
+    #[test]
+    fn route_checks_the_mapping_contract() {
+        let (t0, t1, all) = (Group::Thread(0), Group::Thread(1), Group::All);
+        let opt = EngineKind::OptPsmr;
+        assert_eq!(
+            route(opt, &Fixed(all, t1), &(), 2),
+            Ok((Mode::Optimistic, t1))
+        );
+        assert_eq!(
+            route(opt, &Fixed(t1, t1), &(), 2),
+            Ok((Mode::Conservative, t1))
+        );
+        assert_eq!(
+            route(opt, &Fixed(t0, t1), &(), 2),
+            Err(MappingError::Split {
+                optimistic: t1,
+                conservative: t0
+            })
+        );
+        assert_eq!(
+            route(EngineKind::Psmr, &Fixed(Group::Thread(2), all), &(), 2),
+            Err(MappingError::OutOfRange {
+                group: 2,
+                threads: 2
+            })
+        );
+        assert_eq!(
+            route(EngineKind::Smr, &Fixed(t0, t1), &(), 2),
+            Ok((Mode::Conservative, all))
+        );
     }
 }

@@ -183,7 +183,8 @@ impl<S: Service, M: GroupMapping<Op = S::Op>> Builder<'_, S, M> {
             Some(_) if self.to_all > 0.0 && self.rng.random_bool(self.to_all) => {
                 (Mode::Conservative, Group::All)
             }
-            Some(op) => route(self.config.kind, self.mapping, &op, threads),
+            Some(op) => route(self.config.kind, self.mapping, &op, threads)
+                .expect("the workload's services keep the mapping contract"),
             None => (Mode::Conservative, Group::All),
         };
         let client = self.clients.entry(submission.client).or_default();
