@@ -253,12 +253,7 @@ impl AcceptorRing {
     pub(crate) fn on_accept(&mut self, ctx: &mut Ctx<'_>, a: Accept) -> Result<(), StorageError> {
         self.note_horizon(a.decided_below);
         if a.ballot < self.promised && !old_hint_rule(ctx.params) {
-            ctx.metrics.stale_ballot += 1;
-            let nack = Nack {
-                ring: a.ring,
-                promised: self.promised,
-            };
-            ctx.send(a.ballot.node, Message::Nack(nack));
+            self.refuse(ctx, &a);
             return Ok(());
         }
         self.apply_hint(ctx, a.ballot, a.decided_below)?;
@@ -276,12 +271,7 @@ impl AcceptorRing {
             return Ok(());
         }
         if a.ballot < self.promised {
-            ctx.metrics.stale_ballot += 1;
-            let nack = Nack {
-                ring: a.ring,
-                promised: self.promised,
-            };
-            ctx.send(a.ballot.node, Message::Nack(nack));
+            self.refuse(ctx, &a);
             return Ok(());
         }
         let known = self.frontier.max(self.horizon);
@@ -291,6 +281,16 @@ impl AcceptorRing {
             return Ok(());
         }
         self.vote(ctx, a)
+    }
+
+    /// Refuses an Accept below the promise, naming the promised ballot.
+    fn refuse(&self, ctx: &mut Ctx<'_>, a: &Accept) {
+        ctx.metrics.stale_ballot += 1;
+        let nack = Nack {
+            ring: a.ring,
+            promised: self.promised,
+        };
+        ctx.send(a.ballot.node, Message::Nack(nack));
     }
 
     /// The ballot of the decision of `instance`, if this node knows its slot.

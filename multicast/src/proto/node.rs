@@ -465,12 +465,12 @@ impl AcceptorNode {
     }
 
     /// Runs `f` on `ring`'s state with a context of this node.
-    fn with_ring(
+    fn with_ring<R>(
         &mut self,
         now: Instant,
         ring: RingId,
-        f: impl FnOnce(&mut Ctx<'_>, &mut RingState),
-    ) {
+        f: impl FnOnce(&mut Ctx<'_>, &mut RingState) -> R,
+    ) -> R {
         let AcceptorNode {
             params,
             rings,
@@ -491,7 +491,7 @@ impl AcceptorNode {
             dirty,
             metrics,
         };
-        f(&mut ctx, state);
+        f(&mut ctx, state)
     }
 
     fn drain_local(&mut self, now: Instant) {
@@ -529,106 +529,84 @@ impl AcceptorNode {
         ring: RingId,
         message: Message,
     ) -> Result<(), StorageError> {
-        let AcceptorNode {
-            params,
-            rings,
-            detector,
-            storage,
-            outbox,
-            dirty,
-            metrics,
-            ..
-        } = self;
-        let state = rings.get_mut(&ring).expect("checked by dispatch");
-        let mut ctx = Ctx {
-            now,
-            params,
-            detector,
-            out: outbox,
-            storage: storage.as_mut(),
-            dirty,
-            metrics,
-        };
-        let member = state.members().is_member(from);
-        let peer_only = !matches!(message, Message::Propose(_) | Message::LearnRequest(_));
-        if peer_only && !member {
-            ctx.metrics.unknown_peer += 1;
-            return Ok(());
-        }
-        match message {
-            Message::Propose(p) => on_propose(&mut ctx, state, p),
-            Message::Prepare(p) => on_prepare(&mut ctx, state, from, p)?,
-            Message::Promise(p) => {
-                // The promiser knows every instance below its frontier to be
-                // decided: a gap this node's acceptor must fill.
-                state.acceptor.note_horizon(p.frontier);
-                let members = state.acceptor.members.clone();
-                if let Some(c) = state.coordinator.as_mut() {
-                    c.on_promise(&mut ctx, &members, from, p);
-                }
-            }
-            Message::Nack(n) => state.lead.seen = state.lead.seen.max(n.promised),
-            Message::Accept(a) => state.acceptor.on_accept(&mut ctx, a)?,
-            Message::Decide(d) => state.acceptor.on_decide(&mut ctx, d)?,
-            Message::LearnRequest(r) => state.acceptor.on_learn_request(&mut ctx, from, r),
-            Message::Trimmed(t) => state.acceptor.on_trimmed(&mut ctx, t)?,
-            Message::Heartbeat(_) => {}
-        }
-        settle(&mut ctx, state);
-        Ok(())
+        self.with_ring(now, ring, |ctx, state| {
+            on_ring_message(ctx, state, from, message)
+        })
     }
 
     fn tick_ring(&mut self, now: Instant, ring: RingId) {
         let view = level_view(&self.rings, now, &self.params, ring);
-        let AcceptorNode {
-            params,
-            rings,
-            detector,
-            storage,
-            outbox,
-            dirty,
-            metrics,
-            halted,
-            ..
-        } = self;
-        let state = rings.get_mut(&ring).expect("ring exists");
-        let mut ctx = Ctx {
-            now,
-            params,
-            detector,
-            out: outbox,
-            storage: storage.as_mut(),
-            dirty,
-            metrics,
-        };
-        if let Err(e) = state.acceptor.tick(&mut ctx) {
-            *halted = Some(e);
-            return;
-        }
-        settle(&mut ctx, state);
-        let members = state.acceptor.members.clone();
-        let (mine, me_amnesiac) = (state.leading(), state.acceptor.is_amnesiac());
-        if state
-            .lead
-            .stuck_in_amnesia(&ctx, &members, mine, me_amnesiac)
-        {
-            *halted = Some(StorageError::AllAmnesiac { ring });
-            ctx.out.remote.clear();
-            return;
-        }
-        if stalled_leader(&ctx, state) {
-            park_pending(state);
-            new_term(&mut ctx, state, &members);
-        }
-        let amnesia_end = state
-            .lead
-            .amnesia_end()
-            .max(state.acceptor.amnesiac_until().unwrap_or(0));
-        if let Some(c) = state.coordinator.as_mut() {
-            c.skip_to(amnesia_end);
-            c.tick(&mut ctx, &members, view);
+        if let Err(e) = self.with_ring(now, ring, |ctx, state| tick(ctx, state, view)) {
+            self.halted = Some(e);
+            self.outbox.remote.clear();
         }
     }
+}
+
+/// A message about one ring, from `from`.
+fn on_ring_message(
+    ctx: &mut Ctx<'_>,
+    state: &mut RingState,
+    from: NodeId,
+    message: Message,
+) -> Result<(), StorageError> {
+    let member = state.members().is_member(from);
+    let peer_only = !matches!(message, Message::Propose(_) | Message::LearnRequest(_));
+    if peer_only && !member {
+        ctx.metrics.unknown_peer += 1;
+        return Ok(());
+    }
+    match message {
+        Message::Propose(p) => on_propose(ctx, state, p),
+        Message::Prepare(p) => on_prepare(ctx, state, from, p)?,
+        Message::Promise(p) => {
+            // The promiser knows every instance below its frontier to be
+            // decided: a gap this node's acceptor must fill.
+            state.acceptor.note_horizon(p.frontier);
+            let members = state.acceptor.members.clone();
+            if let Some(c) = state.coordinator.as_mut() {
+                c.on_promise(ctx, &members, from, p);
+            }
+        }
+        Message::Nack(n) => state.lead.seen = state.lead.seen.max(n.promised),
+        Message::Accept(a) => state.acceptor.on_accept(ctx, a)?,
+        Message::Decide(d) => state.acceptor.on_decide(ctx, d)?,
+        Message::LearnRequest(r) => state.acceptor.on_learn_request(ctx, from, r),
+        Message::Trimmed(t) => state.acceptor.on_trimmed(ctx, t)?,
+        Message::Heartbeat(_) => {}
+    }
+    settle(ctx, state);
+    Ok(())
+}
+
+/// A ring's timers: catch-up and trim, the role, a ring stuck in amnesia,
+/// a stalled leader, the coordinator's retries, batches and leveling.
+fn tick(ctx: &mut Ctx<'_>, state: &mut RingState, view: LevelView) -> Result<(), StorageError> {
+    state.acceptor.tick(ctx)?;
+    settle(ctx, state);
+    let members = state.acceptor.members.clone();
+    let (mine, me_amnesiac) = (state.leading(), state.acceptor.is_amnesiac());
+    if state
+        .lead
+        .stuck_in_amnesia(ctx, &members, mine, me_amnesiac)
+    {
+        return Err(StorageError::AllAmnesiac {
+            ring: members.config.id,
+        });
+    }
+    if stalled_leader(ctx, state) {
+        park_pending(state);
+        new_term(ctx, state, &members);
+    }
+    let amnesia_end = state
+        .lead
+        .amnesia_end()
+        .max(state.acceptor.amnesiac_until().unwrap_or(0));
+    if let Some(c) = state.coordinator.as_mut() {
+        c.skip_to(amnesia_end);
+        c.tick(ctx, &members, view);
+    }
+    Ok(())
 }
 
 /// What this node sees of the rings merged with `ring`. A busy partner's
