@@ -221,6 +221,32 @@ fn the_old_coordinator_breaks_agreement_in_the_partition_regime() {
     eprintln!("first: {first}");
 }
 
+/// Seeds that once failed, kept as regression tests: 33095 and 67922
+/// (standard) found a durable acceptor replaying a vote over the value it
+/// had recorded as decided; 3287, 3379, 14017 and 14846 (partitions) found
+/// rate leveling that trusted a lagging acceptor's view of the rings
+/// merged with its own.
+#[test]
+fn seeds_that_once_failed_pass() {
+    let partitions = SimOptions {
+        partitions: true,
+        ..SimOptions::default()
+    };
+    let seeds = [
+        (33095, SimOptions::default()),
+        (67922, SimOptions::default()),
+        (3287, partitions),
+        (3379, partitions),
+        (14017, partitions),
+        (14846, partitions),
+    ];
+    for (seed, options) in seeds {
+        if let Err(f) = sim::run(seed, options) {
+            panic!("{f}\n{}", f.state);
+        }
+    }
+}
+
 #[test]
 fn replay() {
     let Some(seed) = std::env::var("PSMR_SIM_SEED")

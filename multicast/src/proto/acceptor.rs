@@ -22,6 +22,7 @@ use super::context::{Ctx, Membership};
 use super::messages::{
     Accept, Decide, LearnRequest, Message, Nack, Prepare, Promise, PromisedSlot, Trimmed,
 };
+use super::outbox::Decided;
 use super::types::{Ballot, Instance, RingId, Value};
 use crate::storage::{Record, RecoveredRing, StorageError};
 
@@ -90,11 +91,12 @@ impl AcceptorRing {
         let (frontier, frontier_position) = recovered_frontier(&recovered);
         let amnesiac_until =
             (values_lost && recovered.vote_bound > frontier).then_some(recovered.vote_bound);
+        let recorded = recovered.decided;
         let log = recovered
             .accepted
             .into_iter()
             .map(|(i, (ballot, value))| {
-                let decided = i < frontier;
+                let decided = i < frontier || recorded.contains(&i);
                 (
                     i,
                     Slot {
@@ -262,8 +264,13 @@ impl AcceptorRing {
             // The coordinator may be re-proposing something decided long
             // ago: release its window slot, locally or with a Decide.
             if a.ballot.node == ctx.me() {
-                if let Some(ballot) = self.decided_ballot(a.instance) {
-                    ctx.out.decided.push((a.ring, a.instance, ballot));
+                if let Some(slot) = self.log.get(&a.instance).filter(|s| s.decided) {
+                    ctx.out.decided.push(Decided {
+                        ring: a.ring,
+                        instance: a.instance,
+                        ballot: slot.ballot,
+                        value: slot.value.clone(),
+                    });
                 }
             } else {
                 self.answer_decided(ctx, a.instance, a.ballot.node);
@@ -291,14 +298,6 @@ impl AcceptorRing {
             promised: self.promised,
         };
         ctx.send(a.ballot.node, Message::Nack(nack));
-    }
-
-    /// The ballot of the decision of `instance`, if this node knows its slot.
-    fn decided_ballot(&self, instance: Instance) -> Option<Ballot> {
-        self.log
-            .get(&instance)
-            .filter(|s| s.decided)
-            .map(|s| s.ballot)
     }
 
     fn vote(&mut self, ctx: &mut Ctx<'_>, a: Accept) -> Result<(), StorageError> {
@@ -398,7 +397,12 @@ impl AcceptorRing {
         self.note_horizon(d.instance.saturating_add(1));
         if self.is_decided(d.instance) {
             ctx.metrics.duplicates += 1;
-            ctx.out.decided.push((d.ring, d.instance, d.ballot));
+            ctx.out.decided.push(Decided {
+                ring: d.ring,
+                instance: d.instance,
+                ballot: d.ballot,
+                value: d.value.clone(),
+            });
         } else {
             self.mark_decided(ctx, d.instance, d.ballot, d.value.clone())?;
         }
@@ -440,7 +444,7 @@ impl AcceptorRing {
         }
         let known = self.log.get(&instance).is_some_and(|s| s.value == value);
         if !known {
-            let record = Record::Accept {
+            let record = Record::Decided {
                 ring: self.ring(),
                 instance,
                 ballot,
@@ -448,6 +452,7 @@ impl AcceptorRing {
             };
             ctx.append(record)?;
         }
+        let ring = self.ring();
         let slot = self.log.entry(instance).or_insert_with(|| Slot {
             ballot,
             value: value.clone(),
@@ -462,8 +467,13 @@ impl AcceptorRing {
             slot.value = value;
         }
         slot.decided = true;
-        let ballot = slot.ballot;
-        ctx.out.decided.push((self.ring(), instance, ballot));
+        let decided = Decided {
+            ring,
+            instance,
+            ballot: slot.ballot,
+            value: slot.value.clone(),
+        };
+        ctx.out.decided.push(decided);
         self.advance_frontier(ctx)
     }
 
@@ -489,7 +499,12 @@ impl AcceptorRing {
                 if matches!(slot.value, Value::Batch(_)) {
                     self.last_batch_at = Some(ctx.now);
                 }
-                ctx.out.decided.push((ring, instance, ballot));
+                ctx.out.decided.push(Decided {
+                    ring,
+                    instance,
+                    ballot,
+                    value: slot.value.clone(),
+                });
             }
         }
         self.hint.1 = decided_below;

@@ -201,6 +201,10 @@ pub struct RingBeat {
     pub leading: Option<Ballot>,
     /// Every instance below this is decided, as far as the sender knows.
     pub frontier: Instance,
+    /// The merge position just past the last batch below the sender's
+    /// frontier: rings merged with this one must reach it (rate leveling
+    /// takes it from here when this node's own acceptor lags).
+    pub content_position: u64,
     /// The sender restarted without its accepted values and abstains from
     /// Phase 1 until it knows every instance below this to be decided.
     pub amnesiac_until: Option<Instance>,

@@ -85,6 +85,9 @@ struct RingState {
     partners: Vec<RingId>,
     coordinator: Option<Coordinator>,
     lead: Leadership,
+    /// The highest content position peers reported for this ring (see
+    /// [`RingBeat::content_position`]).
+    reported_content: u64,
     /// Commands that arrived while this node was to start a term but had
     /// to wait (terms start at most once per retry timeout).
     parked: Vec<Command>,
@@ -170,6 +173,7 @@ impl AcceptorNode {
                 partners: config.partners(ring.id),
                 coordinator: None,
                 lead: Leadership::default(),
+                reported_content: 0,
                 parked: Vec::new(),
             };
             rings.insert(ring.id, state);
@@ -432,6 +436,7 @@ impl AcceptorNode {
                 ring,
                 leading: state.leading(),
                 frontier: state.acceptor.frontier(),
+                content_position: state.acceptor.content_position(),
                 amnesiac_until: state.acceptor.amnesiac_until(),
             })
             .collect();
@@ -453,6 +458,7 @@ impl AcceptorNode {
                 continue;
             }
             state.acceptor.note_horizon(beat.frontier);
+            state.reported_content = state.reported_content.max(beat.content_position);
             if !old_leadership(&self.params) {
                 state.lead.heard_leader(from, beat.leading, now);
             }
@@ -631,10 +637,13 @@ fn level_view(
             busy.then(|| r.acceptor.frontier_position().max(proposed))
         })
         .max();
+    // Peers' reports count too: this node's acceptor of a partner may lag
+    // (it was cut off), and a ring that levels only to what a lagging
+    // acceptor knows leaves the partner's batches waiting.
     let content_max = partners
         .iter()
         .filter_map(|p| rings.get(p))
-        .map(|r| r.acceptor.content_position())
+        .map(|r| r.acceptor.content_position().max(r.reported_content))
         .max()
         .unwrap_or(0);
     let unobserved = partners.iter().any(|p| !rings.contains_key(p));
@@ -650,18 +659,18 @@ fn level_view(
 fn settle(ctx: &mut Ctx<'_>, state: &mut RingState) {
     let members = state.acceptor.members.clone();
     let ring = members.config.id;
-    for &(r, instance, ballot) in &ctx.out.decided {
-        if r != ring {
-            continue;
-        }
+    let (mine, others): (Vec<_>, Vec<_>) = std::mem::take(&mut ctx.out.decided)
+        .into_iter()
+        .partition(|d| d.ring == ring);
+    ctx.out.decided = others;
+    for d in mine {
         if !old_hint_rule(ctx.params) {
-            state.lead.seen = state.lead.seen.max(ballot);
+            state.lead.seen = state.lead.seen.max(d.ballot);
         }
         if let Some(c) = state.coordinator.as_mut() {
-            c.on_decided(ctx, instance, ballot);
+            c.on_decided(ctx, d.instance, d.ballot, &d.value);
         }
     }
-    ctx.out.decided.retain(|&(r, _, _)| r != ring);
     reconcile_role(ctx, state, &members);
 }
 

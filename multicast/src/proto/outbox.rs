@@ -6,7 +6,18 @@
 use std::collections::VecDeque;
 
 use super::messages::{Message, Transmit};
-use super::types::{Ballot, Instance, NodeId, RingId};
+use super::types::{Ballot, Instance, NodeId, RingId, Value};
+
+/// An instance this node learned decided while handling an input.
+#[derive(Debug)]
+pub(crate) struct Decided {
+    pub(crate) ring: RingId,
+    pub(crate) instance: Instance,
+    /// A ballot the value was proposed at (the decision's, or an earlier
+    /// one with the same value: a label, not proof of when it was chosen).
+    pub(crate) ballot: Ballot,
+    pub(crate) value: Value,
+}
 
 /// Outgoing messages of one node.
 #[derive(Debug)]
@@ -14,10 +25,9 @@ pub(crate) struct Outbox {
     me: NodeId,
     pub(crate) remote: VecDeque<Transmit>,
     pub(crate) local: VecDeque<Message>,
-    /// Instances newly known to be decided while handling the current input,
-    /// with the ballot of the decision; the node hands them to its
-    /// coordinators (a decision at a higher ballot ends a coordinator's term).
-    pub(crate) decided: Vec<(RingId, Instance, Ballot)>,
+    /// Instances newly known to be decided while handling the current input;
+    /// the node hands them to its coordinators.
+    pub(crate) decided: Vec<Decided>,
 }
 
 impl Outbox {

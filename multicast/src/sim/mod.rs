@@ -344,6 +344,42 @@ struct World {
     healed_at: u64,
 }
 
+/// With `PSMR_SIM_TRACE=RING:INSTANCE` set, prints every message delivered
+/// about that ring's instance, and its Phase 1 messages (for replays).
+fn trace(now: u64, from: NodeId, to: NodeId, message: &Message) {
+    thread_local! {
+        static FILTER: Option<(u16, u64)> = std::env::var("PSMR_SIM_TRACE").ok().and_then(|v| {
+            let (ring, instance) = v.split_once(':')?;
+            Some((ring.parse().ok()?, instance.parse().ok()?))
+        });
+    }
+    let Some((ring, instance)) = FILTER.with(|f| *f) else {
+        return;
+    };
+    if message.ring() != Some(RingId(ring)) {
+        return;
+    }
+    let shown = match message {
+        Message::Accept(a) => a.instance == instance || a.decided_below > instance,
+        Message::Decide(d) => d.instance == instance,
+        Message::Prepare(_) | Message::Promise(_) | Message::Nack(_) => true,
+        Message::LearnRequest(_) | Message::Trimmed(_) => true,
+        _ => false,
+    };
+    if shown {
+        let brief = match message {
+            Message::Promise(p) => format!(
+                "Promise {} frontier {} slot {:?}",
+                p.ballot,
+                p.frontier,
+                p.slots.iter().find(|s| s.instance == instance)
+            ),
+            other => format!("{other:?}"),
+        };
+        eprintln!("{:>12.6} {from}->{to} {brief}", now as f64 / 1e9);
+    }
+}
+
 /// How often (virtual time) the acceptors' decided values are compared.
 const ACCEPTOR_SCAN: u64 = 100_000_000;
 
@@ -638,6 +674,7 @@ impl World {
             self.lost += 1;
             return Ok(());
         }
+        trace(self.now, from, to, &message);
         if self.is_paused(to) {
             self.held.push((from, to, message));
             return Ok(());

@@ -433,6 +433,10 @@ fn note(
             let max = max_accept.entry(*ring).or_insert(*instance);
             *max = (*max).max(*instance);
         }
+        Record::Decided { ring, instance, .. } => {
+            let max = max_accept.entry(*ring).or_insert(*instance);
+            *max = (*max).max(*instance);
+        }
         Record::VoteBound { bound, .. } => m.vote_bound = m.vote_bound.max(*bound),
         Record::Frontier {
             below, position, ..

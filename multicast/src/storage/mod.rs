@@ -58,6 +58,20 @@ pub enum Record {
         /// Value voted for.
         value: Value,
     },
+    /// The acceptor learned that `value` was decided in `instance`. Replay
+    /// keeps it whatever ballots the acceptor voted at for that instance:
+    /// the label of a decision may be below a vote of another value that was
+    /// never chosen, so "highest ballot wins" would bring that vote back.
+    Decided {
+        /// Ring.
+        ring: RingId,
+        /// Instance.
+        instance: Instance,
+        /// The ballot the decision came labelled with.
+        ballot: Ballot,
+        /// The decided value.
+        value: Value,
+    },
     /// The acceptor will not vote for an instance at or above `bound` before
     /// writing a higher bound.
     VoteBound {
@@ -93,6 +107,7 @@ impl Record {
         match self {
             Record::Promise { ring, .. }
             | Record::Accept { ring, .. }
+            | Record::Decided { ring, .. }
             | Record::VoteBound { ring, .. }
             | Record::Frontier { ring, .. }
             | Record::Trim { ring, .. } => *ring,
@@ -102,7 +117,10 @@ impl Record {
     /// Whether the record is metadata (kept by memory storage too). Accepted
     /// values and frontiers, which describe values, are not.
     pub fn is_metadata(&self) -> bool {
-        !matches!(self, Record::Accept { .. } | Record::Frontier { .. })
+        !matches!(
+            self,
+            Record::Accept { .. } | Record::Decided { .. } | Record::Frontier { .. }
+        )
     }
 }
 
@@ -121,8 +139,11 @@ pub struct Recovered {
 pub struct RecoveredRing {
     /// Highest ballot promised (or accepted).
     pub promised: Ballot,
-    /// Accepted values at or above `trimmed_below`, highest ballot per instance.
+    /// Accepted values at or above `trimmed_below`, highest ballot per
+    /// instance, or the decided value where the acceptor recorded one.
     pub accepted: BTreeMap<Instance, (Ballot, Value)>,
+    /// The instances of `accepted` recorded as decided.
+    pub decided: std::collections::BTreeSet<Instance>,
     /// Highest vote bound written.
     pub vote_bound: Instance,
     /// First instance not trimmed.
@@ -149,7 +170,7 @@ impl Recovered {
                 ..
             } => {
                 ring.promised = ring.promised.max(ballot);
-                if instance >= ring.trimmed_below {
+                if instance >= ring.trimmed_below && !ring.decided.contains(&instance) {
                     let newer = ring
                         .accepted
                         .get(&instance)
@@ -157,6 +178,17 @@ impl Recovered {
                     if newer {
                         ring.accepted.insert(instance, (ballot, value));
                     }
+                }
+            }
+            Record::Decided {
+                instance,
+                ballot,
+                value,
+                ..
+            } => {
+                if instance >= ring.trimmed_below {
+                    ring.accepted.insert(instance, (ballot, value));
+                    ring.decided.insert(instance);
                 }
             }
             Record::VoteBound { bound, .. } => ring.vote_bound = ring.vote_bound.max(bound),
@@ -175,6 +207,7 @@ impl Recovered {
                     ring.trimmed_below = below;
                     ring.trim_position = position;
                     ring.accepted = ring.accepted.split_off(&below);
+                    ring.decided = ring.decided.split_off(&below);
                 }
             }
         }
@@ -323,5 +356,35 @@ mod tests {
         assert_eq!(ring.trim_position, 7);
         assert_eq!(ring.accepted.len(), 1);
         assert_eq!(ring.accepted[&5], (b(3), Value::Skip(1)));
+    }
+
+    // A decision may come labelled with a ballot below a vote of another
+    // value this acceptor cast for the same instance (that vote was never
+    // chosen): replay keeps the decided value, never the higher vote.
+    #[test]
+    fn a_recorded_decision_outlives_a_higher_vote_of_another_value() {
+        let r = RingId(1);
+        let mut rec = Recovered::default();
+        rec.apply(Record::Accept {
+            ring: r,
+            instance: 22,
+            ballot: b(4),
+            value: Value::Skip(1),
+        });
+        rec.apply(Record::Decided {
+            ring: r,
+            instance: 22,
+            ballot: b(3),
+            value: Value::Skip(170),
+        });
+        rec.apply(Record::Accept {
+            ring: r,
+            instance: 22,
+            ballot: b(5),
+            value: Value::Skip(9),
+        });
+        let ring = &rec.rings[&r];
+        assert_eq!(ring.accepted[&22], (b(3), Value::Skip(170)));
+        assert!(ring.decided.contains(&22));
     }
 }
