@@ -14,68 +14,32 @@
 
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use psmr_multicast::proto::{
-    Accept, AcceptorNode, Ballot, Command, CommandId, Decide, Heartbeat, LearnRequest, Message,
-    MulticastConfig, NodeId, Params, Prepare, Promise, Propose, ProposerId, RingConfig, RingId,
-    Transmit, Value, VoteSet,
+    Accept, AcceptorNode, Command, Decide, Heartbeat, LearnRequest, Message, MulticastConfig,
+    NodeId, Prepare, Promise, Propose, Transmit, Value, VoteSet,
 };
-use psmr_multicast::storage::MemoryStorage;
 
-const R: RingId = RingId(0);
+mod common;
+use common::{R, ballot, drain, to};
+
 const N: [NodeId; 5] = [NodeId(1), NodeId(2), NodeId(3), NodeId(4), NodeId(5)];
 const L8: NodeId = NodeId(8);
 const L9: NodeId = NodeId(9);
 
 fn config() -> MulticastConfig {
-    MulticastConfig {
-        rings: vec![RingConfig {
-            id: R,
-            acceptors: N.to_vec(),
-            learners: vec![L8, L9],
-        }],
-        merges: Vec::new(),
-        params: Params {
-            // Leveling far away, so that the test sees only what it causes.
-            delta: Duration::from_secs(3600),
-            ..Params::default()
-        },
-    }
+    common::ring(&N, &[L8, L9])
 }
 
 fn node(id: NodeId, now: Instant) -> AcceptorNode {
-    AcceptorNode::new(id, &config(), Box::new(MemoryStorage::ephemeral()), now).unwrap()
-}
-
-/// Everything `node` sends, heartbeats left out.
-fn drain(node: &mut AcceptorNode) -> Vec<Transmit> {
-    std::iter::from_fn(|| node.poll_transmit())
-        .filter(|t| !matches!(t.message, Message::Heartbeat(_)))
-        .collect()
-}
-
-fn ballot(round: u64, node: NodeId) -> Ballot {
-    Ballot { round, node }
+    common::acceptor(&config(), id, now)
 }
 
 fn value(seq: u64) -> Value {
-    let command = Command {
-        id: CommandId {
-            proposer: ProposerId(77),
-            seq,
-        },
-        low_water: 0,
-        payload: Bytes::from(vec![seq as u8; 4]),
-    };
-    Value::batch(vec![command])
+    Value::batch(vec![common::command(seq, 4)])
 }
 
 fn commands(v: &Value) -> Vec<Command> {
     v.commands().to_vec()
-}
-
-fn to(to: NodeId, message: Message) -> Transmit {
-    Transmit { to, message }
 }
 
 /// A heartbeat from a peer that hears `hears` and leads nothing.

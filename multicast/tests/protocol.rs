@@ -5,63 +5,29 @@
 
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use psmr_multicast::proto::{
-    Accept, AcceptorNode, Ballot, Command, CommandId, Decide, Learner, Message, MulticastConfig,
-    Nack, NodeId, Params, Prepare, Promise, Propose, ProposerId, RingConfig, RingId, Transmit,
-    Value, VoteSet,
+    Accept, AcceptorNode, Command, Decide, Learner, Message, MulticastConfig, Nack, NodeId, Params,
+    Prepare, Promise, Propose, RingConfig, RingId, Transmit, Value, VoteSet,
 };
-use psmr_multicast::storage::MemoryStorage;
 
-const R: RingId = RingId(0);
+mod common;
+use common::{R, ballot, drain, to};
+
 const N1: NodeId = NodeId(1);
 const N2: NodeId = NodeId(2);
 const N3: NodeId = NodeId(3);
 const L: NodeId = NodeId(9);
 
 fn config() -> MulticastConfig {
-    MulticastConfig {
-        rings: vec![RingConfig {
-            id: R,
-            acceptors: vec![N1, N2, N3],
-            learners: vec![L],
-        }],
-        merges: Vec::new(),
-        params: Params {
-            // Leveling far away, so that tests see only what they cause.
-            delta: Duration::from_secs(3600),
-            ..Params::default()
-        },
-    }
+    common::ring(&[N1, N2, N3], &[L])
 }
 
 fn node(id: NodeId, now: Instant) -> AcceptorNode {
-    AcceptorNode::new(id, &config(), Box::new(MemoryStorage::ephemeral()), now).unwrap()
-}
-
-fn drain(node: &mut AcceptorNode) -> Vec<Transmit> {
-    std::iter::from_fn(|| node.poll_transmit())
-        .filter(|t| !matches!(t.message, Message::Heartbeat(_)))
-        .collect()
-}
-
-fn ballot(round: u64, node: NodeId) -> Ballot {
-    Ballot { round, node }
+    common::acceptor(&config(), id, now)
 }
 
 fn command(seq: u64) -> Command {
-    Command {
-        id: CommandId {
-            proposer: ProposerId(77),
-            seq,
-        },
-        low_water: 0,
-        payload: Bytes::from(vec![seq as u8; 8]),
-    }
-}
-
-fn to(to: NodeId, message: Message) -> Transmit {
-    Transmit { to, message }
+    common::command(seq, 8)
 }
 
 /// n1 leads r0 after Phase 1 with n2's promise.
@@ -325,8 +291,7 @@ fn an_idle_acceptor_wakes_at_the_slow_timers_pace_until_traffic_arrives() {
     let mut config = config();
     config.params = params.clone();
     let start = Instant::now();
-    let mut n2 = AcceptorNode::new(N2, &config, Box::new(MemoryStorage::ephemeral()), start)
-        .expect("a node");
+    let mut n2 = common::acceptor(&config, N2, start);
     let (mut now, mut wakes) = (start, 0);
     while let Some(at) = n2
         .poll_timeout()
@@ -363,8 +328,7 @@ fn leader_of_merged_rings(now: Instant, g: RingId, t: RingId) -> AcceptorNode {
         merges: vec![vec![g, t]],
         ..config()
     };
-    let mut n1 =
-        AcceptorNode::new(N1, &config, Box::new(MemoryStorage::ephemeral()), now).expect("a node");
+    let mut n1 = common::acceptor(&config, N1, now);
     drain(&mut n1);
     for ring in [g, t] {
         let promise = Promise {
