@@ -11,6 +11,10 @@
 # on ports cuts single directions. Each round, under a steady closed-loop
 # load, the script cuts acceptor 1 (the first coordinator of every ring) in
 # one way — both ways, inbound only, outbound only — for CUT_SECONDS, heals,
+# and with KINDS=lossy makes its inbound direction lossy instead (a link
+# shaped to LOSSY_RATE, default 200kbit, with a 10-packet queue: most
+# packets to acceptor 1 are dropped, the rest delayed; this kernel has no
+# netem, so loss comes from the shaper),
 # and reads the client's timeline (answered calls per 100 ms) to print:
 #   served during the cut, as a share of the rate before it;
 #   time from the heal to the first 100 ms at half the rate before the cut;
@@ -48,6 +52,15 @@ inns ip link set lo up
 # the rules this script adds, so that they can drop loopback packets.
 inns ip rule add pref 200 lookup local
 inns ip rule del pref 0
+# For KINDS=lossy: every packet on loopback passes an HTB shaper whose
+# default class is unlimited; a cut moves acceptor 1's inbound packets to a
+# slow class with a short queue.
+if [[ " ${KINDS:-} " == *" lossy "* ]]; then
+  inns tc qdisc add dev lo root handle 1: htb default 10 r2q 100000
+  inns tc class add dev lo parent 1: classid 1:10 htb rate 100gbit
+  inns tc class add dev lo parent 1: classid 1:20 htb rate "${LOSSY_RATE:-200kbit}"
+  inns tc qdisc add dev lo parent 1:20 handle 20: pfifo limit 10
+fi
 
 a1=$port
 cut_rules() { # KIND add|del
@@ -56,6 +69,13 @@ cut_rules() { # KIND add|del
           inns ip rule "$2" pref 101 ipproto udp sport "$a1" blackhole ;;
     inbound) inns ip rule "$2" pref 100 ipproto udp dport "$a1" blackhole ;;
     outbound) inns ip rule "$2" pref 101 ipproto udp sport "$a1" blackhole ;;
+    lossy) if [[ $2 == add ]]; then
+             inns tc filter add dev lo parent 1: protocol ip prio 1 u32 \
+               match ip protocol 17 0xff match ip dport "$a1" 0xffff flowid 1:20
+           else
+             inns tc filter del dev lo parent 1: protocol ip prio 1
+           fi ;;
+    *) echo "unknown kind $1 (both, inbound, outbound, lossy)" >&2; exit 2 ;;
   esac
 }
 
@@ -111,6 +131,7 @@ for event in sys.argv[2:]:
     if "-v" in sys.argv[0:1] or __import__("os").environ.get("VERBOSE"):
         print("   ", [n for t, n in series if t0 - 0.5 <= t < t1 + 3])
 EOF
+[[ " ${KINDS:-} " == *" lossy "* ]] && inns tc -s class show dev lo classid 1:20 | sed 's/^/  shaper: /'
 echo "terms started and ended, per acceptor (its last counters logged):"
 grep "acceptor counters" "$work/cluster.log" | sed 's/\x1b\[[0-9;]*m//g' \
   | sed -E 's/.*node=(n[0-9]+).* (elections=[0-9]+ step_downs=[0-9]+ prepares_refused=[0-9]+).*/  \1 \2/' \
