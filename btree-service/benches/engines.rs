@@ -28,8 +28,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use psmr_btree::{BTree, BTreeService, Op};
+use psmr_core::{ClientId, EngineKind, Outcome, Reply};
 use psmr_replica::workload::{self, Feed, Submission, WorkloadOptions};
-use psmr_replica::{ClientId, EngineConfig, EngineKind, Outcome, Reply, ReplySink, WaitPolicy};
+use psmr_replica::{EngineConfig, ReplySink, WaitPolicy};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 

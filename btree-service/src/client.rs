@@ -1,12 +1,11 @@
-//! A typed client of the replicated B+-tree, on the SDK.
+//! A typed client of the replicated B+-tree, on the SDK (feature `client`).
 //!
 //! ```no_run
 //! use psmr_btree::BTreeClient;
 //! use psmr_client::ClientOptions;
-//! use psmr_replica::cluster::ClusterConfig;
 //!
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-//! let cluster = ClusterConfig::load("cluster.toml".as_ref())?;
+//! let cluster = psmr_multicast::process::load_cluster("cluster.toml".as_ref())?;
 //! let tree = BTreeClient::connect(&cluster, ClientOptions::default()).await?;
 //! tree.insert(7, 700).await?;
 //! assert_eq!(tree.get(7).await?, Some(700));
@@ -16,24 +15,12 @@
 //! # }
 //! ```
 
-use bytes::Bytes;
-use psmr_client::{Client, ClientError, ClientOptions, ServiceClient};
-use psmr_replica::cluster::ClusterConfig;
-use psmr_replica::{Service, ServiceId};
+use psmr_client::{Client, ClientError, ClientOptions};
+use psmr_core::cluster::ClusterConfig;
 use thiserror::Error;
 
 use crate::op::{Invalid, Op, Response};
 use crate::service::BTreeService;
-
-impl ServiceClient for BTreeService {
-    fn service_id(&self) -> ServiceId {
-        Service::id(self)
-    }
-
-    fn encode_op(&self, op: &Op) -> Bytes {
-        op.encode()
-    }
-}
 
 /// Why a B+-tree call failed.
 #[derive(Debug, Error)]

@@ -1,5 +1,5 @@
 //! psmr-btree: the reference service of psmr, a B+-tree key-value store
-//! (DESIGN.md section 6).
+//! (docs/ARCHITECTURE.md, "The B+-tree service").
 //!
 //! - [`tree`]: the B+-tree, with its concurrency contract in the types:
 //!   `&mut BTree` may change the shape, `&BTree` plus a thread's partition
@@ -11,12 +11,14 @@
 //! - [`client`]: [`BTreeClient`], a typed client (`get`, `put`, `insert`,
 //!   `delete`, `scan`) on the psmr SDK.
 
+#[cfg(feature = "client")]
 pub mod client;
 pub mod op;
 pub mod partition;
 pub mod service;
 pub mod tree;
 
+#[cfg(feature = "client")]
 pub use client::{BTreeClient, BTreeError, Scan};
 pub use op::{Invalid, MAX_SCAN, Op, Response};
 pub use partition::Partitioning;

@@ -1,6 +1,6 @@
 //! The B+-tree as a replicated service: [`Service`] (execution in
 //! sequential, synchronous and parallel mode, the safety check) and
-//! [`GroupMapping`] (CC-G and OC-G, DESIGN.md section 6).
+//! [`GroupMapping`] (CC-G and OC-G, docs/ARCHITECTURE.md, "The B+-tree service").
 //!
 //! | op | CC-G | OC-G | safety check (parallel mode) |
 //! |---|---|---|---|
@@ -12,9 +12,10 @@
 //! where g(k) is the group of the thread whose partition holds k.
 
 use bytes::Bytes;
-use psmr_replica::model::ClassId;
-use psmr_replica::{
-    ConflictModel, Group, GroupMapping, Lane, Placement, Service, ServiceId, ThreadSet,
+use psmr_core::model::ClassId;
+use psmr_core::{
+    ConflictModel, Group, GroupMapping, Lane, Placement, Service, ServiceClient, ServiceId,
+    ThreadSet,
 };
 
 use crate::op::{Invalid, MAX_SCAN, Op, Response};
@@ -196,5 +197,15 @@ impl ConflictModel for BTreeService {
             0 => ThreadSet::all(threads),
             p => ThreadSet::one((p - 1) % threads),
         }
+    }
+}
+
+impl ServiceClient for BTreeService {
+    fn service_id(&self) -> ServiceId {
+        Service::id(self)
+    }
+
+    fn encode_op(&self, op: &Op) -> Bytes {
+        op.encode()
     }
 }

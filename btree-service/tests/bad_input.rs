@@ -9,12 +9,12 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use psmr_btree::{BTree, BTreeService, Invalid, MAX_SCAN, Op, Response};
-use psmr_multicast::proto::{Command, CommandId, ProposerId, RingId, Value};
-use psmr_replica::workload::CollectSink;
-use psmr_replica::{
-    Answerers, ClientId, Engine, EngineConfig, EngineError, EngineKind, Mode, Outcome, Refusal,
-    Reply, Request, RequestId, ServiceId,
+use psmr_core::proto::{Command, CommandId, ProposerId, RingId, Value};
+use psmr_core::{
+    Answerers, ClientId, EngineKind, Mode, Outcome, Refusal, Reply, Request, RequestId, ServiceId,
 };
+use psmr_replica::workload::CollectSink;
+use psmr_replica::{Engine, EngineConfig, EngineError};
 
 const CLIENT: u64 = 9;
 

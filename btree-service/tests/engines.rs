@@ -16,8 +16,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use psmr_btree::{BTree, BTreeService, Op};
+use psmr_core::{ClientId, EngineKind, Outcome};
 use psmr_replica::workload::{self, CollectSink, Feed, Submission, WorkloadOptions};
-use psmr_replica::{ClientId, EngineConfig, EngineKind, Jitter, Outcome};
+use psmr_replica::{EngineConfig, Jitter};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 

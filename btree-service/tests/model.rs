@@ -1,5 +1,5 @@
 //! Model-based tests of the B+-tree against `std::collections::BTreeMap`
-//! (DESIGN.md section 9): random operation sequences on small fanouts, so
+//! (docs/testing.md): random operation sequences on small fanouts, so
 //! that splits, borrows and merges happen all the time; every response is
 //! compared and every invariant checked after every operation.
 //!

@@ -1,5 +1,5 @@
 //! The SDK without a typed client: a generic [`psmr_client::Client`] for any
-//! service that implements [`psmr_client::ServiceClient`], here the linked
+//! service that implements [`psmr_core::ServiceClient`], here the linked
 //! list that ships with psmr.
 //!
 //! ```text
@@ -13,15 +13,15 @@
 use std::error::Error;
 
 use psmr_client::{Client, ClientOptions};
-use psmr_replica::cluster::ClusterConfig;
-use psmr_replica::services::{ListOp, ListService};
+use psmr_multicast::process::load_cluster;
+use psmr_services::{ListOp, ListService};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn Error>> {
     let path = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "psmr-local/cluster.toml".to_string());
-    let cluster = ClusterConfig::load(path.as_ref())?;
+    let cluster = load_cluster(path.as_ref())?;
     let list = Client::connect(&cluster, ListService, ClientOptions::default()).await?;
     // Responses are the service's encoded bytes; the list's are postcard.
     let added: bool = postcard::from_bytes(&list.call(ListOp::Add(1_000)).await?)?;

@@ -19,13 +19,13 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use psmr_multicast::net::{Inbound, Network, Purpose, frame_of};
-use psmr_multicast::proto::codec::{self, DEFAULT_MAX_FRAME};
-use psmr_multicast::proto::{CommandId, NodeId, Proposer, ProposerId, RingId, SeqMap};
-use psmr_replica::cluster::ClusterConfig;
-use psmr_replica::{
+use psmr_core::cluster::ClusterConfig;
+use psmr_core::proto::codec::{self, DEFAULT_MAX_FRAME};
+use psmr_core::proto::{CommandId, NodeId, Proposer, ProposerId, RingId, SeqMap};
+use psmr_core::{
     Answerers, ClientId, EngineKind, Group, Mode, Outcome, Reply, Request, RequestId, route,
 };
+use psmr_multicast::net::{Inbound, Network, Purpose, frame_of};
 use tokio::sync::{mpsc, oneshot};
 use tracing::debug;
 

@@ -1,4 +1,4 @@
-//! psmr-client: the client SDK (DESIGN.md section 7).
+//! psmr-client: the client SDK (docs/ARCHITECTURE.md, "Client").
 //!
 //! ```text
 //!  call(op) ──> request id, mode and group (smr: g_all; psmr: CC-G; opt-psmr: OC-G;
@@ -22,11 +22,11 @@
 //!
 //! ```no_run
 //! use psmr_client::{Client, ClientOptions};
-//! use psmr_replica::cluster::ClusterConfig;
-//! use psmr_replica::services::{ListOp, ListService};
+//! use psmr_core::cluster::ClusterConfig;
+//! use psmr_services::{ListOp, ListService};
 //!
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-//! let cluster = ClusterConfig::load("cluster.toml".as_ref())?;
+//! let cluster = psmr_multicast::process::load_cluster("cluster.toml".as_ref())?;
 //! let client = Client::connect(&cluster, ListService, ClientOptions::default()).await?;
 //! let response = client.call(ListOp::Add(42)).await?;
 //! let added: bool = postcard::from_bytes(&response)?;
@@ -43,43 +43,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
+use psmr_core::cluster::ClusterConfig;
+use psmr_core::proto::NodeId;
+use psmr_core::{ClientId, MappingError, Refusal};
 use psmr_multicast::net::{CertPaths, Identity, NetConfig, NetError, Network, Tls, TlsError};
-use psmr_multicast::proto::NodeId;
-use psmr_replica::cluster::ClusterConfig;
-use psmr_replica::services::{ListOp, ListService, NullOp, NullService};
-use psmr_replica::{ClientId, GroupMapping, MappingError, Refusal, Service, ServiceId};
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
 
-/// What a client needs to know of a service: its id, its group mapping and
-/// how to encode its operations.
-pub trait ServiceClient: GroupMapping + Send + Sync + 'static
-where
-    Self::Op: Send + 'static,
-{
-    /// The service's id in requests.
-    fn service_id(&self) -> ServiceId;
-    /// Encodes an operation.
-    fn encode_op(&self, op: &Self::Op) -> Bytes;
-}
-
-impl ServiceClient for ListService {
-    fn service_id(&self) -> ServiceId {
-        Service::id(self)
-    }
-    fn encode_op(&self, op: &ListOp) -> Bytes {
-        op.encode()
-    }
-}
-
-impl ServiceClient for NullService {
-    fn service_id(&self) -> ServiceId {
-        Service::id(self)
-    }
-    fn encode_op(&self, op: &NullOp) -> Bytes {
-        op.encode()
-    }
-}
+/// What a client needs to know of a service (defined in `psmr-core`, beside
+/// `Service`, so that a service crate implements it without linking the SDK).
+pub use psmr_core::ServiceClient;
 
 /// How a client behaves.
 #[derive(Clone, Debug, PartialEq)]
@@ -397,11 +370,12 @@ fn incarnate(id: u64, incarnation: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use psmr_replica::cluster::EngineName;
+    use psmr_core::EngineKind;
+    use psmr_services::NullService;
 
     #[tokio::test]
     async fn a_fallback_threshold_out_of_range_is_refused_before_connecting() {
-        let cluster = ClusterConfig::local(7990, EngineName::Psmr, 2);
+        let cluster = ClusterConfig::local(7990, EngineKind::Psmr, 2);
         for bad in [-0.1, 1.5, f64::NAN] {
             let options = ClientOptions {
                 sequential_above: bad,

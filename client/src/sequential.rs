@@ -28,7 +28,7 @@
 //! recent execution time per command, and while it is below [`CHEAP_NS`] the
 //! fallback starts from [`CHEAP_ABOVE`] instead of the configured share.
 
-use psmr_replica::{Group, Mode};
+use psmr_core::{Group, Mode};
 
 /// Commands the share is taken over: the client's most recent.
 pub(crate) const WINDOW: usize = 1024;

@@ -7,15 +7,17 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use psmr_btree::{BTreeClient, BTreeError};
 use psmr_client::{ClientError, ClientOptions};
+use psmr_core::cluster::{ClusterConfig, ClusterError, ServiceKind, StorageKind};
+use psmr_core::proto::NodeId;
+use psmr_core::{EngineKind, ExecCost};
 use psmr_multicast::net::{TlsError, generate_dev_certs};
-use psmr_multicast::proto::NodeId;
+use psmr_multicast::process::{ProcessError, load_cluster, run_acceptor};
 use psmr_multicast::storage::OpenMode;
-use psmr_replica::cluster::{ClusterConfig, ClusterError, EngineName, ServiceKind, StorageKind};
-use psmr_replica::runtime::{self, RuntimeError};
+use psmr_replica::runtime::RuntimeError;
 use thiserror::Error;
 
 use crate::load::{LoadError, LoadOptions};
-use crate::local::{LocalError, LocalOptions};
+use crate::local::{ClusterSpec, LocalError, LocalOptions};
 
 /// Command-line arguments.
 #[derive(Parser, Debug)]
@@ -48,7 +50,7 @@ enum Command {
     /// Run one replica.
     Replica(NodeArgs),
     /// Run an experiment file: a local cluster per configuration, load,
-    /// then data.csv, summary.md and plots in OUT/<experiment>/<timestamp>/.
+    /// then data.csv, summary.md and plots in OUT/EXPERIMENT/TIMESTAMP/.
     Sweep(crate::sweep::SweepArgs),
     /// Redraw the plots of a results directory written by `psmr sweep`.
     Plot {
@@ -138,13 +140,13 @@ pub(crate) enum EngineArg {
 }
 
 impl EngineArg {
-    pub(crate) fn name(self) -> EngineName {
+    pub(crate) fn name(self) -> EngineKind {
         match self {
-            EngineArg::Smr => EngineName::Smr,
-            EngineArg::Psmr => EngineName::Psmr,
-            EngineArg::OptPsmr => EngineName::OptPsmr,
-            EngineArg::Cbase => EngineName::Cbase,
-            EngineArg::Classes => EngineName::Classes,
+            EngineArg::Smr => EngineKind::Smr,
+            EngineArg::Psmr => EngineKind::Psmr,
+            EngineArg::OptPsmr => EngineKind::OptPsmr,
+            EngineArg::Cbase => EngineKind::Cbase,
+            EngineArg::Classes => EngineKind::Classes,
         }
     }
 }
@@ -211,6 +213,9 @@ pub(crate) enum CliError {
     /// A process failed.
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
+    /// The acceptor process failed.
+    #[error(transparent)]
+    Acceptor(#[from] ProcessError),
     /// A client call failed.
     #[error(transparent)]
     Client(#[from] ClientError),
@@ -256,7 +261,7 @@ pub(crate) fn run(args: Args) -> Result<(), CliError> {
             Ok(())
         }
         Command::Certs { config, dir } => {
-            let cluster = ClusterConfig::load(&config)?;
+            let cluster = load_cluster(&config)?;
             let dir = dir.unwrap_or_else(|| cluster.tls.dir.clone());
             generate_dev_certs(&dir, &cluster.nodes())?;
             println!(
@@ -267,13 +272,13 @@ pub(crate) fn run(args: Args) -> Result<(), CliError> {
             Ok(())
         }
         Command::Acceptor(AcceptorArgs { node, init }) => {
-            let cluster = ClusterConfig::load(&node.config)?;
+            let cluster = load_cluster(&node.config)?;
             let mode = if init {
                 OpenMode::Init
             } else {
                 OpenMode::Existing
             };
-            runtime()?.block_on(runtime::run_acceptor(
+            runtime()?.block_on(run_acceptor(
                 &cluster,
                 NodeId(node.id),
                 mode,
@@ -282,7 +287,7 @@ pub(crate) fn run(args: Args) -> Result<(), CliError> {
             Ok(())
         }
         Command::Replica(node) => {
-            let cluster = ClusterConfig::load(&node.config)?;
+            let cluster = load_cluster(&node.config)?;
             let id = NodeId(node.id);
             runtime()?.block_on(crate::services::run_replica(
                 &cluster,
@@ -292,7 +297,7 @@ pub(crate) fn run(args: Args) -> Result<(), CliError> {
             Ok(())
         }
         Command::Client { config, command } => {
-            let cluster = ClusterConfig::load(&config)?;
+            let cluster = load_cluster(&config)?;
             if cluster.service.kind != ServiceKind::Btree {
                 return Err(CliError::NotBTree(cluster.service.kind));
             }
@@ -346,4 +351,26 @@ async fn client(cluster: &ClusterConfig, command: ClientCommand) -> Result<(), C
         ClientCommand::Load(_) => unreachable!("handled above"),
     }
     Ok(())
+}
+
+impl From<LocalArgs> for LocalOptions {
+    fn from(a: LocalArgs) -> Self {
+        LocalOptions {
+            cluster: ClusterSpec {
+                engine: a.engine.name(),
+                threads: a.threads,
+                storage: a.storage.kind(),
+                service: a.service.kind(),
+                preload: a.preload,
+                cost: ExecCost {
+                    busy: a.exec_busy,
+                    wait: a.exec_wait,
+                },
+                port: a.port,
+                dir: a.dir,
+            },
+            load: a.load,
+            stop_after: a.stop_after,
+        }
+    }
 }

@@ -38,7 +38,7 @@
 //! [[plot]]               # one PNG and one SVG each
 //! name = "throughput"    # file name
 //! title = "Throughput"
-//! x = "dependent"        # a column of data.csv (see `results::COLUMNS`)
+//! x = "dependent"        # a column of data.csv (see `columns::COLUMNS`)
 //! y = ["throughput"]     # one line per column ...
 //! series = "engine"      # ... and per value of this column
 //! ```
@@ -49,12 +49,13 @@
 use std::path::Path;
 use std::time::Duration;
 
-use psmr_replica::cluster::{EngineName, StorageKind};
+use psmr_core::cluster::StorageKind;
+use psmr_core::{EngineKind, Layout};
 use psmr_replica::engine::{EngineConfig, ExecCost};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::results::Column;
+use crate::columns::{Column, one_pass};
 
 /// A parsed, validated experiment file.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -75,7 +76,7 @@ pub(crate) struct Experiment {
     pub(crate) order: Vec<Axis>,
     /// The engine the others are compared with, pass by pass. Default none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) baseline: Option<EngineName>,
+    pub(crate) baseline: Option<EngineKind>,
     /// The settings every point starts from.
     #[serde(default)]
     pub(crate) base: Point,
@@ -92,7 +93,7 @@ pub(crate) struct Experiment {
 #[serde(deny_unknown_fields, default)]
 #[allow(missing_docs)]
 pub(crate) struct Point {
-    pub(crate) engine: EngineName,
+    pub(crate) engine: EngineKind,
     pub(crate) threads: usize,
     pub(crate) storage: StorageKind,
     pub(crate) preload: u64,
@@ -116,7 +117,7 @@ pub(crate) struct Point {
 impl Default for Point {
     fn default() -> Self {
         Point {
-            engine: EngineName::OptPsmr,
+            engine: EngineKind::OptPsmr,
             threads: 2,
             storage: StorageKind::Memory,
             preload: 1_000_000,
@@ -137,7 +138,7 @@ impl Default for Point {
 impl Point {
     /// The worker threads a replica runs (smr: one, whatever `threads` says).
     pub(crate) fn workers(&self) -> usize {
-        EngineConfig::new(self.engine.kind(), self.threads).workers
+        EngineConfig::new(self.engine, self.threads).workers
     }
 
     /// The execution cost added to every command.
@@ -210,7 +211,7 @@ impl Axis {
 #[allow(missing_docs)]
 pub(crate) struct Sweep {
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub(crate) engine: Vec<EngineName>,
+    pub(crate) engine: Vec<EngineKind>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub(crate) threads: Vec<usize>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -280,16 +281,8 @@ fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ExperimentErr
     }
 }
 
-/// The most threads a point may ask for (each is a thread and a ring).
-const MAX_THREADS: usize = 64;
-
 /// The most passes `repeat` may ask for.
 const MAX_PASSES: u32 = 100;
-
-/// The default of `repeat` (and of `passes` in data files written before it).
-pub(crate) fn one_pass() -> u32 {
-    1
-}
 
 impl Experiment {
     /// Reads and validates an experiment file.
@@ -349,7 +342,7 @@ impl Experiment {
             if !runs {
                 return Err(invalid(
                     "baseline",
-                    format!("no point runs {}", baseline.kind().name()),
+                    format!("no point runs {}", baseline.name()),
                 ));
             }
         }
@@ -496,12 +489,15 @@ fn check_point(prefix: &str, p: &Point) -> Result<(), ExperimentError> {
 }
 
 fn check_threads(field: &str, threads: usize) -> Result<(), ExperimentError> {
-    if (1..=MAX_THREADS).contains(&threads) {
+    if (1..=Layout::MAX_THREADS).contains(&threads) {
         Ok(())
     } else {
         Err(invalid(
             field,
-            format!("must be between 1 and {MAX_THREADS}, not {threads}"),
+            format!(
+                "must be between 1 and {}, not {threads}",
+                Layout::MAX_THREADS
+            ),
         ))
     }
 }
@@ -523,7 +519,7 @@ fn column(field: &str, name: &str) -> Result<&'static Column, ExperimentError> {
             field,
             format!(
                 "no column {name:?}; columns: {}",
-                crate::results::COLUMNS
+                crate::columns::COLUMNS
                     .iter()
                     .map(|c| c.name)
                     .collect::<Vec<_>>()
@@ -572,11 +568,11 @@ pub(crate) mod tests {
         let e = Experiment::parse(FILE).unwrap();
         let points = e.points();
         assert_eq!(points.len(), 2 * 2 * 3);
-        assert_eq!(points[0].engine, EngineName::Smr);
+        assert_eq!(points[0].engine, EngineKind::Smr);
         assert_eq!((points[0].threads, points[0].dependent), (1, 0.0));
         assert_eq!((points[1].threads, points[1].dependent), (1, 0.5));
         assert_eq!((points[3].threads, points[3].dependent), (4, 0.0));
-        assert_eq!(points[6].engine, EngineName::OptPsmr);
+        assert_eq!(points[6].engine, EngineKind::OptPsmr);
         assert_eq!(points[0].warmup, Duration::from_millis(100));
         assert_eq!(
             clusters(&points),
@@ -696,11 +692,11 @@ pub(crate) mod tests {
         );
         let e = Experiment::parse(&text).unwrap();
         let points = e.points();
-        let shape: Vec<(f64, usize, EngineName)> = points
+        let shape: Vec<(f64, usize, EngineKind)> = points
             .iter()
             .map(|p| (p.dependent, p.threads, p.engine))
             .collect();
-        use EngineName::{OptPsmr, Smr};
+        use EngineKind::{OptPsmr, Smr};
         assert_eq!(
             shape[..6],
             [

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use psmr_btree::{BTreeClient, Op, Response};
 use psmr_client::{ClientError, ClientOptions, ClientStats};
-use psmr_replica::cluster::ClusterConfig;
+use psmr_core::cluster::ClusterConfig;
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use thiserror::Error;

@@ -18,18 +18,18 @@ use std::time::Duration;
 
 use psmr_btree::{BTreeClient, BTreeError};
 use psmr_client::{ClientError, ClientOptions};
+use psmr_core::EngineKind;
+use psmr_core::ExecCost;
+use psmr_core::cluster::{ClusterConfig, ServiceKind, StorageKind};
 use psmr_multicast::net::{TlsError, generate_dev_certs};
-use psmr_replica::cluster::{ClusterConfig, EngineName, ServiceKind, StorageKind};
-use psmr_replica::engine::ExecCost;
 use thiserror::Error;
 
-use crate::cli::LocalArgs;
 use crate::load::{LoadError, LoadOptions};
 
 /// What a local cluster runs and where (also what `psmr sweep` starts per point).
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct ClusterSpec {
-    pub(crate) engine: EngineName,
+    pub(crate) engine: EngineKind,
     pub(crate) threads: usize,
     pub(crate) storage: StorageKind,
     pub(crate) service: ServiceKind,
@@ -44,31 +44,9 @@ pub(crate) struct ClusterSpec {
 
 /// Options of `psmr local`.
 pub(crate) struct LocalOptions {
-    cluster: ClusterSpec,
-    load: Option<Duration>,
-    stop_after: Option<Duration>,
-}
-
-impl From<LocalArgs> for LocalOptions {
-    fn from(a: LocalArgs) -> Self {
-        LocalOptions {
-            cluster: ClusterSpec {
-                engine: a.engine.name(),
-                threads: a.threads,
-                storage: a.storage.kind(),
-                service: a.service.kind(),
-                preload: a.preload,
-                cost: ExecCost {
-                    busy: a.exec_busy,
-                    wait: a.exec_wait,
-                },
-                port: a.port,
-                dir: a.dir,
-            },
-            load: a.load,
-            stop_after: a.stop_after,
-        }
-    }
+    pub(crate) cluster: ClusterSpec,
+    pub(crate) load: Option<Duration>,
+    pub(crate) stop_after: Option<Duration>,
 }
 
 /// Why the local cluster failed.
@@ -85,7 +63,7 @@ pub(crate) enum LocalError {
     },
     /// The built-in configuration does not validate with these options.
     #[error(transparent)]
-    Cluster(#[from] psmr_replica::cluster::ClusterError),
+    Cluster(#[from] psmr_core::cluster::ClusterError),
     /// Certificates could not be generated.
     #[error(transparent)]
     Tls(#[from] TlsError),

@@ -18,6 +18,7 @@
 #![allow(clippy::print_stdout)]
 
 mod cli;
+mod columns;
 mod experiment;
 mod load;
 mod local;

@@ -9,11 +9,11 @@ use std::sync::Once;
 
 use plotters::coord::Shift;
 use plotters::prelude::*;
-use psmr_replica::EngineKind;
+use psmr_core::EngineKind;
 use thiserror::Error;
 
+use crate::columns::{Column, Row};
 use crate::experiment::{Experiment, PlotSpec};
-use crate::results::{Column, Row};
 
 /// Why a plot could not be drawn.
 #[derive(Debug, Error)]

@@ -4,10 +4,10 @@ use std::future::Future;
 use std::sync::Arc;
 
 use psmr_btree::{BTree, BTreeService};
-use psmr_multicast::proto::NodeId;
-use psmr_replica::cluster::{ClusterConfig, ServiceKind};
+use psmr_core::cluster::{ClusterConfig, ServiceKind};
+use psmr_core::proto::NodeId;
 use psmr_replica::runtime::{RuntimeError, run_replica as run};
-use psmr_replica::services::{LinkedList, ListService, NullService};
+use psmr_services::{LinkedList, ListService, NullService};
 use tracing::info;
 
 /// Runs replica `id` with the service of the cluster file, preloaded.

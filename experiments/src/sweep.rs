@@ -16,22 +16,23 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 use indicatif::{ProgressBar, ProgressStyle};
-use psmr_replica::cluster::ServiceKind;
+use psmr_core::cluster::ServiceKind;
 use thiserror::Error;
 
+use crate::columns::Row;
 use crate::experiment::{Experiment, ExperimentError, Point};
 use crate::load::{Load, LoadError, LoadOptions};
 use crate::local::{ClusterSpec, LocalCluster, LocalError};
 use crate::machine::{Machine, cpu_percent, cpu_times};
 use crate::plot::PlotError;
-use crate::results::{self, Provenance, Ratio, ResultsError, Row};
+use crate::results::{self, Provenance, Ratio, ResultsError};
 
 /// Options of `psmr sweep`.
 #[derive(clap::Args, Debug)]
 pub(crate) struct SweepArgs {
     /// The experiment file (see experiments/*.toml).
     experiment: PathBuf,
-    /// Results go to OUT/<experiment>/<timestamp>/.
+    /// Results go to OUT/EXPERIMENT/TIMESTAMP/.
     #[arg(long, default_value = "results")]
     out: PathBuf,
     /// First port of the local clusters (acceptors PORT..PORT+2, replicas PORT+100..PORT+101).
@@ -178,7 +179,7 @@ pub(crate) fn replot(dir: &Path) -> Result<Vec<PathBuf>, SweepError> {
     Ok(crate::plot::draw_all(&experiment, &rows, dir)?)
 }
 
-/// OUT/<experiment file stem>/<UTC timestamp>, created.
+/// `OUT/<experiment file stem>/<UTC timestamp>`, created.
 fn results_dir(out: &Path, experiment: &Path, at: SystemTime) -> Result<PathBuf, SweepError> {
     let name = experiment
         .file_stem()
@@ -320,7 +321,7 @@ fn describe(p: &Point) -> String {
     };
     format!(
         "{} k={} {} {load} dep {:.0}%",
-        p.engine.kind().name(),
+        p.engine.name(),
         p.workers(),
         p.storage.name(),
         p.dependent * 100.0

@@ -8,12 +8,12 @@ mod common;
 use std::time::Duration;
 
 use common::{Spec, TestCluster, run_psmr};
-use psmr_multicast::net::{Hello, Purpose, Tls, frame_of, node_name};
-use psmr_multicast::proto::codec::{self, DEFAULT_MAX_FRAME};
-use psmr_multicast::proto::{
+use psmr_core::cluster::ClusterConfig;
+use psmr_core::proto::codec::{self, DEFAULT_MAX_FRAME};
+use psmr_core::proto::{
     Ballot, Command, CommandId, Decide, Message, NodeId, Propose, ProposerId, RingId, Value,
 };
-use psmr_replica::cluster::ClusterConfig;
+use psmr_multicast::net::{Hello, Purpose, Tls, frame_of, node_name};
 
 const QUICK: Duration = Duration::from_secs(30);
 
@@ -54,7 +54,7 @@ fn acceptor_on(text: &str) -> String {
 /// refuses to start unless told it is a new member.
 #[test]
 fn an_acceptor_refuses_a_missing_data_directory_without_init() {
-    let good = ClusterConfig::local(7100, psmr_replica::cluster::EngineName::Psmr, 2).to_toml();
+    let good = ClusterConfig::local(7100, psmr_core::EngineKind::Psmr, 2).to_toml();
     let message = acceptor_on(&good);
     assert!(
         message.contains("missing or empty") && message.contains("--init"),
@@ -64,7 +64,7 @@ fn an_acceptor_refuses_a_missing_data_directory_without_init() {
 
 #[test]
 fn bad_cluster_files_are_refused_naming_the_problem() {
-    let good = ClusterConfig::local(7100, psmr_replica::cluster::EngineName::Psmr, 2).to_toml();
+    let good = ClusterConfig::local(7100, psmr_core::EngineKind::Psmr, 2).to_toml();
     // Four acceptors: the rings derived from them have an even size.
     let fourth = "[[acceptor]]\nid = 4\naddress = \"127.0.0.1:7103\"\n";
     let even = format!("{fourth}{good}");

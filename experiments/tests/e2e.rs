@@ -16,7 +16,8 @@ use std::time::Duration;
 use common::{Spec, TestCluster, preloaded, scan_all};
 use psmr_btree::BTreeClient;
 use psmr_client::ClientOptions;
-use psmr_replica::cluster::{EngineName, PolicyName, RingEntry, StorageKind};
+use psmr_core::EngineKind;
+use psmr_core::cluster::{PolicyName, RingEntry, StorageKind};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -138,7 +139,7 @@ async fn enter_the_sequential_fallback(tree: &BTreeClient, space: u64) {
     }
 }
 
-fn model_test(engine: EngineName) {
+fn model_test(engine: EngineKind) {
     model_test_with(
         Spec {
             engine,
@@ -170,12 +171,12 @@ fn runtime() -> tokio::runtime::Runtime {
 
 #[test]
 fn smr_answers_like_the_model() {
-    model_test(EngineName::Smr);
+    model_test(EngineKind::Smr);
 }
 
 #[test]
 fn psmr_answers_like_the_model() {
-    model_test(EngineName::Psmr);
+    model_test(EngineKind::Psmr);
 }
 
 /// psmr's client sends its read and update commands to `g_all` once most of
@@ -184,7 +185,7 @@ fn psmr_answers_like_the_model() {
 fn psmr_answers_like_the_model_in_the_sequential_fallback() {
     model_test_with(
         Spec {
-            engine: EngineName::Psmr,
+            engine: EngineKind::Psmr,
             ..Spec::default()
         },
         true,
@@ -228,7 +229,7 @@ async fn a_tenth_on_g_all(cluster: &TestCluster) -> (u64, u64) {
 #[test]
 fn the_client_falls_back_sooner_when_the_replicas_report_cheap_commands() {
     let spec = Spec {
-        engine: EngineName::Psmr,
+        engine: EngineKind::Psmr,
         ..Spec::default()
     };
     let rt = runtime();
@@ -253,19 +254,19 @@ fn the_client_falls_back_sooner_when_the_replicas_report_cheap_commands() {
 
 #[test]
 fn opt_psmr_answers_like_the_model() {
-    model_test(EngineName::OptPsmr);
+    model_test(EngineKind::OptPsmr);
 }
 
 #[test]
 fn cbase_answers_like_the_model() {
-    model_test(EngineName::Cbase);
+    model_test(EngineKind::Cbase);
 }
 
 #[test]
 fn classes_answers_like_the_model_while_it_reconfigures() {
     model_test_with(
         Spec {
-            engine: EngineName::Classes,
+            engine: EngineKind::Classes,
             policy: PolicyName::Jump,
             ..Spec::default()
         },
@@ -477,7 +478,7 @@ fn a_replica_crash_leaves_clients_served() {
 #[test]
 fn a_restarted_client_is_never_answered_for_its_earlier_incarnation() {
     let spec = Spec {
-        engine: EngineName::Psmr,
+        engine: EngineKind::Psmr,
         ..Spec::default()
     };
     let mut cluster = TestCluster::start(&spec);

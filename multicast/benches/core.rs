@@ -20,7 +20,7 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use psmr_multicast::proto::{
+use psmr_core::proto::{
     AcceptorNode, Ballot, Batch, Command, CommandId, Decide, Learner, Merged, Merger, Message,
     MulticastConfig, NodeId, Params, Propose, ProposerId, RingConfig, RingId, Transmit, Value,
 };

@@ -1,4 +1,6 @@
-//! psmr-multicast: atomic multicast by Multi-Ring Paxos.
+//! psmr-multicast: the I/O of psmr's Multi-Ring Paxos atomic multicast
+//! (docs/ARCHITECTURE.md, "Layers"). The protocol itself is sans-IO, in
+//! `psmr_core::proto`; this crate gives it a disk, a network and a process.
 //!
 //! Each multicast group is a *ring*: an odd set of acceptors that orders the
 //! group's commands with Ring Paxos (Phase 2 travels along the ring). A
@@ -14,13 +16,14 @@
 //!                               └──> Merger (per replica thread: {g_i, g_all}) ──> commands
 //! ```
 //!
-//! - [`proto`]: the sans-IO protocol core (no I/O, no clock, no unseeded randomness);
 //! - [`storage`]: acceptor storage, in memory or in a durable segmented log;
-//! - [`sim`]: a deterministic simulator of rings, acceptors and learners
-//!   under message loss, duplication, reordering and crashes, with a checker
-//!   of the atomic multicast properties.
+//! - [`net`]: the QUIC transport and the driver loop of a sans-IO core;
+//! - [`process`]: the acceptor process, and what every process shares
+//!   (loading the cluster file, TLS, counters).
+//!
+//! The deterministic simulator that drives the same core under faults is
+//! the `psmr-sim` crate (tests only).
 
 pub mod net;
-pub mod proto;
-pub mod sim;
+pub mod process;
 pub mod storage;

@@ -3,8 +3,8 @@
 
 use std::time::{Duration, Instant};
 
-use psmr_multicast::proto::codec::{self, DEFAULT_MAX_FRAME};
-use psmr_multicast::proto::{
+use psmr_core::proto::codec::{self, DEFAULT_MAX_FRAME};
+use psmr_core::proto::{
     Accept, AcceptorNode, Ballot, Batch, Command, CommandId, Decide, LearnRequest, Learner,
     Message, MulticastConfig, NodeId, Params, Prepare, ProposerId, RingConfig, RingId, Transmit,
     Trimmed, Value, VoteSet,

@@ -14,7 +14,7 @@
 
 use std::time::{Duration, Instant};
 
-use psmr_multicast::proto::{
+use psmr_core::proto::{
     Accept, AcceptorNode, Command, Decide, Heartbeat, LearnRequest, Message, MulticastConfig,
     NodeId, Prepare, Promise, Propose, Transmit, Value, VoteSet,
 };
@@ -262,7 +262,7 @@ fn a_stale_accept_for_a_decided_instance_is_refused_with_the_higher_ballot() {
         decided_below: 1,
     };
     n2.handle_message(t0, N[0], Message::Accept(stale));
-    let nack = psmr_multicast::proto::Nack {
+    let nack = psmr_core::proto::Nack {
         ring: R,
         promised: b2,
     };

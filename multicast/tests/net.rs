@@ -9,11 +9,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use peak_alloc::PeakAlloc;
+use psmr_core::proto::NodeId;
 use psmr_multicast::net::{
     CertPaths, Hello, Identity, Inbound, NetConfig, Network, Purpose, Tls, frame_of,
     generate_dev_certs, node_name,
 };
-use psmr_multicast::proto::NodeId;
 use tokio::sync::mpsc;
 
 /// Counts live heap bytes, so a test can show nothing large was allocated.

@@ -1,11 +1,11 @@
-//! Exact outputs of the protocol core for given inputs (DESIGN.md section 9,
+//! Exact outputs of the protocol core for given inputs (docs/testing.md,
 //! "sans-IO cores: unit tests that assert exact outputs for given inputs").
 //!
 //! Ring r0 has acceptors n1, n2, n3 (in that order) and learner n9.
 
 use std::time::{Duration, Instant};
 
-use psmr_multicast::proto::{
+use psmr_core::proto::{
     Accept, AcceptorNode, Command, Decide, Learner, Message, MulticastConfig, Nack, NodeId, Params,
     Prepare, Promise, Propose, RingConfig, RingId, Transmit, Value, VoteSet,
 };
@@ -51,7 +51,7 @@ fn leader_after_promise(now: Instant, frontier: u64, frontier_position: u64) -> 
     n1
 }
 
-// Reference: DESIGN.md section 4 — the first acceptor in ring order runs Phase 1 at start.
+// Reference: docs/ARCHITECTURE.md, "The atomic multicast" — the first acceptor in ring order runs Phase 1 at start.
 #[test]
 fn the_first_acceptor_prepares_at_start() {
     let now = Instant::now();
@@ -69,7 +69,7 @@ fn the_first_acceptor_prepares_at_start() {
     assert_eq!(drain(&mut n2), vec![], "n2 is not first in ring order");
 }
 
-// Reference: DESIGN.md section 4 — Phase 2 travels the ring; decision at f+1
+// Reference: docs/ARCHITECTURE.md, "The atomic multicast" — Phase 2 travels the ring; decision at f+1
 // votes; the decider tells the learners and the coordinator directly, and the
 // other acceptors by a relay around the ring.
 #[test]
@@ -184,14 +184,14 @@ fn promises_report_accepted_values_and_stale_ballots_get_a_nack() {
     assert_eq!(n2.metrics().stale_ballot, 1);
 }
 
-// Reference: DESIGN.md section 4 — a new coordinator re-proposes the highest
+// Reference: docs/ARCHITECTURE.md, "The atomic multicast" — a new coordinator re-proposes the highest
 // accepted value and fills holes with a skip.
 #[test]
 fn a_new_coordinator_reproposes_and_fills_holes() {
     let now = Instant::now();
     let mut n1 = node(N1, now);
     drain(&mut n1);
-    let reported = |instance, round, value| psmr_multicast::proto::PromisedSlot {
+    let reported = |instance, round, value| psmr_core::proto::PromisedSlot {
         instance,
         ballot: ballot(round, N2),
         value,
@@ -344,7 +344,7 @@ fn leader_of_merged_rings(now: Instant, g: RingId, t: RingId) -> AcceptorNode {
     n1
 }
 
-// Reference: DESIGN.md section 1 — a skip of n counts as n instances in the
+// Reference: docs/ARCHITECTURE.md, "Vocabulary" — a skip of n counts as n instances in the
 // merge; a batch of a ring behind its busy partner carries that skip itself.
 #[test]
 fn a_batch_of_a_ring_behind_its_busy_partner_spans_up_to_it() {

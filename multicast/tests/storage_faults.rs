@@ -1,5 +1,5 @@
 //! The real `DurableLog` over a file layer that injects the faults a disk
-//! and an operating system produce (DESIGN.md section 9):
+//! and an operating system produce (docs/testing.md):
 //!
 //! - a process kill keeps the page cache: written but unsynced bytes survive;
 //! - a power loss keeps only what was synced, plus a prefix of each file's
@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use psmr_multicast::proto::{Ballot, Command, CommandId, NodeId, ProposerId, RingId, Value};
+use psmr_core::proto::{Ballot, Command, CommandId, NodeId, ProposerId, RingId, Value};
 use psmr_multicast::storage::fs::{AppendFile, FileSystem};
 use psmr_multicast::storage::{DurableLog, LogOptions, OpenMode, Record, StorageError};
 use rand::{RngExt, SeedableRng};

@@ -24,17 +24,18 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use plotters::prelude::*;
-use psmr_multicast::proto::{Command, CommandId, ProposerId};
+use psmr_core::proto::{Command, CommandId, ProposerId};
+use psmr_core::{
+    Answerers, ClientId, ConflictModel, EngineKind, ExecCost, GroupMapping, Mode, Reply, Request,
+    RequestId, Service, ServiceId,
+};
 use psmr_replica::engine::cbase::Parallelizer;
 use psmr_replica::engine::classes::Reconfiguration;
-use psmr_replica::services::{
+use psmr_replica::workload::{self, Streams, Submission, WorkloadOptions};
+use psmr_replica::{EngineConfig, Policy, ReplySink};
+use psmr_services::{
     LinkedList, ListOp, ListService, MAX_FIELDS, NullOp, NullService, TupleModel, TupleOp,
     TupleService, TupleSpace,
-};
-use psmr_replica::workload::{self, Streams, Submission, WorkloadOptions};
-use psmr_replica::{
-    Answerers, ClientId, ConflictModel, EngineConfig, EngineKind, ExecCost, GroupMapping, Mode,
-    Policy, Reply, ReplySink, Request, RequestId, Service, ServiceId,
 };
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;

@@ -1,4 +1,4 @@
-//! The synchronous-mode handoff (DESIGN.md section 5; opt-PSMR paper,
+//! The synchronous-mode handoff (docs/ARCHITECTURE.md, "Execution models"; opt-PSMR paper,
 //! Algorithm 1 lines 18–29): every thread stops at a `g_all` command, one
 //! thread executes it once all have arrived, then releases the others.
 //!

@@ -1,231 +1,42 @@
-//! The acceptor and replica processes (DESIGN.md section 2).
+//! The replica process (docs/ARCHITECTURE.md, "Processes").
 //!
 //! ```text
-//!  acceptor:  QUIC ──frames──> AcceptorNode ──transmits──> QUIC
 //!  replica:   QUIC ──decisions──> Learner ──deliveries──> Engine ──replies──> client connections
 //!                        client hello ──> a reply stream opened on the client's connection
 //! ```
 //!
-//! Both run the sans-IO core on one tokio task ([`psmr_multicast::net::drive`]);
+//! It runs the sans-IO learner on one tokio task ([`psmr_multicast::net::drive`]);
 //! the engine's workers are OS threads, and a cheap batch for a parked
-//! worker runs on this task's thread instead (`engine::worker`).
+//! worker runs on this task's thread instead (`engine::worker`). The acceptor
+//! process is `psmr_multicast::process`.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use psmr_multicast::net::{
-    self, Hooks, Identity, Inbound, NetConfig, NetError, Network, Purpose, Tls, TlsError,
-};
-use psmr_multicast::proto::{AcceptorNode, Learner, LearnerError, NodeError, NodeId, RingId};
-use psmr_multicast::storage::{
-    DurableStorage, LogOptions, MemoryStorage, OpenMode, Storage, StorageError,
-};
+use psmr_core::cluster::ClusterConfig;
+use psmr_core::proto::{Learner, NodeId, RingId};
+use psmr_core::{ClientId, ConflictModel, Reply};
+use psmr_multicast::net::{self, Hooks, Inbound, Network, Purpose};
+use psmr_multicast::process::{ProcessError, Reporter, net_config, node_tls};
 use thiserror::Error;
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
-use crate::cluster::{ClusterConfig, StorageKind};
-use crate::engine::{Engine, EngineError, ReplySink};
-use crate::model::ConflictModel;
-use crate::wire::{ClientId, Reply};
+use crate::engine::{Engine, EngineConfig, EngineError, ReplySink};
 
-/// Why a process could not run.
+/// Why the replica process could not run.
 #[derive(Debug, Error)]
 pub enum RuntimeError {
-    /// The node id is not an acceptor (or replica) of the cluster file.
-    #[error("node {id} is not {role} in the cluster file")]
-    NotInCluster {
-        /// The id.
-        id: u32,
-        /// `an acceptor` or `a replica`.
-        role: &'static str,
-    },
-    /// Certificates could not be loaded.
+    /// What every process can fail on: the cluster file, certificates, the
+    /// network, the protocol core.
     #[error(transparent)]
-    Tls(#[from] TlsError),
-    /// The network could not start.
-    #[error(transparent)]
-    Net(#[from] NetError),
-    /// Storage could not be opened or failed.
-    #[error("storage: {0}")]
-    Storage(#[from] StorageError),
-    /// The acceptor core refused to start.
-    #[error(transparent)]
-    Node(#[from] NodeError),
-    /// The learner refused to start.
-    #[error(transparent)]
-    Learner(#[from] LearnerError),
+    Process(#[from] ProcessError),
     /// The engine failed.
     #[error(transparent)]
     Engine(#[from] EngineError),
-}
-
-/// TLS of node `id`: the cluster CA and the node's certificate.
-pub fn node_tls(cluster: &ClusterConfig, id: NodeId) -> Result<Tls, TlsError> {
-    let paths = net::CertPaths {
-        dir: cluster.tls.dir.clone(),
-    };
-    let (cert, key) = paths.node(id);
-    Tls::load(&paths.ca(), Some(Identity::load(&cert, &key)?))
-}
-
-fn net_config(cluster: &ClusterConfig, id: NodeId, tls: Tls) -> NetConfig {
-    let mut config = NetConfig::new(
-        Some(id),
-        cluster.addresses().get(&id).copied(),
-        cluster.addresses(),
-        tls,
-    );
-    config.require_client_certificates = cluster.tls.require_client_certificates;
-    config
-}
-
-/// Runs acceptor `id` until `shutdown` resolves or its storage fails.
-/// `mode` says whether its data directory must already hold its storage or
-/// is initialized now, for a new member (`psmr acceptor --init`).
-pub async fn run_acceptor(
-    cluster: &ClusterConfig,
-    id: NodeId,
-    mode: OpenMode,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), RuntimeError> {
-    let entry =
-        cluster
-            .acceptors
-            .iter()
-            .find(|a| a.id == id.0)
-            .ok_or(RuntimeError::NotInCluster {
-                id: id.0,
-                role: "an acceptor",
-            })?;
-    let dir = entry.data_dir();
-    let storage: Box<dyn Storage> = match entry.storage {
-        StorageKind::Memory => Box::new(MemoryStorage::open(&dir.join("metadata"), mode)?),
-        StorageKind::Durable => {
-            let (storage, report) =
-                DurableStorage::open(&dir.join("log"), LogOptions::default(), mode)?;
-            if let Some(cut) = &report.discarded {
-                match cut.damage {
-                    None => {
-                        info!(node = %id, file = %cut.path.display(), offset = cut.offset, bytes = cut.bytes, "cut a torn write off the end of the log (never acknowledged)")
-                    }
-                    Some(damage) => {
-                        warn!(node = %id, file = %cut.path.display(), offset = cut.offset, bytes = cut.bytes, %damage, "cut damaged records off the end of the log; they may have held acknowledged votes, so this acceptor stays out of elections until it has learned every decision they could have touched")
-                    }
-                }
-            }
-            Box::new(storage)
-        }
-    };
-    let mut node = AcceptorNode::new(id, &cluster.multicast(), storage, Instant::now())?;
-    let (net, mut inbox) = Network::start(net_config(cluster, id, node_tls(cluster, id)?))?;
-    info!(node = %id, address = %entry.address, storage = ?entry.storage, "acceptor listening");
-    let amnesiac = node.amnesiac_rings();
-    if amnesiac > 0 {
-        warn!(node = %id, rings = amnesiac, "restarted without its accepted values (memory storage): it stays out of elections until it has caught up; meanwhile its rings tolerate no other failure");
-    }
-    let mut hooks = AcceptorHooks {
-        halted: false,
-        reporter: Reporter::new(&net),
-        amnesiac,
-    };
-    tokio::select! {
-        () = net::drive(&mut node, &net, &mut inbox, &mut hooks) => {}
-        () = shutdown => info!(node = %id, "acceptor shutting down"),
-    }
-    net.close();
-    match node.take_halted() {
-        Some(e) => {
-            error!(node = %id, error = %e, "the acceptor stopped");
-            Err(RuntimeError::Storage(e))
-        }
-        None => Ok(()),
-    }
-}
-
-/// How often a process logs its counters (at `info`).
-const REPORT_EVERY: Duration = Duration::from_secs(10);
-
-/// Logs a process's counters, and its network's, every [`REPORT_EVERY`].
-struct Reporter {
-    next: Instant,
-    net: Network,
-}
-
-impl Reporter {
-    fn new(net: &Network) -> Reporter {
-        Reporter {
-            next: Instant::now() + REPORT_EVERY,
-            net: net.clone(),
-        }
-    }
-
-    /// If a report is due: `counters` logs the process's own, then the
-    /// network counters follow.
-    fn report(&mut self, counters: impl FnOnce()) {
-        let now = Instant::now();
-        if now < self.next {
-            return;
-        }
-        self.next = now + REPORT_EVERY;
-        counters();
-        let s = self.net.stats();
-        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        info!(
-            connections = load(&s.connections),
-            bad_frames = load(&s.bad_frames),
-            bad_identity = load(&s.bad_identity),
-            dropped = load(&s.dropped),
-            connect_failures = load(&s.connect_failures),
-            unknown_destination = load(&s.unknown_destination),
-            stalled = load(&s.stalled),
-            "network counters"
-        );
-    }
-}
-
-struct AcceptorHooks {
-    halted: bool,
-    reporter: Reporter,
-    /// Rings in which this acceptor lost its values and has not caught up.
-    amnesiac: usize,
-}
-
-impl Hooks<AcceptorNode> for AcceptorHooks {
-    fn other(&mut self, _node: &mut AcceptorNode, inbound: Inbound) {
-        warn!(from = %inbound.from, purpose = ?inbound.purpose, "an acceptor takes only protocol messages and proposals");
-    }
-
-    fn after(&mut self, node: &mut AcceptorNode) -> bool {
-        self.reporter.report(|| {
-            let m = node.metrics();
-            info!(
-                node = %node.id(),
-                decided = m.decided,
-                commands = m.commands_received,
-                dropped = m.commands_dropped,
-                forwarded = m.commands_forwarded,
-                elections = m.elections,
-                step_downs = m.step_downs,
-                prepares_refused = m.prepares_refused,
-                unknown_peer = m.unknown_peer,
-                unknown_ring = m.unknown_ring,
-                bad_frames = m.bad_frames,
-                "acceptor counters"
-            );
-        });
-        if self.amnesiac > 0 {
-            self.amnesiac = node.amnesiac_rings();
-            if self.amnesiac == 0 {
-                info!("caught up after a restart: takes part in elections again");
-            }
-        }
-        self.halted = node.halted().is_some();
-        !self.halted
-    }
 }
 
 /// A client's reply stream, and the connection it is on.
@@ -384,17 +195,25 @@ pub async fn run_replica<S: ConflictModel>(
             .replicas
             .iter()
             .find(|r| r.id == id.0)
-            .ok_or(RuntimeError::NotInCluster {
+            .ok_or(ProcessError::NotInCluster {
                 id: id.0,
                 role: "a replica",
             })?;
     let multicast = cluster.multicast();
     let rings: Vec<RingId> = multicast.rings.iter().map(|r| r.id).collect();
-    let mut learner = Learner::new(id, &multicast, &rings, Instant::now())?;
+    let mut learner =
+        Learner::new(id, &multicast, &rings, Instant::now()).map_err(ProcessError::from)?;
     let router = Arc::new(ReplyRouter::new(id));
-    let engine = Engine::start(service, state, cluster.engine_config(), router.clone())?;
-    let (net, mut inbox) = Network::start(net_config(cluster, id, node_tls(cluster, id)?))?;
-    info!(node = %id, address = %entry.address, engine = entry.engine.kind().name(), threads = entry.threads, "replica listening");
+    let engine = Engine::start(
+        service,
+        state,
+        EngineConfig::of_cluster(cluster),
+        router.clone(),
+    )?;
+    let tls = node_tls(cluster, id).map_err(ProcessError::from)?;
+    let (net, mut inbox) =
+        Network::start(net_config(cluster, id, tls)).map_err(ProcessError::from)?;
+    info!(node = %id, address = %entry.address, engine = %entry.engine, threads = entry.threads, "replica listening");
     let mut hooks = ReplicaHooks {
         engine,
         router,
@@ -416,7 +235,7 @@ pub async fn run_replica<S: ConflictModel>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::{Answerers, Outcome, RequestId};
+    use psmr_core::{Answerers, Outcome, RequestId};
 
     fn reply(client: u64, request: u64, answerers: Answerers) -> Reply {
         Reply {

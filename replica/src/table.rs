@@ -1,4 +1,4 @@
-//! The table of executed requests (DESIGN.md section 5).
+//! The table of executed requests (docs/ARCHITECTURE.md, "Execution models").
 //!
 //! Per client, the responses of the requests executed at or above the
 //! client's low-water mark, so that a request delivered again (the client
@@ -18,7 +18,7 @@ use std::collections::VecDeque;
 use bytes::Bytes;
 use rustc_hash::FxHashMap;
 
-use crate::wire::{ClientId, RequestId};
+use psmr_core::wire::{ClientId, RequestId};
 
 /// What the table knows of a request.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -1,5 +1,5 @@
 //! Delivered streams for a workload, and their sequential execution: the
-//! reference every engine is compared with (DESIGN.md section 9), and the
+//! reference every engine is compared with (docs/testing.md), and the
 //! input of the engine benchmarks.
 //!
 //! Streams are built in rounds, the way a saturated multicast layer would
@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use psmr_multicast::proto::{Command, CommandId, Instance, Merger, ProposerId, RingId, Value};
+use psmr_core::proto::{Command, CommandId, Instance, Merger, ProposerId, RingId, Value};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rustc_hash::FxHashMap;
@@ -26,9 +26,9 @@ use crate::engine::{
     Engine, EngineConfig, EngineError, EngineKind, EngineState, ExecCost, Finished, Policy,
     ReplySink,
 };
-use crate::model::ConflictModel;
-use crate::service::{Group, GroupMapping, Lane, Service, route};
-use crate::wire::{Answerers, ClientId, Mode, Outcome, Reply, Request, RequestId};
+use psmr_core::model::ConflictModel;
+use psmr_core::service::{Group, GroupMapping, Lane, Service, route};
+use psmr_core::wire::{Answerers, ClientId, Mode, Outcome, Reply, Request, RequestId};
 
 /// An operation a client submits.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -1,6 +1,6 @@
 //! Every engine returns the same responses as the sequential execution of
 //! the same delivered streams, and ends with the same digest; two runs with
-//! different thread timings agree (DESIGN.md section 9, "engines").
+//! different thread timings agree (docs/testing.md, "engines").
 //!
 //! `PSMR_ENGINE_SEEDS=N` runs N seeds per service (default 40). A failure
 //! names its seed: `PSMR_ENGINE_SEED=S` replays it alone.
@@ -10,13 +10,12 @@ mod common;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use psmr_replica::services::{
+use psmr_core::{ClientId, ConflictModel, EngineKind, GroupMapping, Service};
+use psmr_replica::workload::{self, Submission, WorkloadOptions};
+use psmr_replica::{EngineConfig, Policy};
+use psmr_services::{
     LinkedList, ListOp, ListService, MAX_FIELDS, NullOp, NullService, TupleModel, TupleOp,
     TupleService, TupleSpace,
-};
-use psmr_replica::workload::{self, Submission, WorkloadOptions};
-use psmr_replica::{
-    ClientId, ConflictModel, EngineConfig, EngineKind, GroupMapping, Policy, Service,
 };
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -201,7 +200,7 @@ impl Service for ReadsOnSeven {
     type Op = ListOp;
     type Violation = <ListService as Service>::Violation;
 
-    fn id(&self) -> psmr_replica::ServiceId {
+    fn id(&self) -> psmr_core::ServiceId {
         ListService.id()
     }
     fn decode(&self, op: &[u8]) -> Option<ListOp> {
@@ -213,12 +212,12 @@ impl Service for ReadsOnSeven {
     fn execute_shared(
         &self,
         state: &LinkedList,
-        lane: psmr_replica::Lane,
+        lane: psmr_core::Lane,
         op: &ListOp,
     ) -> Result<Bytes, Self::Violation> {
         ListService.execute_shared(state, lane, op)
     }
-    fn safety_check(&self, state: &LinkedList, lane: psmr_replica::Lane, op: &ListOp) -> bool {
+    fn safety_check(&self, state: &LinkedList, lane: psmr_core::Lane, op: &ListOp) -> bool {
         ListService.safety_check(state, lane, op)
     }
     fn digest(&self, state: &LinkedList) -> u64 {
@@ -228,31 +227,31 @@ impl Service for ReadsOnSeven {
 
 impl GroupMapping for ReadsOnSeven {
     type Op = ListOp;
-    fn conservative(&self, op: &ListOp, threads: usize) -> psmr_replica::Group {
+    fn conservative(&self, op: &ListOp, threads: usize) -> psmr_core::Group {
         ListService.conservative(op, threads)
     }
-    fn optimistic(&self, op: &ListOp, threads: usize) -> psmr_replica::Group {
+    fn optimistic(&self, op: &ListOp, threads: usize) -> psmr_core::Group {
         ListService.optimistic(op, threads)
     }
 }
 
 impl ConflictModel for ReadsOnSeven {
-    fn placement(&self, op: &ListOp, lanes: usize) -> psmr_replica::Placement {
+    fn placement(&self, op: &ListOp, lanes: usize) -> psmr_core::Placement {
         ListService.placement(op, lanes)
     }
     fn classes(&self, lanes: usize) -> usize {
         ListService.classes(lanes)
     }
-    fn class(&self, op: &ListOp, lanes: usize) -> psmr_replica::ClassId {
+    fn class(&self, op: &ListOp, lanes: usize) -> psmr_core::ClassId {
         ListService.class(op, lanes)
     }
     fn class_conflicts(&self, a: usize, b: usize) -> bool {
         ListService.class_conflicts(a, b)
     }
-    fn threads_of(&self, class: usize, threads: usize) -> psmr_replica::ThreadSet {
+    fn threads_of(&self, class: usize, threads: usize) -> psmr_core::ThreadSet {
         match class {
-            0 => psmr_replica::ThreadSet::one(7),
-            _ => psmr_replica::ThreadSet::all(threads),
+            0 => psmr_core::ThreadSet::one(7),
+            _ => psmr_core::ThreadSet::all(threads),
         }
     }
 }

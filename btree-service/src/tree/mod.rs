@@ -12,9 +12,9 @@
 //! range its ancestors' separators route to it; they change only with the
 //! tree's shape.
 //!
-//! The concurrency contract (DESIGN.md section 6) is in the types:
-//! - `&mut BTree` ([`exclusive`]): anything, including splits and merges;
-//! - `&BTree` plus a thread's partition ([`shared`]): a thread may read and
+//! The concurrency contract (docs/ARCHITECTURE.md, "The B+-tree service") is in the types:
+//! - `&mut BTree` (`exclusive`): anything, including splits and merges;
+//! - `&BTree` plus a thread's partition (`shared`): a thread may read and
 //!   update values of its own keys anywhere, and insert or delete only in a
 //!   leaf whose fences lie inside its partition and only without a split or
 //!   merge. Anything else is reported as a [`ContractViolation`] naming the

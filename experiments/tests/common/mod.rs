@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use psmr_btree::BTreeClient;
 use psmr_client::ClientOptions;
-use psmr_replica::cluster::{ClusterConfig, EngineName, PolicyName, StorageKind};
+use psmr_core::EngineKind;
+use psmr_core::cluster::{ClusterConfig, PolicyName, StorageKind};
 
 /// The `psmr` binary under test.
 pub fn psmr() -> Command {
@@ -102,7 +103,7 @@ pub fn free_addresses(n: usize) -> Vec<SocketAddr> {
 
 /// What kind of cluster to start.
 pub struct Spec {
-    pub engine: EngineName,
+    pub engine: EngineKind,
     pub threads: usize,
     pub storage: StorageKind,
     /// Keys preloaded: every even key of `[0, 2 * preload)` with value `key / 2`.
@@ -114,7 +115,7 @@ pub struct Spec {
 impl Default for Spec {
     fn default() -> Self {
         Spec {
-            engine: EngineName::OptPsmr,
+            engine: EngineKind::OptPsmr,
             threads: 2,
             storage: StorageKind::Memory,
             preload: 1_000,

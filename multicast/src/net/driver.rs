@@ -16,8 +16,8 @@ use tokio::sync::mpsc;
 
 use super::network::{Inbound, Network};
 use super::stream::Purpose;
-use crate::proto::codec::{self, DEFAULT_MAX_FRAME};
-use crate::proto::{AcceptorNode, Learner, Message, NodeId, Transmit};
+use psmr_core::proto::codec::{self, DEFAULT_MAX_FRAME};
+use psmr_core::proto::{AcceptorNode, Learner, Message, NodeId, Transmit};
 
 /// A sans-IO protocol core the driver can run.
 pub trait Core {

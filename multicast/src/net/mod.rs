@@ -1,4 +1,4 @@
-//! The QUIC transport (quinn) that drives the sans-IO core (DESIGN.md section 2).
+//! The QUIC transport (quinn) that drives the sans-IO core (docs/ARCHITECTURE.md, "Processes and data flow").
 //!
 //! - [`tls`]: mutual TLS with a cluster CA; development certificates;
 //! - [`stream`]: a hello, then length-prefixed frames, on each unidirectional stream;

@@ -32,8 +32,8 @@ use tracing::{debug, info, warn};
 
 use super::stream::{FrameReader, Hello, Purpose, StreamError, push_frame, read_hello};
 use super::tls::{Tls, TlsError, node_name, peer_is_node};
-use crate::proto::NodeId;
-use crate::proto::codec::DEFAULT_MAX_FRAME;
+use psmr_core::proto::NodeId;
+use psmr_core::proto::codec::DEFAULT_MAX_FRAME;
 
 /// Node ids at and above this are given to clients, one per connection.
 pub const ANONYMOUS_BASE: u32 = 1 << 31;

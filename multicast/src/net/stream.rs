@@ -2,14 +2,14 @@
 //!
 //! Every unidirectional stream opens with a [`Hello`] frame that says who
 //! sends and what the stream carries; the frames that follow use the same
-//! framing as protocol messages ([`crate::proto::codec`]): a length prefix
+//! framing as protocol messages ([`psmr_core::proto::codec`]): a length prefix
 //! checked against the maximum before anything is allocated.
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::proto::NodeId;
-use crate::proto::codec::{FrameError, WIRE_VERSION};
+use psmr_core::proto::NodeId;
+use psmr_core::proto::codec::{FrameError, WIRE_VERSION};
 
 /// What a stream carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -111,7 +111,7 @@ impl FrameReader {
             return Ok(false);
         };
         self.buf.extend_from_slice(&chunk.bytes);
-        while let Some(len) = crate::proto::codec::frame_len(&self.buf, self.max)? {
+        while let Some(len) = psmr_core::proto::codec::frame_len(&self.buf, self.max)? {
             if self.buf.len() < 4 + len {
                 self.buf.reserve(4 + len - self.buf.len());
                 break;
@@ -138,7 +138,7 @@ pub async fn read_frame(
         Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
         Err(e) => return Err(e.into()),
     }
-    let len = crate::proto::codec::frame_len(&prefix, max)?.expect("four bytes read");
+    let len = psmr_core::proto::codec::frame_len(&prefix, max)?.expect("four bytes read");
     let mut body = vec![0u8; len];
     stream.read_exact(&mut body).await?;
     Ok(Some(body))

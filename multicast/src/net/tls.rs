@@ -1,4 +1,4 @@
-//! Mutual TLS inside the cluster (DESIGN.md section 2).
+//! Mutual TLS inside the cluster (docs/ARCHITECTURE.md, "Processes and data flow").
 //!
 //! Every acceptor and replica holds a certificate for the DNS name
 //! `node-<id>`, signed by the cluster CA. Servers require the cluster CA for
@@ -21,7 +21,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use thiserror::Error;
 
-use crate::proto::NodeId;
+use psmr_core::proto::NodeId;
 
 /// ALPN of psmr's QUIC connections.
 pub const ALPN: &[u8] = b"psmr/1";

@@ -48,7 +48,7 @@ use std::sync::Arc;
 
 use super::fs::{AppendFile, FileSystem, StdFs};
 use super::{Corruption, Record, Recovered, Storage, StorageError};
-use crate::proto::{Ballot, Instance, RingId};
+use psmr_core::proto::{Ballot, Instance, RingId};
 
 const MAGIC: &[u8; 8] = b"PSMRLOG2";
 const ENTRY_HEADER: usize = 16;
@@ -683,7 +683,7 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
-    use crate::proto::{Command, CommandId, NodeId, ProposerId, Value};
+    use psmr_core::proto::{Command, CommandId, NodeId, ProposerId, Value};
 
     fn ballot(round: u64) -> Ballot {
         Ballot {

@@ -80,7 +80,7 @@ impl Storage for MemoryStorage {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::{Ballot, NodeId, RingId, Value};
+    use psmr_core::proto::{Ballot, NodeId, RingId, Value};
 
     #[test]
     fn metadata_survives_but_values_do_not() {

@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use psmr_multicast::proto::{
+use psmr_core::proto::{
     AcceptorNode, Ballot, Command, CommandId, Message, MulticastConfig, NodeId, Params, ProposerId,
     RingConfig, RingId, Transmit,
 };

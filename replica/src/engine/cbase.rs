@@ -10,7 +10,7 @@
 //! ```
 //!
 //! Two commands are dependent if the service's rules say so
-//! ([`crate::model::dependent`]), if either must run alone or cannot be
+//! ([`psmr_core::model::dependent`]), if either must run alone or cannot be
 //! decoded, if both run on the same lane, if they carry the same request of
 //! the same client (a resend must find its first copy executed, on every
 //! replica alike), or if the later one's low-water mark passes the earlier
@@ -29,13 +29,13 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex};
 
-use psmr_multicast::proto::Command;
+use psmr_core::proto::Command;
 
 use super::execute::ExecMetrics;
 use super::intake::{Decoded, Intake, Taken};
 use super::pause::Pauser;
 use super::{EngineError, Placed, Shared, lock};
-use crate::model::{ConflictModel, Placement, dependent};
+use psmr_core::model::{ConflictModel, Placement, dependent};
 
 /// A pending command.
 struct Node<Op> {
@@ -369,12 +369,12 @@ pub(super) fn run<S: ConflictModel>(
 
 #[cfg(test)]
 mod tests {
-    use psmr_multicast::proto::{CommandId, ProposerId};
+    use psmr_core::proto::{CommandId, ProposerId};
 
     use super::*;
-    use crate::Service;
-    use crate::services::{ListOp, ListService};
-    use crate::wire::{Answerers, Mode, Request, RequestId};
+    use psmr_core::Service;
+    use psmr_core::wire::{Answerers, Mode, Request, RequestId};
+    use psmr_services::{ListOp, ListService};
 
     fn command(client: u64, id: u64, low_water: u64, op: ListOp) -> Command {
         let request = Request {

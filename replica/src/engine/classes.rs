@@ -26,7 +26,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, mpsc};
 
-use psmr_multicast::proto::Command;
+use psmr_core::proto::Command;
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -35,12 +35,10 @@ use super::intake::{Intake, Taken};
 use super::pause::Pauser;
 use super::worker::StopGuard;
 use super::{EngineError, Placed, Shared};
-use crate::model::{ConflictModel, Placement, ThreadSet};
 use crate::rendezvous::Aborted;
-use crate::wire::Reply;
-
-/// The most worker threads of a `classes` or `cbase` engine.
-pub const MAX_THREADS: usize = ThreadSet::MAX;
+use psmr_core::cluster::PolicyName;
+use psmr_core::model::{ConflictModel, Placement, ThreadSet};
+use psmr_core::wire::Reply;
 
 /// When to change the number of active threads.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -74,6 +72,16 @@ pub enum Policy {
         /// Requests per draw.
         period: u32,
     },
+}
+
+impl From<PolicyName> for Policy {
+    fn from(name: PolicyName) -> Policy {
+        match name {
+            PolicyName::Fixed => Policy::Fixed,
+            PolicyName::Paper => Policy::paper(),
+            PolicyName::Jump => Policy::jump(),
+        }
+    }
 }
 
 impl Policy {

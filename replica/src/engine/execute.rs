@@ -14,12 +14,12 @@
 //! clients of one slot, and two commands of one request never run at once.
 
 use bytes::Bytes;
-use psmr_multicast::proto::Command;
+use psmr_core::proto::Command;
 
 use super::{EngineState, ExecCost};
-use crate::service::{Lane, Service};
 use crate::table::{ExecutedTable, Seen};
-use crate::wire::{Answerers, ClientId, Mode, Outcome, Refusal, Reply, Request};
+use psmr_core::service::{Lane, Service};
+use psmr_core::wire::{Answerers, ClientId, Mode, Outcome, Refusal, Reply, Request};
 
 /// How a command is executed.
 pub(crate) enum Access<'a, T> {
@@ -81,7 +81,7 @@ pub(crate) fn execute_command<S: Service>(
     let executed = metrics.executed;
     let reply = execute_once(service, access, command, metrics);
     if metrics.executed > executed {
-        cost.spend();
+        super::spend(&cost);
     }
     reply
 }

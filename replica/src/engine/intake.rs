@@ -10,11 +10,11 @@
 //! delivered before it that get executed (decodable, for this service):
 //! the same verdict as the sequential execution, on every replica.
 
-use psmr_multicast::proto::Command;
+use psmr_core::proto::Command;
 use rustc_hash::FxHashMap;
 
-use crate::service::Service;
-use crate::wire::{ClientId, Request, RequestId};
+use psmr_core::service::Service;
+use psmr_core::wire::{ClientId, Request, RequestId};
 
 /// A delivered command, decoded.
 pub(crate) struct Decoded<Op> {

@@ -1,5 +1,5 @@
-//! The execution engines of DESIGN.md section 5: `smr`, `psmr`, `opt-psmr`
-//! (this module and [`worker`]), `cbase` ([`cbase`]) and `classes`
+//! The execution engines of docs/ARCHITECTURE.md, "Execution models": `smr`, `psmr`, `opt-psmr`
+//! (this module and `worker`), `cbase` ([`cbase`]) and `classes`
 //! ([`classes`]).
 //!
 //! ```text
@@ -19,7 +19,7 @@
 //!
 //! A worker whose thread is parked may be run by the thread that delivers
 //! to it (the replica's network thread), for a batch cheaper than the two
-//! wake-ups a handoff costs ([`EngineConfig::inline_budget`], [`worker`]):
+//! wake-ups a handoff costs ([`EngineConfig::inline_budget`], `worker`):
 //! at one call in flight that is every batch, and the replica answers with
 //! one thread wake-up fewer on each side.
 //!
@@ -42,82 +42,29 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use psmr_multicast::proto::{Instance, Merger, RingId, Value};
+use psmr_core::cluster::{ClusterConfig, PolicyName};
+use psmr_core::proto::{Instance, Merger, RingId, Value};
+use psmr_core::{ConflictModel, Lane, Layout, Placement, Reply, Service};
 use thiserror::Error;
 
 pub use classes::Policy;
 pub use execute::ExecMetrics;
+pub use psmr_core::{EngineKind, ExecCost};
 
-use crate::model::{ConflictModel, Placement};
 use crate::rendezvous::{Rendezvous, WaitPolicy};
-use crate::service::Lane;
-use crate::service::Service;
 use crate::table::ExecutedTable;
-use crate::wire::Reply;
 
-/// Which execution model.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum EngineKind {
-    /// One thread, one ring (`g_all`): the sequential baseline.
-    Smr,
-    /// K threads; clients map with CC-G.
-    Psmr,
-    /// K threads; clients map with OC-G and optimistic commands are safety-checked.
-    OptPsmr,
-    /// One ring; a parallelizer's dependency graph feeds K workers (CBASE).
-    Cbase,
-    /// One ring; request classes mapped to a reconfigurable number of threads.
-    Classes,
-}
-
-impl EngineKind {
-    /// The name used in configuration files and on the command line.
-    pub fn name(self) -> &'static str {
-        match self {
-            EngineKind::Smr => "smr",
-            EngineKind::Psmr => "psmr",
-            EngineKind::OptPsmr => "opt-psmr",
-            EngineKind::Cbase => "cbase",
-            EngineKind::Classes => "classes",
+/// Spends `cost` on the calling thread: busy work, then the wait.
+pub fn spend(cost: &ExecCost) {
+    if !cost.busy.is_zero() {
+        let start = Instant::now();
+        while start.elapsed() < cost.busy {
+            std::hint::spin_loop();
         }
     }
-
-    /// Whether the engine merges the thread rings `g_1..g_K` besides `g_all`.
-    pub fn has_thread_rings(self) -> bool {
-        matches!(self, EngineKind::Psmr | EngineKind::OptPsmr)
-    }
-}
-
-/// Work added to every executed command, standing for a costlier service:
-/// `busy` keeps the core busy, `wait` blocks the thread without using a core
-/// (I/O, the simulated resources of CBASE's micro-benchmark). Every result
-/// measured with a cost names it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct ExecCost {
-    /// Busy work per command.
-    pub busy: Duration,
-    /// Blocking wait per command.
-    pub wait: Duration,
-}
-
-impl ExecCost {
-    /// Whether the cost is zero.
-    pub fn is_zero(&self) -> bool {
-        self.busy.is_zero() && self.wait.is_zero()
-    }
-
-    /// Spends the cost on the calling thread.
-    pub fn spend(&self) {
-        if !self.busy.is_zero() {
-            let start = Instant::now();
-            while start.elapsed() < self.busy {
-                std::hint::spin_loop();
-            }
-        }
-        if !self.wait.is_zero() {
-            precise_sleeps();
-            std::thread::sleep(self.wait);
-        }
+    if !cost.wait.is_zero() {
+        precise_sleeps();
+        std::thread::sleep(cost.wait);
     }
 }
 
@@ -132,15 +79,6 @@ fn precise_sleeps() {
     // Best effort: where it fails, sleeps are only longer than asked.
     #[cfg(target_os = "linux")]
     let _ = nix::sys::prctl::set_timerslack(1_000);
-}
-
-impl std::fmt::Display for ExecCost {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.is_zero() {
-            return f.write_str("none");
-        }
-        write!(f, "busy {:?} + wait {:?} per command", self.busy, self.wait)
-    }
 }
 
 /// Random pauses between commands, to vary thread timing in tests.
@@ -207,18 +145,15 @@ impl EngineConfig {
     /// rings `1..=threads`; `g_all` is ring 0 (`smr` ignores `threads`;
     /// `classes` keeps all `threads` active).
     pub fn new(kind: EngineKind, threads: usize) -> EngineConfig {
-        let thread_rings = match kind.has_thread_rings() {
-            true => (1..=threads as u16).map(RingId).collect(),
-            false => Vec::new(),
-        };
+        let layout = Layout::new(kind, threads);
         let workers = match kind {
             EngineKind::Smr => 1,
             _ => threads,
         };
         EngineConfig {
             kind,
-            thread_rings,
-            all_ring: RingId(0),
+            thread_rings: layout.thread_rings(),
+            all_ring: Layout::ALL_RING,
             merge_m: 1,
             batch_sync: true,
             wait: WaitPolicy::Auto,
@@ -231,6 +166,21 @@ impl EngineConfig {
             cost: ExecCost::default(),
             inline_budget: DEFAULT_INLINE_BUDGET,
         }
+    }
+
+    /// The engine configuration of a cluster file's replicas: its engine,
+    /// K, merge M, execution cost and (for `classes`) reconfiguration policy.
+    pub fn of_cluster(cluster: &ClusterConfig) -> EngineConfig {
+        let mut config = EngineConfig::new(cluster.engine(), cluster.threads());
+        config.merge_m = cluster.multicast.merge_m;
+        config.cost = cluster.service.cost();
+        let policy = cluster.policy();
+        if config.kind == EngineKind::Classes && policy != PolicyName::Fixed {
+            config.policy = Policy::from(policy);
+            config.min_threads = 1;
+            config.initial_threads = 1;
+        }
+        config
     }
 
     /// Number of worker threads.
@@ -251,7 +201,7 @@ impl EngineConfig {
             );
         }
         if matches!(self.kind, EngineKind::Cbase | EngineKind::Classes) {
-            if !(1..=classes::MAX_THREADS).contains(&self.workers) {
+            if !(1..=Layout::MAX_THREADS).contains(&self.workers) {
                 return config("workers", "must be between 1 and 64");
             }
             if self.window == 0 {
@@ -376,7 +326,7 @@ impl<S: Service> Shared<S> {
     pub(crate) fn execute(
         &self,
         access: execute::Access<'_, S::State>,
-        command: &psmr_multicast::proto::Command,
+        command: &psmr_core::proto::Command,
         metrics: &mut ExecMetrics,
     ) -> Reply {
         execute::execute_command(&*self.service, access, command, self.config.cost, metrics)
@@ -420,7 +370,7 @@ impl<S: Service> Shared<S> {
 
 /// A command as `cbase` or `classes` hands it to a worker.
 pub(crate) struct Placed<'a> {
-    pub(crate) command: &'a psmr_multicast::proto::Command,
+    pub(crate) command: &'a psmr_core::proto::Command,
     pub(crate) placement: Placement,
     /// Runs with the whole state.
     pub(crate) alone: bool,

@@ -31,14 +31,14 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Condvar, Mutex, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
-use psmr_multicast::proto::{Command, Merged, Merger};
+use psmr_core::proto::{Command, Merged, Merger};
 
 use super::execute::{Access, ExecMetrics};
 use super::pause::Pauser;
 use super::{EngineError, EngineState, Input, Shared, lock, panic_message};
 use crate::rendezvous::Turn;
-use crate::service::{Lane, Service};
-use crate::wire::Reply;
+use psmr_core::service::{Lane, Service};
+use psmr_core::wire::Reply;
 
 /// One worker: its queue of delivered instances and its state.
 pub(super) struct Slot {
@@ -541,12 +541,12 @@ mod tests {
     use std::sync::Arc;
     use std::thread::ThreadId;
 
-    use psmr_multicast::proto::{CommandId, ProposerId, RingId, Value};
+    use psmr_core::proto::{CommandId, ProposerId, RingId, Value};
 
     use super::*;
     use crate::engine::{Engine, EngineConfig, EngineKind, ExecCost, ReplySink};
-    use crate::services::{NullOp, NullService};
-    use crate::wire::{Answerers, Mode, Request, RequestId, ServiceId};
+    use psmr_core::wire::{Answerers, Mode, Request, RequestId, ServiceId};
+    use psmr_services::{NullOp, NullService};
 
     /// Records the thread that handed over each reply.
     #[derive(Default)]
@@ -656,8 +656,8 @@ mod tests {
         }
     }
 
-    impl crate::model::ConflictModel for Buggy {
-        fn placement(&self, op: &NullOp, lanes: usize) -> crate::model::Placement {
+    impl psmr_core::model::ConflictModel for Buggy {
+        fn placement(&self, op: &NullOp, lanes: usize) -> psmr_core::model::Placement {
             NullService.placement(op, lanes)
         }
     }

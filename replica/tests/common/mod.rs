@@ -6,8 +6,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use psmr_core::{ConflictModel, EngineKind, Reply};
 use psmr_replica::workload::{self, CollectSink, Feed, Streams};
-use psmr_replica::{ConflictModel, EngineConfig, EngineKind, ExecMetrics, Jitter, Reply};
+use psmr_replica::{EngineConfig, ExecMetrics, Jitter};
 
 /// Runs `config` on `streams` from `state`, with thread jitter, feed order
 /// and random reconfiguration points from `seed`; an odd `seed` delivers

@@ -1,0 +1,784 @@
+//! The cluster file as data (docs/ARCHITECTURE.md, "The cluster file"): one
+//! TOML document that every process of a cluster reads. This module parses
+//! and checks text; reading the file is the caller's (`psmr_multicast::cluster::load`).
+//!
+//! ```toml
+//! [[acceptor]]
+//! id = 1
+//! address = "127.0.0.1:7101"
+//! storage = "memory"            # or "durable"; default memory
+//! data_dir = "data/acceptor-1"  # default data/acceptor-<id>; relative paths (here and in
+//!                               # [tls]) are relative to this file's directory
+//!
+//! [[replica]]
+//! id = 101
+//! address = "127.0.0.1:7201"
+//! engine = "opt-psmr"           # smr | psmr | opt-psmr | cbase | classes
+//! threads = 2                   # K; every replica runs the same engine and K
+//! # policy = "jump"             # classes only: fixed (default) | paper | jump
+//!
+//! [[ring]]                      # optional: ring 0 is g_all, rings 1..=K are psmr's and opt-psmr's threads';
+//! id = 0                        # when absent, each ring gets every acceptor in the order of
+//! acceptors = [1, 2, 3]         # the [[acceptor]] entries (the first coordinates every ring)
+//!
+//! [tls]
+//! dir = "certs"                 # ca.pem, node-<id>.pem/.key, client.pem/.key
+//! require_client_certificates = false
+//!
+//! [multicast]                   # every field optional; see psmr_core::proto::Params
+//! window = 128
+//! batch_delay = "0ms"
+//!
+//! [service]
+//! kind = "btree"                # btree | null | list
+//! preload = 1000000             # B+-tree: every even key of [0, 2 * preload)
+//! key_space = 2000000           # keys are partitioned over [0, key_space)
+//! fanout = 64
+//! # exec_busy = "20us"          # execution cost added to every command: busy work on a core,
+//! # exec_wait = "100us"         # and a blocking wait standing for I/O (no core); default none
+//! ```
+//!
+//! [`ClusterConfig::validate`] rejects what cannot work, naming the field.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::engine::{EngineKind, ExecCost};
+use crate::layout::Layout;
+use crate::proto::{ConfigError, MulticastConfig, NodeId, Params, RingConfig};
+
+/// A whole cluster.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// The acceptor processes.
+    #[serde(rename = "acceptor", default)]
+    pub acceptors: Vec<AcceptorEntry>,
+    /// The replica processes.
+    #[serde(rename = "replica", default)]
+    pub replicas: Vec<ReplicaEntry>,
+    /// Rings; derived from the acceptors when empty.
+    #[serde(rename = "ring", default, skip_serializing_if = "Vec::is_empty")]
+    pub rings: Vec<RingEntry>,
+    /// Certificates.
+    #[serde(default)]
+    pub tls: TlsSection,
+    /// Multicast parameters; each field defaults to [`Params::default`].
+    #[serde(default)]
+    pub multicast: Params,
+    /// The replicated service.
+    #[serde(default)]
+    pub service: ServiceSection,
+}
+
+/// One acceptor process.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AcceptorEntry {
+    /// Node id, unique in the cluster.
+    pub id: u32,
+    /// Address it listens on.
+    pub address: SocketAddr,
+    /// Storage mode. Default memory.
+    #[serde(default)]
+    pub storage: StorageKind,
+    /// Where its log (durable) or metadata (memory) goes. Default `data/acceptor-<id>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+}
+
+impl AcceptorEntry {
+    /// The data directory, default or configured.
+    pub fn data_dir(&self) -> PathBuf {
+        self.data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(format!("data/acceptor-{}", self.id)))
+    }
+}
+
+/// Acceptor storage mode (docs/ARCHITECTURE.md, "The atomic multicast").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageKind {
+    /// Values in memory; promises and vote bounds on disk.
+    #[default]
+    Memory,
+    /// Everything on disk, fsynced before votes leave.
+    Durable,
+}
+
+impl StorageKind {
+    /// The name used in cluster files and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            StorageKind::Memory => "memory",
+            StorageKind::Durable => "durable",
+        }
+    }
+}
+
+/// One replica process.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicaEntry {
+    /// Node id, unique in the cluster.
+    pub id: u32,
+    /// Address it listens on.
+    pub address: SocketAddr,
+    /// Execution engine.
+    pub engine: EngineKind,
+    /// Worker threads (K); for `classes`, the most that can be active.
+    pub threads: usize,
+    /// `classes`: when to change the number of active threads. `fixed`
+    /// (default: all threads active), `paper` (Algorithm 7) or `jump`; the
+    /// last two start with one active thread and keep between 1 and `threads`.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub policy: PolicyName,
+}
+
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
+}
+
+/// A reconfiguration policy as named in the file.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PolicyName {
+    /// Never reconfigure.
+    #[default]
+    Fixed,
+    /// The reconfiguration paper's Algorithm 7 (period 2,000, 20 %).
+    Paper,
+    /// Jump to all or the fewest threads (period 500; 5 % / 20 %).
+    Jump,
+}
+
+/// One ring, listed explicitly.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RingEntry {
+    /// Ring id: 0 is `g_all`, 1..=K the threads'.
+    pub id: u16,
+    /// Acceptor ids, in ring order (the first is the initial coordinator).
+    pub acceptors: Vec<u32>,
+}
+
+/// Certificate files.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    /// Directory of `ca.pem`, `node-<id>.pem`/`.key` and `client.pem`/`.key`. Default `certs`.
+    #[serde(default = "default_cert_dir")]
+    pub dir: PathBuf,
+    /// Whether clients must present a certificate of the cluster CA. Default false.
+    #[serde(default)]
+    pub require_client_certificates: bool,
+}
+
+fn default_cert_dir() -> PathBuf {
+    PathBuf::from("certs")
+}
+
+impl Default for TlsSection {
+    fn default() -> Self {
+        TlsSection {
+            dir: default_cert_dir(),
+            require_client_certificates: false,
+        }
+    }
+}
+
+/// Which service the replicas run, and its settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSection {
+    /// The service. Default `btree`.
+    #[serde(default)]
+    pub kind: ServiceKind,
+    /// B+-tree: keys preloaded (every even key of `[0, 2 * preload)`);
+    /// list: elements preloaded. Default 1,000,000.
+    #[serde(default = "default_preload")]
+    pub preload: u64,
+    /// B+-tree: the key space partitioned over the threads. Default `2 * preload`.
+    #[serde(default)]
+    pub key_space: Option<u64>,
+    /// B+-tree: keys per node. Default 64.
+    #[serde(default = "default_fanout")]
+    pub fanout: usize,
+    /// Busy work added to every executed command (see [`ExecCost`]). Default none.
+    #[serde(default, with = "humantime_serde::option")]
+    pub exec_busy: Option<Duration>,
+    /// A blocking wait added to every executed command, standing for I/O
+    /// (see [`ExecCost`]). Default none.
+    #[serde(default, with = "humantime_serde::option")]
+    pub exec_wait: Option<Duration>,
+}
+
+fn default_preload() -> u64 {
+    1_000_000
+}
+
+fn default_fanout() -> usize {
+    64
+}
+
+impl Default for ServiceSection {
+    fn default() -> Self {
+        ServiceSection {
+            kind: ServiceKind::default(),
+            preload: default_preload(),
+            key_space: None,
+            fanout: default_fanout(),
+            exec_busy: None,
+            exec_wait: None,
+        }
+    }
+}
+
+impl ServiceSection {
+    /// The execution cost added to every command.
+    pub fn cost(&self) -> ExecCost {
+        ExecCost {
+            busy: self.exec_busy.unwrap_or_default(),
+            wait: self.exec_wait.unwrap_or_default(),
+        }
+    }
+
+    /// The key space, default or configured.
+    pub fn key_space(&self) -> u64 {
+        self.key_space
+            .unwrap_or(self.preload.saturating_mul(2).max(1))
+    }
+}
+
+/// The services psmr ships.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServiceKind {
+    /// The B+-tree key-value store.
+    #[default]
+    Btree,
+    /// The null service.
+    Null,
+    /// The linked list.
+    List,
+}
+
+impl ServiceKind {
+    /// The name used in cluster files and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            ServiceKind::Btree => "btree",
+            ServiceKind::Null => "null",
+            ServiceKind::List => "list",
+        }
+    }
+}
+
+/// Why a cluster file was rejected.
+#[derive(Debug, Error)]
+pub enum ClusterError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for a cluster.
+    #[error("{path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What the parser reported (it names the line and the field).
+        #[source]
+        source: toml::de::Error,
+    },
+    /// A section that needs entries has none.
+    #[error("{field}: at least one entry is required")]
+    Empty {
+        /// `acceptor` or `replica`.
+        field: &'static str,
+    },
+    /// Two processes share a node id.
+    #[error("{field}[{index}].id: node id {id} is used twice")]
+    DuplicateId {
+        /// `acceptor` or `replica`.
+        field: &'static str,
+        /// Position in the list.
+        index: usize,
+        /// The id.
+        id: u32,
+    },
+    /// Two processes share an address.
+    #[error("{field}[{index}].address: {address} is used twice")]
+    DuplicateAddress {
+        /// `acceptor` or `replica`.
+        field: &'static str,
+        /// Position in the list.
+        index: usize,
+        /// The address.
+        address: SocketAddr,
+    },
+    /// Replicas disagree on the engine or K.
+    #[error(
+        "replica[{index}].{field}: every replica must run the same engine with the same number of threads as replica[0]"
+    )]
+    ReplicasDisagree {
+        /// Position in the list.
+        index: usize,
+        /// `engine` or `threads`.
+        field: &'static str,
+    },
+    /// K is zero, or smr with more than one thread.
+    #[error(
+        "replica[{index}].threads: {threads} threads with engine {engine}; smr has 1, the other engines 1 to 64"
+    )]
+    Threads {
+        /// Position in the list.
+        index: usize,
+        /// The value.
+        threads: usize,
+        /// The engine's name.
+        engine: &'static str,
+    },
+    /// The rings do not match K.
+    #[error(
+        "ring: {engine} with K = {threads} needs rings {expected:?} (ring 0 is g_all), the file lists {listed:?}"
+    )]
+    RingsDisagree {
+        /// The engine's name.
+        engine: &'static str,
+        /// K.
+        threads: usize,
+        /// Ring ids needed.
+        expected: Vec<u16>,
+        /// Ring ids listed.
+        listed: Vec<u16>,
+    },
+    /// A reconfiguration policy for an engine other than `classes`.
+    #[error(
+        "replica[{index}].policy: only engine classes reconfigures its threads; remove the policy or use engine = \"classes\""
+    )]
+    PolicyWithoutClasses {
+        /// Position in the list.
+        index: usize,
+    },
+    /// A ring names an acceptor that is not listed.
+    #[error("ring[{index}].acceptors: {id} is not an acceptor")]
+    UnknownAcceptor {
+        /// Position of the ring in the list.
+        index: usize,
+        /// The id.
+        id: u32,
+    },
+    /// A derived ring would have an even number of acceptors.
+    #[error("acceptor: {count} acceptors; rings derived from them need an odd number (2f+1)")]
+    EvenAcceptors {
+        /// How many.
+        count: usize,
+    },
+    /// The multicast parameters or rings are invalid.
+    #[error(transparent)]
+    Multicast(#[from] ConfigError),
+}
+
+impl ClusterConfig {
+    /// Parses and validates the text of the cluster file at `path`;
+    /// relative directories in it resolve against `path`'s directory.
+    pub fn parse(text: &str, path: &Path) -> Result<ClusterConfig, ClusterError> {
+        let mut config: ClusterConfig =
+            toml::from_str(text).map_err(|source| ClusterError::Parse {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        config.resolve_relative(path.parent().unwrap_or(Path::new("")));
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Makes the acceptors' data directories (their default included) and
+    /// the certificate directory absolute against `base`, the cluster file's
+    /// directory: an acceptor started from another working directory must
+    /// find its own storage, never an empty one.
+    fn resolve_relative(&mut self, base: &Path) {
+        for a in &mut self.acceptors {
+            let dir = a.data_dir();
+            if dir.is_relative() {
+                a.data_dir = Some(base.join(dir));
+            }
+        }
+        if self.tls.dir.is_relative() {
+            self.tls.dir = base.join(&self.tls.dir);
+        }
+    }
+
+    /// The file's TOML text.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("a cluster serializes")
+    }
+
+    /// A cluster of 3 acceptors and 2 replicas on loopback, from `port`
+    /// (acceptors `port..port+3`, replicas `port+100..port+102`).
+    pub fn local(port: u16, engine: EngineKind, threads: usize) -> ClusterConfig {
+        let at = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
+        ClusterConfig {
+            acceptors: (0..3)
+                .map(|i| AcceptorEntry {
+                    id: 1 + u32::from(i),
+                    address: at(port + i),
+                    storage: StorageKind::Memory,
+                    data_dir: None,
+                })
+                .collect(),
+            replicas: (0..2)
+                .map(|i| ReplicaEntry {
+                    id: 101 + u32::from(i),
+                    address: at(port + 100 + i),
+                    engine,
+                    threads: if engine == EngineKind::Smr {
+                        1
+                    } else {
+                        threads
+                    },
+                    policy: PolicyName::Fixed,
+                })
+                .collect(),
+            rings: Vec::new(),
+            tls: TlsSection::default(),
+            multicast: Params::default(),
+            service: ServiceSection::default(),
+        }
+    }
+
+    /// Checks everything a process needs to start; the error names the field.
+    pub fn validate(&self) -> Result<(), ClusterError> {
+        if self.acceptors.is_empty() {
+            return Err(ClusterError::Empty { field: "acceptor" });
+        }
+        if self.replicas.is_empty() {
+            return Err(ClusterError::Empty { field: "replica" });
+        }
+        self.check_unique()?;
+        self.check_replicas()?;
+        self.check_rings()?;
+        self.multicast().validate()?;
+        Ok(())
+    }
+
+    fn check_unique(&self) -> Result<(), ClusterError> {
+        let mut ids = BTreeSet::new();
+        let mut addresses = BTreeSet::new();
+        let entries = self
+            .acceptors
+            .iter()
+            .enumerate()
+            .map(|(i, a)| ("acceptor", i, a.id, a.address))
+            .chain(
+                self.replicas
+                    .iter()
+                    .enumerate()
+                    .map(|(i, r)| ("replica", i, r.id, r.address)),
+            );
+        for (field, index, id, address) in entries {
+            if !ids.insert(id) {
+                return Err(ClusterError::DuplicateId { field, index, id });
+            }
+            if !addresses.insert(address) {
+                return Err(ClusterError::DuplicateAddress {
+                    field,
+                    index,
+                    address,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn check_replicas(&self) -> Result<(), ClusterError> {
+        let first = &self.replicas[0];
+        for (index, r) in self.replicas.iter().enumerate() {
+            if r.engine != first.engine {
+                return Err(ClusterError::ReplicasDisagree {
+                    index,
+                    field: "engine",
+                });
+            }
+            if r.threads != first.threads {
+                return Err(ClusterError::ReplicasDisagree {
+                    index,
+                    field: "threads",
+                });
+            }
+            if r.policy != PolicyName::Fixed && r.engine != EngineKind::Classes {
+                return Err(ClusterError::PolicyWithoutClasses { index });
+            }
+            if Layout::new(r.engine, r.threads).validate().is_err() {
+                return Err(ClusterError::Threads {
+                    index,
+                    threads: r.threads,
+                    engine: r.engine.name(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn check_rings(&self) -> Result<(), ClusterError> {
+        if self.rings.is_empty() {
+            let count = self.acceptors.len();
+            return if count % 2 == 0 {
+                Err(ClusterError::EvenAcceptors { count })
+            } else {
+                Ok(())
+            };
+        }
+        let expected: Vec<u16> = self.layout().rings().iter().map(|r| r.0).collect();
+        let mut listed: Vec<u16> = self.rings.iter().map(|r| r.id).collect();
+        listed.sort_unstable();
+        if listed != expected {
+            let r = &self.replicas[0];
+            return Err(ClusterError::RingsDisagree {
+                engine: r.engine.name(),
+                threads: r.threads,
+                expected,
+                listed,
+            });
+        }
+        let acceptors: BTreeSet<u32> = self.acceptors.iter().map(|a| a.id).collect();
+        for (index, ring) in self.rings.iter().enumerate() {
+            if let Some(&id) = ring.acceptors.iter().find(|id| !acceptors.contains(id)) {
+                return Err(ClusterError::UnknownAcceptor { index, id });
+            }
+        }
+        Ok(())
+    }
+
+    /// K of the replicas.
+    pub fn threads(&self) -> usize {
+        self.replicas.first().map_or(1, |r| r.threads)
+    }
+
+    /// The engine of the replicas.
+    pub fn engine(&self) -> EngineKind {
+        self.replicas.first().map_or(EngineKind::Smr, |r| r.engine)
+    }
+
+    /// The rings and merges of the replicas' engine and K.
+    pub fn layout(&self) -> Layout {
+        Layout::new(self.engine(), self.threads())
+    }
+
+    /// The reconfiguration policy of the replicas (`classes` only).
+    pub fn policy(&self) -> PolicyName {
+        self.replicas
+            .first()
+            .map_or(PolicyName::Fixed, |r| r.policy)
+    }
+
+    /// The rings with their acceptors and learners (every replica).
+    ///
+    /// A ring without a `[[ring]]` entry has every acceptor, in the order of
+    /// the `[[acceptor]]` entries, so one acceptor coordinates every such
+    /// ring. Clients then send all their proposals to one acceptor and the
+    /// rings' messages between two acceptors travel the same way, sharing
+    /// packets: on one machine (`psmr local`, 2 threads, no dependent
+    /// commands) that costs 13–20 % less CPU per command and a third fewer
+    /// datagrams than rotating the order per ring to spread the
+    /// coordinators. A cluster over machines that wants the coordinators
+    /// spread lists its rings.
+    pub fn multicast(&self) -> MulticastConfig {
+        let learners: Vec<NodeId> = self.replicas.iter().map(|r| NodeId(r.id)).collect();
+        let all: Vec<NodeId> = self.acceptors.iter().map(|a| NodeId(a.id)).collect();
+        let layout = self.layout();
+        let rings = layout
+            .rings()
+            .into_iter()
+            .map(|id| {
+                let acceptors = match self.rings.iter().find(|r| r.id == id.0) {
+                    Some(r) => r.acceptors.iter().map(|&a| NodeId(a)).collect(),
+                    None => all.clone(),
+                };
+                RingConfig {
+                    id,
+                    acceptors,
+                    learners: learners.clone(),
+                }
+            })
+            .collect();
+        MulticastConfig {
+            rings,
+            merges: layout.merges(),
+            params: self.multicast.clone(),
+        }
+    }
+
+    /// Every node's address.
+    pub fn addresses(&self) -> HashMap<NodeId, SocketAddr> {
+        let acceptors = self.acceptors.iter().map(|a| (NodeId(a.id), a.address));
+        let replicas = self.replicas.iter().map(|r| (NodeId(r.id), r.address));
+        acceptors.chain(replicas).collect()
+    }
+
+    /// Every node id.
+    pub fn nodes(&self) -> Vec<NodeId> {
+        let mut ids: Vec<NodeId> = self.addresses().into_keys().collect();
+        ids.sort_unstable();
+        ids
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<ClusterConfig, ClusterError> {
+        ClusterConfig::parse(text, Path::new("test.toml"))
+    }
+
+    const GOOD: &str = r#"
+        [[acceptor]]
+        id = 1
+        address = "127.0.0.1:7101"
+        [[acceptor]]
+        id = 2
+        address = "127.0.0.1:7102"
+        storage = "durable"
+        [[acceptor]]
+        id = 3
+        address = "127.0.0.1:7103"
+        [[replica]]
+        id = 101
+        address = "127.0.0.1:7201"
+        engine = "opt-psmr"
+        threads = 2
+        [multicast]
+        batch_delay = "2ms"
+        window = 64
+    "#;
+
+    #[test]
+    fn a_good_file_derives_rings_learners_and_parameters() {
+        let c = parse(GOOD).unwrap();
+        let m = c.multicast();
+        assert_eq!(m.rings.len(), 3);
+        let listed = vec![NodeId(1), NodeId(2), NodeId(3)];
+        assert!(
+            m.rings.iter().all(|r| r.acceptors == listed),
+            "unlisted rings take the acceptors in file order"
+        );
+        assert_eq!(m.rings[0].learners, vec![NodeId(101)]);
+        assert_eq!(m.params.batch_delay, Duration::from_millis(2));
+        assert_eq!(m.params.window, 64);
+        assert_eq!(c.acceptors[1].storage, StorageKind::Durable);
+        assert_eq!(c.acceptors[0].data_dir(), PathBuf::from("data/acceptor-1"));
+        assert_eq!(c.engine(), EngineKind::OptPsmr);
+        let back = parse(&c.to_toml()).unwrap();
+        assert_eq!(back, c);
+        let spread = format!(
+            "{GOOD}\n[[ring]]\nid = 0\nacceptors = [3, 1, 2]\n[[ring]]\nid = 1\nacceptors = [2, 3, 1]\n[[ring]]\nid = 2\nacceptors = [1, 2, 3]\n"
+        );
+        let m = parse(&spread).unwrap().multicast();
+        assert_eq!(m.rings[0].acceptors, vec![NodeId(3), NodeId(1), NodeId(2)]);
+        assert_eq!(m.rings[1].acceptors, vec![NodeId(2), NodeId(3), NodeId(1)]);
+    }
+
+    // An acceptor started from another working directory must find its own
+    // storage: relative paths are the cluster file's, not the process's.
+    #[test]
+    fn relative_directories_resolve_against_the_cluster_file() {
+        let file = Path::new("/srv/conf/cluster.toml");
+        let text = GOOD.replace(
+            "address = \"127.0.0.1:7103\"",
+            "address = \"127.0.0.1:7103\"\n        data_dir = \"/abs/a3\"",
+        );
+        let text = format!("{text}\n[tls]\ndir = \"certs\"\n");
+        let c = ClusterConfig::parse(&text, file).unwrap();
+        let conf = Path::new("/srv/conf");
+        assert_eq!(c.acceptors[0].data_dir(), conf.join("data/acceptor-1"));
+        assert_eq!(c.acceptors[2].data_dir(), PathBuf::from("/abs/a3"));
+        assert_eq!(c.tls.dir, conf.join("certs"));
+    }
+
+    #[test]
+    fn the_execution_cost_is_read_and_survives_a_round_trip() {
+        assert!(parse(GOOD).unwrap().service.cost().is_zero());
+        let text = format!("{GOOD}\n[service]\nexec_busy = \"20us\"\nexec_wait = \"1ms\"\n");
+        let c = parse(&text).unwrap();
+        let cost = c.service.cost();
+        assert_eq!(cost.busy, Duration::from_micros(20));
+        assert_eq!(cost.wait, Duration::from_millis(1));
+        assert_eq!(parse(&c.to_toml()).unwrap(), c);
+    }
+
+    #[test]
+    fn the_local_cluster_is_valid() {
+        for engine in EngineKind::ALL {
+            let c = ClusterConfig::local(7100, engine, 2);
+            c.validate().unwrap();
+            let rings = c.multicast().rings.len();
+            assert_eq!(rings, if engine.has_thread_rings() { 3 } else { 1 });
+        }
+    }
+
+    fn error(text: &str) -> String {
+        parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn bad_files_are_rejected_naming_the_field() {
+        let even = GOOD.replace(
+            "[[replica]]",
+            "[[acceptor]]\nid = 4\naddress = \"127.0.0.1:7104\"\n[[replica]]",
+        );
+        assert_eq!(
+            error(&even),
+            "acceptor: 4 acceptors; rings derived from them need an odd number (2f+1)"
+        );
+        let policy = GOOD.replacen(
+            "engine = \"opt-psmr\"",
+            "engine = \"opt-psmr\"\npolicy = \"jump\"",
+            1,
+        );
+        assert!(
+            error(&policy).starts_with("replica[0].policy: only engine classes"),
+            "{}",
+            error(&policy)
+        );
+        let dup = GOOD.replace("127.0.0.1:7102", "127.0.0.1:7101");
+        assert_eq!(
+            error(&dup),
+            "acceptor[1].address: 127.0.0.1:7101 is used twice"
+        );
+        let dup_id = GOOD.replace("id = 101", "id = 3");
+        assert_eq!(error(&dup_id), "replica[0].id: node id 3 is used twice");
+        let rings = format!("{GOOD}\n[[ring]]\nid = 0\nacceptors = [1, 2, 3]\n");
+        assert!(
+            error(&rings).starts_with("ring: opt-psmr with K = 2 needs rings [0, 1, 2]"),
+            "{}",
+            error(&rings)
+        );
+        let smr = GOOD.replace("\"opt-psmr\"", "\"smr\"");
+        assert!(error(&smr).starts_with("replica[0].threads: 2 threads with engine smr"));
+        let unknown = GOOD.replace("window = 64", "windw = 64");
+        assert!(
+            error(&unknown).contains("unknown field `windw`"),
+            "{}",
+            error(&unknown)
+        );
+        let zero = GOOD.replace("window = 64", "window = 0");
+        assert_eq!(error(&zero), "params.window must be greater than zero");
+        let no_replica = GOOD.split("[[replica]]").next().unwrap().to_string();
+        assert_eq!(
+            error(&no_replica),
+            "replica: at least one entry is required"
+        );
+    }
+}
