@@ -20,9 +20,10 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use psmr_core::persist::Persister;
 use psmr_core::proto::{
-    AcceptorNode, Ballot, Batch, Command, CommandId, Decide, Learner, Merged, Merger, Message,
-    MulticastConfig, NodeId, Params, Propose, ProposerId, RingConfig, RingId, Transmit, Value,
+    Ballot, Batch, Command, CommandId, Decide, Learner, Merged, Merger, Message, MulticastConfig,
+    NodeId, Params, Propose, ProposerId, RingConfig, RingId, Transmit, Value,
 };
 use psmr_multicast::storage::{DurableLog, LogOptions, MemoryStorage, OpenMode, Record};
 
@@ -135,9 +136,9 @@ fn one_ring(batch: usize, total: u64) -> f64 {
         },
     };
     let start = Instant::now();
-    let mut nodes: Vec<AcceptorNode> = (1..=3)
+    let mut nodes: Vec<Persister> = (1..=3)
         .map(|id| {
-            AcceptorNode::new(
+            Persister::open(
                 NodeId(id),
                 &config,
                 Box::new(MemoryStorage::ephemeral()),
@@ -197,7 +198,7 @@ fn one_ring(batch: usize, total: u64) -> f64 {
     delivered as f64 / start.elapsed().as_secs_f64()
 }
 
-fn drain_nodes(nodes: &mut [AcceptorNode], queue: &mut VecDeque<(NodeId, Transmit)>) {
+fn drain_nodes(nodes: &mut [Persister], queue: &mut VecDeque<(NodeId, Transmit)>) {
     for node in nodes {
         let id = node.id();
         while let Some(out) = node.poll_transmit() {

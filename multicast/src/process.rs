@@ -2,7 +2,7 @@
 //! (docs/ARCHITECTURE.md, "Processes").
 //!
 //! ```text
-//!  acceptor:  QUIC ──frames──> AcceptorNode ──transmits──> QUIC
+//!  acceptor:  QUIC ──frames──> Persister ──transmits──> QUIC
 //! ```
 //!
 //! The acceptor runs the sans-IO core on one tokio task ([`net::drive`]).
@@ -15,7 +15,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use psmr_core::cluster::{ClusterConfig, ClusterError, StorageKind};
-use psmr_core::proto::{AcceptorNode, LearnerError, NodeError, NodeId};
+use psmr_core::persist::{PersistError, Persister};
+use psmr_core::proto::{LearnerError, NodeError, NodeId};
 use thiserror::Error;
 use tracing::{error, info, warn};
 
@@ -119,7 +120,12 @@ pub async fn run_acceptor(
             Box::new(storage)
         }
     };
-    let mut node = AcceptorNode::new(id, &cluster.multicast(), storage, Instant::now())?;
+    let mut node = Persister::open(id, &cluster.multicast(), storage, Instant::now()).map_err(
+        |e| match e {
+            PersistError::Storage(e) => ProcessError::Storage(e),
+            PersistError::Node(e) => ProcessError::Node(e),
+        },
+    )?;
     let (net, mut inbox) = Network::start(net_config(cluster, id, node_tls(cluster, id)?))?;
     info!(node = %id, address = %entry.address, storage = ?entry.storage, "acceptor listening");
     let amnesiac = node.amnesiac_rings();
@@ -194,12 +200,12 @@ struct AcceptorHooks {
     amnesiac: usize,
 }
 
-impl Hooks<AcceptorNode> for AcceptorHooks {
-    fn other(&mut self, _node: &mut AcceptorNode, inbound: Inbound) {
+impl Hooks<Persister> for AcceptorHooks {
+    fn other(&mut self, _node: &mut Persister, inbound: Inbound) {
         warn!(from = %inbound.from, purpose = ?inbound.purpose, "an acceptor takes only protocol messages and proposals");
     }
 
-    fn after(&mut self, node: &mut AcceptorNode) -> bool {
+    fn after(&mut self, node: &mut Persister) -> bool {
         self.reporter.report(|| {
             let m = node.metrics();
             info!(

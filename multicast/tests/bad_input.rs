@@ -3,11 +3,12 @@
 
 use std::time::{Duration, Instant};
 
+use psmr_core::persist::Persister;
 use psmr_core::proto::codec::{self, DEFAULT_MAX_FRAME};
 use psmr_core::proto::{
-    Accept, AcceptorNode, Ballot, Batch, Command, CommandId, Decide, LearnRequest, Learner,
-    Message, MulticastConfig, NodeId, Params, Prepare, ProposerId, RingConfig, RingId, Transmit,
-    Trimmed, Value, VoteSet,
+    Accept, Ballot, Batch, Command, CommandId, Decide, LearnRequest, Learner, Message,
+    MulticastConfig, NodeId, Params, Prepare, ProposerId, RingConfig, RingId, Transmit, Trimmed,
+    Value, VoteSet,
 };
 use psmr_multicast::storage::MemoryStorage;
 
@@ -33,11 +34,11 @@ fn config() -> MulticastConfig {
     }
 }
 
-fn n2(now: Instant) -> AcceptorNode {
-    AcceptorNode::new(N2, &config(), Box::new(MemoryStorage::ephemeral()), now).unwrap()
+fn n2(now: Instant) -> Persister {
+    Persister::open(N2, &config(), Box::new(MemoryStorage::ephemeral()), now).unwrap()
 }
 
-fn drain(node: &mut AcceptorNode) -> Vec<Transmit> {
+fn drain(node: &mut Persister) -> Vec<Transmit> {
     std::iter::from_fn(|| node.poll_transmit())
         .filter(|t| !matches!(t.message, Message::Heartbeat(_)))
         .collect()

@@ -14,9 +14,10 @@
 
 use std::time::{Duration, Instant};
 
+use psmr_core::persist::Persister;
 use psmr_core::proto::{
-    Accept, AcceptorNode, Command, Decide, Heartbeat, LearnRequest, Message, MulticastConfig,
-    NodeId, Prepare, Promise, Propose, Transmit, Value, VoteSet,
+    Accept, Command, Decide, Heartbeat, LearnRequest, Message, MulticastConfig, NodeId, Prepare,
+    Promise, Propose, Transmit, Value, VoteSet,
 };
 
 mod common;
@@ -30,7 +31,7 @@ fn config() -> MulticastConfig {
     common::ring(&N, &[L8, L9])
 }
 
-fn node(id: NodeId, now: Instant) -> AcceptorNode {
+fn node(id: NodeId, now: Instant) -> Persister {
     common::acceptor(&config(), id, now)
 }
 
@@ -56,7 +57,7 @@ fn a_coordinator_that_learns_of_a_higher_ballot_decision_ends_its_term() {
     let [n1_id, n2_id, n3_id, n4_id, n5_id] = N;
     let (b1, b2, b3) = (ballot(1, n1_id), ballot(1, n3_id), ballot(2, n1_id));
     let (v, w, x) = (value(1), value(2), value(3));
-    let mut n: Vec<AcceptorNode> = N.iter().map(|&id| node(id, t0)).collect();
+    let mut n: Vec<Persister> = N.iter().map(|&id| node(id, t0)).collect();
 
     // n1 leads at b1 after n2's and n3's promises.
     let prepare = |b, from| Prepare {

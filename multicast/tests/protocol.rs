@@ -5,9 +5,10 @@
 
 use std::time::{Duration, Instant};
 
+use psmr_core::persist::Persister;
 use psmr_core::proto::{
-    Accept, AcceptorNode, Command, Decide, Learner, Message, MulticastConfig, Nack, NodeId, Params,
-    Prepare, Promise, Propose, RingConfig, RingId, Transmit, Value, VoteSet,
+    Accept, Command, Decide, Learner, Message, MulticastConfig, Nack, NodeId, Params, Prepare,
+    Promise, Propose, RingConfig, RingId, Transmit, Value, VoteSet,
 };
 
 mod common;
@@ -22,7 +23,7 @@ fn config() -> MulticastConfig {
     common::ring(&[N1, N2, N3], &[L])
 }
 
-fn node(id: NodeId, now: Instant) -> AcceptorNode {
+fn node(id: NodeId, now: Instant) -> Persister {
     common::acceptor(&config(), id, now)
 }
 
@@ -31,12 +32,12 @@ fn command(seq: u64) -> Command {
 }
 
 /// n1 leads r0 after Phase 1 with n2's promise.
-fn leader(now: Instant) -> AcceptorNode {
+fn leader(now: Instant) -> Persister {
     leader_after_promise(now, 0, 0)
 }
 
 /// n1 leads r0 after Phase 1 with n2's promise, which reports n2's frontier.
-fn leader_after_promise(now: Instant, frontier: u64, frontier_position: u64) -> AcceptorNode {
+fn leader_after_promise(now: Instant, frontier: u64, frontier_position: u64) -> Persister {
     let mut n1 = node(N1, now);
     drain(&mut n1);
     let promise = Promise {
@@ -317,7 +318,7 @@ fn an_idle_acceptor_wakes_at_the_slow_timers_pace_until_traffic_arrives() {
 }
 
 /// n1 leads two rings merged together, `g` and `t`, each after n2's promise.
-fn leader_of_merged_rings(now: Instant, g: RingId, t: RingId) -> AcceptorNode {
+fn leader_of_merged_rings(now: Instant, g: RingId, t: RingId) -> Persister {
     let ring = |id| RingConfig {
         id,
         acceptors: vec![N1, N2, N3],
@@ -351,7 +352,7 @@ fn a_batch_of_a_ring_behind_its_busy_partner_spans_up_to_it() {
     let (g, t) = (RingId(0), RingId(1));
     let now = Instant::now();
     let mut n1 = leader_of_merged_rings(now, g, t);
-    let propose = |n1: &mut AcceptorNode, ring, seq| {
+    let propose = |n1: &mut Persister, ring, seq| {
         let propose = Propose {
             ring,
             commands: vec![command(seq)],

@@ -27,6 +27,7 @@ pub mod cluster;
 pub mod engine;
 pub mod layout;
 pub mod model;
+pub mod persist;
 pub mod proto;
 pub mod service;
 pub mod storage;

@@ -3,10 +3,11 @@
 //! the implementations in `psmr-multicast` (durable log, memory) provide.
 //!
 //! An acceptor writes a [`Record`] for every promise and vote before the
-//! message that carries it leaves: the node appends records while it handles
-//! input, and its driver-facing `poll_transmit` calls [`Storage::sync`] once for
-//! everything appended since the last sync (grouped fsync) before it releases
-//! any message.
+//! message that carries it leaves: the node collects the records of what it
+//! handles and hands them to its driver with the messages, in one
+//! `proto::Ready`; the driver appends them and calls [`Storage::sync`] once
+//! for all of them (grouped fsync) before it releases any of the messages
+//! (`crate::persist::Persister`).
 //!
 //! Two modes:
 //! - `DurableStorage`: a segmented append-only log of every record; a

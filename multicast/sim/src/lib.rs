@@ -36,9 +36,8 @@ pub use checker::{Checker, Violation};
 pub use disk::{DiskMode, SimDisk};
 pub use scenario::{G_ALL, LearnerSpec, NetworkFaults, Scenario, SimOptions};
 
-use psmr_core::proto::{
-    AcceptorNode, Learner, Message, NodeId, Proposer, ProposerId, RingId, Transmit,
-};
+use psmr_core::persist::Persister;
+use psmr_core::proto::{Learner, Message, NodeId, Proposer, ProposerId, RingId, Transmit};
 
 /// What a successful run did.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -298,7 +297,7 @@ impl Ord for Scheduled {
 }
 
 struct AcceptorSlot {
-    node: Option<AcceptorNode>,
+    node: Option<Persister>,
     disk: SimDisk,
 }
 
@@ -397,7 +396,7 @@ impl World {
             .map(|&id| {
                 let disk = SimDisk::new(scenario.disk, scenario.options.broken);
                 let node =
-                    AcceptorNode::new(id, config, disk.storage(), base).expect("valid scenario");
+                    Persister::open(id, config, disk.storage(), base).expect("valid scenario");
                 (
                     id,
                     AcceptorSlot {
@@ -868,7 +867,7 @@ impl World {
         let config = self.scenario.config.clone();
         let slot = self.acceptors.get_mut(&id).expect("acceptor");
         if slot.node.is_none() {
-            let node = AcceptorNode::new(id, &config, slot.disk.storage(), now).expect("recovery");
+            let node = Persister::open(id, &config, slot.disk.storage(), now).expect("recovery");
             slot.node = Some(node);
         }
     }

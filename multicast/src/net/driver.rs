@@ -16,8 +16,9 @@ use tokio::sync::mpsc;
 
 use super::network::{Inbound, Network};
 use super::stream::Purpose;
+use psmr_core::persist::Persister;
 use psmr_core::proto::codec::{self, DEFAULT_MAX_FRAME};
-use psmr_core::proto::{AcceptorNode, Learner, Message, NodeId, Transmit};
+use psmr_core::proto::{Learner, Message, NodeId, Transmit};
 
 /// A sans-IO protocol core the driver can run.
 pub trait Core {
@@ -31,18 +32,20 @@ pub trait Core {
     fn poll_timeout(&self) -> Option<Instant>;
 }
 
-impl Core for AcceptorNode {
+/// An acceptor: the node, and its storage persisting each `Ready` before
+/// its messages go out.
+impl Core for Persister {
     fn handle_frame(&mut self, now: Instant, from: NodeId, body: &[u8]) {
-        AcceptorNode::handle_frame(self, now, from, body);
+        self.node.handle_frame(now, from, body);
     }
     fn handle_timeout(&mut self, now: Instant) {
-        AcceptorNode::handle_timeout(self, now);
+        self.node.handle_timeout(now);
     }
     fn poll_transmit(&mut self) -> Option<Transmit> {
-        AcceptorNode::poll_transmit(self)
+        Persister::poll_transmit(self)
     }
     fn poll_timeout(&self) -> Option<Instant> {
-        AcceptorNode::poll_timeout(self)
+        self.node.poll_timeout()
     }
 }
 

@@ -8,9 +8,10 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use psmr_core::persist::Persister;
 use psmr_core::proto::{
-    AcceptorNode, Ballot, Command, CommandId, Message, MulticastConfig, NodeId, Params, ProposerId,
-    RingConfig, RingId, Transmit,
+    Ballot, Command, CommandId, Message, MulticastConfig, NodeId, Params, ProposerId, RingConfig,
+    RingId, Transmit,
 };
 use psmr_multicast::storage::MemoryStorage;
 
@@ -34,12 +35,12 @@ pub(crate) fn ring(acceptors: &[NodeId], learners: &[NodeId]) -> MulticastConfig
 }
 
 /// Acceptor `id` of `config`, started at `now` with nothing stored.
-pub(crate) fn acceptor(config: &MulticastConfig, id: NodeId, now: Instant) -> AcceptorNode {
-    AcceptorNode::new(id, config, Box::new(MemoryStorage::ephemeral()), now).unwrap()
+pub(crate) fn acceptor(config: &MulticastConfig, id: NodeId, now: Instant) -> Persister {
+    Persister::open(id, config, Box::new(MemoryStorage::ephemeral()), now).unwrap()
 }
 
 /// Everything `node` sends, heartbeats left out.
-pub(crate) fn drain(node: &mut AcceptorNode) -> Vec<Transmit> {
+pub(crate) fn drain(node: &mut Persister) -> Vec<Transmit> {
     std::iter::from_fn(|| node.poll_transmit())
         .filter(|t| !matches!(t.message, Message::Heartbeat(_)))
         .collect()

@@ -10,24 +10,26 @@ use super::messages::Message;
 use super::metrics::NodeMetrics;
 use super::outbox::Outbox;
 use super::types::NodeId;
-use crate::storage::{Record, Storage, StorageError};
+use crate::storage::{Record, StorageError};
 
 pub(crate) struct Ctx<'a> {
     pub(crate) now: Instant,
     pub(crate) params: &'a Params,
     pub(crate) detector: &'a FailureDetector,
     pub(crate) out: &'a mut Outbox,
-    pub(crate) storage: &'a mut dyn Storage,
-    /// Set when a record was appended: messages wait for a sync.
-    pub(crate) dirty: &'a mut bool,
+    /// Records appended since the last [`super::Ready`]: the messages queued
+    /// with them leave only once the driver has made them durable.
+    pub(crate) records: &'a mut Vec<Record>,
     pub(crate) metrics: &'a mut NodeMetrics,
 }
 
 impl Ctx<'_> {
-    /// Appends a record; messages produced from now on leave only after it is durable.
+    /// Appends a record; the messages queued with it leave only after the
+    /// driver has made it durable. Infallible here (the driver persists);
+    /// the `Result` keeps the handlers' error path for the failures the core
+    /// does detect itself (`StorageError::AllAmnesiac`).
     pub(crate) fn append(&mut self, record: Record) -> Result<(), StorageError> {
-        self.storage.append(&record)?;
-        *self.dirty = true;
+        self.records.push(record);
         Ok(())
     }
 

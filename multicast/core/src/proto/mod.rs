@@ -2,7 +2,8 @@
 //!
 //! Nothing here does I/O, reads a clock, or draws unseeded randomness: time
 //! comes in as `now`, messages come in through `handle_*` and go out through
-//! `poll_transmit`, and storage is an injected [`crate::storage::Storage`].
+//! `poll_transmit` (an acceptor node: `poll_ready`, with the records to make
+//! durable first; the driver persists them, see [`crate::persist`]).
 //! The QUIC transport and the simulator are two drivers of the same code.
 //!
 //! | role | type | inputs | outputs |
@@ -41,7 +42,7 @@ pub use messages::{
     Propose, RingBeat, Transmit, Trimmed,
 };
 pub use metrics::{LearnerMetrics, NodeMetrics};
-pub use node::{AcceptorNode, NodeError, RingPositions};
+pub use node::{AcceptorNode, NodeError, Ready, RingPositions};
 pub use proposer::{ProposeError, Proposer};
 pub use seqmap::SeqMap;
 pub use types::{

@@ -1,6 +1,9 @@
 //! An acceptor process as a sans-IO state machine: its acceptor role in every
 //! ring it belongs to, the coordinator role of the rings it leads, the
-//! failure detector, and its storage.
+//! failure detector. It does no I/O: what must be durable before a message
+//! leaves comes out with that message in one [`Ready`], and the driver (the
+//! QUIC process, the simulator, a test) persists it first, e.g. through
+//! [`crate::storage::Persister`].
 //!
 //! ```text
 //!  driver                              AcceptorNode
@@ -8,7 +11,8 @@
 //!  handle_message(now, from, msg) ---> dispatch by ring and message kind
 //!  handle_frame(now, from, bytes) ---> decode, count bad frames, dispatch
 //!  handle_timeout(now)             ---> heartbeats, elections, catch-up, retries, leveling
-//!  poll_transmit()                <--- sync storage once for all new records, then messages
+//!  poll_ready()                   <--- records to make durable, and the messages that may
+//!                                       leave once they are (the raft-rs `Ready` shape)
 //!  poll_timeout()                 <--- when to call handle_timeout next
 //! ```
 //!
@@ -24,7 +28,7 @@
 //! at the pace of the slower timers (retries, recovery, heartbeats: 10 ms by
 //! default), so an idle cluster does not wake a thousand times a second.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -41,7 +45,7 @@ use super::messages::{Heartbeat, Message, Prepare, Propose, RingBeat, Transmit};
 use super::metrics::NodeMetrics;
 use super::outbox::Outbox;
 use super::types::{Ballot, Command, Instance, NodeId, RingId, Value};
-use crate::storage::{Storage, StorageError};
+use crate::storage::{Record, Recovered, StorageError};
 
 /// Why a node could not be created.
 #[derive(Debug, Error)]
@@ -55,9 +59,18 @@ pub enum NodeError {
         /// The node.
         node: NodeId,
     },
-    /// Recovery from storage failed.
-    #[error("storage recovery failed: {0}")]
-    Storage(#[from] StorageError),
+}
+
+/// What an [`AcceptorNode`] hands its driver: `records` to make durable (in
+/// order, then synced), and the `messages` that may leave once they are.
+/// Sending a message before its records are durable can break agreement (a
+/// vote the acceptor forgets at restart).
+#[derive(Debug, Default)]
+pub struct Ready {
+    /// Promises and votes appended since the last `Ready`.
+    pub records: Vec<Record>,
+    /// Messages to other nodes, in order.
+    pub messages: VecDeque<Transmit>,
 }
 
 /// Where a ring stands at a node.
@@ -122,9 +135,9 @@ pub struct AcceptorNode {
     /// each needs a look at the others.
     ring_ids: Vec<RingId>,
     detector: FailureDetector,
-    storage: Box<dyn Storage>,
+    /// Records appended since the last [`Ready`].
+    records: Vec<Record>,
     outbox: Outbox,
-    dirty: bool,
     metrics: NodeMetrics,
     next_heartbeat: Instant,
     next_tick: Instant,
@@ -145,15 +158,15 @@ pub struct AcceptorNode {
 }
 
 impl AcceptorNode {
-    /// Creates the node `id` of `config`, recovering its state from `storage`.
+    /// Creates the node `id` of `config` from what its storage recovered
+    /// (`Recovered::default()` for a new member).
     pub fn new(
         id: NodeId,
         config: &MulticastConfig,
-        mut storage: Box<dyn Storage>,
+        mut recovered: Recovered,
         now: Instant,
     ) -> Result<AcceptorNode, NodeError> {
         config.validate()?;
-        let mut recovered = storage.recover()?;
         let mut rings = BTreeMap::new();
         let mut peers = Vec::new();
         for ring in &config.rings {
@@ -196,9 +209,8 @@ impl AcceptorNode {
             ring_ids: rings.keys().copied().collect(),
             rings,
             detector,
-            storage,
+            records: Vec::new(),
             outbox: Outbox::new(id),
-            dirty: false,
             metrics: NodeMetrics::default(),
             next_heartbeat: now,
             next_tick: now,
@@ -340,11 +352,13 @@ impl AcceptorNode {
         self.drain_local(now);
     }
 
-    /// The next message to send. First, the coordinators turn the commands
-    /// that arrived since the last call into batches (one batch per ring for
-    /// all of them, as the window allows); before the first message after
-    /// new records, storage is synced once for all of them.
-    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+    /// What may leave now, with the records that must be durable first;
+    /// `None` while no message is queued (records then wait for the next
+    /// messages, so that a sync is spent only where something leaves). First,
+    /// the coordinators turn the commands that arrived since the last call
+    /// into batches (one batch per ring for all of them, as the window
+    /// allows).
+    pub fn poll_ready(&mut self) -> Option<Ready> {
         if self.halted.is_some() {
             return None;
         }
@@ -352,15 +366,25 @@ impl AcceptorNode {
             self.flush_due = false;
             self.flush_coordinators();
         }
-        if self.dirty && !self.outbox.remote.is_empty() {
-            if let Err(e) = self.storage.sync() {
-                self.halted = Some(e);
-                self.outbox.remote.clear();
-                return None;
-            }
-            self.dirty = false;
+        if self.outbox.remote.is_empty() {
+            return None;
         }
-        self.outbox.remote.pop_front()
+        Some(Ready {
+            records: std::mem::take(&mut self.records),
+            messages: std::mem::take(&mut self.outbox.remote),
+        })
+    }
+
+    /// The driver could not make a [`Ready`]'s records durable: the node
+    /// stops (its messages must not leave, and it must not vote on).
+    pub fn storage_failed(&mut self, error: StorageError) {
+        self.halt(error);
+    }
+
+    fn halt(&mut self, error: StorageError) {
+        self.halted = Some(error);
+        self.outbox.remote.clear();
+        self.records.clear();
     }
 
     /// When [`AcceptorNode::handle_timeout`] should be called next.
@@ -378,9 +402,8 @@ impl AcceptorNode {
             rings,
             ring_ids,
             detector,
-            storage,
+            records,
             outbox,
-            dirty,
             metrics,
             ..
         } = self;
@@ -398,8 +421,7 @@ impl AcceptorNode {
                 params,
                 detector,
                 out: outbox,
-                storage: storage.as_mut(),
-                dirty,
+                records,
                 metrics,
             };
             c.flush(&mut ctx, &state.acceptor.members, view);
@@ -481,9 +503,8 @@ impl AcceptorNode {
             params,
             rings,
             detector,
-            storage,
+            records,
             outbox,
-            dirty,
             metrics,
             ..
         } = self;
@@ -493,8 +514,7 @@ impl AcceptorNode {
             params,
             detector,
             out: outbox,
-            storage: storage.as_mut(),
-            dirty,
+            records,
             metrics,
         };
         f(&mut ctx, state)
@@ -523,8 +543,7 @@ impl AcceptorNode {
             return;
         }
         if let Err(e) = self.dispatch_ring(now, from, ring, message) {
-            self.halted = Some(e);
-            self.outbox.remote.clear();
+            self.halt(e);
         }
     }
 
@@ -543,8 +562,7 @@ impl AcceptorNode {
     fn tick_ring(&mut self, now: Instant, ring: RingId) {
         let view = level_view(&self.rings, now, &self.params, ring);
         if let Err(e) = self.with_ring(now, ring, |ctx, state| tick(ctx, state, view)) {
-            self.halted = Some(e);
-            self.outbox.remote.clear();
+            self.halt(e);
         }
     }
 }
