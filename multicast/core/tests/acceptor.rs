@@ -1,0 +1,207 @@
+//! Exact outputs of an acceptor node's handlers, with nothing stored
+//! (docs/ARCHITECTURE.md, "The atomic multicast"): given a message, the exact
+//! messages and records out. Ring r0 = [n1, n2, n3]; the node under test is n2.
+
+use std::time::{Duration, Instant};
+
+use psmr_core::proto::{
+    Accept, AcceptorNode, Ballot, Decide, LearnRequest, Message, MulticastConfig, Nack, NodeId,
+    Params, Prepare, Ready, RingConfig, RingId, Transmit, Value, VoteSet,
+};
+use psmr_core::storage::{Record, Recovered};
+
+const R: RingId = RingId(0);
+const N1: NodeId = NodeId(1);
+const N2: NodeId = NodeId(2);
+const N3: NodeId = NodeId(3);
+const L: NodeId = NodeId(101);
+
+fn n2(now: Instant) -> AcceptorNode {
+    let config = MulticastConfig {
+        rings: vec![RingConfig {
+            id: R,
+            acceptors: vec![N1, N2, N3],
+            learners: vec![L],
+        }],
+        merges: Vec::new(),
+        params: Params {
+            delta: Duration::from_secs(3600),
+            ..Params::default()
+        },
+    };
+    let mut n2 = AcceptorNode::new(N2, &config, Recovered::default(), now).unwrap();
+    while n2.poll_ready().is_some() {}
+    n2
+}
+
+fn ballot(round: u64, node: NodeId) -> Ballot {
+    Ballot { round, node }
+}
+
+/// Everything the next Ready carries, heartbeats left out.
+fn out(node: &mut AcceptorNode) -> (Vec<Record>, Vec<Transmit>) {
+    let Some(Ready { records, messages }) = node.poll_ready() else {
+        return (Vec::new(), Vec::new());
+    };
+    let messages = messages
+        .into_iter()
+        .filter(|t| !matches!(t.message, Message::Heartbeat(_)))
+        .collect();
+    (records, messages)
+}
+
+fn accept(instance: u64, round: u64, votes: u64) -> Accept {
+    Accept {
+        ring: R,
+        instance,
+        ballot: ballot(round, N1),
+        value: Value::Skip(1),
+        votes: VoteSet(votes),
+        decided_below: 0,
+    }
+}
+
+fn to(to: NodeId, message: Message) -> Transmit {
+    Transmit { to, message }
+}
+
+// Contract: an Accept below the promise is refused with the promised
+// ballot, so that a replaced coordinator learns it (and steps down), and
+// nothing is recorded.
+#[test]
+fn an_accept_below_the_promise_is_refused_with_the_higher_ballot() {
+    let now = Instant::now();
+    let mut n2 = n2(now);
+    let prepare = Prepare {
+        ring: R,
+        ballot: ballot(3, N3),
+        from: 0,
+    };
+    n2.handle_message(now, N3, Message::Prepare(prepare));
+    out(&mut n2);
+    n2.handle_message(now, N1, Message::Accept(accept(0, 1, 0b001)));
+    assert_eq!(
+        out(&mut n2),
+        (
+            vec![],
+            vec![to(
+                N1,
+                Message::Nack(Nack {
+                    ring: R,
+                    promised: ballot(3, N3)
+                })
+            )]
+        )
+    );
+}
+
+// Contract: a Prepare below the promise is refused the same way.
+#[test]
+fn a_prepare_below_the_promise_is_refused() {
+    let now = Instant::now();
+    let mut n2 = n2(now);
+    let high = Prepare {
+        ring: R,
+        ballot: ballot(4, N3),
+        from: 0,
+    };
+    n2.handle_message(now, N3, Message::Prepare(high));
+    out(&mut n2);
+    let low = Prepare {
+        ring: R,
+        ballot: ballot(2, N1),
+        from: 0,
+    };
+    n2.handle_message(now, N1, Message::Prepare(low));
+    let (records, messages) = out(&mut n2);
+    assert_eq!(records, vec![]);
+    assert_eq!(
+        messages,
+        vec![to(
+            N1,
+            Message::Nack(Nack {
+                ring: R,
+                promised: ballot(4, N3)
+            })
+        )]
+    );
+}
+
+// Contract: the acceptor whose vote makes f+1 decides: it records the vote
+// and tells the learners and the coordinator, and relays around the ring.
+#[test]
+fn the_vote_that_makes_a_quorum_decides_and_tells_everyone() {
+    let now = Instant::now();
+    let mut n2 = n2(now);
+    n2.handle_message(now, N1, Message::Accept(accept(0, 1, 0b001)));
+    let (records, messages) = out(&mut n2);
+    assert!(records.contains(&Record::Accept {
+        ring: R,
+        instance: 0,
+        ballot: ballot(1, N1),
+        value: Value::Skip(1),
+    }));
+    let decide = Decide {
+        ring: R,
+        instance: 0,
+        ballot: ballot(1, N1),
+        value: Value::Skip(1),
+        relay: false,
+        hops: 0,
+    };
+    let relay = Decide {
+        relay: true,
+        hops: 1,
+        ..decide.clone()
+    };
+    assert_eq!(
+        messages,
+        vec![
+            to(L, Message::Decide(decide.clone())),
+            to(N1, Message::Decide(decide)),
+            to(N3, Message::Decide(relay))
+        ]
+    );
+    assert_eq!(n2.frontier(R), Some(1));
+}
+
+// Contract: a learn request is answered with the decided instances it asks
+// for, and nothing beyond what is decided.
+#[test]
+fn a_learn_request_is_answered_with_the_decided_instances() {
+    let now = Instant::now();
+    let mut n2 = n2(now);
+    n2.handle_message(now, N1, Message::Accept(accept(0, 1, 0b001)));
+    n2.handle_message(now, N1, Message::Accept(accept(1, 1, 0b001)));
+    out(&mut n2);
+    let request = LearnRequest {
+        ring: R,
+        from: 0,
+        to: 5,
+    };
+    n2.handle_message(now, L, Message::LearnRequest(request));
+    let (records, messages) = out(&mut n2);
+    assert_eq!(records, vec![]);
+    let answered: Vec<u64> = messages
+        .iter()
+        .map(|t| match &t.message {
+            Message::Decide(d) if t.to == L => d.instance,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(answered, vec![0, 1]);
+}
+
+// Contract: a message for a ring the node is not in is counted and dropped.
+#[test]
+fn a_message_for_an_unknown_ring_is_counted_and_dropped() {
+    let now = Instant::now();
+    let mut n2 = n2(now);
+    let stray = Accept {
+        ring: RingId(9),
+        ..accept(0, 1, 0b001)
+    };
+    n2.handle_message(now, N1, Message::Accept(stray));
+    assert_eq!(out(&mut n2), (vec![], vec![]));
+    assert_eq!(n2.metrics().unknown_ring, 1);
+}

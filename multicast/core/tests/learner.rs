@@ -1,0 +1,180 @@
+//! Exact outputs of the learner's handlers (docs/ARCHITECTURE.md, "The
+//! atomic multicast"): given decisions, the exact deliveries and requests.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use psmr_core::proto::{
+    Ballot, Command, CommandId, Decide, Delivery, LearnRequest, Learner, Message, MulticastConfig,
+    NodeId, Params, ProposerId, RingConfig, RingId, Transmit, Trimmed, Value,
+};
+
+const R: RingId = RingId(0);
+const N1: NodeId = NodeId(1);
+const N2: NodeId = NodeId(2);
+const N3: NodeId = NodeId(3);
+const L: NodeId = NodeId(101);
+
+fn config() -> MulticastConfig {
+    MulticastConfig {
+        rings: vec![RingConfig {
+            id: R,
+            acceptors: vec![N1, N2, N3],
+            learners: vec![L],
+        }],
+        merges: Vec::new(),
+        params: Params::default(),
+    }
+}
+
+fn learner(now: Instant) -> Learner {
+    Learner::new(L, &config(), &[R], now).unwrap()
+}
+
+fn command(seq: u64) -> Command {
+    Command {
+        id: CommandId {
+            proposer: ProposerId(77),
+            seq,
+        },
+        low_water: 0,
+        payload: Bytes::from(vec![seq as u8; 4]),
+    }
+}
+
+fn decide(instance: u64, value: Value) -> Message {
+    Message::Decide(Decide {
+        ring: R,
+        instance,
+        ballot: Ballot { round: 1, node: N1 },
+        value,
+        relay: false,
+        hops: 0,
+    })
+}
+
+fn deliveries(l: &mut Learner) -> Vec<Delivery> {
+    std::iter::from_fn(|| l.poll_delivery()).collect()
+}
+
+fn delivery(instance: u64, value: Value) -> Delivery {
+    Delivery {
+        ring: R,
+        instance,
+        value,
+    }
+}
+
+// Contract: per ring, instances are delivered in instance order, whatever
+// order their decisions arrive in.
+#[test]
+fn decisions_are_delivered_in_instance_order() {
+    let now = Instant::now();
+    let mut l = learner(now);
+    l.handle_message(now, N2, decide(1, Value::Skip(1)));
+    assert_eq!(deliveries(&mut l), vec![], "instance 0 is missing");
+    l.handle_message(now, N1, decide(0, Value::batch(vec![command(1)])));
+    assert_eq!(
+        deliveries(&mut l),
+        vec![
+            delivery(0, Value::batch(vec![command(1)])),
+            delivery(1, Value::Skip(1))
+        ]
+    );
+    assert_eq!(l.next_instance(R), Some(2));
+}
+
+// Contract: an instance is delivered once, however often it is decided.
+#[test]
+fn a_repeated_decision_is_delivered_once() {
+    let now = Instant::now();
+    let mut l = learner(now);
+    l.handle_message(now, N1, decide(0, Value::Skip(1)));
+    l.handle_message(now, N2, decide(0, Value::Skip(1)));
+    assert_eq!(deliveries(&mut l), vec![delivery(0, Value::Skip(1))]);
+}
+
+// Contract: integrity, at most once per ring: a command decided again in a
+// later instance (a proposer's retry) is left out of that delivery.
+#[test]
+fn a_command_decided_twice_is_delivered_once() {
+    let now = Instant::now();
+    let mut l = learner(now);
+    l.handle_message(now, N1, decide(0, Value::batch(vec![command(1)])));
+    l.handle_message(
+        now,
+        N1,
+        decide(1, Value::batch(vec![command(1), command(2)])),
+    );
+    assert_eq!(
+        deliveries(&mut l),
+        vec![
+            delivery(0, Value::batch(vec![command(1)])),
+            delivery(1, Value::batch(vec![command(2)]))
+        ]
+    );
+    assert_eq!(l.metrics().duplicate_commands, 1);
+}
+
+// Contract: only the ring's acceptors are heard; anything else is counted.
+#[test]
+fn a_decision_from_a_stranger_or_for_another_ring_is_counted_not_delivered() {
+    let now = Instant::now();
+    let mut l = learner(now);
+    l.handle_message(now, NodeId(9), decide(0, Value::Skip(1)));
+    let other_ring = Message::Decide(Decide {
+        ring: RingId(5),
+        instance: 0,
+        ballot: Ballot::default(),
+        value: Value::Skip(1),
+        relay: false,
+        hops: 0,
+    });
+    l.handle_message(now, N1, other_ring);
+    assert_eq!(deliveries(&mut l), vec![]);
+    assert_eq!(l.metrics().unknown_peer, 1);
+    assert_eq!(l.metrics().unknown_ring, 1);
+}
+
+// Contract: a gap is asked for, from the first missing instance, once the
+// recovery timeout has passed.
+#[test]
+fn a_gap_is_asked_for_after_the_recovery_timeout() {
+    let t0 = Instant::now();
+    let mut l = learner(t0);
+    l.handle_message(t0, N1, decide(3, Value::Skip(1)));
+    l.handle_timeout(t0);
+    let mut asked: Vec<Transmit> = std::iter::from_fn(|| l.poll_transmit()).collect();
+    let later = t0 + Params::default().recovery_timeout + Duration::from_millis(1);
+    l.handle_timeout(later);
+    asked.extend(std::iter::from_fn(|| l.poll_transmit()));
+    assert_eq!(asked.len(), 1, "{asked:?}");
+    let Message::LearnRequest(LearnRequest { ring, from, to }) = asked[0].message else {
+        panic!("{asked:?}");
+    };
+    assert_eq!((ring, from), (R, 0));
+    assert!(to >= 3, "up to the decision seen: {to}");
+    assert!([N1, N2, N3].contains(&asked[0].to));
+}
+
+// Contract: decisions trimmed before the learner got them are reported as
+// lost, and the ring delivers nothing more (the replica must be rebuilt).
+#[test]
+fn a_trim_past_the_learner_marks_the_ring_lost() {
+    let now = Instant::now();
+    let mut l = learner(now);
+    l.handle_message(
+        now,
+        N1,
+        Message::Trimmed(Trimmed {
+            ring: R,
+            below: 10,
+            position: 10,
+        }),
+    );
+    let lost: Vec<_> = l.lost().collect();
+    assert_eq!(lost.len(), 1, "{lost:?}");
+    assert_eq!((lost[0].ring, lost[0].below), (R, 10));
+    l.handle_message(now, N1, decide(10, Value::Skip(1)));
+    assert_eq!(deliveries(&mut l), vec![]);
+}
