@@ -622,6 +622,10 @@ impl AcceptorRing {
             return Ok(());
         }
         let below = self.frontier - retention;
+        debug_assert!(
+            below <= self.frontier && below >= self.trimmed_below,
+            "trim never passes what is decided, and never goes back"
+        );
         let kept_log = self.log.split_off(&below);
         let removed = std::mem::replace(&mut self.log, kept_log);
         let positions = removed
