@@ -99,19 +99,15 @@ pub struct ClientOptions {
     /// instances at `g_all`'s pace, a merge of every ring) than their
     /// parallelism gains. Sending a command to `g_all` is always safe.
     /// 1 turns it off: every command goes where its mapping says (the
-    /// papers' P-SMR). Default 0.4: on this project's 2-core machine, with
-    /// B+-tree commands of a microsecond, psmr at 50 and 75 % dependent ran
-    /// at 0.73–0.90x smr with its mapping and at 0.92–1.06x in the fallback;
-    /// with 200 µs of execution per command the mapping was ahead at 25 %
-    /// (1.44x smr against 0.91x) and a little at 50 % (1.08x against 0.94x)
-    /// (README, Results).
+    /// papers' P-SMR). Default 0.4: below it the mapping's parallelism pays
+    /// for its rings when commands cost more than ordering them, above it the
+    /// fallback is ahead (docs/benchmarks.md, "Results").
     ///
     /// While the replicas report commands that execute in under 10 µs
     /// ([`ClientStats::execution_ns`]: cheaper than ordering them, so threads
     /// cannot raise throughput), the fallback starts from 0.05 instead (or
-    /// from this share if lower) and ends below half of that: there psmr at 10
-    /// and 25 % dependent ran at 0.86–0.88x smr with its mapping and at
-    /// 0.92–0.99x in the fallback.
+    /// from this share if lower) and ends below half of that, since such
+    /// commands gain nothing from the threads.
     pub sequential_above: f64,
 }
 

@@ -21,10 +21,9 @@
 //! When it costs less than ordering it (a B+-tree lookup of a microsecond
 //! against several of acceptors, QUIC and merging), threads cannot raise
 //! throughput, and even a tenth of the commands on `g_all` makes psmr pay
-//! for its rings and synchronizations without return: measured on two cores,
-//! psmr ran at 0.86x smr at 10 % dependent with its threads and at 0.95x in
-//! the fallback. When execution costs more (a command that waits for I/O),
-//! the threads pay up to about 40 %. So every reply carries the replica's
+//! for its rings and synchronizations without return. When execution costs
+//! more (a command that waits for I/O), the threads pay at higher shares
+//! (docs/benchmarks.md, "Results"). So every reply carries the replica's
 //! recent execution time per command, and while it is below [`CHEAP_NS`] the
 //! fallback starts from [`CHEAP_ABOVE`] instead of the configured share.
 

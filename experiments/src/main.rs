@@ -34,8 +34,8 @@ use clap::Parser;
 
 /// Every process of the cluster allocates per command (frames, batches,
 /// replies) from several threads; mimalloc's thread-local free lists cost
-/// less than glibc malloc's arenas there (the replica spent about 13 % of its
-/// time in malloc and free under load).
+/// less than glibc malloc's arenas there (a profile of the replica under
+/// load showed malloc and free high among its costs).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

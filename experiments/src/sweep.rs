@@ -261,10 +261,9 @@ impl std::fmt::Display for Pass {
 
 /// The order in which pass `pass` measures `len` points: forwards, and every
 /// other pass backwards. Neighbours are measured back to back either way, but
-/// neither is always first: on this VM the first minutes after a pause run
-/// faster (the first point of a run, smr at 0 %, measured 365,000 commands/s
-/// against 290,000–326,000 for the same point in later passes), and a
-/// fixed order gave that to the same engine in every pass.
+/// neither is always first: on a shared VM the first minutes after a pause
+/// can run faster, and a fixed order gave that to the same engine in every
+/// pass.
 fn pass_order(len: usize, pass: usize) -> Vec<usize> {
     match pass % 2 {
         0 => (0..len).collect(),

@@ -10,8 +10,8 @@
 //! The thread that arrives last executes the round (the paper has the
 //! lowest thread do it). Nobody waits to start the work: the last thread
 //! finds everyone stopped and goes on at once, where a fixed executor that
-//! arrived first would have parked and then waited for a wake-up (75–145 µs
-//! here) while every other thread waited on it in turn. Two threads that
+//! arrived first would have parked and then waited for a wake-up while every
+//! other thread waited on it in turn. Two threads that
 //! arrive together may both see the round complete; a compare-and-swap on
 //! the next round to claim picks one.
 //!
@@ -30,16 +30,16 @@
 //! (no wake-up per command).
 //!
 //! Waiting busy-waits first, then parks on a condition variable. Spinning
-//! costs about 0.1 µs per handoff when every thread has a core, but with
-//! more threads than cores a spinning thread steals the core of the thread
-//! it waits for; parking costs about 25 µs per thread woken. So the default
+//! is the cheapest handoff when every thread has a core, but with more
+//! threads than cores a spinning thread steals the core of the thread it
+//! waits for, and parking costs a wake-up per thread (`cargo bench -p
+//! psmr-replica --bench handoff` measures both). So the default
 //! spins when the threads fit on the cores, and otherwise yields the core a
 //! bounded number of times, which hands it to a thread that still has to
-//! arrive, before parking. The spin is short (1,024 hints, about 30 µs,
-//! near the cost of parking): a replica shares its machine with other
-//! processes (acceptors, clients), and a spin of 16,384 hints (460 µs)
-//! took so much of it that psmr at 100 % dependent ran at 0.55x smr over
-//! the network (`psmr sweep`); with 1,024 it runs at 1.0x.
+//! arrive, before parking. The spin is short, near the cost of parking: a
+//! replica shares its machine with other processes (acceptors, clients),
+//! and a long spin took so much of it that psmr at 100 % dependent fell far
+//! behind smr over the network (docs/journal.md).
 //!
 //! If a thread dies, [`Rendezvous::abort`] wakes every waiter, who then gets
 //! `Err(Aborted)` instead of waiting forever.

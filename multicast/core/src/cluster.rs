@@ -589,11 +589,10 @@ impl ClusterConfig {
     /// the `[[acceptor]]` entries, so one acceptor coordinates every such
     /// ring. Clients then send all their proposals to one acceptor and the
     /// rings' messages between two acceptors travel the same way, sharing
-    /// packets: on one machine (`psmr local`, 2 threads, no dependent
-    /// commands) that costs 13–20 % less CPU per command and a third fewer
-    /// datagrams than rotating the order per ring to spread the
-    /// coordinators. A cluster over machines that wants the coordinators
-    /// spread lists its rings.
+    /// packets, which on one machine costs less CPU and fewer datagrams per
+    /// command than rotating the order per ring to spread the coordinators
+    /// (docs/journal.md, "One coordinator for every ring"). A cluster over
+    /// machines that wants the coordinators spread lists its rings.
     pub fn multicast(&self) -> MulticastConfig {
         let learners: Vec<NodeId> = self.replicas.iter().map(|r| NodeId(r.id)).collect();
         let all: Vec<NodeId> = self.acceptors.iter().map(|a| NodeId(a.id)).collect();

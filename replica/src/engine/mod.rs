@@ -132,12 +132,11 @@ pub struct EngineConfig {
 }
 
 /// How long a batch may run on the delivering thread: a full batch of 64
-/// cheap commands (1–1.5 µs each here) fits, so that under load a batch does
-/// not cost the wake-ups of a handoff (25–100 µs each on this machine) and the
-/// replies go out with the network thread's next writes; a command with the
-/// experiments' 200 µs wait does not, so those still run on the workers.
-/// Measured against 50 µs, pairs at 25 % dependent, 4 x 256: 14 % less CPU per
-/// command over the whole cluster for smr and 8–22 % for psmr.
+/// cheap commands fits, so that under load a batch does not cost the
+/// wake-ups of a handoff and the replies go out with the network thread's
+/// next writes; a command with the experiments' blocking wait does not, so
+/// those still run on the workers. What it saves: docs/benchmarks.md, "The
+/// running system".
 pub const DEFAULT_INLINE_BUDGET: Duration = Duration::from_micros(150);
 
 impl EngineConfig {

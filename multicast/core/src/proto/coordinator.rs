@@ -23,9 +23,8 @@
 //! A batch of a ring that is behind its busy partners spans the positions
 //! up to theirs (the position their coordinators propose next, when they
 //! are led from this node): it carries the skip a leveling tick would
-//! otherwise add as an instance of its own. In P-SMR at 50-75 % dependent
-//! commands such skips were 16-23 % of a thread ring's instances; about 8 %
-//! remain, for spells with nothing queued.
+//! otherwise add as an instance of its own, so that skips are left only for
+//! spells with nothing queued (docs/journal.md, "Spanning batches").
 //!
 //! Rate leveling: every Δ, a ring with no client traffic (idle) advances its
 //! merge position to λ·Δ beyond the busy rings it is merged with (as this
