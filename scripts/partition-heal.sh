@@ -81,7 +81,7 @@ cut_rules() { # KIND add|del
 
 kinds=(${KINDS:-both inbound outbound})
 total=$((10 + rounds * ${#kinds[@]} * (cut + 10)))
-RUST_LOG=${RUST_LOG:-warn,psmr_replica::runtime=info,psmr_multicast::proto=info} inns "$psmr" local --engine "$engine" --storage "$storage" --port "$port" \
+RUST_LOG=${RUST_LOG:-warn,psmr_replica::runtime=info,psmr_multicast::process=info,psmr_core::proto=info} inns "$psmr" local --engine "$engine" --storage "$storage" --port "$port" \
   --dir "$work/cluster" --preload 100000 --stop-after "$((total + 30))s" \
   >"$work/cluster.log" 2>&1 &
 for _ in $(seq 1 240); do
