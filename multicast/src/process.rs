@@ -92,15 +92,10 @@ pub async fn run_acceptor(
     mode: OpenMode,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ProcessError> {
-    let entry =
-        cluster
-            .acceptors
-            .iter()
-            .find(|a| a.id == id.0)
-            .ok_or(ProcessError::NotInCluster {
-                id: id.0,
-                role: "an acceptor",
-            })?;
+    let entry = cluster.acceptor(id).ok_or(ProcessError::NotInCluster {
+        id: id.0,
+        role: "an acceptor",
+    })?;
     let dir = entry.data_dir();
     let storage: Box<dyn Storage> = match entry.storage {
         StorageKind::Memory => Box::new(MemoryStorage::open(&dir.join("metadata"), mode)?),

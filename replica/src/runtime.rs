@@ -190,15 +190,10 @@ pub async fn run_replica<S: ConflictModel>(
     state: S::State,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RuntimeError> {
-    let entry =
-        cluster
-            .replicas
-            .iter()
-            .find(|r| r.id == id.0)
-            .ok_or(ProcessError::NotInCluster {
-                id: id.0,
-                role: "a replica",
-            })?;
+    let entry = cluster.replica(id).ok_or(ProcessError::NotInCluster {
+        id: id.0,
+        role: "a replica",
+    })?;
     let multicast = cluster.multicast();
     let rings: Vec<RingId> = multicast.rings.iter().map(|r| r.id).collect();
     let mut learner =

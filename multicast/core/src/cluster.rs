@@ -619,6 +619,16 @@ impl ClusterConfig {
         }
     }
 
+    /// The entry of acceptor `id`, if the file lists it.
+    pub fn acceptor(&self, id: NodeId) -> Option<&AcceptorEntry> {
+        self.acceptors.iter().find(|a| a.id == id.0)
+    }
+
+    /// The entry of replica `id`, if the file lists it.
+    pub fn replica(&self, id: NodeId) -> Option<&ReplicaEntry> {
+        self.replicas.iter().find(|r| r.id == id.0)
+    }
+
     /// Every node's address.
     pub fn addresses(&self) -> HashMap<NodeId, SocketAddr> {
         let acceptors = self.acceptors.iter().map(|a| (NodeId(a.id), a.address));

@@ -4,50 +4,23 @@
 
 use std::time::{Duration, Instant};
 
+use common::{L, N1, N2, N3, R, acceptor, ballot, out, ring, to};
 use psmr_core::proto::{
-    Accept, AcceptorNode, Ballot, Decide, LearnRequest, Message, MulticastConfig, Nack, NodeId,
-    Params, Prepare, Ready, RingConfig, RingId, Transmit, Value, VoteSet,
+    Accept, AcceptorNode, Decide, LearnRequest, Message, Nack, Params, Prepare, RingId, Value,
+    VoteSet,
 };
-use psmr_core::storage::{Record, Recovered};
+use psmr_core::storage::Record;
 
-const R: RingId = RingId(0);
-const N1: NodeId = NodeId(1);
-const N2: NodeId = NodeId(2);
-const N3: NodeId = NodeId(3);
-const L: NodeId = NodeId(101);
+mod common;
 
 fn n2(now: Instant) -> AcceptorNode {
-    let config = MulticastConfig {
-        rings: vec![RingConfig {
-            id: R,
-            acceptors: vec![N1, N2, N3],
-            learners: vec![L],
-        }],
-        merges: Vec::new(),
-        params: Params {
-            delta: Duration::from_secs(3600),
-            ..Params::default()
-        },
+    let params = Params {
+        delta: Duration::from_secs(3600),
+        ..Params::default()
     };
-    let mut n2 = AcceptorNode::new(N2, &config, Recovered::default(), now).unwrap();
-    while n2.poll_ready().is_some() {}
+    let mut n2 = acceptor(&ring(params), N2, now);
+    out(&mut n2);
     n2
-}
-
-fn ballot(round: u64, node: NodeId) -> Ballot {
-    Ballot { round, node }
-}
-
-/// Everything the next Ready carries, heartbeats left out.
-fn out(node: &mut AcceptorNode) -> (Vec<Record>, Vec<Transmit>) {
-    let Some(Ready { records, messages }) = node.poll_ready() else {
-        return (Vec::new(), Vec::new());
-    };
-    let messages = messages
-        .into_iter()
-        .filter(|t| !matches!(t.message, Message::Heartbeat(_)))
-        .collect();
-    (records, messages)
 }
 
 fn accept(instance: u64, round: u64, votes: u64) -> Accept {
@@ -59,10 +32,6 @@ fn accept(instance: u64, round: u64, votes: u64) -> Accept {
         votes: VoteSet(votes),
         decided_below: 0,
     }
-}
-
-fn to(to: NodeId, message: Message) -> Transmit {
-    Transmit { to, message }
 }
 
 // Contract: an Accept below the promise is refused with the promised

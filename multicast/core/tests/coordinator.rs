@@ -4,48 +4,19 @@
 
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use common::{N1, N2, N3, R, acceptor, command, out, ring};
 use psmr_core::proto::{
-    Accept, AcceptorNode, Ballot, Command, CommandId, Decide, Message, MulticastConfig, Nack,
-    NodeId, Params, Prepare, Promise, PromisedSlot, Propose, ProposerId, Ready, RingConfig, RingId,
-    Transmit, Value, VoteSet,
+    Accept, AcceptorNode, Ballot, Decide, Message, Nack, NodeId, Params, Prepare, Promise,
+    PromisedSlot, Propose, Ready, Transmit, Value, VoteSet,
 };
-use psmr_core::storage::{Record, Recovered};
+use psmr_core::storage::Record;
 
-const R: RingId = RingId(0);
-const N1: NodeId = NodeId(1);
-const N2: NodeId = NodeId(2);
-const N3: NodeId = NodeId(3);
+mod common;
+
 const B1: Ballot = Ballot { round: 1, node: N1 };
 
 fn n1(now: Instant) -> AcceptorNode {
-    let config = MulticastConfig {
-        rings: vec![RingConfig {
-            id: R,
-            acceptors: vec![N1, N2, N3],
-            learners: vec![NodeId(101)],
-        }],
-        merges: Vec::new(),
-        params: Params::default(),
-    };
-    AcceptorNode::new(N1, &config, Recovered::default(), now).unwrap()
-}
-
-/// Everything of the Readies due now, heartbeats left out.
-fn out(node: &mut AcceptorNode) -> (Vec<Record>, Vec<Transmit>) {
-    let (mut records, mut messages) = (Vec::new(), Vec::new());
-    while let Some(Ready {
-        records: r,
-        messages: m,
-    }) = node.poll_ready()
-    {
-        records.extend(r);
-        messages.extend(
-            m.into_iter()
-                .filter(|t| !matches!(t.message, Message::Heartbeat(_))),
-        );
-    }
-    (records, messages)
+    acceptor(&ring(Params::default()), N1, now)
 }
 
 fn promise(slots: Vec<PromisedSlot>) -> Message {
@@ -267,16 +238,7 @@ fn a_terms_promise_leaves_with_its_first_announcement() {
 }
 
 fn n2_follower(now: Instant) -> AcceptorNode {
-    let config = MulticastConfig {
-        rings: vec![RingConfig {
-            id: R,
-            acceptors: vec![N1, N2, N3],
-            learners: vec![NodeId(101)],
-        }],
-        merges: Vec::new(),
-        params: Params::default(),
-    };
-    let mut n2 = AcceptorNode::new(N2, &config, Recovered::default(), now).unwrap();
+    let mut n2 = acceptor(&ring(Params::default()), N2, now);
     out(&mut n2);
     n2
 }
@@ -284,14 +246,7 @@ fn n2_follower(now: Instant) -> AcceptorNode {
 fn proposal(forwarded: bool) -> Message {
     Message::Propose(Propose {
         ring: R,
-        commands: vec![Command {
-            id: CommandId {
-                proposer: ProposerId(7),
-                seq: 0,
-            },
-            low_water: 0,
-            payload: Bytes::from_static(b"x"),
-        }],
+        commands: vec![command(0)],
         forwarded,
     })
 }

@@ -3,43 +3,16 @@
 
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use common::{L, N1, N2, N3, R, command, ring};
 use psmr_core::proto::{
-    Ballot, Command, CommandId, Decide, Delivery, LearnRequest, Learner, Message, MulticastConfig,
-    NodeId, Params, ProposerId, RingConfig, RingId, Transmit, Trimmed, Value,
+    Ballot, Decide, Delivery, LearnRequest, Learner, Message, NodeId, Params, RingId, Transmit,
+    Trimmed, Value,
 };
 
-const R: RingId = RingId(0);
-const N1: NodeId = NodeId(1);
-const N2: NodeId = NodeId(2);
-const N3: NodeId = NodeId(3);
-const L: NodeId = NodeId(101);
-
-fn config() -> MulticastConfig {
-    MulticastConfig {
-        rings: vec![RingConfig {
-            id: R,
-            acceptors: vec![N1, N2, N3],
-            learners: vec![L],
-        }],
-        merges: Vec::new(),
-        params: Params::default(),
-    }
-}
+mod common;
 
 fn learner(now: Instant) -> Learner {
-    Learner::new(L, &config(), &[R], now).unwrap()
-}
-
-fn command(seq: u64) -> Command {
-    Command {
-        id: CommandId {
-            proposer: ProposerId(77),
-            seq,
-        },
-        low_water: 0,
-        payload: Bytes::from(vec![seq as u8; 4]),
-    }
+    Learner::new(L, &ring(Params::default()), &[R], now).unwrap()
 }
 
 fn decide(instance: u64, value: Value) -> Message {

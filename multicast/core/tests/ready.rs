@@ -6,51 +6,26 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::{N1, N2, N3, R, acceptor, ballot, next_ready as ready, out, ring};
 use psmr_core::persist::Persister;
 use psmr_core::proto::{
-    Accept, AcceptorNode, Ballot, Message, MulticastConfig, NodeId, Params, Prepare, Ready,
-    RingConfig, RingId, Transmit, Value, VoteSet,
+    Accept, AcceptorNode, Message, MulticastConfig, Params, Prepare, Value, VoteSet,
 };
 use psmr_core::storage::{Record, Recovered, Storage, StorageError};
 
-const R: RingId = RingId(0);
-const N1: NodeId = NodeId(1);
-const N2: NodeId = NodeId(2);
-const N3: NodeId = NodeId(3);
+mod common;
 
 fn config() -> MulticastConfig {
-    MulticastConfig {
-        rings: vec![RingConfig {
-            id: R,
-            acceptors: vec![N1, N2, N3],
-            learners: vec![NodeId(101)],
-        }],
-        merges: Vec::new(),
-        params: Params {
-            delta: Duration::from_secs(3600),
-            ..Params::default()
-        },
-    }
-}
-
-fn ballot(round: u64, node: NodeId) -> Ballot {
-    Ballot { round, node }
-}
-
-/// The next `Ready`, heartbeats left out of its messages.
-fn ready(node: &mut AcceptorNode) -> Option<(Vec<Record>, Vec<Transmit>)> {
-    let Ready { records, messages } = node.poll_ready()?;
-    let messages = messages
-        .into_iter()
-        .filter(|t| !matches!(t.message, Message::Heartbeat(_)))
-        .collect();
-    Some((records, messages))
+    ring(Params {
+        delta: Duration::from_secs(3600),
+        ..Params::default()
+    })
 }
 
 /// Node n2 (not the first coordinator), past its start-up heartbeats.
 fn n2(now: Instant) -> AcceptorNode {
-    let mut n2 = AcceptorNode::new(N2, &config(), Recovered::default(), now).unwrap();
-    while n2.poll_ready().is_some() {}
+    let mut n2 = acceptor(&config(), N2, now);
+    out(&mut n2);
     n2
 }
 
