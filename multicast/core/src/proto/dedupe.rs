@@ -22,13 +22,14 @@
 use std::collections::{BTreeSet, VecDeque};
 
 use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
 
 use super::types::{Command, Instance, ProposerId};
 
 /// Seqs above `contiguous` tracked as flags.
 const WINDOW: u64 = 1 << 16;
 
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct ProposerState {
     /// Commands below this are not delivered (again).
     low_water: u64,
@@ -107,8 +108,11 @@ impl ProposerState {
     }
 }
 
-/// The filter of one ring at one learner.
-#[derive(Debug)]
+/// The filter of one ring at one learner. Its state is a function of the
+/// ring's decided sequence up to where it stands, so a replica checkpoint
+/// carries it (`Learner::dedupe_image`) and a restored learner filters the
+/// rest of the sequence as one that never stopped.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Dedupe {
     proposers: FxHashMap<ProposerId, ProposerState>,
     horizon: u64,
@@ -126,10 +130,29 @@ impl Dedupe {
 
     /// Whether `command`, decided in `instance`, is delivered.
     pub(crate) fn admit(&mut self, instance: Instance, command: &Command) -> bool {
-        let state = self.proposers.entry(command.id.proposer).or_default();
+        self.admit_id(instance, CommandKey::of(command))
+    }
+
+    /// [`Dedupe::admit`] by the fields it looks at.
+    pub(crate) fn admit_id(&mut self, instance: Instance, key: CommandKey) -> bool {
+        let state = self.proposers.entry(key.proposer).or_default();
         state.last_instance = instance;
-        state.raise_low_water(command.low_water);
-        state.admit(command.id.seq)
+        state.raise_low_water(key.low_water);
+        state.admit(key.seq)
+    }
+
+    /// Sweeps as calling [`Dedupe::sweep`] for every instance of
+    /// `[from, to)` in order would.
+    pub(crate) fn sweep_range(&mut self, from: Instance, to: Instance) {
+        let mut from = from;
+        loop {
+            let at = from.max(self.next_sweep);
+            if at >= to {
+                return;
+            }
+            self.sweep(at);
+            from = at + 1;
+        }
     }
 
     /// Forgets proposers not seen for a horizon; call once per instance.
@@ -141,6 +164,24 @@ impl Dedupe {
         let horizon = self.horizon;
         self.proposers
             .retain(|_, s| s.last_instance.saturating_add(horizon) >= instance);
+    }
+}
+
+/// What the filter looks at in a command.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct CommandKey {
+    proposer: ProposerId,
+    seq: u64,
+    low_water: u64,
+}
+
+impl CommandKey {
+    pub(crate) fn of(command: &Command) -> CommandKey {
+        CommandKey {
+            proposer: command.id.proposer,
+            seq: command.id.seq,
+            low_water: command.low_water,
+        }
     }
 }
 

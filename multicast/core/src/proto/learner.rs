@@ -13,12 +13,13 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Instant;
 
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use super::catchup::Catchup;
 use super::codec;
 use super::config::{ConfigError, MulticastConfig, Params};
-use super::dedupe::Dedupe;
+use super::dedupe::{CommandKey, Dedupe};
 use super::messages::{Decide, Message, Transmit, Trimmed};
 use super::metrics::LearnerMetrics;
 use super::types::{Batch, Command, Instance, NodeId, RingId, Value};
@@ -76,6 +77,82 @@ struct LearnerRing {
     dedupe: Dedupe,
     catchup: Catchup,
     lost: Option<Lost>,
+    /// Kept for [`Learner::dedupe_image`] once asked for.
+    lag: Option<Lag>,
+}
+
+/// The filter of a ring as it stood at an earlier instance, and what it was
+/// fed since: a replica's engine executes behind its learner, and its
+/// checkpoints need the filter as of the instance they were taken at.
+#[derive(Debug)]
+struct Lag {
+    dedupe: Dedupe,
+    next: Instance,
+    journal: VecDeque<(Instance, Vec<CommandKey>)>,
+}
+
+impl Lag {
+    fn new(dedupe: &Dedupe, next: Instance) -> Lag {
+        Lag {
+            dedupe: dedupe.clone(),
+            next,
+            journal: VecDeque::new(),
+        }
+    }
+
+    /// Feeds the journal below `below` to the filter, as `deliver` fed it.
+    fn advance(&mut self, below: Instance) {
+        while let Some((instance, _)) = self.journal.front() {
+            if *instance >= below {
+                break;
+            }
+            let (instance, keys) = self.journal.pop_front().expect("front exists");
+            self.dedupe.sweep_range(self.next, instance);
+            for key in keys {
+                self.dedupe.admit_id(instance, key);
+            }
+            self.dedupe.sweep(instance);
+            self.next = instance + 1;
+        }
+        self.dedupe.sweep_range(self.next, below);
+        self.next = self.next.max(below);
+    }
+}
+
+/// Where a ring's filter stood at an instance: what a replica checkpoint
+/// carries so that a learner resumed from it delivers the rest of the ring
+/// as a learner that never stopped ([`Learner::resume`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DedupeImage {
+    next: Instance,
+    dedupe: Dedupe,
+}
+
+impl DedupeImage {
+    /// The first instance after the image.
+    pub fn next(&self) -> Instance {
+        self.next
+    }
+}
+
+/// Why [`Learner::dedupe_image`] cannot give an image.
+#[derive(Clone, Copy, Debug, Error, PartialEq, Eq)]
+pub enum ImageError {
+    /// The ring is not subscribed.
+    #[error("ring {0} is not subscribed")]
+    UnknownRing(RingId),
+    /// The instance is not between the last image and what was delivered.
+    #[error("no image of ring {ring} at instance {at}: images can be taken from {from} to {to}")]
+    OutOfRange {
+        /// The ring.
+        ring: RingId,
+        /// The instance asked for.
+        at: Instance,
+        /// The earliest instance possible.
+        from: Instance,
+        /// The latest.
+        to: Instance,
+    },
 }
 
 /// Where a ring's deliveries and counters go.
@@ -117,6 +194,10 @@ impl LearnerRing {
     fn deliver(&mut self, value: Value, out: &mut Out<'_>) {
         let instance = self.next;
         self.next += 1;
+        if let (Some(lag), Value::Batch(batch)) = (&mut self.lag, &value) {
+            let keys = batch.commands().iter().map(CommandKey::of).collect();
+            lag.journal.push_back((instance, keys));
+        }
         let value = filter(&mut self.dedupe, instance, value, out.metrics);
         self.dedupe.sweep(instance);
         out.metrics.delivered_instances += 1;
@@ -176,6 +257,7 @@ impl Learner {
                 // Replicas wait on their learner: it catches up as fast as answers come.
                 catchup: Catchup::new(0, now, std::time::Duration::ZERO),
                 lost: None,
+                lag: None,
             };
             rings.insert(ring, state);
         }
@@ -197,6 +279,69 @@ impl Learner {
     /// The next instance to deliver on `ring`.
     pub fn next_instance(&self, ring: RingId) -> Option<Instance> {
         self.rings.get(&ring).map(|r| r.next)
+    }
+
+    /// From now on, keeps what [`Learner::dedupe_image`] needs: the filter
+    /// of every ring as of the last image, and the keys of the commands
+    /// delivered since (24 bytes per command until the next image).
+    pub fn keep_images(&mut self) {
+        for ring in self.rings.values_mut() {
+            if ring.lag.is_none() {
+                ring.lag = Some(Lag::new(&ring.dedupe, ring.next));
+            }
+        }
+    }
+
+    /// The filter of `ring` as it stood once every instance below `at` was
+    /// delivered, for a checkpoint taken there. `at` may not be below the
+    /// last image's, nor above what was delivered.
+    pub fn dedupe_image(&mut self, ring: RingId, at: Instance) -> Result<DedupeImage, ImageError> {
+        let state = self
+            .rings
+            .get_mut(&ring)
+            .ok_or(ImageError::UnknownRing(ring))?;
+        let delivered = state.next;
+        let lag = state
+            .lag
+            .get_or_insert_with(|| Lag::new(&state.dedupe, delivered));
+        if at < lag.next || at > delivered {
+            return Err(ImageError::OutOfRange {
+                ring,
+                at,
+                from: lag.next,
+                to: delivered,
+            });
+        }
+        lag.advance(at);
+        Ok(DedupeImage {
+            next: at,
+            dedupe: lag.dedupe.clone(),
+        })
+    }
+
+    /// Resumes `ring` where `image` was taken: the next delivery is instance
+    /// `image.next()`, filtered as a learner that delivered everything
+    /// before would. Call before anything is handled.
+    pub fn resume(
+        &mut self,
+        ring: RingId,
+        image: DedupeImage,
+        now: Instant,
+    ) -> Result<(), ImageError> {
+        let state = self
+            .rings
+            .get_mut(&ring)
+            .ok_or(ImageError::UnknownRing(ring))?;
+        state.next = image.next;
+        state.horizon = state.horizon.max(image.next);
+        state.buffer.clear();
+        state.catchup = Catchup::new(image.next, now, std::time::Duration::ZERO);
+        state.lost = None;
+        if state.lag.is_some() {
+            state.lag = Some(Lag::new(&image.dedupe, image.next));
+        }
+        state.dedupe = image.dedupe;
+        Ok(())
     }
 
     /// Rings on which decisions were lost to trimming: the learner stops

@@ -14,6 +14,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use super::types::{Command, Instance, RingId, Value};
@@ -44,6 +45,23 @@ pub enum MergeError {
         /// The ring.
         ring: RingId,
     },
+    /// A cut of another merge, or not a cut at all.
+    #[error("the merge cut does not fit this merge: {0}")]
+    BadCut(&'static str),
+}
+
+/// Where a merge stands between two batches: enough to resume it there
+/// ([`Merger::resume`]) and produce the rest of the merged sequence as the
+/// merger it was taken from will (a replica checkpoint holds one per worker).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MergeCut {
+    /// The merged rings, in merge order.
+    pub rings: Vec<RingId>,
+    /// Per ring, the first instance not merged yet.
+    pub next: Vec<Instance>,
+    credit: Vec<u64>,
+    cursor: usize,
+    left: u32,
 }
 
 /// Merges the delivered sequences of a set of rings.
@@ -55,6 +73,8 @@ pub struct Merger {
     credit: Vec<u64>,
     cursor: usize,
     left: u32,
+    /// Per ring, the instance the next push brings.
+    pushed: Vec<Instance>,
 }
 
 impl Merger {
@@ -77,7 +97,47 @@ impl Merger {
             credit: vec![0; n],
             cursor: 0,
             left: m,
+            pushed: vec![0; n],
         })
+    }
+
+    /// A merger taking `m` instances per turn that goes on from `cut`: fed
+    /// each ring from `cut.next`, it merges what the merger the cut was
+    /// taken from merges after it.
+    pub fn resume(cut: &MergeCut, m: u32) -> Result<Merger, MergeError> {
+        let mut merger = Merger::new(&cut.rings, m)?;
+        let n = merger.rings.len();
+        if merger.rings != cut.rings {
+            return Err(MergeError::BadCut("rings not sorted or repeated"));
+        }
+        if cut.next.len() != n || cut.credit.len() != n {
+            return Err(MergeError::BadCut("not one entry per ring"));
+        }
+        if cut.cursor >= n || cut.left == 0 || cut.left > m {
+            return Err(MergeError::BadCut("turn out of range"));
+        }
+        merger.credit.clone_from(&cut.credit);
+        merger.pushed.clone_from(&cut.next);
+        merger.cursor = cut.cursor;
+        merger.left = cut.left;
+        Ok(merger)
+    }
+
+    /// Where the merge stands now, after the last batch polled.
+    pub fn cut(&self) -> MergeCut {
+        let next = self
+            .queues
+            .iter()
+            .zip(&self.pushed)
+            .map(|(q, &pushed)| q.front().map_or(pushed, |(i, _)| *i))
+            .collect();
+        MergeCut {
+            rings: self.rings.clone(),
+            next,
+            credit: self.credit.clone(),
+            cursor: self.cursor,
+            left: self.left,
+        }
     }
 
     /// The merged rings, in merge order.
@@ -103,6 +163,7 @@ impl Merger {
             "per-ring order"
         );
         queue.push_back((instance, value));
+        self.pushed[index] = instance + 1;
         Ok(())
     }
 
@@ -320,5 +381,95 @@ mod tests {
             m.push(B, 0, Value::Skip(1)),
             Err(MergeError::UnknownRing { ring: B })
         );
+    }
+
+    /// A merger resumed from a cut taken after any batch, fed the rest of
+    /// every ring from the cut, merges what the original merges after it:
+    /// random batches, skips and spans on three rings, M of 1 to 3, with
+    /// the feeds interleaved at random. The seed is in every message.
+    #[test]
+    fn a_resumed_merge_goes_on_as_the_original() {
+        use rand::{RngExt, SeedableRng};
+        use rand_chacha::ChaCha8Rng;
+        const C: RingId = RingId(3);
+        for seed in 0..200u64 {
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            let m = rng.random_range(1..=3);
+            let mut feeds: Vec<(RingId, Instance, Value)> = Vec::new();
+            let mut tag = 0;
+            for ring in [A, B, C] {
+                for i in 0..rng.random_range(5..30) {
+                    let value = match rng.random_range(0..4) {
+                        0 => Value::Skip(rng.random_range(1..5)),
+                        1 => match batch(tag) {
+                            Value::Batch(b) => Value::Batch(b.spanning(rng.random_range(2..4))),
+                            skip => skip,
+                        },
+                        _ => batch(tag),
+                    };
+                    tag += 1;
+                    feeds.push((ring, i, value));
+                }
+            }
+            // Interleave the rings at random, each in its own order.
+            let mut rest: Vec<VecDeque<_>> = [A, B, C]
+                .iter()
+                .map(|ring| feeds.iter().filter(|f| f.0 == *ring).cloned().collect())
+                .collect();
+            let mut order = Vec::new();
+            while rest.iter().any(|q| !q.is_empty()) {
+                let q = rng.random_range(0..rest.len());
+                order.extend(rest[q].pop_front());
+            }
+            let mut original = Merger::new(&[A, B, C], m).unwrap();
+            let mut merged = Vec::new();
+            let mut cuts = vec![(0, original.cut())];
+            let mut pushed = 0;
+            while pushed < order.len() || original.queued() > 0 {
+                if let Some(b) = original.poll() {
+                    merged.push(b.commands[0].id.proposer.0);
+                    cuts.push((merged.len(), original.cut()));
+                    continue;
+                }
+                if pushed == order.len() {
+                    break;
+                }
+                let (r, i, v) = order[pushed].clone();
+                original.push(r, i, v).unwrap();
+                pushed += 1;
+            }
+            for (done, cut) in cuts {
+                let mut resumed = Merger::resume(&cut, m).unwrap();
+                for (r, i, v) in &feeds {
+                    let at = cut.rings.iter().position(|x| x == r).unwrap();
+                    if *i >= cut.next[at] {
+                        resumed.push(*r, *i, v.clone()).unwrap();
+                    }
+                }
+                assert_eq!(
+                    drain(&mut resumed),
+                    merged[done..],
+                    "seed {seed} cut after {done}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_cut_of_another_merge_is_refused() {
+        let cut = Merger::new(&[A, B], 1).unwrap().cut();
+        assert!(Merger::resume(&cut, 1).is_ok());
+        let mut other = cut.clone();
+        other.next.pop();
+        assert!(matches!(
+            Merger::resume(&other, 1),
+            Err(MergeError::BadCut(_))
+        ));
+        let mut other = cut;
+        other.rings.reverse();
+        assert!(matches!(
+            Merger::resume(&other, 1),
+            Err(MergeError::BadCut(_))
+        ));
     }
 }

@@ -35,8 +35,8 @@ mod types;
 #[cfg(feature = "planted-bugs")]
 pub use config::PlantedBug;
 pub use config::{ConfigError, MAX_RING_ACCEPTORS, MulticastConfig, Params, RingConfig};
-pub use learner::{Delivery, Learner, LearnerError, Lost};
-pub use merger::{MergeError, Merged, Merger};
+pub use learner::{DedupeImage, Delivery, ImageError, Learner, LearnerError, Lost};
+pub use merger::{MergeCut, MergeError, Merged, Merger};
 pub use messages::{
     Accept, Decide, Heartbeat, LearnRequest, Message, Nack, Prepare, Promise, PromisedSlot,
     Propose, RingBeat, Transmit, Trimmed,
