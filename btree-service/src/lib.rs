@@ -23,4 +23,4 @@ pub use client::{BTreeClient, BTreeError, Scan};
 pub use op::{Invalid, MAX_SCAN, Op, Response};
 pub use partition::Partitioning;
 pub use service::BTreeService;
-pub use tree::{BTree, ContractViolation, SnapshotError, ViolationKind};
+pub use tree::{BTree, ContractViolation, SnapshotError, TreeImage, ViolationKind};

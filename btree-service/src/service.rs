@@ -20,7 +20,7 @@ use psmr_core::{
 
 use crate::op::{Invalid, MAX_SCAN, Op, Response};
 use crate::partition::Partitioning;
-use crate::tree::{BTree, ContractViolation};
+use crate::tree::{BTree, ContractViolation, TreeImage};
 
 /// The B+-tree service.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,6 +54,19 @@ impl Service for BTreeService {
     type State = BTree;
     type Op = Op;
     type Violation = ContractViolation;
+    type Image = TreeImage;
+
+    fn capture(&self, state: &BTree) -> TreeImage {
+        state.capture()
+    }
+
+    fn write_image(&self, image: &TreeImage, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        image.write(out)
+    }
+
+    fn read_image(&self, input: &mut dyn std::io::Read) -> std::io::Result<BTree> {
+        BTree::read_image(input)
+    }
 
     fn id(&self) -> ServiceId {
         Self::ID

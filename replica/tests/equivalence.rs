@@ -223,6 +223,20 @@ impl Service for ReadsOnSeven {
     fn digest(&self, state: &LinkedList) -> u64 {
         ListService.digest(state)
     }
+
+    type Image = Vec<u64>;
+
+    fn capture(&self, state: &LinkedList) -> Vec<u64> {
+        ListService.capture(state)
+    }
+
+    fn write_image(&self, image: &Vec<u64>, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        ListService.write_image(image, out)
+    }
+
+    fn read_image(&self, input: &mut dyn std::io::Read) -> std::io::Result<LinkedList> {
+        ListService.read_image(input)
+    }
 }
 
 impl GroupMapping for ReadsOnSeven {

@@ -30,11 +30,13 @@
 
 mod bulk;
 mod exclusive;
+mod image;
 mod shared;
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 pub use bulk::SnapshotError;
+pub use image::TreeImage;
 pub use shared::{ContractViolation, ViolationKind};
 
 /// Smallest fanout: every node can split into two legal nodes.
@@ -322,42 +324,101 @@ impl BTree {
     /// Checks every structural invariant; panics naming the first broken
     /// one. For tests.
     pub fn assert_invariants(&self) {
-        let mut leaves = Vec::new();
-        self.check_node(self.root, 0, 0, u64::MAX, &mut leaves);
-        let chain: Vec<u32> = self.leaves().collect();
-        assert_eq!(
-            chain, leaves,
-            "the leaf chain is not the leaves in key order"
-        );
-        let keys: Vec<u64> = self.iter().map(|(k, _)| k).collect();
-        assert!(
-            keys.windows(2).all(|w| w[0] < w[1]),
-            "keys are not strictly increasing"
-        );
+        if let Err(broken) = self.check() {
+            panic!("{broken}");
+        }
     }
 
-    fn check_node(&self, node: u32, depth: u32, lo: u64, hi: u64, leaves: &mut Vec<u32>) {
+    /// Checks every structural invariant, reading nothing out of bounds:
+    /// the first broken one, named. A restored image is checked so.
+    pub fn check(&self) -> Result<(), String> {
+        let nodes = self.inner_len.len();
+        if self.inner_keys.len() != nodes * self.fanout
+            || self.inner_children.len() != nodes * (self.fanout + 1)
+        {
+            return Err("inner node arrays of different lengths".into());
+        }
+        let leaves = self.leaf_count;
+        if self.leaf_words.len() * WORDS_PER_LINE != leaves * self.stride
+            || self.leaf_next.len() != leaves
+            || self.leaf_lo.len() != leaves
+            || self.leaf_hi.len() != leaves
+        {
+            return Err("leaf arrays of different lengths".into());
+        }
+        if self.leaf_free.iter().any(|&l| l as usize >= leaves)
+            || self.inner_free.iter().any(|&n| n as usize >= nodes)
+        {
+            return Err("a free list names a node that does not exist".into());
+        }
+        if self.height as usize >= MAX_HEIGHT {
+            return Err(format!("height {} too large", self.height));
+        }
+        let mut order = Vec::new();
+        self.check_node(self.root, 0, 0, u64::MAX, &mut order)?;
+        let mut chain = Vec::new();
+        let mut at = order.first().copied().unwrap_or(NIL);
+        while at != NIL && chain.len() <= order.len() {
+            chain.push(at);
+            at = *self
+                .leaf_next
+                .get(at as usize)
+                .ok_or(format!("leaf {at} does not exist"))?;
+        }
+        if chain != order {
+            return Err("the leaf chain is not the leaves in key order".into());
+        }
+        Ok(())
+    }
+
+    fn check_node(
+        &self,
+        node: u32,
+        depth: u32,
+        lo: u64,
+        hi: u64,
+        leaves: &mut Vec<u32>,
+    ) -> Result<(), String> {
         let root = depth == 0;
         if depth == self.height {
+            if node as usize >= self.leaf_count {
+                return Err(format!("leaf {node} does not exist"));
+            }
+            if leaves.len() >= self.leaf_count {
+                return Err(format!("leaf {node} is reached twice"));
+            }
             let len = self.leaf_len(node);
-            assert_eq!(self.fences(node), (lo, hi), "fences of leaf {node}");
-            assert!(root || len >= self.min, "leaf {node} underfull: {len}");
+            if len > self.fanout {
+                return Err(format!("leaf {node} has {len} keys"));
+            }
+            if self.fences(node) != (lo, hi) {
+                return Err(format!("fences of leaf {node}"));
+            }
+            if !root && len < self.min {
+                return Err(format!("leaf {node} underfull: {len}"));
+            }
             for i in 0..len {
                 let k = self.key(node, i);
-                assert!(
-                    lo <= k && k <= hi,
-                    "key {k} of leaf {node} outside [{lo}, {hi}]"
-                );
+                if k < lo || k > hi {
+                    return Err(format!("key {k} of leaf {node} outside [{lo}, {hi}]"));
+                }
+                if i > 0 && self.key(node, i - 1) >= k {
+                    return Err("keys are not strictly increasing".into());
+                }
             }
             leaves.push(node);
-            return;
+            return Ok(());
+        }
+        if node as usize >= self.inner_len.len() {
+            return Err(format!("inner {node} does not exist"));
         }
         let len = self.inner_len(node);
-        assert!(
-            len >= 1 && len <= self.fanout,
-            "inner {node} has {len} keys"
-        );
-        assert!(root || len >= self.min, "inner {node} underfull: {len}");
+        if len < 1 || len > self.fanout {
+            return Err(format!("inner {node} has {len} keys"));
+        }
+        if !root && len < self.min {
+            return Err(format!("inner {node} underfull: {len}"));
+        }
         for i in 0..=len {
             let child_lo = if i == 0 {
                 lo
@@ -367,11 +428,14 @@ impl BTree {
             let child_hi = if i == len {
                 hi
             } else {
-                self.inner_key(node, i) - 1
+                self.inner_key(node, i).wrapping_sub(1)
             };
-            assert!(child_lo <= child_hi, "empty key range under inner {node}");
-            self.check_node(self.child(node, i), depth + 1, child_lo, child_hi, leaves);
+            if child_lo > child_hi || (i < len && self.inner_key(node, i) == 0) {
+                return Err(format!("empty key range under inner {node}"));
+            }
+            self.check_node(self.child(node, i), depth + 1, child_lo, child_hi, leaves)?;
         }
+        Ok(())
     }
 }
 

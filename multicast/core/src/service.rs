@@ -63,6 +63,24 @@ pub trait Service: Send + Sync + 'static {
     /// A digest of the state that does not depend on thread timing, to
     /// compare replicas.
     fn digest(&self, state: &Self::State) -> u64;
+
+    /// What a replica checkpoint holds of the state. It is captured at the
+    /// checkpoint's cut, while no command runs, so it should be a copy that
+    /// is quick to take; it is written while execution goes on.
+    type Image: Send + 'static;
+
+    /// Copies `state` at a checkpoint's cut.
+    fn capture(&self, state: &Self::State) -> Self::Image;
+
+    /// Writes `image`; [`Service::read_image`] reads it back.
+    fn write_image(&self, image: &Self::Image, out: &mut dyn std::io::Write)
+    -> std::io::Result<()>;
+
+    /// The state as it was captured, exactly: whatever the service's
+    /// execution or safety check looks at must be as it was (a replica
+    /// restored from it must reach the verdicts of one that never stopped).
+    /// Damaged bytes are an `InvalidData` error, never a panic.
+    fn read_image(&self, input: &mut dyn std::io::Read) -> std::io::Result<Self::State>;
 }
 
 /// A multicast destination of an operation in a deployment of K threads.

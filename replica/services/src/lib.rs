@@ -10,6 +10,7 @@ mod tuple;
 use bytes::Bytes;
 use psmr_core::{Service, ServiceClient, ServiceId};
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 pub use list::{LinkedList, ListOp, ListService, ListState};
 pub use null::{NullOp, NullService};
@@ -20,6 +21,28 @@ pub use tuple::{
 /// An operation or a response as these services encode it (postcard).
 fn encode<T: Serialize>(value: &T) -> Bytes {
     Bytes::from(postcard::to_allocvec(value).expect("operations and responses serialize"))
+}
+
+/// Writes a checkpoint image as postcard.
+fn write_postcard<T: Serialize>(image: &T, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+    let bytes = postcard::to_allocvec(image).map_err(std::io::Error::other)?;
+    out.write_all(&bytes)
+}
+
+/// Reads a checkpoint image written by [`write_postcard`]; bytes that do
+/// not decode, or trail it, are `InvalidData`.
+fn read_postcard<T: DeserializeOwned>(input: &mut dyn std::io::Read) -> std::io::Result<T> {
+    let mut bytes = Vec::new();
+    input.read_to_end(&mut bytes)?;
+    let (image, rest) = postcard::take_from_bytes(&bytes)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+    if !rest.is_empty() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{} bytes after the image", rest.len()),
+        ));
+    }
+    Ok(image)
 }
 
 /// FNV-1a over `values`: a digest that depends on the values and their order only.

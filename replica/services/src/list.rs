@@ -230,6 +230,30 @@ impl Service for ListService {
     fn digest(&self, list: &LinkedList) -> u64 {
         super::fnv(list.iter())
     }
+
+    /// The values in order: nothing the operations observe depends on
+    /// where in the arena they sit.
+    type Image = Vec<u64>;
+
+    fn capture(&self, list: &LinkedList) -> Vec<u64> {
+        list.iter().collect()
+    }
+
+    fn write_image(&self, image: &Vec<u64>, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        super::write_postcard(image, out)
+    }
+
+    fn read_image(&self, input: &mut dyn std::io::Read) -> std::io::Result<LinkedList> {
+        let values: Vec<u64> = super::read_postcard(input)?;
+        let list = LinkedList::from_values(values.iter().copied());
+        if list.len() != values.len() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "list image: a value appears twice",
+            ));
+        }
+        Ok(list)
+    }
 }
 
 impl GroupMapping for ListService {

@@ -61,6 +61,18 @@ impl Service for NullService {
     fn digest(&self, _state: &()) -> u64 {
         0
     }
+
+    type Image = ();
+
+    fn capture(&self, _state: &()) {}
+
+    fn write_image(&self, _image: &(), _out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        Ok(())
+    }
+
+    fn read_image(&self, _input: &mut dyn std::io::Read) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 impl GroupMapping for NullService {

@@ -274,6 +274,44 @@ impl Service for TupleService {
                 .flat_map(|t| std::iter::once(t.len() as u64).chain(t.iter().copied()))
         }))
     }
+
+    /// Every bucket's tuples in order (which tuple a template takes first
+    /// depends on it).
+    type Image = Vec<Vec<Tuple>>;
+
+    fn capture(&self, space: &TupleSpace) -> Vec<Vec<Tuple>> {
+        space
+            .buckets
+            .iter()
+            .map(|b| b.read().unwrap_or_else(|e| e.into_inner()).clone())
+            .collect()
+    }
+
+    fn write_image(
+        &self,
+        image: &Vec<Vec<Tuple>>,
+        out: &mut dyn std::io::Write,
+    ) -> std::io::Result<()> {
+        super::write_postcard(image, out)
+    }
+
+    fn read_image(&self, input: &mut dyn std::io::Read) -> std::io::Result<TupleSpace> {
+        let buckets: Vec<Vec<Tuple>> = super::read_postcard(input)?;
+        let arity_ok = buckets.len() == MAX_FIELDS
+            && buckets
+                .iter()
+                .enumerate()
+                .all(|(i, b)| b.iter().all(|t| t.len() == i + 1));
+        if !arity_ok {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "tuple space image: a tuple in the wrong bucket",
+            ));
+        }
+        Ok(TupleSpace {
+            buckets: buckets.into_iter().map(RwLock::new).collect(),
+        })
+    }
 }
 
 /// psmr and opt-psmr: thread `(i-1) mod K` owns the buckets of i fields.

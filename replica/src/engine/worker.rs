@@ -653,6 +653,18 @@ mod tests {
         fn digest(&self, state: &()) -> u64 {
             NullService.digest(state)
         }
+
+        type Image = ();
+
+        fn capture(&self, _state: &()) {}
+
+        fn write_image(&self, _: &(), _: &mut dyn std::io::Write) -> std::io::Result<()> {
+            Ok(())
+        }
+
+        fn read_image(&self, _: &mut dyn std::io::Read) -> std::io::Result<()> {
+            Ok(())
+        }
     }
 
     impl psmr_core::model::ConflictModel for Buggy {
