@@ -17,6 +17,7 @@ use std::collections::VecDeque;
 
 use bytes::Bytes;
 use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
 
 use psmr_core::wire::{ClientId, RequestId};
 
@@ -35,7 +36,7 @@ pub enum Seen {
 /// in order and a table takes them in about that order, so a record is an
 /// append and a lookup a binary search over contiguous memory (a
 /// `BTreeMap` chased pointers through cold nodes on every command).
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct ClientLog {
     low_water: RequestId,
     responses: VecDeque<(RequestId, Bytes)>,
@@ -64,7 +65,7 @@ impl ClientLog {
 }
 
 /// Executed requests and their responses.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExecutedTable {
     clients: FxHashMap<ClientId, ClientLog>,
 }

@@ -37,4 +37,6 @@ pub use engine::{EngineKind, ExecCost};
 pub use layout::{Layout, LayoutError};
 pub use model::{ClassId, ConflictModel, Placement, ThreadSet};
 pub use service::{Group, GroupMapping, Lane, MappingError, Service, ServiceClient, route};
-pub use wire::{Answerers, ClientId, Mode, Outcome, Refusal, Reply, Request, RequestId, ServiceId};
+pub use wire::{
+    Answerers, ClientId, Marker, Mode, Outcome, Refusal, Reply, Request, RequestId, ServiceId,
+};

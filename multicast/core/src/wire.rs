@@ -45,6 +45,8 @@ pub enum Answerers {
     All,
     /// Only the replica with this node id; the others stay silent.
     One(u32),
+    /// No replica: the command was not a client's (a checkpoint [`Marker`]).
+    Nobody,
 }
 
 impl Answerers {
@@ -53,7 +55,42 @@ impl Answerers {
         match self {
             Answerers::All => true,
             Answerers::One(one) => one == replica,
+            Answerers::Nobody => false,
         }
+    }
+}
+
+/// A checkpoint marker: a command a replica multicasts on `g_all` so that
+/// every replica takes checkpoint `number` at the end of the instance that
+/// carries it, a point every worker of every replica passes alike
+/// (docs/ARCHITECTURE.md, "Checkpoints"). Markers numbered at or below a
+/// replica's last checkpoint change nothing, so that every replica may
+/// propose the next one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Marker {
+    /// The checkpoint's number.
+    pub number: u64,
+}
+
+impl Marker {
+    /// How a marker's payload starts. No [`Request`] can: its third field,
+    /// the mode, would decode from `b'M'` as variant 77 of two.
+    const MAGIC: &'static [u8; 8] = b"PSMRCKPT";
+
+    /// The multicast payload.
+    pub fn encode(&self) -> Bytes {
+        let mut bytes = Vec::with_capacity(16);
+        bytes.extend_from_slice(Self::MAGIC);
+        bytes.extend_from_slice(&self.number.to_le_bytes());
+        Bytes::from(bytes)
+    }
+
+    /// The marker a payload is, if it is one.
+    pub fn decode(payload: &[u8]) -> Option<Marker> {
+        let number = payload.strip_prefix(Self::MAGIC)?;
+        Some(Marker {
+            number: u64::from_le_bytes(number.try_into().ok()?),
+        })
     }
 }
 
@@ -167,6 +204,30 @@ pub enum WireError {
     /// Not a reply.
     #[error("malformed reply: {0}")]
     Reply(#[source] postcard::Error),
+}
+
+#[cfg(test)]
+mod marker_tests {
+    use super::*;
+
+    #[test]
+    fn a_marker_is_never_a_request_and_a_request_never_a_marker() {
+        for number in [0, 1, 77, u64::MAX] {
+            let payload = Marker { number }.encode();
+            assert_eq!(Marker::decode(&payload), Some(Marker { number }));
+            assert!(Request::decode(&payload).is_err());
+        }
+        let request = Request {
+            id: RequestId(80),
+            low_water: RequestId(83),
+            mode: Mode::Optimistic,
+            service: ServiceId(1),
+            op: Bytes::from_static(b"PSMRCKPT"),
+            answerers: Answerers::All,
+        };
+        assert_eq!(Marker::decode(&request.encode()), None);
+        assert_eq!(Marker::decode(b"PSMRCKPT\x01"), None, "short number");
+    }
 }
 
 #[cfg(test)]

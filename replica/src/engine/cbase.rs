@@ -104,12 +104,22 @@ pub struct Parallelizer<S: ConflictModel> {
 }
 
 impl<S: ConflictModel> Parallelizer<S> {
-    pub(super) fn new(shared: &Shared<S>) -> Parallelizer<S> {
-        Parallelizer::standalone(
+    /// The parallelizer of an engine; `intake`: a checkpoint's.
+    pub(super) fn new(shared: &Shared<S>, intake: Option<Intake>) -> Parallelizer<S> {
+        let parallelizer = Parallelizer::standalone(
             shared.service.clone(),
             shared.config.threads(),
             shared.config.window,
-        )
+        );
+        if let Some(intake) = intake {
+            *lock(&parallelizer.intake) = intake;
+        }
+        parallelizer
+    }
+
+    /// The intake's low-water marks, for a checkpoint.
+    pub(super) fn intake_image(&self) -> Vec<(psmr_core::ClientId, psmr_core::RequestId)> {
+        lock(&self.intake).image()
     }
 
     /// A parallelizer for `lanes` workers holding at most `window` commands

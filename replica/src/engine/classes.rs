@@ -38,7 +38,7 @@ use super::{EngineError, Placed, Shared};
 use crate::rendezvous::Aborted;
 use psmr_core::cluster::PolicyName;
 use psmr_core::model::{ConflictModel, Placement, ThreadSet};
-use psmr_core::wire::Reply;
+use psmr_core::wire::{Marker, Reply};
 
 /// When to change the number of active threads.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -270,6 +270,8 @@ pub(super) struct Scheduler<S: ConflictModel> {
     receivers: Vec<Option<mpsc::Receiver<Vec<Item>>>>,
     outgoing: Vec<Vec<Item>>,
     policy: Box<dyn ReconfigPolicy>,
+    /// What `policy` was built from: a checkpoint's cut starts it anew.
+    policy_spec: Policy,
     delivered: u64,
     history: Vec<Reconfiguration>,
     intake: Intake,
@@ -279,26 +281,54 @@ pub(super) struct Scheduler<S: ConflictModel> {
 pub(super) type Queue = mpsc::Receiver<Vec<Item>>;
 
 impl<S: ConflictModel> Scheduler<S> {
-    pub(super) fn new(shared: &Shared<S>) -> Scheduler<S> {
+    /// The scheduler of an engine; `intake` and `active`: a checkpoint's.
+    pub(super) fn new(
+        shared: &Shared<S>,
+        intake: Option<Intake>,
+        active: Option<usize>,
+    ) -> Result<Scheduler<S>, EngineError> {
         let config = &shared.config;
+        let active = active.unwrap_or(config.initial_threads);
+        if !(config.min_threads..=config.workers).contains(&active) {
+            return Err(EngineError::Resume {
+                number: 0,
+                problem: format!(
+                    "{active} active threads, outside {}..={}",
+                    config.min_threads, config.workers
+                ),
+            });
+        }
         let (queues, receivers) = (0..config.workers)
             .map(|_| {
                 let (tx, rx) = mpsc::channel();
                 (tx, Some(rx))
             })
             .unzip();
-        Scheduler {
+        Ok(Scheduler {
             service: shared.service.clone(),
             workers: config.workers,
             min: config.min_threads,
-            active: config.initial_threads,
+            active,
             queues,
             receivers,
             outgoing: (0..config.workers).map(|_| Vec::new()).collect(),
             policy: config.policy.build(),
+            policy_spec: config.policy.clone(),
             delivered: 0,
             history: Vec::new(),
-            intake: Intake::default(),
+            intake: intake.unwrap_or_default(),
+        })
+    }
+
+    /// At a checkpoint's cut: what the checkpoint keeps (the active
+    /// threads, the intake), and the policy starts a new window, here on
+    /// every replica, so that a replica resumed from the checkpoint decides
+    /// as the others do without the window's counts.
+    pub(super) fn cut(&mut self) -> super::checkpoint::FrontCut {
+        self.policy = self.policy_spec.build();
+        super::checkpoint::FrontCut {
+            intake: self.intake.image(),
+            active: Some(self.active),
         }
     }
 
@@ -331,6 +361,18 @@ impl<S: ConflictModel> Scheduler<S> {
     fn schedule(&mut self, command: &Command) {
         let n = self.active;
         let all = ThreadSet::all(n);
+        if Marker::decode(&command.payload).is_some() {
+            // Runs alone at the cut; policies do not count it (a replica
+            // resumed from the checkpoint never sees it).
+            let exec = Exec {
+                command: command.clone(),
+                placement: Placement::Alone,
+                exclusive: true,
+                stale: false,
+            };
+            self.synchronize(all, Work::Command(exec));
+            return;
+        }
         let Taken { decoded, stale } = self.intake.take(&*self.service, command);
         let (set, placement, spread) = match &decoded {
             Some(d) => {

@@ -40,6 +40,20 @@ pub(crate) struct Intake {
 }
 
 impl Intake {
+    /// Every client's mark, for a checkpoint.
+    pub(crate) fn image(&self) -> Vec<(ClientId, RequestId)> {
+        let mut marks: Vec<_> = self.low_water.iter().map(|(c, r)| (*c, *r)).collect();
+        marks.sort_unstable();
+        marks
+    }
+
+    /// The intake a checkpoint's [`Intake::image`] describes.
+    pub(crate) fn from_image(marks: &[(ClientId, RequestId)]) -> Intake {
+        Intake {
+            low_water: marks.iter().copied().collect(),
+        }
+    }
+
     pub(crate) fn take<S: Service>(&mut self, service: &S, command: &Command) -> Taken<S::Op> {
         let client = ClientId(command.id.proposer.0);
         let Some(request) = Request::decode(&command.payload)

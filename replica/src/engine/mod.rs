@@ -32,6 +32,7 @@
 //! the same read or write guard on the state, per command.
 
 pub mod cbase;
+pub mod checkpoint;
 pub mod classes;
 pub(crate) mod execute;
 mod intake;
@@ -44,15 +45,19 @@ use std::time::{Duration, Instant};
 
 use psmr_core::cluster::{ClusterConfig, PolicyName};
 use psmr_core::proto::{Instance, Merger, RingId, Value};
-use psmr_core::{ConflictModel, Lane, Layout, Placement, Reply, Service};
+use psmr_core::{
+    Answerers, ClientId, ConflictModel, Lane, Layout, Marker, Outcome, Placement, Reply, Service,
+};
 use thiserror::Error;
 
+pub use checkpoint::{Captured, EngineImage, Resume};
 pub use classes::Policy;
 pub use execute::ExecMetrics;
 pub use psmr_core::{EngineKind, ExecCost};
 
 use crate::rendezvous::{Rendezvous, WaitPolicy};
 use crate::table::ExecutedTable;
+use checkpoint::Assembly;
 
 /// Spends `cost` on the calling thread: busy work, then the wait.
 pub fn spend(cost: &ExecCost) {
@@ -284,6 +289,14 @@ pub enum EngineError {
     /// The engine already stopped (a worker died).
     #[error("the engine has stopped")]
     Stopped,
+    /// A checkpoint does not fit this engine's configuration.
+    #[error("cannot resume from checkpoint {number}: {problem}")]
+    Resume {
+        /// The checkpoint.
+        number: u64,
+        /// What does not fit.
+        problem: String,
+    },
 }
 
 /// The state the workers share: the service's, and the tables of executed requests.
@@ -310,6 +323,22 @@ impl<T> EngineState<T> {
             thread_tables: (0..threads).map(|_| Padded::default()).collect(),
         }
     }
+
+    /// With the tables of a checkpoint (sync first, then one per thread);
+    /// taken with another number of threads, they all go to the shared one.
+    fn resumed(service: T, threads: usize, tables: Vec<ExecutedTable>) -> Self {
+        let mut state = EngineState::new(service, threads);
+        if tables.len() == threads + 1 {
+            let mut tables = tables.into_iter();
+            state.sync_table = tables.next().expect("one more than threads");
+            for (mine, table) in state.thread_tables.iter_mut().zip(tables) {
+                mine.0 = Mutex::new(table);
+            }
+        } else {
+            tables.into_iter().for_each(|t| state.sync_table.absorb(t));
+        }
+        state
+    }
 }
 
 pub(crate) struct Shared<S: Service> {
@@ -318,17 +347,50 @@ pub(crate) struct Shared<S: Service> {
     pub(crate) rendezvous: Rendezvous,
     pub(crate) sink: Arc<dyn ReplySink>,
     pub(crate) config: EngineConfig,
+    pub(crate) checkpoints: Mutex<Assembly<S::Image>>,
 }
 
 impl<S: Service> Shared<S> {
-    /// Executes `command` with `access`, spending the configured cost.
+    /// Executes `command` with `access`, spending the configured cost. A
+    /// checkpoint marker run with the whole state completes its checkpoint
+    /// (`checkpoint`); it is answered to nobody.
     pub(crate) fn execute(
         &self,
         access: execute::Access<'_, S::State>,
         command: &psmr_core::proto::Command,
         metrics: &mut ExecMetrics,
     ) -> Reply {
-        execute::execute_command(&*self.service, access, command, self.config.cost, metrics)
+        let Some(marker) = Marker::decode(&command.payload) else {
+            return execute::execute_command(
+                &*self.service,
+                access,
+                command,
+                self.config.cost,
+                metrics,
+            );
+        };
+        if let execute::Access::Exclusive { state, .. } = access {
+            lock(&self.checkpoints).complete(marker.number, || self.capture(state));
+        }
+        Reply {
+            client: ClientId(command.id.proposer.0),
+            request: None,
+            outcome: Outcome::Done(bytes::Bytes::new()),
+            execution_ns: 0,
+            answerers: Answerers::Nobody,
+        }
+    }
+
+    /// Copies the service state and the tables at a checkpoint's cut.
+    fn capture(&self, state: &mut EngineState<S::State>) -> (S::Image, Vec<ExecutedTable>) {
+        let mut tables = vec![state.sync_table.clone()];
+        tables.extend(
+            state
+                .thread_tables
+                .iter_mut()
+                .map(|t| t.0.get_mut().unwrap_or_else(|e| e.into_inner()).clone()),
+        );
+        (self.service.capture(&state.service), tables)
     }
 
     /// Executes a command that `cbase` or `classes` placed, on worker
@@ -395,9 +457,16 @@ enum Front<S: ConflictModel> {
     /// cbase and classes: `g_all` alone, ordered here, then handed to the
     /// parallelizer or the scheduler.
     Single {
-        merger: Mutex<Merger>,
+        merger: Mutex<SingleMerge>,
         stage: Stage<S>,
     },
+}
+
+/// The merge of `g_all` of a single-ring engine, and the last checkpoint
+/// marker it passed.
+struct SingleMerge {
+    merger: Merger,
+    last_marker: u64,
 }
 
 enum Stage<S: ConflictModel> {
@@ -430,7 +499,19 @@ impl<S: ConflictModel> Engine<S> {
         config: EngineConfig,
         sink: Arc<dyn ReplySink>,
     ) -> Result<Engine<S>, EngineError> {
-        let mut engine = Engine::new(service, state, config, sink)?;
+        Engine::start_with(service, Start::Fresh(state), config, sink, None)
+    }
+
+    /// Starts the workers from `start`; completed checkpoints go to
+    /// `checkpoints` (none are taken without).
+    pub fn start_with(
+        service: Arc<S>,
+        start: Start<S::State>,
+        config: EngineConfig,
+        sink: Arc<dyn ReplySink>,
+        checkpoints: Option<std::sync::mpsc::Sender<Captured<S::Image>>>,
+    ) -> Result<Engine<S>, EngineError> {
+        let mut engine = Engine::build(service, start, config, sink, checkpoints)?;
         engine.spawn()?;
         Ok(engine)
     }
@@ -443,30 +524,101 @@ impl<S: ConflictModel> Engine<S> {
         config: EngineConfig,
         sink: Arc<dyn ReplySink>,
     ) -> Result<Engine<S>, EngineError> {
+        Engine::build(service, Start::Fresh(state), config, sink, None)
+    }
+
+    fn build(
+        service: Arc<S>,
+        start: Start<S::State>,
+        config: EngineConfig,
+        sink: Arc<dyn ReplySink>,
+        checkpoints: Option<std::sync::mpsc::Sender<Captured<S::Image>>>,
+    ) -> Result<Engine<S>, EngineError> {
         config.validate()?;
         let threads = config.threads();
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let rings = matches!(
+            config.kind,
+            EngineKind::Smr | EngineKind::Psmr | EngineKind::OptPsmr
+        );
+        let merges = if rings { threads } else { 1 };
+        let (state, resume) = match start {
+            Start::Fresh(state) => (EngineState::new(state, threads), None),
+            Start::Resume(Resume { mut engine, state }) => {
+                if engine.merges.len() != merges {
+                    return Err(EngineError::Resume {
+                        number: engine.number,
+                        problem: format!(
+                            "it has {} merges, this engine {merges}",
+                            engine.merges.len()
+                        ),
+                    });
+                }
+                let tables = std::mem::take(&mut engine.tables);
+                (EngineState::resumed(state, threads, tables), Some(engine))
+            }
+        };
         let shared = Arc::new(Shared {
             service,
-            state: RwLock::new(EngineState::new(state, threads)),
+            state: RwLock::new(state),
             rendezvous: Rendezvous::new(threads, config.wait.patience(threads, cores)),
             sink,
             config,
+            checkpoints: Mutex::new(Assembly::new(merges, checkpoints)),
         });
+        let number = resume.as_ref().map_or(0, |r| r.number);
+        let merger = |merge: usize, rings: &[RingId]| -> Result<Merger, EngineError> {
+            let m = shared.config.merge_m;
+            let merger = match &resume {
+                None => Merger::new(rings, m),
+                Some(r) => Merger::resume(&r.merges[merge], m),
+            };
+            let merger = merger.map_err(|e| EngineError::Resume {
+                number,
+                problem: e.to_string(),
+            })?;
+            let mut expected = rings.to_vec();
+            expected.sort_unstable();
+            if merger.rings() != expected {
+                return Err(EngineError::Resume {
+                    number,
+                    problem: format!("merge {merge} is of rings {:?}", merger.rings()),
+                });
+            }
+            Ok(merger)
+        };
         let front = match shared.config.kind {
-            EngineKind::Smr | EngineKind::Psmr | EngineKind::OptPsmr => Front::Rings(Slots(
-                (0..threads)
-                    .map(|t| Arc::new(worker::Slot::new(&shared, t)))
-                    .collect(),
-            )),
-            EngineKind::Cbase => Front::single(
-                &shared.config,
-                Stage::Cbase(Arc::new(cbase::Parallelizer::new(&shared))),
-            ),
-            EngineKind::Classes => Front::single(
-                &shared.config,
-                Stage::Classes(Mutex::new(classes::Scheduler::new(&shared))),
-            ),
+            EngineKind::Smr | EngineKind::Psmr | EngineKind::OptPsmr => {
+                let mut slots = Vec::with_capacity(threads);
+                for t in 0..threads {
+                    let mut rings = vec![shared.config.all_ring];
+                    rings.extend(shared.config.thread_rings.get(t).copied());
+                    let merger = merger(t, &rings)?;
+                    slots.push(Arc::new(worker::Slot::new(&shared, t, merger, number)));
+                }
+                Front::Rings(Slots(slots))
+            }
+            kind => {
+                let merger = merger(0, &[shared.config.all_ring])?;
+                let intake = resume
+                    .as_ref()
+                    .map(|r| intake::Intake::from_image(&r.intake));
+                let stage = if kind == EngineKind::Cbase {
+                    Stage::Cbase(Arc::new(cbase::Parallelizer::new(&shared, intake)))
+                } else {
+                    let active = resume.as_ref().and_then(|r| r.active);
+                    Stage::Classes(Mutex::new(classes::Scheduler::new(
+                        &shared, intake, active,
+                    )?))
+                };
+                Front::Single {
+                    merger: Mutex::new(SingleMerge {
+                        merger,
+                        last_marker: number,
+                    }),
+                    stage,
+                }
+            }
         };
         Ok(Engine {
             shared,
@@ -517,15 +669,29 @@ impl<S: ConflictModel> Engine<S> {
         match &self.front {
             Front::Rings(slots) => self.deliver_to_rings(&slots.0, ring, instance, value),
             Front::Single { merger, stage } => {
-                let mut merger = lock(merger);
-                merger
+                let mut merge = lock(merger);
+                merge
+                    .merger
                     .push(ring, instance, value)
                     .map_err(|_| EngineError::UnknownRing { ring })?;
-                while let Some(batch) = merger.poll() {
-                    match stage {
-                        Stage::Cbase(parallelizer) => parallelizer.insert(&batch.commands)?,
-                        Stage::Classes(scheduler) => lock(scheduler).deliver(&batch.commands)?,
-                    }
+                while let Some(batch) = merge.merger.poll() {
+                    let Some(number) = checkpoint::new_marker(&batch.commands, merge.last_marker)
+                    else {
+                        stage.deliver(&batch.commands)?;
+                        continue;
+                    };
+                    // The cut is the end of the instance: its markers go
+                    // last, after the front has recorded where it stands.
+                    merge.last_marker = number;
+                    let commands = checkpoint::markers_last(&batch.commands);
+                    let split = commands
+                        .iter()
+                        .position(|c| Marker::decode(&c.payload).is_some())
+                        .unwrap_or(commands.len());
+                    stage.deliver(&commands[..split])?;
+                    let front = stage.cut();
+                    lock(&self.shared.checkpoints).cut(number, 0, merge.merger.cut(), Some(front));
+                    stage.deliver(&commands[split..])?;
                 }
                 Ok(())
             }
@@ -626,14 +792,32 @@ impl<S: ConflictModel> Engine<S> {
     }
 }
 
-impl<S: ConflictModel> Front<S> {
-    fn single(config: &EngineConfig, stage: Stage<S>) -> Front<S> {
-        let merger = Merger::new(&[config.all_ring], config.merge_m).expect("validated");
-        Front::Single {
-            merger: Mutex::new(merger),
-            stage,
+impl<S: ConflictModel> Stage<S> {
+    fn deliver(&self, commands: &[psmr_core::proto::Command]) -> Result<(), EngineError> {
+        match self {
+            Stage::Cbase(parallelizer) => parallelizer.insert(commands),
+            Stage::Classes(scheduler) => lock(scheduler).deliver(commands),
         }
     }
+
+    /// What the front keeps in a checkpoint besides its merge.
+    fn cut(&self) -> checkpoint::FrontCut {
+        match self {
+            Stage::Cbase(parallelizer) => checkpoint::FrontCut {
+                intake: parallelizer.intake_image(),
+                active: None,
+            },
+            Stage::Classes(scheduler) => lock(scheduler).cut(),
+        }
+    }
+}
+
+/// How an engine starts.
+pub enum Start<T> {
+    /// From this state, at the start of every ring.
+    Fresh(T),
+    /// From a checkpoint.
+    Resume(Resume<T>),
 }
 
 /// The workers' slots; dropping them closes their inputs.

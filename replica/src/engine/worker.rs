@@ -27,11 +27,12 @@
 
 use std::collections::VecDeque;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::{Condvar, Mutex, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Condvar, Mutex, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use psmr_core::proto::{Command, Merged, Merger};
 
+use super::checkpoint;
 use super::execute::{Access, ExecMetrics};
 use super::pause::Pauser;
 use super::{EngineError, EngineState, Input, Shared, lock, panic_message};
@@ -107,6 +108,8 @@ struct Core {
     taken: VecDeque<Input>,
     /// Measured execution time per command (a moving average), in ns.
     per_command_ns: u64,
+    /// The number of the last checkpoint whose cut this worker passed.
+    last_marker: u64,
 }
 
 /// Wakes the other workers for good when this one dies: no synchronization
@@ -127,18 +130,22 @@ impl<S: Service> Drop for StopGuard<'_, S> {
 }
 
 impl Slot {
-    /// The slot of worker `thread` of an engine configured by `shared`.
-    pub(super) fn new<S: Service>(shared: &Shared<S>, thread: usize) -> Slot {
+    /// The slot of worker `thread` of an engine configured by `shared`,
+    /// merging with `merger`, past the cut of checkpoint `last_marker`.
+    pub(super) fn new<S: Service>(
+        shared: &Shared<S>,
+        thread: usize,
+        merger: Merger,
+        last_marker: u64,
+    ) -> Slot {
         let config = &shared.config;
-        let mut rings = vec![config.all_ring];
-        rings.extend(config.thread_rings.get(thread).copied());
         let cost = config.cost.busy + config.cost.wait;
         let core = Core {
             lane: Lane {
                 thread,
                 threads: config.threads(),
             },
-            merger: Merger::new(&rings, config.merge_m).expect("validated configuration"),
+            merger,
             metrics: ExecMetrics::default(),
             round: 0,
             unreleased: None,
@@ -147,6 +154,7 @@ impl Slot {
             pending: None,
             taken: VecDeque::new(),
             per_command_ns: nanos(cost),
+            last_marker,
         };
         Slot {
             queue: Mutex::default(),
@@ -363,8 +371,14 @@ impl Core {
                 Err(stop) => return stop,
             };
             let state = guard.get_or_insert_with(|| write(shared));
-            let lane = (batch.ring != shared.config.all_ring).then_some(self.lane);
-            self.execute_batch(shared, by, &batch.commands, |command, metrics| {
+            let all = batch.ring == shared.config.all_ring;
+            let lane = (!all).then_some(self.lane);
+            let commands = if all {
+                self.at_cut(shared, &batch)
+            } else {
+                batch.commands.clone()
+            };
+            self.execute_batch(shared, by, &commands, |command, metrics| {
                 let access = Access::Exclusive {
                     state: &mut **state,
                     lane,
@@ -388,7 +402,8 @@ impl Core {
             };
             if batch.ring == shared.config.all_ring {
                 guard = None;
-                self.synchronous(shared, by, &batch.commands);
+                let commands = self.at_cut(shared, &batch);
+                self.synchronous(shared, by, &commands);
                 continue;
             }
             if let Some(round) = self.unreleased {
@@ -414,6 +429,18 @@ impl Core {
                 shared.execute(access, command, metrics)
             });
         }
+    }
+
+    /// The commands of `g_all` batch `batch`, just merged: if it carries a
+    /// new checkpoint marker, this worker records its merge's cut there and
+    /// the markers go last (`checkpoint`).
+    fn at_cut<S: Service>(&mut self, shared: &Shared<S>, batch: &Merged) -> Arc<[Command]> {
+        let Some(number) = checkpoint::new_marker(&batch.commands, self.last_marker) else {
+            return batch.commands.clone();
+        };
+        self.last_marker = number;
+        lock(&shared.checkpoints).cut(number, self.lane.thread, self.merger.cut(), None);
+        checkpoint::markers_last(&batch.commands)
     }
 
     /// Executes `commands` one by one with `execute`, then hands their
