@@ -3,7 +3,7 @@
 //! ```text
 //! <dir>/cluster.toml    the configuration (3 acceptors, 2 replicas)
 //! <dir>/certs/          development CA and certificates, regenerated each run
-//! <dir>/data/           acceptor storage, wiped each run
+//! <dir>/data/           acceptor storage and replica checkpoints, wiped each run
 //! ```
 //!
 //! The acceptors and replicas are child processes of this one (`psmr
@@ -191,6 +191,9 @@ fn prepare(spec: &ClusterSpec) -> Result<(ClusterConfig, PathBuf), LocalError> {
     for a in &mut cluster.acceptors {
         a.storage = spec.storage;
         a.data_dir = Some(data.join(format!("acceptor-{}", a.id)));
+    }
+    for r in &mut cluster.replicas {
+        r.data_dir = Some(data.join(format!("replica-{}", r.id)));
     }
     cluster.service.kind = spec.service;
     cluster.service.preload = spec.preload;

@@ -22,6 +22,7 @@ pub mod engine;
 pub mod rendezvous;
 pub mod runtime;
 mod shim;
+pub mod store;
 pub mod table;
 pub mod workload;
 

@@ -16,6 +16,7 @@
 //! engine = "opt-psmr"           # smr | psmr | opt-psmr | cbase | classes
 //! threads = 2                   # K; every replica runs the same engine and K
 //! # policy = "jump"             # classes only: fixed (default) | paper | jump
+//! # data_dir = "data/replica-101" # checkpoints; default data/replica-<id>
 //!
 //! [[ring]]                      # optional: ring 0 is g_all, rings 1..=K are psmr's and opt-psmr's threads';
 //! id = 0                        # when absent, each ring gets every acceptor in the order of
@@ -28,6 +29,11 @@
 //! [multicast]                   # every field optional; see psmr_core::proto::Params
 //! window = 128
 //! batch_delay = "0ms"
+//!
+//! [checkpoint]                 # replicas; see CheckpointSection
+//! every = "60s"                 # default 60s; "0s": no time trigger
+//! every_commands = 1000000      # default 1,000,000; 0: no command trigger
+//! keep = 2                      # checkpoints kept in the replica's data_dir
 //!
 //! [service]
 //! kind = "btree"                # btree | null | list
@@ -74,6 +80,58 @@ pub struct ClusterConfig {
     /// The replicated service.
     #[serde(default)]
     pub service: ServiceSection,
+    /// Replica checkpoints.
+    #[serde(default)]
+    pub checkpoint: CheckpointSection,
+}
+
+/// When replicas take checkpoints (docs/ARCHITECTURE.md, "Checkpoints"):
+/// a replica proposes the next checkpoint marker once `every` has passed or
+/// `every_commands` commands were delivered since the last checkpoint,
+/// whichever comes first; a zero turns that trigger off, both zero turn
+/// checkpoints off.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointSection {
+    /// Time between checkpoints. Default 60 s.
+    #[serde(default = "default_checkpoint_every", with = "humantime_serde")]
+    pub every: Duration,
+    /// Commands between checkpoints. Default 1,000,000.
+    #[serde(default = "default_checkpoint_commands")]
+    pub every_commands: u64,
+    /// Checkpoints kept on disk, the newest first (an older one is used
+    /// when the newest is damaged). Default 2; at least 1.
+    #[serde(default = "default_checkpoint_keep")]
+    pub keep: usize,
+}
+
+fn default_checkpoint_every() -> Duration {
+    Duration::from_secs(60)
+}
+
+fn default_checkpoint_commands() -> u64 {
+    1_000_000
+}
+
+fn default_checkpoint_keep() -> usize {
+    2
+}
+
+impl Default for CheckpointSection {
+    fn default() -> Self {
+        CheckpointSection {
+            every: default_checkpoint_every(),
+            every_commands: default_checkpoint_commands(),
+            keep: default_checkpoint_keep(),
+        }
+    }
+}
+
+impl CheckpointSection {
+    /// Whether replicas take checkpoints at all.
+    pub fn enabled(&self) -> bool {
+        !self.every.is_zero() || self.every_commands > 0
+    }
 }
 
 /// One acceptor process.
@@ -139,6 +197,18 @@ pub struct ReplicaEntry {
     /// last two start with one active thread and keep between 1 and `threads`.
     #[serde(default, skip_serializing_if = "is_default")]
     pub policy: PolicyName,
+    /// Where its checkpoints go. Default `data/replica-<id>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+}
+
+impl ReplicaEntry {
+    /// The data directory, default or configured.
+    pub fn data_dir(&self) -> PathBuf {
+        self.data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(format!("data/replica-{}", self.id)))
+    }
 }
 
 fn is_default<T: Default + PartialEq>(value: &T) -> bool {
@@ -385,6 +455,9 @@ pub enum ClusterError {
         /// How many.
         count: usize,
     },
+    /// `checkpoint.keep` is zero.
+    #[error("checkpoint.keep: 0; a replica keeps at least its newest checkpoint")]
+    KeepNothing,
     /// The multicast parameters or rings are invalid.
     #[error(transparent)]
     Multicast(#[from] ConfigError),
@@ -413,6 +486,12 @@ impl ClusterConfig {
             let dir = a.data_dir();
             if dir.is_relative() {
                 a.data_dir = Some(base.join(dir));
+            }
+        }
+        for r in &mut self.replicas {
+            let dir = r.data_dir();
+            if dir.is_relative() {
+                r.data_dir = Some(base.join(dir));
             }
         }
         if self.tls.dir.is_relative() {
@@ -449,12 +528,14 @@ impl ClusterConfig {
                         threads
                     },
                     policy: PolicyName::Fixed,
+                    data_dir: None,
                 })
                 .collect(),
             rings: Vec::new(),
             tls: TlsSection::default(),
             multicast: Params::default(),
             service: ServiceSection::default(),
+            checkpoint: CheckpointSection::default(),
         }
     }
 
@@ -468,6 +549,9 @@ impl ClusterConfig {
         }
         self.check_unique()?;
         self.check_replicas()?;
+        if self.checkpoint.keep == 0 {
+            return Err(ClusterError::KeepNothing);
+        }
         self.check_rings()?;
         self.multicast().validate()?;
         Ok(())

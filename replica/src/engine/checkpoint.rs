@@ -67,6 +67,8 @@ pub struct Captured<I> {
     pub engine: EngineImage,
     /// The service's state, as [`psmr_core::Service::capture`] copied it.
     pub image: I,
+    /// How long the workers were held for the copy.
+    pub pause: std::time::Duration,
 }
 
 /// What an engine resumes from: a checkpoint's engine image and the
@@ -154,7 +156,9 @@ impl<I> Assembly<I> {
             );
             return;
         };
+        let started = std::time::Instant::now();
         let (image, tables) = capture();
+        let pause = started.elapsed();
         let captured = Captured {
             engine: EngineImage {
                 number,
@@ -164,6 +168,7 @@ impl<I> Assembly<I> {
                 active: open.active,
             },
             image,
+            pause,
         };
         if let Some(sink) = &self.sink {
             // The receiver gone: the replica is stopping.
