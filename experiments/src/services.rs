@@ -19,21 +19,18 @@ pub(crate) async fn run_replica(
     let s = &cluster.service;
     match s.kind {
         ServiceKind::Btree => {
-            let start = std::time::Instant::now();
-            let tree = BTree::bulk_load(s.fanout, 0.7, (0..s.preload).map(|i| (2 * i, i)));
-            info!(keys = s.preload, elapsed = ?start.elapsed(), "B+-tree preloaded");
-            run(
-                cluster,
-                id,
-                Arc::new(BTreeService::new(s.key_space())),
-                tree,
-                shutdown,
-            )
-            .await
+            let preload = || {
+                let start = std::time::Instant::now();
+                let tree = BTree::bulk_load(s.fanout, 0.7, (0..s.preload).map(|i| (2 * i, i)));
+                info!(keys = s.preload, elapsed = ?start.elapsed(), "B+-tree preloaded");
+                tree
+            };
+            let service = Arc::new(BTreeService::new(s.key_space()));
+            run(cluster, id, service, preload, shutdown).await
         }
-        ServiceKind::Null => run(cluster, id, Arc::new(NullService), (), shutdown).await,
+        ServiceKind::Null => run(cluster, id, Arc::new(NullService), || (), shutdown).await,
         ServiceKind::List => {
-            let list = LinkedList::from_values(0..s.preload);
+            let list = || LinkedList::from_values(0..s.preload);
             run(cluster, id, Arc::new(ListService), list, shutdown).await
         }
     }

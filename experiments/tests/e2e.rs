@@ -292,6 +292,12 @@ impl Writers {
     const COUNT: u64 = 4;
 
     fn start(tree: &BTreeClient, keys: u64) -> Writers {
+        Writers::start_at(tree, keys, 0)
+    }
+
+    /// Writers whose `n`s start at `first` (keys another set of writers did
+    /// not take if it stopped before `first`).
+    fn start_at(tree: &BTreeClient, keys: u64, first: u64) -> Writers {
         let stop = Arc::new(AtomicBool::new(false));
         let acknowledged = Arc::new(AtomicU64::new(0));
         let tasks = (0..Self::COUNT)
@@ -299,7 +305,7 @@ impl Writers {
                 let (tree, stop, acked) = (tree.clone(), stop.clone(), acknowledged.clone());
                 tokio::spawn(async move {
                     let mut written = Written::default();
-                    let mut n = 0;
+                    let mut n = first;
                     while !stop.load(Ordering::Relaxed) && 2 * (w + Self::COUNT * n) + 1 < keys {
                         let key = 2 * (w + Self::COUNT * n) + 1;
                         match tree.insert(key, n).await {
@@ -498,4 +504,134 @@ fn a_restarted_client_is_never_answered_for_its_earlier_incarnation() {
         assert_eq!(second.insert(key, 600).await.expect("request 1"), Some(500));
     });
     cluster.assert_running();
+}
+
+/// A replica killed under load restarts from its newest checkpoint, catches
+/// up, and alone serves every client once the other replica is killed;
+/// nothing acknowledged is lost.
+#[test]
+fn a_replica_restarted_from_its_checkpoint_catches_up_and_serves_alone() {
+    let spec = Spec {
+        preload: 10_000,
+        ..Spec::default()
+    };
+    let mut cluster = TestCluster::prepare(&spec, |c| {
+        c.checkpoint.every = Duration::from_millis(300);
+        c.checkpoint.every_commands = 500;
+    });
+    cluster.start_all();
+    runtime().block_on(async {
+        let tree = cluster.client().await;
+        let writers = Writers::start(&tree, 2 * spec.preload);
+        let minute = Duration::from_secs(60);
+        writers.progress(300, minute, "both replicas up").await;
+        for id in [101, 102] {
+            cluster.wait_for_log(id, "checkpoint written", minute).await;
+        }
+        cluster.kill(101);
+        writers.progress(300, minute, "replica 101 down").await;
+        cluster.spawn(101);
+        cluster
+            .wait_for_log(101, "resuming from a checkpoint", minute)
+            .await;
+        writers.progress(300, minute, "replica 101 restarted").await;
+        cluster.kill(102);
+        writers
+            .progress(300, minute, "replica 102 down, 101 serves alone")
+            .await;
+        let written = writers.stop().await;
+        assert_nothing_lost(&tree, &written).await;
+    });
+    cluster.assert_running();
+}
+
+/// A replica whose decisions were trimmed and that has no checkpoint to
+/// reach past them exits non-zero saying what to do; with the newest
+/// checkpoint of the other replica copied into its data directory, as the
+/// message says, it resumes and serves.
+#[test]
+fn a_wiped_replica_behind_the_trim_point_is_rebuilt_from_another_replicas_checkpoint() {
+    let spec = Spec {
+        preload: 10_000,
+        ..Spec::default()
+    };
+    let mut cluster = TestCluster::prepare(&spec, |c| {
+        c.multicast.retention = 300;
+        c.checkpoint.every = Duration::from_millis(300);
+        c.checkpoint.every_commands = 200;
+    });
+    cluster.start_all();
+    let dir = |id: u32| cluster.dir().join(format!("replica-{id}"));
+    let (dir101, dir102) = (dir(101), dir(102));
+    runtime().block_on(async {
+        let tree = cluster.client().await;
+        let minute = Duration::from_secs(60);
+        cluster.kill(101);
+        let writers = Writers::start(&tree, 2 * spec.preload);
+        writers.progress(2_000, minute, "replica 101 down").await;
+        let written = writers.stop().await;
+        assert!(
+            written.acknowledged.len() < 4_000,
+            "keys left for the second writers"
+        );
+        // Idle rings decide nothing more; wait for the checkpoint that
+        // follows the last commands.
+        let taken = |dir: &std::path::Path| {
+            std::fs::read_dir(dir)
+                .map(|d| {
+                    d.filter_map(Result::ok)
+                        .map(|e| e.path())
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default()
+        };
+        let log = cluster.log(102);
+        let before = std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .matches("checkpoint written")
+            .count();
+        common::eventually(
+            minute,
+            || {
+                std::fs::read_to_string(&log)
+                    .unwrap_or_default()
+                    .matches("checkpoint written")
+                    .count()
+                    > before
+            },
+            || "no checkpoint after the load".to_string(),
+        )
+        .await;
+        std::fs::remove_dir_all(&dir101).unwrap();
+        cluster.spawn(101);
+        let status = cluster.wait_exit(101, minute);
+        assert!(
+            !status.success(),
+            "a replica that cannot catch up exits non-zero"
+        );
+        let log101 = std::fs::read_to_string(cluster.log(101)).unwrap();
+        assert!(
+            log101.contains("were trimmed") && log101.contains("copy the newest"),
+            "{log101}"
+        );
+        let mut files = taken(&dir102);
+        files.sort();
+        let newest = files.last().expect("102 has a checkpoint");
+        std::fs::create_dir_all(&dir101).unwrap();
+        std::fs::copy(newest, dir101.join(newest.file_name().unwrap())).unwrap();
+        cluster.spawn(101);
+        cluster
+            .wait_for_log(101, "resuming from a checkpoint", minute)
+            .await;
+        cluster.kill(102);
+        let first = written.acknowledged.values().max().map_or(0, |n| n + 1);
+        let writers = Writers::start_at(&tree, 2 * spec.preload, first);
+        writers
+            .progress(300, minute, "102 down, 101 rebuilt serves alone")
+            .await;
+        let mut later = writers.stop().await;
+        later.acknowledged.extend(written.acknowledged);
+        later.failures.extend(written.failures);
+        assert_nothing_lost(&tree, &later).await;
+    });
 }

@@ -18,6 +18,7 @@
 //! - [`runtime`]: the replica process;
 //! - [`workload`]: streams for tests and benchmarks, and their sequential execution.
 
+mod checkpointing;
 pub mod engine;
 pub mod rendezvous;
 pub mod runtime;

@@ -23,9 +23,12 @@ use psmr_multicast::net::{self, Hooks, Inbound, Network, Purpose};
 use psmr_multicast::process::{ProcessError, Reporter, net_config, node_tls};
 use thiserror::Error;
 use tokio::sync::mpsc;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
-use crate::engine::{Engine, EngineConfig, EngineError, ReplySink};
+use crate::checkpointing::Checkpointing;
+use crate::engine::{Engine, EngineConfig, EngineError, ReplySink, Start};
+use crate::store::{Store, StoreError};
+use psmr_core::Layout;
 
 /// Why the replica process could not run.
 #[derive(Debug, Error)]
@@ -37,6 +40,26 @@ pub enum RuntimeError {
     /// The engine failed.
     #[error(transparent)]
     Engine(#[from] EngineError),
+    /// A checkpoint could not be read, or the data directory is unusable.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The checkpoint writer thread could not be started.
+    #[error("cannot start the checkpoint writer: {0}")]
+    Writer(std::io::Error),
+    /// The acceptors no longer have decisions this replica needs.
+    #[error(
+        "ring {ring}: decisions {from}..{below} were trimmed before this replica got them, and its checkpoints (in {dir}) do not reach past them; copy the newest checkpoint-*.psmr file from another replica's data_dir into {dir} and start this replica again"
+    )]
+    Trimmed {
+        /// The ring.
+        ring: RingId,
+        /// The first instance missing.
+        from: u64,
+        /// The first instance the acceptors have.
+        below: u64,
+        /// This replica's data directory.
+        dir: String,
+    },
 }
 
 /// A client's reply stream, and the connection it is on.
@@ -131,8 +154,10 @@ struct ReplicaHooks<S: ConflictModel> {
     engine: Engine<S>,
     router: Arc<ReplyRouter>,
     net: Network,
-    failed: Option<EngineError>,
+    failed: Option<RuntimeError>,
     reporter: Reporter,
+    checkpoints: Option<Checkpointing<S>>,
+    data_dir: String,
 }
 
 impl<S: ConflictModel> Hooks<Learner> for ReplicaHooks<S> {
@@ -155,11 +180,18 @@ impl<S: ConflictModel> Hooks<Learner> for ReplicaHooks<S> {
     fn after(&mut self, learner: &mut Learner) -> bool {
         while let Some(d) = learner.poll_delivery() {
             if let Err(e) = self.engine.deliver(d.ring, d.instance, d.value) {
-                self.failed = Some(e);
+                self.failed = Some(e.into());
                 return false;
             }
         }
+        if let Some(c) = &mut self.checkpoints {
+            c.after(learner, &self.net);
+        }
         let router = &self.router;
+        let checkpoint = self
+            .checkpoints
+            .as_ref()
+            .map_or(0, |c| c.durable.load(Ordering::Acquire));
         self.reporter.report(|| {
             let m = learner.metrics();
             info!(
@@ -171,23 +203,31 @@ impl<S: ConflictModel> Hooks<Learner> for ReplicaHooks<S> {
                 unknown_peer = m.unknown_peer,
                 bad_frames = m.bad_frames,
                 undeliverable_replies = router.undeliverable.load(Ordering::Relaxed),
+                checkpoint,
                 "replica counters"
             );
         });
         if let Some(lost) = learner.lost().next() {
-            error!(ring = %lost.ring, from = lost.from, below = lost.below, "decisions were trimmed before this replica got them; it must be rebuilt");
+            self.failed = Some(RuntimeError::Trimmed {
+                ring: lost.ring,
+                from: lost.from,
+                below: lost.below,
+                dir: self.data_dir.clone(),
+            });
             return false;
         }
         true
     }
 }
 
-/// Runs replica `id` of `service` from `state` until `shutdown` resolves.
+/// Runs replica `id` of `service` until `shutdown` resolves: from its
+/// newest intact checkpoint if it has one, else from `initial()` at the
+/// start of every ring.
 pub async fn run_replica<S: ConflictModel>(
     cluster: &ClusterConfig,
     id: NodeId,
     service: Arc<S>,
-    state: S::State,
+    initial: impl FnOnce() -> S::State,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RuntimeError> {
     let entry = cluster.replica(id).ok_or(ProcessError::NotInCluster {
@@ -196,15 +236,54 @@ pub async fn run_replica<S: ConflictModel>(
     })?;
     let multicast = cluster.multicast();
     let rings: Vec<RingId> = multicast.rings.iter().map(|r| r.id).collect();
-    let mut learner =
-        Learner::new(id, &multicast, &rings, Instant::now()).map_err(ProcessError::from)?;
+    let now = Instant::now();
+    let mut learner = Learner::new(id, &multicast, &rings, now).map_err(ProcessError::from)?;
     let router = Arc::new(ReplyRouter::new(id));
-    let engine = Engine::start(
-        service,
-        state,
-        EngineConfig::of_cluster(cluster),
-        router.clone(),
-    )?;
+    let config = EngineConfig::of_cluster(cluster);
+    let section = cluster.checkpoint.clone();
+    let data_dir = entry.data_dir();
+    let store = Store::open(&data_dir, section.keep)?;
+    let loaded = store.load(&*service, config.kind, config.threads())?;
+    let (start, last) = match loaded {
+        Some(loaded) => {
+            for (ring, image) in loaded.dedupe {
+                learner
+                    .resume(ring, image, now)
+                    .map_err(|e| StoreError::Damaged {
+                        path: data_dir.clone(),
+                        problem: e.to_string(),
+                    })?;
+            }
+            let number = loaded.resume.engine.number;
+            info!(node = %id, checkpoint = number, "resuming from a checkpoint");
+            (Start::Resume(loaded.resume), number)
+        }
+        None => (Start::Fresh(initial()), 0),
+    };
+    let (engine, checkpoints) = if section.enabled() {
+        learner.keep_images();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let engine = Engine::start_with(
+            service.clone(),
+            start,
+            config.clone(),
+            router.clone(),
+            Some(tx),
+        )?;
+        let acceptors = multicast
+            .ring(Layout::ALL_RING)
+            .map(|r| r.acceptors.clone())
+            .unwrap_or_default();
+        let kind = (config.kind, config.threads());
+        let c = Checkpointing::start(service, store, section, kind, acceptors, rx, last)
+            .map_err(RuntimeError::Writer)?;
+        (engine, Some(c))
+    } else {
+        (
+            Engine::start_with(service, start, config, router.clone(), None)?,
+            None,
+        )
+    };
     let tls = node_tls(cluster, id).map_err(ProcessError::from)?;
     let (net, mut inbox) =
         Network::start(net_config(cluster, id, tls)).map_err(ProcessError::from)?;
@@ -215,14 +294,19 @@ pub async fn run_replica<S: ConflictModel>(
         net: net.clone(),
         failed: None,
         reporter: Reporter::new(&net),
+        checkpoints,
+        data_dir: data_dir.display().to_string(),
     };
     tokio::select! {
         () = net::drive(&mut learner, &net, &mut inbox, &mut hooks) => {}
         () = shutdown => info!(node = %id, "replica shutting down"),
     }
     net.close();
+    if let Some(c) = &mut hooks.checkpoints {
+        c.finish();
+    }
     if let Some(e) = hooks.failed {
-        return Err(e.into());
+        return Err(e);
     }
     Ok(())
 }

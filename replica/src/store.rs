@@ -87,6 +87,14 @@ pub enum StoreError {
     },
 }
 
+/// A checkpoint read back: where the learner and the engine resume.
+pub struct Loaded<T> {
+    /// Per ring, the learner's filter at the cut.
+    pub dedupe: Vec<(RingId, DedupeImage)>,
+    /// The engine's resume point and the service state.
+    pub resume: Resume<T>,
+}
+
 /// How long writing a checkpoint took, and how big it is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Written {
@@ -166,7 +174,7 @@ impl Store {
                 files.push((number, path));
             }
         }
-        files.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        files.sort_unstable_by_key(|f| std::cmp::Reverse(f.0));
         Ok(files)
     }
 
@@ -232,7 +240,7 @@ impl Store {
         service: &S,
         kind: EngineKind,
         threads: usize,
-    ) -> Result<Option<(FileMeta, Resume<S::State>)>, StoreError> {
+    ) -> Result<Option<Loaded<S::State>>, StoreError> {
         for (_, path) in self.files()? {
             match read(&path, service) {
                 Ok((meta, state)) => {
@@ -252,8 +260,11 @@ impl Store {
                         });
                     }
                     info!(file = %path.display(), number = meta.engine.number, "checkpoint loaded");
-                    let engine = meta.engine.clone();
-                    return Ok(Some((meta, Resume { engine, state })));
+                    let engine = meta.engine;
+                    return Ok(Some(Loaded {
+                        dedupe: meta.dedupe,
+                        resume: Resume { engine, state },
+                    }));
                 }
                 Err(e @ StoreError::Damaged { .. }) => {
                     warn!(error = %e, "skipping a damaged checkpoint; trying the one before");
@@ -350,7 +361,7 @@ mod tests {
         store
             .load(&ListService, EngineKind::Psmr, 2)
             .unwrap()
-            .map(|(meta, r)| (meta.engine.number, r.state.len()))
+            .map(|l| (l.resume.engine.number, l.resume.state.len()))
     }
 
     /// The newest good checkpoint is used: a torn, a bit-flipped and a

@@ -150,6 +150,7 @@ impl TestCluster {
         for r in &mut cluster.replicas {
             r.address = next.next().expect("enough addresses");
             r.policy = spec.policy;
+            r.data_dir = Some(dir.path().join(format!("replica-{}", r.id)));
         }
         cluster.tls.dir = dir.path().join("certs");
         cluster.service.preload = spec.preload;
@@ -214,6 +215,23 @@ impl TestCluster {
             .spawn()
             .expect("psmr starts");
         self.children.insert(id, child);
+    }
+
+    /// Waits up to `within` for node `id` to exit by itself; its status.
+    pub fn wait_exit(&mut self, id: u32, within: Duration) -> std::process::ExitStatus {
+        let child = self.children.get_mut(&id).expect("node runs");
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                self.children.remove(&id);
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "node {id} did not exit"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Kills node `id` with SIGKILL and reaps it.
