@@ -5,6 +5,7 @@
 //!  network task, after each round:
 //!    engine ──Captured──> + the learner's filters at the cut ──Job──> writer thread ──> Store
 //!    trigger due (time or commands since the last checkpoint) ──> Propose(marker n+1) on g_all
+//!    checkpoint durable ──> Checkpointed(ring, next instance) to every ring's acceptors (trimming)
 //! ```
 //!
 //! Every replica proposes the next marker when its own trigger fires; the
@@ -19,7 +20,9 @@ use std::time::{Duration, Instant};
 
 use psmr_core::cluster::CheckpointSection;
 use psmr_core::proto::codec::{self, DEFAULT_MAX_FRAME};
-use psmr_core::proto::{Command, CommandId, Learner, Message, NodeId, Propose, ProposerId};
+use psmr_core::proto::{
+    Checkpointed, Command, CommandId, Learner, Message, NodeId, Propose, ProposerId, RingId,
+};
 use psmr_core::{EngineKind, Layout, Marker, Service};
 use psmr_multicast::net::{Network, Purpose};
 use tracing::{error, info, warn};
@@ -29,6 +32,10 @@ use crate::store::{FileMeta, Store};
 
 /// How long a marker proposal may take to come back before it is sent again.
 const RETRY: Duration = Duration::from_secs(1);
+
+/// How often the positions of the newest durable checkpoint are sent to
+/// the acceptors again (a restarted acceptor learns them so).
+const REPORT_AGAIN: Duration = Duration::from_secs(5);
 
 struct Job<I> {
     meta: FileMeta,
@@ -50,8 +57,14 @@ pub(crate) struct Checkpointing<S: Service> {
     proposed_at: Option<Instant>,
     proposer: ProposerId,
     seq: u64,
-    acceptors: Vec<NodeId>,
+    /// Every ring's acceptors; ring 0 (`g_all`) first.
+    rings: Vec<(RingId, Vec<NodeId>)>,
     next_acceptor: usize,
+    /// A checkpoint handed to the writer: its number and positions.
+    writing: Option<(u64, Vec<(RingId, u64)>)>,
+    /// The positions of the newest durable checkpoint, and when they were
+    /// last sent to the acceptors.
+    durable_at: Option<(Vec<(RingId, u64)>, Instant)>,
     /// The number of the newest checkpoint on disk.
     pub(crate) durable: Arc<AtomicU64>,
 }
@@ -64,7 +77,7 @@ impl<S: Service> Checkpointing<S> {
         store: Store,
         section: CheckpointSection,
         (kind, threads): (EngineKind, usize),
-        acceptors: Vec<NodeId>,
+        rings: Vec<(RingId, Vec<NodeId>)>,
         captured: Receiver<Captured<S::Image>>,
         last: u64,
     ) -> std::io::Result<Checkpointing<S>> {
@@ -91,8 +104,10 @@ impl<S: Service> Checkpointing<S> {
             // replica's proposals as repeats of its earlier ones.
             proposer: ProposerId(rand::random::<u64>() | 1 << 63),
             seq: 0,
-            acceptors,
+            rings,
             next_acceptor: 0,
+            writing: None,
+            durable_at: None,
             durable,
         })
     }
@@ -111,6 +126,33 @@ impl<S: Service> Checkpointing<S> {
         }
         if self.due(now, delivered) {
             self.propose(net, now);
+        }
+        self.report(net, now);
+    }
+
+    /// Tells every ring's acceptors how far the newest durable checkpoint
+    /// reaches, once it is durable and again every [`REPORT_AGAIN`].
+    fn report(&mut self, net: &Network, now: Instant) {
+        let written = self.durable.load(Ordering::Acquire);
+        if let Some((_, positions)) = self.writing.take_if(|(n, _)| *n <= written) {
+            self.durable_at = Some((positions, now - REPORT_AGAIN));
+        }
+        let Some((positions, at)) = &mut self.durable_at else {
+            return;
+        };
+        if now < *at + REPORT_AGAIN {
+            return;
+        }
+        *at = now;
+        for &(ring, below) in positions.iter() {
+            let message = Message::Checkpointed(Checkpointed { ring, below });
+            let Ok(frame) = codec::frame(&message, DEFAULT_MAX_FRAME) else {
+                continue;
+            };
+            let acceptors = self.rings.iter().filter(|(r, _)| *r == ring);
+            for &to in acceptors.flat_map(|(_, a)| a) {
+                net.send(to, Purpose::Protocol, frame.clone());
+            }
         }
     }
 
@@ -133,6 +175,7 @@ impl<S: Service> Checkpointing<S> {
             engine: captured.engine.clone(),
             dedupe,
         };
+        self.writing = Some((number, captured.engine.next_instances()));
         if let Some(jobs) = &self.jobs {
             let _ = jobs.send(Job { meta, captured });
         }
@@ -149,10 +192,10 @@ impl<S: Service> Checkpointing<S> {
     }
 
     fn propose(&mut self, net: &Network, now: Instant) {
-        let Some(&to) = self
-            .acceptors
-            .get(self.next_acceptor % self.acceptors.len().max(1))
-        else {
+        let Some((_, acceptors)) = self.rings.iter().find(|(r, _)| *r == Layout::ALL_RING) else {
+            return;
+        };
+        let Some(&to) = acceptors.get(self.next_acceptor % acceptors.len().max(1)) else {
             return;
         };
         self.next_acceptor += 1;

@@ -28,7 +28,6 @@ use tracing::{info, warn};
 use crate::checkpointing::Checkpointing;
 use crate::engine::{Engine, EngineConfig, EngineError, ReplySink, Start};
 use crate::store::{Store, StoreError};
-use psmr_core::Layout;
 
 /// Why the replica process could not run.
 #[derive(Debug, Error)]
@@ -271,9 +270,10 @@ pub async fn run_replica<S: ConflictModel>(
             Some(tx),
         )?;
         let acceptors = multicast
-            .ring(Layout::ALL_RING)
-            .map(|r| r.acceptors.clone())
-            .unwrap_or_default();
+            .rings
+            .iter()
+            .map(|r| (r.id, r.acceptors.clone()))
+            .collect();
         let kind = (config.kind, config.threads());
         let c = Checkpointing::start(service, store, section, kind, acceptors, rx, last)
             .map_err(RuntimeError::Writer)?;

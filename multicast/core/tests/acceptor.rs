@@ -174,3 +174,81 @@ fn a_message_for_an_unknown_ring_is_counted_and_dropped() {
     assert_eq!(out(&mut n2), (vec![], vec![]));
     assert_eq!(n2.metrics().unknown_ring, 1);
 }
+
+fn decided_n2(params: Params, count: u64, now: Instant) -> AcceptorNode {
+    let mut n2 = acceptor(&ring(params), N2, now);
+    out(&mut n2);
+    for i in 0..count {
+        n2.handle_message(now, N1, Message::Accept(accept(i, 1, 0b001)));
+    }
+    out(&mut n2);
+    n2
+}
+
+fn trims(records: &[Record]) -> Vec<u64> {
+    records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Trim { below, .. } => Some(*below),
+            _ => None,
+        })
+        .collect()
+}
+
+fn checkpointed(below: u64) -> Message {
+    Message::Checkpointed(psmr_core::proto::Checkpointed { ring: R, below })
+}
+
+// Contract: an acceptor trims what the ring's replicas have checkpointed
+// (every replica by default), only from a replica of the ring, never past
+// what it knows decided, and answers a learner asking below with Trimmed.
+#[test]
+fn decisions_are_trimmed_below_what_the_replicas_checkpointed() {
+    let now = Instant::now();
+    let params = Params {
+        delta: Duration::from_secs(3600),
+        ..Params::default()
+    };
+    let mut n2 = decided_n2(params, 10, now);
+    n2.handle_message(now, N3, checkpointed(8));
+    n2.handle_timeout(now + Duration::from_secs(1));
+    assert_eq!(
+        trims(&out(&mut n2).0),
+        Vec::<u64>::new(),
+        "n3 is no replica"
+    );
+    n2.handle_message(now, L, checkpointed(6));
+    n2.handle_timeout(now + Duration::from_secs(2));
+    assert_eq!(trims(&out(&mut n2).0), vec![6]);
+    n2.handle_message(now, L, checkpointed(4));
+    n2.handle_message(now, L, checkpointed(50));
+    n2.handle_timeout(now + Duration::from_secs(3));
+    assert_eq!(trims(&out(&mut n2).0), vec![10], "never past the frontier");
+    let request = LearnRequest {
+        ring: R,
+        from: 0,
+        to: 5,
+    };
+    n2.handle_message(now, L, Message::LearnRequest(request));
+    let (_, messages) = out(&mut n2);
+    assert!(
+        matches!(&messages[..], [t] if matches!(&t.message, Message::Trimmed(t) if t.below == 10)),
+        "{messages:?}"
+    );
+}
+
+// Contract: with no replica report, an acceptor keeps at most
+// `retention_bytes` of decided instances, trimming down to three quarters.
+#[test]
+fn decisions_beyond_the_byte_bound_are_trimmed_whatever_the_replicas_report() {
+    let now = Instant::now();
+    let params = Params {
+        delta: Duration::from_secs(3600),
+        retention_bytes: 5 * psmr_core::proto::SLOT_BYTES,
+        ..Params::default()
+    };
+    let mut n2 = decided_n2(params, 10, now);
+    n2.handle_timeout(now + Duration::from_secs(1));
+    // 10 slots of 96 bytes; down to 360 bytes: 3 slots kept.
+    assert_eq!(trims(&out(&mut n2).0), vec![7]);
+}

@@ -20,10 +20,11 @@ use super::catchup::Catchup;
 use super::config::old_hint_rule;
 use super::context::{Ctx, Membership};
 use super::messages::{
-    Accept, Decide, LearnRequest, Message, Nack, Prepare, Promise, PromisedSlot, Trimmed,
+    Accept, Checkpointed, Decide, LearnRequest, Message, Nack, Prepare, Promise, PromisedSlot,
+    Trimmed,
 };
 use super::outbox::Decided;
-use super::types::{Ballot, Instance, RingId, Value};
+use super::types::{Ballot, Instance, NodeId, RingId, Value};
 use crate::storage::{Record, RecoveredRing, StorageError};
 
 /// How far beyond what it knows to be decided an acceptor votes, in windows.
@@ -59,6 +60,21 @@ pub(crate) struct AcceptorRing {
     last_batch_at: Option<Instant>,
     /// Frontier last written to storage.
     persisted_frontier: Instance,
+    /// What the instances kept below the frontier count against
+    /// `retention_bytes`.
+    decided_bytes: u64,
+    /// Per replica, the first instance its newest durable checkpoint does
+    /// not hold.
+    checkpointed: BTreeMap<NodeId, Instance>,
+}
+
+/// What a decided instance counts against `retention_bytes`.
+fn slot_bytes(value: &Value) -> u64 {
+    let value = match value {
+        Value::Batch(batch) => batch.encoded().len() as u64,
+        Value::Skip(_) => 0,
+    };
+    value + super::config::SLOT_BYTES
 }
 
 /// The recovered frontier: the highest one written, cut at the first
@@ -106,7 +122,11 @@ impl AcceptorRing {
                     },
                 )
             })
-            .collect();
+            .collect::<BTreeMap<Instance, Slot>>();
+        let decided_bytes = log
+            .range(..frontier)
+            .map(|(_, s)| slot_bytes(&s.value))
+            .sum();
         AcceptorRing {
             members,
             promised: recovered.promised,
@@ -125,6 +145,8 @@ impl AcceptorRing {
             catchup: Catchup::new(frontier, now, params.recovery_timeout / 2),
             last_batch_at: None,
             persisted_frontier: frontier,
+            decided_bytes,
+            checkpointed: BTreeMap::new(),
         }
     }
 
@@ -522,6 +544,7 @@ impl AcceptorRing {
             self.frontier_position = self
                 .frontier_position
                 .saturating_add(slot.value.positions());
+            self.decided_bytes += slot_bytes(&slot.value);
             self.frontier += 1;
         }
         if self
@@ -584,6 +607,7 @@ impl AcceptorRing {
             return Ok(());
         }
         self.log = self.log.split_off(&t.below);
+        self.decided_bytes = 0;
         self.frontier = t.below;
         self.frontier_position = t.position;
         self.content_position = self.content_position.max(t.position);
@@ -615,22 +639,73 @@ impl AcceptorRing {
         self.trim(ctx)
     }
 
-    fn trim(&mut self, ctx: &mut Ctx<'_>) -> Result<(), StorageError> {
-        let retention = ctx.params.retention;
+    /// A replica's durable checkpoint holds every instance below `c.below`.
+    pub(crate) fn on_checkpointed(&mut self, ctx: &mut Ctx<'_>, from: NodeId, c: Checkpointed) {
+        if !self.members.config.learners.contains(&from) {
+            ctx.metrics.unknown_peer += 1;
+            return;
+        }
+        let reported = self.checkpointed.entry(from).or_default();
+        *reported = (*reported).max(c.below);
+    }
+
+    /// Where to trim: below what enough replicas have checkpointed, and
+    /// in any case within `retention` instances and `retention_bytes`;
+    /// never past the frontier (what is not known decided stays).
+    fn trim_point(&self, params: &super::config::Params) -> Instance {
+        let learners = self.members.config.learners.len();
+        let needed = match params.trim_replicas {
+            0 => learners,
+            n => n.min(learners),
+        };
+        let mut reports: Vec<Instance> = self.checkpointed.values().copied().collect();
+        reports.sort_unstable_by_key(|&r| std::cmp::Reverse(r));
+        let by_replicas = match needed {
+            0 => 0,
+            n => reports.get(n - 1).copied().unwrap_or(0),
+        };
+        // Hysteresis: trim by count once half a retention more is kept.
+        let retention = params.retention;
         let kept = self.frontier - self.trimmed_below;
-        if kept <= retention.saturating_add(retention / 2) {
+        let by_count = if kept > retention.saturating_add(retention / 2) {
+            self.frontier - retention
+        } else {
+            0
+        };
+        let mut by_bytes = 0;
+        if self.decided_bytes > params.retention_bytes {
+            // Down to three quarters of the bound, not one trim per instance.
+            let mut left = self.decided_bytes;
+            let target = params.retention_bytes / 4 * 3;
+            for (&instance, slot) in self.log.range(..self.frontier) {
+                if left <= target {
+                    break;
+                }
+                left -= slot_bytes(&slot.value);
+                by_bytes = instance + 1;
+            }
+        }
+        by_replicas.max(by_count).max(by_bytes).min(self.frontier)
+    }
+
+    fn trim(&mut self, ctx: &mut Ctx<'_>) -> Result<(), StorageError> {
+        let below = self.trim_point(ctx.params);
+        if below <= self.trimmed_below {
             return Ok(());
         }
-        let below = self.frontier - retention;
         debug_assert!(
             below <= self.frontier && below >= self.trimmed_below,
             "trim never passes what is decided, and never goes back"
         );
         let kept_log = self.log.split_off(&below);
         let removed = std::mem::replace(&mut self.log, kept_log);
-        let positions = removed
-            .values()
-            .fold(0u64, |acc, s| acc.saturating_add(s.value.positions()));
+        let (positions, bytes) = removed.values().fold((0u64, 0u64), |(p, b), s| {
+            (
+                p.saturating_add(s.value.positions()),
+                b + slot_bytes(&s.value),
+            )
+        });
+        self.decided_bytes = self.decided_bytes.saturating_sub(bytes);
         self.trimmed_below = below;
         self.trim_position = self.trim_position.saturating_add(positions);
         ctx.append(Record::Trim {

@@ -18,7 +18,7 @@ use super::messages::Message;
 
 /// The only wire version this build speaks (6: heartbeats say what the
 /// sender hears and leads).
-pub const WIRE_VERSION: u8 = 6;
+pub const WIRE_VERSION: u8 = 7;
 
 /// Default upper bound on one frame: 16 MiB.
 pub const DEFAULT_MAX_FRAME: usize = 16 * 1024 * 1024;

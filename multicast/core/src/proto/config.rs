@@ -84,8 +84,18 @@ pub struct Params {
     pub lambda: u64,
     /// M of the deterministic merge: instances taken from each ring per turn. Default 1.
     pub merge_m: u32,
-    /// Decided instances an acceptor keeps for learners that fall behind. Default 200,000.
+    /// The most decided instances an acceptor keeps per ring. Default 10,000,000.
     pub retention: u64,
+    /// The most bytes of decided values an acceptor keeps per ring (each
+    /// instance counts its encoded value and [`SLOT_BYTES`] of bookkeeping),
+    /// so that memory stays bounded when a replica is down for good.
+    /// Default 256 MiB.
+    pub retention_bytes: u64,
+    /// An acceptor trims the decided instances below what this many of the
+    /// ring's replicas have made durable in a checkpoint (reported with
+    /// `Checkpointed`); 0: every replica listed as the ring's learner.
+    /// Default 0.
+    pub trim_replicas: usize,
     /// Memory storage: how far ahead of the highest instance voted the durable
     /// vote bound is reserved (one metadata sync per this many instances). A
     /// restarted acceptor stays out of elections until its ring has decided
@@ -175,7 +185,9 @@ impl Default for Params {
             delta: Duration::from_millis(1),
             lambda: 1_000_000,
             merge_m: 1,
-            retention: 200_000,
+            retention: 10_000_000,
+            retention_bytes: 256 << 20,
+            trim_replicas: 0,
             vote_bound_reserve: 256,
             recovery_timeout: Duration::from_millis(20),
             recovery_batch: 256,
@@ -186,6 +198,9 @@ impl Default for Params {
         }
     }
 }
+
+/// What an acceptor counts per decided instance kept, besides its value.
+pub const SLOT_BYTES: u64 = 96;
 
 impl Params {
     /// λ·Δ: the positions an idle ring advances per leveling tick.
@@ -205,6 +220,7 @@ impl Params {
             ("lambda", self.lambda),
             ("merge_m", u64::from(self.merge_m)),
             ("retention", self.retention),
+            ("retention_bytes", self.retention_bytes),
             ("vote_bound_reserve", self.vote_bound_reserve),
             ("recovery_batch", self.recovery_batch),
             ("learner_buffer", self.learner_buffer),

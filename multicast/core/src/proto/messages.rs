@@ -7,6 +7,7 @@
 //! decider --Decide--> learners, coordinator;  decider --Decide(relay)--> other acceptors
 //! learner/acceptor --LearnRequest--> acceptor --Decide | Trimmed--> requester   (gap recovery)
 //! acceptor --Heartbeat--> acceptors            (failure detection, who leads, where rings stand)
+//! replica --Checkpointed--> acceptors          (what its durable checkpoint holds: trimming)
 //! ```
 //!
 //! Every message names its ring, except heartbeats, which are per node.
@@ -36,6 +37,8 @@ pub enum Message {
     Trimmed(Trimmed),
     /// Liveness signal between acceptors, with what the sender hears and leads.
     Heartbeat(Heartbeat),
+    /// A replica's durable checkpoint reaches this far on a ring.
+    Checkpointed(Checkpointed),
 }
 
 impl Message {
@@ -51,6 +54,7 @@ impl Message {
             Message::LearnRequest(m) => Some(m.ring),
             Message::Trimmed(m) => Some(m.ring),
             Message::Heartbeat(_) => None,
+            Message::Checkpointed(m) => Some(m.ring),
         }
     }
 }
@@ -164,6 +168,17 @@ pub struct LearnRequest {
     pub from: Instance,
     /// One past the last instance wanted.
     pub to: Instance,
+}
+
+/// "My newest durable checkpoint holds everything below `below`": a
+/// replica to the ring's acceptors, which may trim below what enough
+/// replicas have reported (`Params::trim_replicas`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpointed {
+    /// Ring.
+    pub ring: RingId,
+    /// The first instance the checkpoint does not hold.
+    pub below: Instance,
 }
 
 /// "I no longer keep instances below `below`."

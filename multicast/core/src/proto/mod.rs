@@ -34,12 +34,14 @@ mod types;
 
 #[cfg(feature = "planted-bugs")]
 pub use config::PlantedBug;
-pub use config::{ConfigError, MAX_RING_ACCEPTORS, MulticastConfig, Params, RingConfig};
+pub use config::{
+    ConfigError, MAX_RING_ACCEPTORS, MulticastConfig, Params, RingConfig, SLOT_BYTES,
+};
 pub use learner::{DedupeImage, Delivery, ImageError, Learner, LearnerError, Lost};
 pub use merger::{MergeCut, MergeError, Merged, Merger};
 pub use messages::{
-    Accept, Decide, Heartbeat, LearnRequest, Message, Nack, Prepare, Promise, PromisedSlot,
-    Propose, RingBeat, Transmit, Trimmed,
+    Accept, Checkpointed, Decide, Heartbeat, LearnRequest, Message, Nack, Prepare, Promise,
+    PromisedSlot, Propose, RingBeat, Transmit, Trimmed,
 };
 pub use metrics::{LearnerMetrics, NodeMetrics};
 pub use node::{AcceptorNode, NodeError, Ready, RingPositions};

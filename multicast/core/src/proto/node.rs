@@ -575,7 +575,10 @@ fn on_ring_message(
     message: Message,
 ) -> Result<(), StorageError> {
     let member = state.members().is_member(from);
-    let peer_only = !matches!(message, Message::Propose(_) | Message::LearnRequest(_));
+    let peer_only = !matches!(
+        message,
+        Message::Propose(_) | Message::LearnRequest(_) | Message::Checkpointed(_)
+    );
     if peer_only && !member {
         ctx.metrics.unknown_peer += 1;
         return Ok(());
@@ -597,6 +600,7 @@ fn on_ring_message(
         Message::Decide(d) => state.acceptor.on_decide(ctx, d)?,
         Message::LearnRequest(r) => state.acceptor.on_learn_request(ctx, from, r),
         Message::Trimmed(t) => state.acceptor.on_trimmed(ctx, t)?,
+        Message::Checkpointed(c) => state.acceptor.on_checkpointed(ctx, from, c),
         Message::Heartbeat(_) => {}
     }
     settle(ctx, state);
