@@ -582,15 +582,20 @@ fn a_wiped_replica_behind_the_trim_point_is_rebuilt_from_another_replicas_checkp
             "keys left for the second writers"
         );
         // Idle rings decide nothing more: the checkpoint that follows the
-        // last commands is the last, and both replicas report it.
-        let before = (written_count(101), written_count(102));
-        common::eventually(
-            minute,
-            || written_count(101) > before.0 && written_count(102) > before.1,
-            || "no checkpoint after the load".to_string(),
-        )
-        .await;
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // last commands is the last, and both replicas report it. Wait
+        // until no checkpoint has been written for a second.
+        let mut seen = (written_count(101), written_count(102));
+        let mut quiet = 0;
+        while quiet < 10 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let now = (written_count(101), written_count(102));
+            quiet = if now == seen { quiet + 1 } else { 0 };
+            seen = now;
+        }
+        assert!(
+            seen.0 > 0 && seen.1 > 0,
+            "both replicas checkpointed: {seen:?}"
+        );
         cluster.kill(101);
         std::fs::remove_dir_all(&dir101).unwrap();
         cluster.spawn(101);
