@@ -563,14 +563,6 @@ fn a_wiped_replica_behind_the_trim_point_is_rebuilt_from_another_replicas_checkp
     cluster.start_all();
     let dir = |id: u32| cluster.dir().join(format!("replica-{id}"));
     let (dir101, dir102) = (dir(101), dir(102));
-    let logs = (cluster.log(101), cluster.log(102));
-    let written_count = |id: u32| {
-        let log = if id == 101 { &logs.0 } else { &logs.1 };
-        std::fs::read_to_string(log)
-            .unwrap_or_default()
-            .matches("checkpoint written")
-            .count()
-    };
     runtime().block_on(async {
         let tree = cluster.client().await;
         let minute = Duration::from_secs(60);
@@ -581,25 +573,24 @@ fn a_wiped_replica_behind_the_trim_point_is_rebuilt_from_another_replicas_checkp
             written.acknowledged.len() < 4_000,
             "keys left for the second writers"
         );
-        // Idle rings decide nothing more: the checkpoint that follows the
-        // last commands is the last, and both replicas report it. Wait
-        // until no checkpoint has been written for a second.
-        let mut seen = (written_count(101), written_count(102));
-        let mut quiet = 0;
-        while quiet < 10 {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            let now = (written_count(101), written_count(102));
-            quiet = if now == seen { quiet + 1 } else { 0 };
-            seen = now;
-        }
-        assert!(
-            seen.0 > 0 && seen.1 > 0,
-            "both replicas checkpointed: {seen:?}"
-        );
+        // Both replicas have checkpointed (and so reported) the same point.
+        let newest = |dir: &std::path::Path| {
+            let mut files: Vec<_> = std::fs::read_dir(dir)
+                .map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect())
+                .unwrap_or_default();
+            files.sort();
+            files.pop()
+        };
+        let same = || {
+            let name =
+                |dir| newest(dir).map(|p: std::path::PathBuf| p.file_name().map(|n| n.to_owned()));
+            name(&dir101).flatten().is_some() && name(&dir101) == name(&dir102)
+        };
+        common::eventually(minute, same, || "no common checkpoint".to_string()).await;
         cluster.kill(101);
         std::fs::remove_dir_all(&dir101).unwrap();
         cluster.spawn(101);
-        let status = cluster.wait_exit(101, minute);
+        let status = cluster.wait_exit(101, minute).await;
         assert!(
             !status.success(),
             "a replica that cannot catch up exits non-zero"
@@ -609,15 +600,9 @@ fn a_wiped_replica_behind_the_trim_point_is_rebuilt_from_another_replicas_checkp
             log101.contains("were trimmed") && log101.contains("copy the newest"),
             "{log101}"
         );
-        let mut files: Vec<_> = std::fs::read_dir(&dir102)
-            .unwrap()
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .collect();
-        files.sort();
-        let newest = files.last().expect("102 has a checkpoint");
+        let newest = newest(&dir102).expect("102 has a checkpoint");
         std::fs::create_dir_all(&dir101).unwrap();
-        std::fs::copy(newest, dir101.join(newest.file_name().unwrap())).unwrap();
+        std::fs::copy(&newest, dir101.join(newest.file_name().unwrap())).unwrap();
         cluster.spawn(101);
         cluster
             .wait_for_log(101, "resuming from a checkpoint", minute)

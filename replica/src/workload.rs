@@ -315,12 +315,19 @@ pub fn feed<S: ConflictModel, T>(
     streams: &Streams<T>,
     seed: u64,
 ) -> Result<(), EngineError> {
+    feed_rings(engine, &streams.rings, seed)
+}
+
+/// Delivers every ring's instances of `rings` to `engine`, interleaved as
+/// [`feed`] does.
+pub fn feed_rings<S: ConflictModel>(
+    engine: &Engine<S>,
+    rings: &BTreeMap<RingId, Vec<(Instance, Value)>>,
+    seed: u64,
+) -> Result<(), EngineError> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut cursors: Vec<(RingId, &[(Instance, Value)])> = streams
-        .rings
-        .iter()
-        .map(|(&r, s)| (r, s.as_slice()))
-        .collect();
+    let mut cursors: Vec<(RingId, &[(Instance, Value)])> =
+        rings.iter().map(|(&r, s)| (r, s.as_slice())).collect();
     while !cursors.is_empty() {
         let pick = rng.random_range(0..cursors.len());
         let (ring, rest) = &mut cursors[pick];

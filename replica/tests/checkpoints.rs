@@ -17,13 +17,11 @@ use std::sync::mpsc;
 
 use bytes::Bytes;
 use psmr_core::proto::{Command, CommandId, Instance, ProposerId, RingId, Value};
-use psmr_core::{Answerers, ClientId, ConflictModel, GroupMapping, Marker, Reply, Service};
+use psmr_core::{Answerers, ConflictModel, GroupMapping, Marker, Reply, Service};
 use psmr_replica::engine::{Captured, EngineImage, Resume, Start};
-use psmr_replica::workload::{self, CollectSink, Submission, WorkloadOptions};
+use psmr_replica::workload::{self, CollectSink, WorkloadOptions};
 use psmr_replica::{Engine, EngineConfig, Jitter};
-use psmr_services::{
-    LinkedList, ListOp, ListService, MAX_FIELDS, TupleModel, TupleOp, TupleService, TupleSpace,
-};
+use psmr_services::{LinkedList, ListService, TupleModel, TupleService, TupleSpace};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -96,21 +94,7 @@ fn run<S: ConflictModel>(
     let (tx, rx) = mpsc::channel();
     let engine = Engine::start_with(service.clone(), start, config, sink.clone(), Some(tx))
         .expect("the engine starts");
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut cursors: Vec<(RingId, &[(Instance, Value)])> =
-        rings.iter().map(|(&r, s)| (r, s.as_slice())).collect();
-    while !cursors.is_empty() {
-        let pick = rng.random_range(0..cursors.len());
-        let (ring, rest) = &mut cursors[pick];
-        let take = rng.random_range(1..=8).min(rest.len());
-        for (instance, value) in &rest[..take] {
-            engine.deliver(*ring, *instance, value.clone()).unwrap();
-        }
-        *rest = &rest[take..];
-        if rest.is_empty() {
-            cursors.swap_remove(pick);
-        }
-    }
+    workload::feed_rings(&engine, rings, seed).unwrap();
     let finished = engine.finish().expect("the engine finishes");
     let checkpoints = rx.try_iter().collect();
     (clients_replies(sink.take()), finished.state, checkpoints)
@@ -136,16 +120,8 @@ where
     let config = common::draw_config(&mut rng);
     let dependent = rng.random_range(0..=100) as f64 / 100.0;
     let clients = rng.random_range(1..=5u64);
-    let submissions: Vec<Submission> = (0..rng.random_range(50..300))
-        .map(|_| {
-            let client = ClientId(rng.random_range(1..=clients));
-            let is_dependent = rng.random_bool(dependent);
-            Submission {
-                client,
-                op: op(&mut rng, is_dependent),
-            }
-        })
-        .collect();
+    let count = rng.random_range(50..300);
+    let submissions = common::submissions(&mut rng, count, clients, dependent, op);
     let options = WorkloadOptions {
         round: rng.random_range(1..=30),
         resend: 0.1,
@@ -236,44 +212,25 @@ where
 
 #[test]
 fn an_engine_resumed_from_a_checkpoint_goes_on_as_the_one_that_never_stopped_list() {
-    let op = |rng: &mut ChaCha8Rng, dependent: bool| {
-        let x = rng.random_range(0..40);
-        match (dependent, rng.random_bool(0.5)) {
-            (true, true) => ListOp::Add(x),
-            (true, false) => ListOp::Remove(x),
-            (false, true) => ListOp::Contains(x),
-            (false, false) => ListOp::Get(x),
-        }
-        .encode()
-    };
     for seed in seeds() {
-        check_seed(ListService, || LinkedList::from_values(0..20), seed, op);
+        check_seed(
+            ListService,
+            || LinkedList::from_values(0..20),
+            seed,
+            common::list_op,
+        );
     }
 }
 
 #[test]
 fn an_engine_resumed_from_a_checkpoint_goes_on_as_the_one_that_never_stopped_tuples() {
-    let op = |rng: &mut ChaCha8Rng, dependent: bool| {
-        let fields = rng.random_range(1..=MAX_FIELDS);
-        let template = (0..fields)
-            .map(|_| rng.random_bool(0.6).then(|| rng.random_range(0..3)))
-            .collect();
-        let tuple = |rng: &mut ChaCha8Rng, n| (0..n).map(|_| rng.random_range(0..3)).collect();
-        match (dependent, rng.random_range(0..3)) {
-            (false, _) => TupleOp::Rdp(template),
-            (true, 0) => TupleOp::Out(tuple(rng, fields)),
-            (true, 1) => TupleOp::Inp(template),
-            (true, _) => TupleOp::Cas(template, tuple(rng, fields)),
-        }
-        .encode()
-    };
     for seed in seeds() {
         let model = [TupleModel::Simple, TupleModel::Extended][seed as usize % 2];
         check_seed(
             TupleService { model },
             TupleSpace::default,
             seed + 10_000,
-            op,
+            common::tuple_op,
         );
     }
 }

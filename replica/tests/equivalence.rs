@@ -14,8 +14,8 @@ use psmr_core::{ClientId, ConflictModel, EngineKind, GroupMapping, Service};
 use psmr_replica::workload::{self, Submission, WorkloadOptions};
 use psmr_replica::{EngineConfig, Policy};
 use psmr_services::{
-    LinkedList, ListOp, ListService, MAX_FIELDS, NullOp, NullService, TupleModel, TupleOp,
-    TupleService, TupleSpace,
+    LinkedList, ListOp, ListService, MAX_FIELDS, NullOp, NullService, TupleModel, TupleService,
+    TupleSpace,
 };
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -35,16 +35,7 @@ where
     let dependent = rng.random_range(0..=100) as f64 / 100.0;
     let clients = rng.random_range(1..=6u64);
     let count = rng.random_range(50..400);
-    let submissions: Vec<Submission> = (0..count)
-        .map(|_| {
-            let client = ClientId(rng.random_range(1..=clients));
-            let is_dependent = rng.random_bool(dependent);
-            Submission {
-                client,
-                op: op(&mut rng, is_dependent),
-            }
-        })
-        .collect();
+    let submissions = common::submissions(&mut rng, count, clients, dependent, op);
     let options = WorkloadOptions {
         round: rng.random_range(1..=40),
         resend: 0.05,
@@ -97,40 +88,18 @@ fn null_service_engines_match_sequential_execution() {
 
 #[test]
 fn linked_list_engines_match_sequential_execution() {
-    let op = |rng: &mut ChaCha8Rng, dependent: bool| {
-        let x = rng.random_range(0..40);
-        let op = match (dependent, rng.random_bool(0.5)) {
-            (true, true) => ListOp::Add(x),
-            (true, false) => ListOp::Remove(x),
-            (false, true) => ListOp::Contains(x),
-            (false, false) => ListOp::Get(x),
-        };
-        op.encode()
-    };
     for seed in seeds() {
-        check_seed(ListService, || LinkedList::from_values(0..20), seed, op);
+        check_seed(
+            ListService,
+            || LinkedList::from_values(0..20),
+            seed,
+            common::list_op,
+        );
     }
 }
 
 #[test]
 fn tuple_space_engines_match_sequential_execution() {
-    let op = |rng: &mut ChaCha8Rng, dependent: bool| {
-        let fields = rng.random_range(1..=MAX_FIELDS);
-        let template = (0..fields)
-            .map(|_| rng.random_bool(0.6).then(|| rng.random_range(0..3)))
-            .collect();
-        let tuple = |rng: &mut ChaCha8Rng, n| (0..n).map(|_| rng.random_range(0..3)).collect();
-        let op = match (dependent, rng.random_range(0..3)) {
-            (false, _) => TupleOp::Rdp(template),
-            (true, 0) => TupleOp::Out(tuple(rng, fields)),
-            (true, 1) => TupleOp::Inp(template),
-            (true, _) => {
-                let n = rng.random_range(1..=MAX_FIELDS);
-                TupleOp::Cas(template, tuple(rng, n))
-            }
-        };
-        op.encode()
-    };
     let space = || {
         let mut rng = ChaCha8Rng::seed_from_u64(7);
         TupleSpace::from_tuples((0..200).map(|i| {
@@ -140,7 +109,7 @@ fn tuple_space_engines_match_sequential_execution() {
     };
     for seed in seeds() {
         let model = [TupleModel::Simple, TupleModel::Extended][seed as usize % 2];
-        check_seed(TupleService { model }, space, seed, op);
+        check_seed(TupleService { model }, space, seed, common::tuple_op);
     }
 }
 

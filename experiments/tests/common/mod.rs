@@ -218,20 +218,15 @@ impl TestCluster {
     }
 
     /// Waits up to `within` for node `id` to exit by itself; its status.
-    pub fn wait_exit(&mut self, id: u32, within: Duration) -> std::process::ExitStatus {
-        let child = self.children.get_mut(&id).expect("node runs");
-        let deadline = std::time::Instant::now() + within;
-        loop {
-            if let Some(status) = child.try_wait().expect("try_wait") {
-                self.children.remove(&id);
-                return status;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "node {id} did not exit"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+    pub async fn wait_exit(&mut self, id: u32, within: Duration) -> std::process::ExitStatus {
+        let mut child = self.children.remove(&id).expect("node runs");
+        let mut status = None;
+        let exited = || {
+            status = child.try_wait().expect("try_wait");
+            status.is_some()
+        };
+        eventually(within, exited, || format!("node {id} did not exit")).await;
+        status.expect("it exited")
     }
 
     /// Kills node `id` with SIGKILL and reaps it.
