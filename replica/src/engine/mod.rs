@@ -537,11 +537,11 @@ impl<S: ConflictModel> Engine<S> {
         config.validate()?;
         let threads = config.threads();
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let rings = matches!(
-            config.kind,
-            EngineKind::Smr | EngineKind::Psmr | EngineKind::OptPsmr
-        );
-        let merges = if rings { threads } else { 1 };
+        let merges = if merges_per_worker(config.kind) {
+            threads
+        } else {
+            1
+        };
         let (state, resume) = match start {
             Start::Fresh(state) => (EngineState::new(state, threads), None),
             Start::Resume(Resume { mut engine, state }) => {
@@ -566,60 +566,7 @@ impl<S: ConflictModel> Engine<S> {
             config,
             checkpoints: Mutex::new(Assembly::new(merges, checkpoints)),
         });
-        let number = resume.as_ref().map_or(0, |r| r.number);
-        let merger = |merge: usize, rings: &[RingId]| -> Result<Merger, EngineError> {
-            let m = shared.config.merge_m;
-            let merger = match &resume {
-                None => Merger::new(rings, m),
-                Some(r) => Merger::resume(&r.merges[merge], m),
-            };
-            let merger = merger.map_err(|e| EngineError::Resume {
-                number,
-                problem: e.to_string(),
-            })?;
-            let mut expected = rings.to_vec();
-            expected.sort_unstable();
-            if merger.rings() != expected {
-                return Err(EngineError::Resume {
-                    number,
-                    problem: format!("merge {merge} is of rings {:?}", merger.rings()),
-                });
-            }
-            Ok(merger)
-        };
-        let front = match shared.config.kind {
-            EngineKind::Smr | EngineKind::Psmr | EngineKind::OptPsmr => {
-                let mut slots = Vec::with_capacity(threads);
-                for t in 0..threads {
-                    let mut rings = vec![shared.config.all_ring];
-                    rings.extend(shared.config.thread_rings.get(t).copied());
-                    let merger = merger(t, &rings)?;
-                    slots.push(Arc::new(worker::Slot::new(&shared, t, merger, number)));
-                }
-                Front::Rings(Slots(slots))
-            }
-            kind => {
-                let merger = merger(0, &[shared.config.all_ring])?;
-                let intake = resume
-                    .as_ref()
-                    .map(|r| intake::Intake::from_image(&r.intake));
-                let stage = if kind == EngineKind::Cbase {
-                    Stage::Cbase(Arc::new(cbase::Parallelizer::new(&shared, intake)))
-                } else {
-                    let active = resume.as_ref().and_then(|r| r.active);
-                    Stage::Classes(Mutex::new(classes::Scheduler::new(
-                        &shared, intake, active,
-                    )?))
-                };
-                Front::Single {
-                    merger: Mutex::new(SingleMerge {
-                        merger,
-                        last_marker: number,
-                    }),
-                    stage,
-                }
-            }
-        };
+        let front = Front::build(&shared, resume.as_ref())?;
         Ok(Engine {
             shared,
             front,
@@ -790,6 +737,78 @@ impl<S: ConflictModel> Engine<S> {
             reconfigurations,
         })
     }
+}
+
+impl<S: ConflictModel> Front<S> {
+    /// The front of a new engine, or of one resumed from `resume`.
+    fn build(
+        shared: &Arc<Shared<S>>,
+        resume: Option<&EngineImage>,
+    ) -> Result<Front<S>, EngineError> {
+        let config = &shared.config;
+        let number = resume.map_or(0, |r| r.number);
+        if merges_per_worker(config.kind) {
+            let mut slots = Vec::with_capacity(config.threads());
+            for t in 0..config.threads() {
+                let mut rings = vec![config.all_ring];
+                rings.extend(config.thread_rings.get(t).copied());
+                let merger = merger_of(config, resume, t, &rings)?;
+                slots.push(Arc::new(worker::Slot::new(shared, t, merger, number)));
+            }
+            return Ok(Front::Rings(Slots(slots)));
+        }
+        let merger = merger_of(config, resume, 0, &[config.all_ring])?;
+        let intake = resume.map(|r| intake::Intake::from_image(&r.intake));
+        let stage = if config.kind == EngineKind::Cbase {
+            Stage::Cbase(Arc::new(cbase::Parallelizer::new(shared, intake)))
+        } else {
+            let active = resume.and_then(|r| r.active);
+            Stage::Classes(Mutex::new(classes::Scheduler::new(shared, intake, active)?))
+        };
+        Ok(Front::Single {
+            merger: Mutex::new(SingleMerge {
+                merger,
+                last_marker: number,
+            }),
+            stage,
+        })
+    }
+}
+
+/// smr, psmr and opt-psmr: each worker merges its rings itself; cbase and
+/// classes merge `g_all` once, in front of their workers.
+fn merges_per_worker(kind: EngineKind) -> bool {
+    matches!(
+        kind,
+        EngineKind::Smr | EngineKind::Psmr | EngineKind::OptPsmr
+    )
+}
+
+/// Merge `merge` of `rings`: new, or resumed from its cut in `resume`.
+fn merger_of(
+    config: &EngineConfig,
+    resume: Option<&EngineImage>,
+    merge: usize,
+    rings: &[RingId],
+) -> Result<Merger, EngineError> {
+    let number = resume.map_or(0, |r| r.number);
+    let merger = match resume {
+        None => Merger::new(rings, config.merge_m),
+        Some(r) => Merger::resume(&r.merges[merge], config.merge_m),
+    };
+    let merger = merger.map_err(|e| EngineError::Resume {
+        number,
+        problem: e.to_string(),
+    })?;
+    let mut expected = rings.to_vec();
+    expected.sort_unstable();
+    if merger.rings() != expected {
+        return Err(EngineError::Resume {
+            number,
+            problem: format!("merge {merge} is of rings {:?}", merger.rings()),
+        });
+    }
+    Ok(merger)
 }
 
 impl<S: ConflictModel> Stage<S> {
