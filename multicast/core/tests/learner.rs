@@ -130,6 +130,55 @@ fn a_gap_is_asked_for_after_the_recovery_timeout() {
     assert!([N1, N2, N3].contains(&asked[0].to));
 }
 
+/// The learn requests queued, as (from, to).
+fn asks(l: &mut Learner) -> Vec<(u64, u64)> {
+    std::iter::from_fn(|| l.poll_transmit())
+        .filter_map(|t| match t.message {
+            Message::LearnRequest(r) => Some((r.from, r.to)),
+            _ => None,
+        })
+        .collect()
+}
+
+// Contract: a learner far behind asks for the next batches as soon as an
+// answer moves its frontier, without waiting for a tick, keeping several
+// batches in flight; `hold` stops every ask until released; `caught_up`
+// says whether it is within the slack of the newest decision it heard of.
+#[test]
+fn a_learner_far_behind_pipelines_its_asks_and_holds_them_when_told() {
+    let t0 = Instant::now();
+    let b = Params::default().recovery_batch;
+    let mut l = learner(t0);
+    l.handle_message(t0, N1, decide(100 * b, Value::Skip(1)));
+    assert!(!l.caught_up(b));
+    l.handle_timeout(t0);
+    let t1 = t0 + Params::default().recovery_timeout + Duration::from_millis(1);
+    l.handle_timeout(t1);
+    assert_eq!(asks(&mut l), [(0, b)]);
+    l.handle_message(t1, N1, decide(0, Value::Skip(1)));
+    let ahead = asks(&mut l);
+    assert!(ahead.len() > 1, "several batches ahead at once: {ahead:?}");
+    assert!(
+        ahead.windows(2).all(|w| w[0].1 == w[1].0) && ahead[0].0 == b,
+        "consecutive, from the end of the first ask: {ahead:?}"
+    );
+    l.hold(true);
+    for i in 1..b {
+        l.handle_message(t1, N1, decide(i, Value::Skip(1)));
+    }
+    l.handle_timeout(t1 + Duration::from_secs(1));
+    assert_eq!(asks(&mut l), [], "held: no asks");
+    l.hold(false);
+    l.handle_message(t1, N1, decide(b, Value::Skip(1)));
+    l.handle_timeout(t1 + Duration::from_secs(2));
+    assert!(!asks(&mut l).is_empty(), "released: it asks again");
+    assert!(!l.caught_up(b));
+    for i in b + 1..=100 * b {
+        l.handle_message(t1, N1, decide(i, Value::Skip(1)));
+    }
+    assert!(l.caught_up(0));
+}
+
 // Contract: decisions trimmed before the learner got them are reported as
 // lost, and the ring delivers nothing more (the replica must be rebuilt).
 #[test]

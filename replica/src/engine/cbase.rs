@@ -165,6 +165,11 @@ impl<S: ConflictModel> Parallelizer<S> {
         Ok(())
     }
 
+    /// Commands delivered that wait outside the graph for the window.
+    pub fn queued(&self) -> usize {
+        lock(&self.dag).backlog.len()
+    }
+
     /// The oldest command with no incomplete predecessor; waits for one;
     /// `None` once closed and drained (CBASE's `next_request`).
     pub fn next_request(&self) -> Option<Task> {

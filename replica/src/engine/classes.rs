@@ -268,6 +268,8 @@ pub(super) struct Scheduler<S: ConflictModel> {
     active: usize,
     queues: Vec<mpsc::Sender<Vec<Item>>>,
     receivers: Vec<Option<mpsc::Receiver<Vec<Item>>>>,
+    /// Batches sent to the workers and not yet run.
+    queued: Arc<AtomicUsize>,
     outgoing: Vec<Vec<Item>>,
     policy: Box<dyn ReconfigPolicy>,
     /// What `policy` was built from: a checkpoint's cut starts it anew.
@@ -277,8 +279,8 @@ pub(super) struct Scheduler<S: ConflictModel> {
     intake: Intake,
 }
 
-/// The queue of one worker.
-pub(super) type Queue = mpsc::Receiver<Vec<Item>>;
+/// The queue of one worker, and the count of batches queued to all.
+pub(super) type Queue = (mpsc::Receiver<Vec<Item>>, Arc<AtomicUsize>);
 
 impl<S: ConflictModel> Scheduler<S> {
     /// The scheduler of an engine; `intake` and `active`: a checkpoint's.
@@ -311,6 +313,7 @@ impl<S: ConflictModel> Scheduler<S> {
             active,
             queues,
             receivers,
+            queued: Arc::default(),
             outgoing: (0..config.workers).map(|_| Vec::new()).collect(),
             policy: config.policy.build(),
             policy_spec: config.policy.clone(),
@@ -333,9 +336,15 @@ impl<S: ConflictModel> Scheduler<S> {
     }
 
     pub(super) fn take_queue(&mut self, thread: usize) -> Queue {
-        self.receivers[thread]
+        let queue = self.receivers[thread]
             .take()
-            .expect("each queue is taken once")
+            .expect("each queue is taken once");
+        (queue, self.queued.clone())
+    }
+
+    /// Batches sent to the workers that they have not run yet.
+    pub(super) fn queued(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
     }
 
     /// The reconfigurations so far.
@@ -350,6 +359,7 @@ impl<S: ConflictModel> Scheduler<S> {
         }
         for (queue, items) in self.queues.iter().zip(&mut self.outgoing) {
             if !items.is_empty() {
+                self.queued.fetch_add(1, Ordering::Relaxed);
                 queue
                     .send(std::mem::take(items))
                     .map_err(|_| EngineError::Stopped)?;
@@ -456,7 +466,7 @@ impl<S: ConflictModel> Scheduler<S> {
 pub(super) fn run<S: ConflictModel>(
     shared: &Shared<S>,
     thread: usize,
-    queue: Queue,
+    (queue, queued): Queue,
 ) -> ExecMetrics {
     let _stop = StopGuard(shared, None);
     let mut worker = Worker {
@@ -484,6 +494,7 @@ pub(super) fn run<S: ConflictModel>(
             shared.sink.replies(thread, &mut worker.replies);
             worker.replies.clear();
         }
+        queued.fetch_sub(1, Ordering::Relaxed);
     }
     worker.metrics
 }

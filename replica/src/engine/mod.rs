@@ -474,6 +474,10 @@ enum Stage<S: ConflictModel> {
     Classes(Mutex<classes::Scheduler<S>>),
 }
 
+/// Inputs queued for the workers beyond which [`Engine::behind`] says so:
+/// enough to keep every worker busy for a while, little memory.
+const BEHIND: usize = 1024;
+
 /// An engine: its workers, their inputs, the shared state.
 pub struct Engine<S: ConflictModel> {
     shared: Arc<Shared<S>>,
@@ -695,6 +699,22 @@ impl<S: ConflictModel> Engine<S> {
             outcome = outcome.and(slot.retry(&self.shared));
         }
         outcome
+    }
+
+    /// Whether the workers have a backlog: more than [`BEHIND`] inputs
+    /// (instances for the merging engines, batches for classes, commands
+    /// beyond the graph's window for cbase) delivered and not yet taken.
+    /// A replica catching up holds its learner back meanwhile, so that
+    /// fetching faster than executing does not pile decisions up in memory.
+    pub fn behind(&self) -> bool {
+        let queued = match &self.front {
+            Front::Rings(slots) => slots.0.iter().map(|s| s.queued()).max().unwrap_or(0),
+            Front::Single { stage, .. } => match stage {
+                Stage::Cbase(parallelizer) => parallelizer.queued(),
+                Stage::Classes(scheduler) => lock(scheduler).queued(),
+            },
+        };
+        queued > BEHIND
     }
 
     /// Waits until every delivered command that can be merged is executed,

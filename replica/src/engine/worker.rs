@@ -213,6 +213,11 @@ impl Slot {
         Ok(())
     }
 
+    /// Inputs queued that the worker has not taken yet.
+    pub(super) fn queued(&self) -> usize {
+        lock(&self.queue).items.len()
+    }
+
     /// Wakes the thread for work handed back by [`Slot::offer`].
     pub(super) fn wake(&self) {
         self.ready.notify_one();

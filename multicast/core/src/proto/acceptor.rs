@@ -142,7 +142,7 @@ impl AcceptorRing {
             hint: (Ballot::ZERO, frontier),
             // The ring does not wait on an acceptor that catches up: it does
             // so at a pace that leaves the live traffic most of the machine.
-            catchup: Catchup::new(frontier, now, params.recovery_timeout / 2),
+            catchup: Catchup::new(frontier, now, params.recovery_timeout / 2, 1),
             last_batch_at: None,
             persisted_frontier: frontier,
             decided_bytes,

@@ -4,16 +4,20 @@
 //! instances, rotating through acceptors on every ask. When nothing at all
 //! has arrived for ten timeouts, ask anyway, in case the tail was lost.
 //!
-//! An answer that moves the frontier while a gap remains is followed by the
-//! next ask at once (at most one per `pace`), to the same acceptor: a node
-//! that was cut off for a long time catches up at one `recovery_batch` per
-//! round trip, not per `recovery_timeout` (after a partition of seconds, the
-//! rings may have decided many thousands of instances). Learners, which
-//! replicas wait on, ask as fast as answers come; acceptors, which the ring
-//! does not wait on, at a pace that leaves the live traffic most of the
-//! machine.
+//! An answer that moves the frontier while a gap remains starts a
+//! *pipeline*: asks of `recovery_batch` instances each, to the same
+//! acceptor, keeping up to `window` batches asked beyond the frontier, so a
+//! node that is far behind (a replica restarted from a checkpoint, a node
+//! cut off for seconds) fetches at the rate of the link and of its own
+//! execution, not one batch per round trip or per tick. The pipeline stops
+//! when the gap is closed, or when the frontier stops moving for a
+//! `recovery_timeout` (an answer was lost: the timed path asks again from
+//! the frontier, of the next acceptor). Learners, which replicas wait on,
+//! pipeline deep and ask as fast as answers come; acceptors, which the ring
+//! does not wait on, one batch ahead at a pace that leaves the live traffic
+//! most of the machine.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::config::Params;
 use super::messages::LearnRequest;
@@ -26,35 +30,56 @@ pub(crate) struct Catchup {
     last_frontier: Instance,
     last_progress: Instant,
     next_peer: usize,
-    /// An answer moved the frontier: ask for the rest now, of the same peer.
-    follow_up: bool,
+    /// Answers to our asks are coming: keep asking ahead of the frontier.
+    pipelining: bool,
+    /// The end of the last range asked for.
+    asked_to: Instance,
     /// When the last request left.
     last_ask: Option<Instant>,
-    /// Least time between a request and the follow-up of its answer.
-    pace: std::time::Duration,
+    /// Least time between two asks of a pipeline.
+    pace: Duration,
+    /// Most batches asked for beyond the frontier.
+    window: u64,
 }
 
 impl Catchup {
-    /// Gap recovery from `frontier`, following answers up at most once per `pace`.
-    pub(crate) fn new(frontier: Instance, now: Instant, pace: std::time::Duration) -> Self {
+    /// Gap recovery from `frontier`, pipelining up to `window` batches
+    /// ahead, at most one ask per `pace`.
+    pub(crate) fn new(frontier: Instance, now: Instant, pace: Duration, window: u64) -> Self {
+        assert!(window >= 1, "a pipeline asks for at least one batch");
         Catchup {
             gap_since: None,
             last_request: None,
             last_frontier: frontier,
             last_progress: now,
             next_peer: 0,
-            follow_up: false,
+            pipelining: false,
+            asked_to: frontier,
             last_ask: None,
             pace,
+            window,
         }
     }
 
     /// How long the frontier has not moved.
-    pub(crate) fn stalled_for(&self, now: Instant) -> std::time::Duration {
+    pub(crate) fn stalled_for(&self, now: Instant) -> Duration {
         now.duration_since(self.last_progress)
     }
 
-    /// A request to send now, if one is due.
+    /// Whether a pipeline is running (asks follow answers at once).
+    #[cfg(test)]
+    fn pipelining(&self) -> bool {
+        self.pipelining
+    }
+
+    /// Whether answers to an ask are expected: then progress of the
+    /// frontier should be followed by [`Catchup::poll`] at once.
+    pub(crate) fn asking(&self) -> bool {
+        self.pipelining || self.last_request.is_some()
+    }
+
+    /// A request to send now, if one is due. Call again until `None`: a
+    /// pipeline may have several asks due at once.
     pub(crate) fn poll(
         &mut self,
         now: Instant,
@@ -65,27 +90,20 @@ impl Catchup {
         params: &Params,
     ) -> Option<(NodeId, LearnRequest)> {
         if frontier != self.last_frontier {
-            self.follow_up = self.last_request.is_some();
+            self.pipelining |= self.last_request.is_some();
             self.last_frontier = frontier;
             self.last_progress = now;
             self.gap_since = None;
             self.last_request = None;
         }
         let wait = params.recovery_timeout;
-        if self.follow_up && horizon > frontier && !peers.is_empty() {
-            if self
-                .last_ask
-                .is_some_and(|t| now.duration_since(t) < self.pace)
-            {
-                return None;
+        if self.pipelining {
+            if horizon <= frontier || peers.is_empty() || self.stalled_for(now) >= wait {
+                self.pipelining = false;
+            } else {
+                return self.ahead(now, ring, frontier, horizon, peers, params);
             }
-            self.follow_up = false;
-            self.last_request = Some(now);
-            self.last_ask = Some(now);
-            let peer = peers[self.next_peer.wrapping_sub(1) % peers.len()];
-            return Some((peer, request(ring, frontier, horizon, params)));
         }
-        self.follow_up = false;
         let due_after = if horizon > frontier {
             let since = *self.gap_since.get_or_insert(now);
             if now.duration_since(since) < wait {
@@ -110,7 +128,38 @@ impl Catchup {
         self.last_ask = Some(now);
         let peer = peers[self.next_peer % peers.len()];
         self.next_peer = self.next_peer.wrapping_add(1);
-        Some((peer, request(ring, frontier, horizon, params)))
+        let request = request(ring, frontier, horizon, params);
+        self.asked_to = request.to;
+        Some((peer, request))
+    }
+
+    /// The next ask of a pipeline, if the window and the pace allow it.
+    fn ahead(
+        &mut self,
+        now: Instant,
+        ring: RingId,
+        frontier: Instance,
+        horizon: Instance,
+        peers: &[NodeId],
+        params: &Params,
+    ) -> Option<(NodeId, LearnRequest)> {
+        let from = self.asked_to.max(frontier);
+        let window_end = frontier.saturating_add(self.window.saturating_mul(params.recovery_batch));
+        if from >= horizon || from >= window_end {
+            return None;
+        }
+        if self
+            .last_ask
+            .is_some_and(|t| now.duration_since(t) < self.pace)
+        {
+            return None;
+        }
+        self.last_request = Some(now);
+        self.last_ask = Some(now);
+        let peer = peers[self.next_peer.wrapping_sub(1) % peers.len()];
+        let request = request(ring, from, horizon, params);
+        self.asked_to = request.to;
+        Some((peer, request))
     }
 }
 
@@ -141,7 +190,7 @@ mod tests {
         let params = Params::default();
         let t0 = Instant::now();
         let peers = [NodeId(1), NodeId(2)];
-        let mut c = Catchup::new(5, t0, Duration::ZERO);
+        let mut c = Catchup::new(5, t0, Duration::ZERO, 1);
         assert!(c.poll(t0, RingId(0), 5, 9, &peers, &params).is_none());
         let t1 = t0 + params.recovery_timeout;
         let (to, req) = c.poll(t1, RingId(0), 5, 9, &peers, &params).unwrap();
@@ -178,7 +227,7 @@ mod tests {
         let params = Params::default();
         let t0 = Instant::now();
         let peers = [NodeId(1), NodeId(2)];
-        let mut c = Catchup::new(0, t0, Duration::ZERO);
+        let mut c = Catchup::new(0, t0, Duration::ZERO, 1);
         assert!(c.poll(t0, RingId(0), 0, 10_000, &peers, &params).is_none());
         let t1 = t0 + params.recovery_timeout;
         let (to, req) = c.poll(t1, RingId(0), 0, 10_000, &peers, &params).unwrap();
@@ -195,8 +244,82 @@ mod tests {
             "no progress, no follow-up"
         );
         // Progress without an ask of ours (ordinary decisions) waits as before.
-        let mut quiet = Catchup::new(0, t0, Duration::ZERO);
+        let mut quiet = Catchup::new(0, t0, Duration::ZERO, 1);
         assert!(quiet.poll(t0, RingId(0), 5, 9, &peers, &params).is_none());
+    }
+
+    // A replica restarted far behind: once answers come, asks keep `window`
+    // batches in flight ahead of the frontier, never overlapping; a lost
+    // answer (no progress for a timeout) falls back to the timed ask from
+    // the frontier, of the next acceptor; a closed gap ends the pipeline.
+    #[test]
+    fn a_pipeline_keeps_its_window_of_batches_in_flight() {
+        let params = Params::default();
+        let b = params.recovery_batch;
+        let t0 = Instant::now();
+        let peers = [NodeId(1), NodeId(2)];
+        let mut c = Catchup::new(0, t0, Duration::ZERO, 4);
+        let ring = RingId(0);
+        assert!(c.poll(t0, ring, 0, 100 * b, &peers, &params).is_none());
+        let t1 = t0 + params.recovery_timeout;
+        let (_, first) = c.poll(t1, ring, 0, 100 * b, &peers, &params).unwrap();
+        assert_eq!((first.from, first.to), (0, b));
+        let t2 = t1 + Duration::from_micros(100);
+        let asks: Vec<_> = std::iter::from_fn(|| c.poll(t2, ring, 1, 100 * b, &peers, &params))
+            .map(|(to, r)| (to, r.from, r.to))
+            .collect();
+        assert_eq!(
+            asks,
+            [
+                (NodeId(1), b, 2 * b),
+                (NodeId(1), 2 * b, 3 * b),
+                (NodeId(1), 3 * b, 4 * b),
+                (NodeId(1), 4 * b, 5 * b)
+            ],
+            "asks start below frontier 1 + 4 batches, each where the last ended"
+        );
+        let (_, next) = c.poll(t2, ring, b + 1, 100 * b, &peers, &params).unwrap();
+        assert_eq!(
+            (next.from, next.to),
+            (5 * b, 6 * b),
+            "the window slid by a batch"
+        );
+        assert!(c.poll(t2, ring, b + 1, 100 * b, &peers, &params).is_none());
+        let stalled = t2 + params.recovery_timeout;
+        assert!(
+            c.poll(stalled, ring, b + 1, 100 * b, &peers, &params)
+                .is_none()
+        );
+        let (to, again) = c
+            .poll(
+                stalled + params.recovery_timeout,
+                ring,
+                b + 1,
+                100 * b,
+                &peers,
+                &params,
+            )
+            .expect("the timed ask, after the gap persisted");
+        assert_eq!((to, again.from), (NodeId(2), b + 1));
+        let t3 = stalled + params.recovery_timeout * 2;
+        let near_end = 100 * b - 10;
+        let (_, tail) = c
+            .poll(t3, ring, near_end, 100 * b, &peers, &params)
+            .unwrap();
+        assert_eq!(
+            (tail.from, tail.to),
+            (near_end, 100 * b),
+            "asks stop at the horizon"
+        );
+        assert!(
+            c.poll(t3, ring, 100 * b - 5, 100 * b, &peers, &params)
+                .is_none()
+        );
+        assert!(
+            c.poll(t3, ring, 100 * b, 100 * b, &peers, &params)
+                .is_none()
+        );
+        assert!(!c.pipelining(), "a closed gap ends the pipeline");
     }
 
     // An acceptor's follow-ups wait for their pace; a learner's do not.
@@ -206,7 +329,7 @@ mod tests {
         let t0 = Instant::now();
         let pace = Duration::from_millis(10);
         let peers = [NodeId(1)];
-        let mut c = Catchup::new(0, t0, pace);
+        let mut c = Catchup::new(0, t0, pace, 1);
         c.poll(t0, RingId(0), 0, 10_000, &peers, &params);
         let t1 = t0 + params.recovery_timeout;
         assert!(c.poll(t1, RingId(0), 0, 10_000, &peers, &params).is_some());
@@ -226,7 +349,7 @@ mod tests {
     fn polls_when_idle_for_long() {
         let params = Params::default();
         let t0 = Instant::now();
-        let mut c = Catchup::new(5, t0, Duration::ZERO);
+        let mut c = Catchup::new(5, t0, Duration::ZERO, 1);
         assert!(
             c.poll(
                 t0 + params.recovery_timeout * 9,

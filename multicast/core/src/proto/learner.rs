@@ -210,6 +210,27 @@ impl LearnerRing {
         });
     }
 
+    /// Queues every recovery ask that is due.
+    fn ask(
+        &mut self,
+        now: Instant,
+        id: RingId,
+        params: &Params,
+        out: &mut VecDeque<Transmit>,
+        metrics: &mut LearnerMetrics,
+    ) {
+        while let Some((to, request)) =
+            self.catchup
+                .poll(now, id, self.next, self.horizon, &self.acceptors, params)
+        {
+            metrics.recovery_requests += 1;
+            out.push_back(Transmit {
+                to,
+                message: Message::LearnRequest(request),
+            });
+        }
+    }
+
     fn on_trimmed(&mut self, t: Trimmed) {
         if t.below > self.next && self.lost.is_none() {
             self.lost = Some(Lost {
@@ -221,9 +242,16 @@ impl LearnerRing {
     }
 }
 
+/// Batches of `recovery_batch` instances a learner asks for ahead of its
+/// frontier while it catches up: replicas wait on their learner, so it
+/// fetches as fast as answers come, held back only by [`Learner::hold`].
+const WINDOW: u64 = 8;
+
 /// A subscriber to one or more rings.
 pub struct Learner {
     params: Params,
+    /// No recovery asks while set: the consumer is behind ([`Learner::hold`]).
+    held: bool,
     rings: BTreeMap<RingId, LearnerRing>,
     out: VecDeque<Transmit>,
     deliveries: VecDeque<Delivery>,
@@ -254,8 +282,7 @@ impl Learner {
                 buffer: BTreeMap::new(),
                 horizon: 0,
                 dedupe: Dedupe::new(config.params.dedupe_horizon),
-                // Replicas wait on their learner: it catches up as fast as answers come.
-                catchup: Catchup::new(0, now, std::time::Duration::ZERO),
+                catchup: Catchup::new(0, now, std::time::Duration::ZERO, WINDOW),
                 lost: None,
                 lag: None,
             };
@@ -263,6 +290,7 @@ impl Learner {
         }
         Ok(Learner {
             params: config.params.clone(),
+            held: false,
             rings,
             out: VecDeque::new(),
             deliveries: VecDeque::new(),
@@ -335,13 +363,29 @@ impl Learner {
         state.next = image.next;
         state.horizon = state.horizon.max(image.next);
         state.buffer.clear();
-        state.catchup = Catchup::new(image.next, now, std::time::Duration::ZERO);
+        state.catchup = Catchup::new(image.next, now, std::time::Duration::ZERO, WINDOW);
         state.lost = None;
         if state.lag.is_some() {
             state.lag = Some(Lag::new(&image.dedupe, image.next));
         }
         state.dedupe = image.dedupe;
         Ok(())
+    }
+
+    /// Holds recovery back while `hold` (the consumer of deliveries has a
+    /// backlog: catching up faster than it executes would only queue
+    /// decisions in memory), and lets it go on when released. Live
+    /// decisions are delivered either way.
+    pub fn hold(&mut self, hold: bool) {
+        self.held = hold;
+    }
+
+    /// Whether every ring's next instance is within `slack` instances of
+    /// the newest decision this learner has heard of: it is not catching up.
+    pub fn caught_up(&self, slack: Instance) -> bool {
+        self.rings
+            .values()
+            .all(|r| r.lost.is_none() && r.horizon <= r.next.saturating_add(slack))
     }
 
     /// Rings on which decisions were lost to trimming: the learner stops
@@ -359,7 +403,7 @@ impl Learner {
     }
 
     /// Handles one message from an acceptor.
-    pub fn handle_message(&mut self, _now: Instant, from: NodeId, message: Message) {
+    pub fn handle_message(&mut self, now: Instant, from: NodeId, message: Message) {
         let Some(ring_id) = message.ring() else {
             return;
         };
@@ -377,7 +421,14 @@ impl Learner {
             ring: ring_id,
         };
         match message {
-            Message::Decide(d) => ring.on_decide(d, self.params.learner_buffer, &mut out),
+            Message::Decide(d) => {
+                let before = ring.next;
+                ring.on_decide(d, self.params.learner_buffer, &mut out);
+                // A pipeline asks again as soon as its answers move the frontier.
+                if ring.next != before && ring.catchup.asking() && !self.held {
+                    ring.ask(now, ring_id, &self.params, &mut self.out, &mut self.metrics);
+                }
+            }
             Message::Trimmed(t) => ring.on_trimmed(t),
             _ => {}
         }
@@ -389,24 +440,12 @@ impl Learner {
             return;
         }
         self.next_tick = now + self.params.recovery_timeout / 4;
+        if self.held {
+            return;
+        }
         for (&id, ring) in &mut self.rings {
-            if ring.lost.is_some() {
-                continue;
-            }
-            let request = ring.catchup.poll(
-                now,
-                id,
-                ring.next,
-                ring.horizon,
-                &ring.acceptors,
-                &self.params,
-            );
-            if let Some((to, request)) = request {
-                self.metrics.recovery_requests += 1;
-                self.out.push_back(Transmit {
-                    to,
-                    message: Message::LearnRequest(request),
-                });
+            if ring.lost.is_none() {
+                ring.ask(now, id, &self.params, &mut self.out, &mut self.metrics);
             }
         }
     }
