@@ -12,6 +12,7 @@
 //! first one ordered is the checkpoint of every replica, the others change
 //! nothing. A lost proposal is proposed again after [`RETRY`].
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, Sender, channel};
@@ -62,9 +63,9 @@ pub(crate) struct Checkpointing<S: Service> {
     next_acceptor: usize,
     /// A checkpoint handed to the writer: its number and positions.
     writing: Option<(u64, Vec<(RingId, u64)>)>,
-    /// The positions of the newest durable checkpoint, and when they were
-    /// last sent to the acceptors.
-    durable_at: Option<(Vec<(RingId, u64)>, Instant)>,
+    /// The positions of the durable checkpoints kept (`keep`, newest last),
+    /// and when the oldest one's were last sent to the acceptors.
+    durable_at: Option<(VecDeque<Vec<(RingId, u64)>>, Instant)>,
     /// The number of the newest checkpoint on disk.
     pub(crate) durable: Arc<AtomicU64>,
 }
@@ -130,20 +131,34 @@ impl<S: Service> Checkpointing<S> {
         self.report(net, now);
     }
 
-    /// Tells every ring's acceptors how far the newest durable checkpoint
-    /// reaches, once it is durable and again every [`REPORT_AGAIN`].
+    /// Tells every ring's acceptors how far the oldest checkpoint this
+    /// replica keeps reaches, whenever a new one is durable and again every
+    /// [`REPORT_AGAIN`]. Not the newest: a replica that fetches the newest
+    /// checkpoint of another must find the decisions after it still there,
+    /// though the other may take the next one meanwhile (with `keep` 2, the
+    /// acceptors hold one checkpoint interval more).
     fn report(&mut self, net: &Network, now: Instant) {
         let written = self.durable.load(Ordering::Acquire);
         if let Some((_, positions)) = self.writing.take_if(|(n, _)| *n <= written) {
-            self.durable_at = Some((positions, now - REPORT_AGAIN));
+            let (kept, at) = self
+                .durable_at
+                .get_or_insert_with(|| (VecDeque::new(), now));
+            kept.push_back(positions);
+            while kept.len() > self.section.keep.max(1) {
+                kept.pop_front();
+            }
+            *at = now - REPORT_AGAIN;
         }
-        let Some((positions, at)) = &mut self.durable_at else {
+        let Some((kept, at)) = &mut self.durable_at else {
             return;
         };
         if now < *at + REPORT_AGAIN {
             return;
         }
         *at = now;
+        let Some(positions) = kept.front() else {
+            return;
+        };
         for &(ring, below) in positions.iter() {
             let message = Message::Checkpointed(Checkpointed { ring, below });
             let Ok(frame) = codec::frame(&message, DEFAULT_MAX_FRAME) else {

@@ -16,6 +16,7 @@
 //! - [`table`]: executed requests, so that a resend is answered, not re-executed;
 //! - [`rendezvous`]: the synchronous-mode handoff;
 //! - [`runtime`]: the replica process;
+//! - [`store`], [`transfer`]: checkpoint files, and fetching them from another replica;
 //! - [`workload`]: streams for tests and benchmarks, and their sequential execution.
 
 mod checkpointing;
@@ -25,6 +26,7 @@ pub mod runtime;
 mod shim;
 pub mod store;
 pub mod table;
+pub mod transfer;
 pub mod workload;
 
 pub use engine::{

@@ -12,9 +12,9 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use psmr_core::cluster::ClusterConfig;
 use psmr_core::proto::{Learner, NodeId, RingId};
@@ -27,7 +27,8 @@ use tracing::{info, warn};
 
 use crate::checkpointing::Checkpointing;
 use crate::engine::{Engine, EngineConfig, EngineError, ReplySink, Start};
-use crate::store::{Store, StoreError};
+use crate::store::{Loaded, Store, StoreError};
+use crate::transfer::{self, Fetcher};
 
 /// Why the replica process could not run.
 #[derive(Debug, Error)]
@@ -45,9 +46,17 @@ pub enum RuntimeError {
     /// The checkpoint writer thread could not be started.
     #[error("cannot start the checkpoint writer: {0}")]
     Writer(std::io::Error),
+    /// A checkpoint's learner image does not fit the cluster's rings.
+    #[error("checkpoint does not fit this cluster: {0}")]
+    Image(String),
+    /// A checkpoint fetched from another replica could not be loaded.
+    #[error(
+        "the checkpoint fetched from another replica could not be loaded (see the warnings above)"
+    )]
+    NoState,
     /// The acceptors no longer have decisions this replica needs.
     #[error(
-        "ring {ring}: decisions {from}..{below} were trimmed before this replica got them, and its checkpoints (in {dir}) do not reach past them; copy the newest checkpoint-*.psmr file from another replica's data_dir into {dir} and start this replica again"
+        "ring {ring}: decisions {from}..{below} were trimmed before this replica got them, its checkpoints (in {dir}) do not reach past them, and no other replica could send one that does; start another replica (or wait until one has checkpointed past {below}), or copy the newest checkpoint-*.psmr file from another replica's data_dir into {dir}, and start this replica again"
     )]
     Trimmed {
         /// The ring.
@@ -77,19 +86,30 @@ pub struct ReplyRouter {
     /// This replica's node id.
     replica: u32,
     clients: RwLock<HashMap<ClientId, Route>>,
+    /// Whether this replica answers at all: not while it catches up, when
+    /// its answers would come late and clients do better asking another.
+    serving: AtomicBool,
     /// Replies to clients without a reply stream (they resend and get the
-    /// answer from the table of executed requests).
+    /// answer from the table of executed requests), or not sent while the
+    /// replica caught up.
     pub undeliverable: AtomicU64,
 }
 
 impl ReplyRouter {
-    /// The router of replica `replica`.
+    /// The router of replica `replica`, not answering until told to
+    /// ([`ReplyRouter::serve`]).
     pub fn new(replica: NodeId) -> ReplyRouter {
         ReplyRouter {
             replica: replica.0,
             clients: RwLock::default(),
+            serving: AtomicBool::new(false),
             undeliverable: AtomicU64::new(0),
         }
+    }
+
+    /// Starts or stops answering; says whether that changed anything.
+    fn serve(&self, serving: bool) -> bool {
+        self.serving.swap(serving, Ordering::Relaxed) != serving
     }
 
     /// Whether `client` is answered on `connection` (a stable id) already.
@@ -112,6 +132,14 @@ impl ReplySink for ReplyRouter {
     /// One write per client of the batch: the frames of the replies this
     /// replica sends, concatenated.
     fn replies(&self, _thread: usize, replies: &mut Vec<Reply>) {
+        if !self.serving.load(Ordering::Relaxed) {
+            let sent = replies
+                .drain(..)
+                .filter(|r| r.answerers.include(self.replica));
+            self.undeliverable
+                .fetch_add(sent.count() as u64, Ordering::Relaxed);
+            return;
+        }
         let mut batches: Vec<(ClientId, Vec<u8>, u64)> = Vec::new();
         for reply in replies.drain(..) {
             if !reply.answerers.include(self.replica) {
@@ -157,6 +185,36 @@ struct ReplicaHooks<S: ConflictModel> {
     reporter: Reporter,
     checkpoints: Option<Checkpointing<S>>,
     data_dir: String,
+    /// Since when, and from how many delivered commands, it catches up.
+    behind_since: Option<(Instant, u64)>,
+}
+
+/// Instances a replica may trail the newest decision it heard of and still
+/// count as caught up (live deliveries wait on gaps of a few instances).
+const SLACK: u64 = 1024;
+
+impl<S: ConflictModel> ReplicaHooks<S> {
+    /// While catching up: holds the learner back when the engine has a
+    /// backlog, and answers clients only once caught up.
+    fn pace(&mut self, learner: &mut Learner) {
+        let caught_up = learner.caught_up(SLACK);
+        let behind = !caught_up && self.engine.behind();
+        learner.hold(behind);
+        let serving = caught_up
+            && (self.router.serving.load(Ordering::Relaxed) || !self.engine.behind());
+        if !self.router.serve(serving) {
+            return;
+        }
+        let commands = learner.metrics().delivered_commands;
+        if serving {
+            let (since, from) = self.behind_since.take().unwrap_or((Instant::now(), commands));
+            let ms = since.elapsed().as_millis() as u64;
+            info!(commands = commands - from, ms, "caught up: answering clients");
+        } else {
+            self.behind_since = Some((Instant::now(), commands));
+            info!("behind the rings: not answering clients until caught up");
+        }
+    }
 }
 
 impl<S: ConflictModel> Hooks<Learner> for ReplicaHooks<S> {
@@ -186,6 +244,7 @@ impl<S: ConflictModel> Hooks<Learner> for ReplicaHooks<S> {
         if let Some(c) = &mut self.checkpoints {
             c.after(learner, &self.net);
         }
+        self.pace(learner);
         let router = &self.router;
         let checkpoint = self
             .checkpoints
@@ -220,8 +279,10 @@ impl<S: ConflictModel> Hooks<Learner> for ReplicaHooks<S> {
 }
 
 /// Runs replica `id` of `service` until `shutdown` resolves: from its
-/// newest intact checkpoint if it has one, else from `initial()` at the
-/// start of every ring.
+/// newest intact checkpoint if it has one, else from the newest checkpoint
+/// another replica has, else from `initial()` at the start of every ring.
+/// If the acceptors trimmed what it needs, it fetches a newer checkpoint
+/// from another replica and starts again from there.
 pub async fn run_replica<S: ConflictModel>(
     cluster: &ClusterConfig,
     id: NodeId,
@@ -233,34 +294,177 @@ pub async fn run_replica<S: ConflictModel>(
         id: id.0,
         role: "a replica",
     })?;
+    let data_dir = entry.data_dir();
+    let store = Store::open(&data_dir, cluster.checkpoint.keep)?;
+    let tls = node_tls(cluster, id).map_err(ProcessError::from)?;
+    let mut config = net_config(cluster, id, tls);
+    let asks = config.route(Purpose::TransferRequest, transfer::QUEUED);
+    let answers = config.route(Purpose::Transfer, transfer::QUEUED);
+    let (net, mut inbox) = Network::start(config).map_err(ProcessError::from)?;
+    info!(node = %id, address = %entry.address, engine = %entry.engine, threads = entry.threads, "replica listening");
+    let others: Vec<NodeId> = cluster
+        .replicas
+        .iter()
+        .map(|r| NodeId(r.id))
+        .filter(|&r| r != id)
+        .collect();
+    tokio::spawn(transfer::serve(
+        net.clone(),
+        store.clone(),
+        others.clone(),
+        asks,
+    ));
+    let mut fetcher = Fetcher::new(net.clone(), answers, others);
+    let outcome = serve(
+        cluster,
+        id,
+        service,
+        initial,
+        shutdown,
+        &store,
+        &net,
+        &mut inbox,
+        &mut fetcher,
+    )
+    .await;
+    net.close();
+    outcome
+}
+
+/// What a replica needs besides its cluster and service while it runs.
+struct Process<'a> {
+    store: &'a Store,
+    net: &'a Network,
+    inbox: &'a mut mpsc::Receiver<Inbound>,
+    fetcher: &'a mut Fetcher,
+    router: Arc<ReplyRouter>,
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn serve<S: ConflictModel>(
+    cluster: &ClusterConfig,
+    id: NodeId,
+    service: Arc<S>,
+    initial: impl FnOnce() -> S::State,
+    shutdown: impl Future<Output = ()>,
+    store: &Store,
+    net: &Network,
+    inbox: &mut mpsc::Receiver<Inbound>,
+    fetcher: &mut Fetcher,
+) -> Result<(), RuntimeError> {
+    let mut p = Process {
+        store,
+        net,
+        inbox,
+        fetcher,
+        router: Arc::new(ReplyRouter::new(id)),
+    };
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut initial = Some(initial);
+    let mut loaded = first_checkpoint(cluster, id, &*service, &mut p).await?;
+    loop {
+        let (mut learner, start, last) = resume(cluster, id, loaded, &mut initial)?;
+        let mut hooks = start_engine(cluster, id, &service, &p, start, last)?;
+        if hooks.checkpoints.is_some() {
+            learner.keep_images();
+        }
+        let stopped = tokio::select! {
+            () = net::drive(&mut learner, p.net, p.inbox, &mut hooks) => false,
+            () = &mut shutdown => true,
+        };
+        if let Some(c) = &mut hooks.checkpoints {
+            c.finish();
+        }
+        if stopped {
+            info!(node = %id, "replica shutting down");
+            return Ok(());
+        }
+        let Some(failed) = hooks.failed.take() else {
+            return Ok(());
+        };
+        // Its workers stop at the gap; the state is rebuilt from a checkpoint.
+        let engine = hooks.engine;
+        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || engine.finish()).await {
+            warn!(node = %id, error = %e, "the engine stopped with an error");
+        }
+        let RuntimeError::Trimmed {
+            ring, from, below, ..
+        } = &failed
+        else {
+            return Err(failed);
+        };
+        warn!(node = %id, %ring, from, below, "decisions this replica needs were trimmed; fetching a newer checkpoint from another replica");
+        if !p.fetcher.has_peers() || !cluster.checkpoint.enabled() {
+            return Err(failed);
+        }
+        let patience = transfer_patience(&cluster.checkpoint);
+        let fetched = drained(p.fetcher.newest(p.store, last, patience), p.inbox).await;
+        if fetched.is_none() {
+            return Err(failed);
+        }
+        let config = EngineConfig::of_cluster(cluster);
+        loaded = p.store.load(&*service, config.kind, config.threads())?;
+    }
+}
+
+/// The replica's newest intact checkpoint; if it has none, the newest
+/// another replica has (one round of asking: on a new cluster nobody has one).
+async fn first_checkpoint<S: ConflictModel>(
+    cluster: &ClusterConfig,
+    id: NodeId,
+    service: &S,
+    p: &mut Process<'_>,
+) -> Result<Option<Loaded<S::State>>, RuntimeError> {
+    let config = EngineConfig::of_cluster(cluster);
+    let loaded = p.store.load(service, config.kind, config.threads())?;
+    if loaded.is_some() || !p.fetcher.has_peers() || !cluster.checkpoint.enabled() {
+        return Ok(loaded);
+    }
+    info!(node = %id, "no checkpoint here; asking the other replicas for theirs");
+    match drained(p.fetcher.newest(p.store, 0, Duration::ZERO), p.inbox).await {
+        Some(_) => Ok(p.store.load(service, config.kind, config.threads())?),
+        None => Ok(None),
+    }
+}
+
+/// A learner and the engine's start: from `loaded`, else from `initial()`.
+fn resume<T>(
+    cluster: &ClusterConfig,
+    id: NodeId,
+    loaded: Option<Loaded<T>>,
+    initial: &mut Option<impl FnOnce() -> T>,
+) -> Result<(Learner, Start<T>, u64), RuntimeError> {
     let multicast = cluster.multicast();
     let rings: Vec<RingId> = multicast.rings.iter().map(|r| r.id).collect();
     let now = Instant::now();
     let mut learner = Learner::new(id, &multicast, &rings, now).map_err(ProcessError::from)?;
-    let router = Arc::new(ReplyRouter::new(id));
+    let Some(loaded) = loaded else {
+        let initial = initial.take().ok_or(RuntimeError::NoState)?;
+        return Ok((learner, Start::Fresh(initial()), 0));
+    };
+    for (ring, image) in loaded.dedupe {
+        learner
+            .resume(ring, image, now)
+            .map_err(|e| RuntimeError::Image(e.to_string()))?;
+    }
+    let number = loaded.resume.engine.number;
+    info!(node = %id, checkpoint = number, "resuming from a checkpoint");
+    Ok((learner, Start::Resume(loaded.resume), number))
+}
+
+/// Starts the engine, and the checkpoint writer if checkpoints are on.
+fn start_engine<S: ConflictModel>(
+    cluster: &ClusterConfig,
+    id: NodeId,
+    service: &Arc<S>,
+    p: &Process<'_>,
+    start: Start<S::State>,
+    last: u64,
+) -> Result<ReplicaHooks<S>, RuntimeError> {
     let config = EngineConfig::of_cluster(cluster);
     let section = cluster.checkpoint.clone();
-    let data_dir = entry.data_dir();
-    let store = Store::open(&data_dir, section.keep)?;
-    let loaded = store.load(&*service, config.kind, config.threads())?;
-    let (start, last) = match loaded {
-        Some(loaded) => {
-            for (ring, image) in loaded.dedupe {
-                learner
-                    .resume(ring, image, now)
-                    .map_err(|e| StoreError::Damaged {
-                        path: data_dir.clone(),
-                        problem: e.to_string(),
-                    })?;
-            }
-            let number = loaded.resume.engine.number;
-            info!(node = %id, checkpoint = number, "resuming from a checkpoint");
-            (Start::Resume(loaded.resume), number)
-        }
-        None => (Start::Fresh(initial()), 0),
-    };
+    let router = p.router.clone();
     let (engine, checkpoints) = if section.enabled() {
-        learner.keep_images();
         let (tx, rx) = std::sync::mpsc::channel();
         let engine = Engine::start_with(
             service.clone(),
@@ -269,48 +473,55 @@ pub async fn run_replica<S: ConflictModel>(
             router.clone(),
             Some(tx),
         )?;
-        let acceptors = multicast
+        let acceptors = cluster
+            .multicast()
             .rings
             .iter()
             .map(|r| (r.id, r.acceptors.clone()))
             .collect();
         let kind = (config.kind, config.threads());
-        let c = Checkpointing::start(service, store, section, kind, acceptors, rx, last)
+        let store = p.store.clone();
+        let c = Checkpointing::start(service.clone(), store, section, kind, acceptors, rx, last)
             .map_err(RuntimeError::Writer)?;
         (engine, Some(c))
     } else {
-        (
-            Engine::start_with(service, start, config, router.clone(), None)?,
-            None,
-        )
+        let engine = Engine::start_with(service.clone(), start, config, router.clone(), None)?;
+        (engine, None)
     };
-    let tls = node_tls(cluster, id).map_err(ProcessError::from)?;
-    let (net, mut inbox) =
-        Network::start(net_config(cluster, id, tls)).map_err(ProcessError::from)?;
-    info!(node = %id, address = %entry.address, engine = %entry.engine, threads = entry.threads, "replica listening");
-    let mut hooks = ReplicaHooks {
+    let data_dir = cluster
+        .replica(id)
+        .map(|e| e.data_dir())
+        .unwrap_or_default();
+    Ok(ReplicaHooks {
         engine,
         router,
-        net: net.clone(),
+        net: p.net.clone(),
         failed: None,
-        reporter: Reporter::new(&net),
+        reporter: Reporter::new(p.net),
         checkpoints,
         data_dir: data_dir.display().to_string(),
-    };
-    tokio::select! {
-        () = net::drive(&mut learner, &net, &mut inbox, &mut hooks) => {}
-        () = shutdown => info!(node = %id, "replica shutting down"),
-    }
-    net.close();
-    if let Some(c) = &mut hooks.checkpoints {
-        c.finish();
-    }
-    if let Some(e) = hooks.failed {
-        return Err(e);
-    }
-    Ok(())
+        behind_since: Some((Instant::now(), 0)),
+    })
 }
 
+/// How long a replica behind the trim point waits for another replica to
+/// take a checkpoint that reaches past it: two checkpoint intervals, and
+/// at least a minute.
+fn transfer_patience(section: &psmr_core::cluster::CheckpointSection) -> Duration {
+    (section.every * 2).max(Duration::from_secs(60))
+}
+
+/// Runs `work` while dropping what arrives in `inbox` meanwhile (the
+/// learner is not running; the rings resend what it will need).
+async fn drained<T>(work: impl Future<Output = T>, inbox: &mut mpsc::Receiver<Inbound>) -> T {
+    let mut work = std::pin::pin!(work);
+    loop {
+        tokio::select! {
+            out = &mut work => return out,
+            Some(_) = inbox.recv() => {}
+        }
+    }
+}
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -342,6 +553,7 @@ mod tests {
     #[test]
     fn a_replica_sends_only_the_replies_it_is_asked_for() {
         let router = ReplyRouter::new(NodeId(101));
+        router.serve(true);
         let (tx, mut rx) = mpsc::channel(4);
         router.register(ClientId(7), 1, tx);
         let mut replies = vec![

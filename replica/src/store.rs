@@ -218,16 +218,70 @@ impl Store {
             .map_err(io_at(&tmp))?;
         let bytes = out.len + TRAILER;
         drop(file);
-        fs::rename(&tmp, &path).map_err(io_at(&path))?;
+        self.place(&tmp, &path)?;
+        Ok(Written {
+            bytes,
+            write: started.elapsed(),
+        })
+    }
+
+    /// Renames the synced `tmp` to `path`, syncs the directory, and
+    /// removes all but the newest `keep` checkpoints.
+    fn place(&self, tmp: &Path, path: &Path) -> Result<(), StoreError> {
+        fs::rename(tmp, path).map_err(io_at(path))?;
         File::open(&self.dir)
             .and_then(|d| d.sync_all())
             .map_err(io_at(&self.dir))?;
         for (_, old) in self.files()?.into_iter().skip(self.keep) {
             fs::remove_file(&old).map_err(io_at(&old))?;
         }
-        Ok(Written {
+        Ok(())
+    }
+
+    /// The newest checkpoint file, to send to another replica: written
+    /// whole before it got its name, so it can be sent as it is (the
+    /// receiver checks it).
+    pub fn newest(&self) -> Result<Option<(u64, PathBuf)>, StoreError> {
+        Ok(self.files()?.into_iter().next())
+    }
+
+    /// Checkpoint `number`'s file, opened to be sent, if it is still there
+    /// (an open file stays readable when a newer checkpoint removes it).
+    pub async fn open_file(&self, number: u64) -> Result<Option<tokio::fs::File>, StoreError> {
+        let path = self.path_of(number);
+        match tokio::fs::File::open(&path).await {
+            Ok(file) => Ok(Some(file)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_at(&path)(e)),
+        }
+    }
+
+    /// An I/O error on checkpoint `number`'s file.
+    pub fn io(&self, number: u64, source: io::Error) -> StoreError {
+        io_at(&self.path_of(number))(source)
+    }
+
+    /// Starts receiving checkpoint `number`, of `bytes` bytes, from
+    /// another replica.
+    pub fn receive(&self, number: u64, bytes: u64) -> Result<Receiving, StoreError> {
+        let path = self.path_of(number);
+        if bytes < MAGIC.len() as u64 + 4 + TRAILER {
+            return Err(damaged(
+                &path,
+                format!("{bytes} bytes, shorter than any checkpoint"),
+            ));
+        }
+        let tmp = path.with_extension("psmr.tmp");
+        let file = File::create(&tmp).map_err(io_at(&tmp))?;
+        Ok(Receiving {
+            store: self.clone(),
+            tmp,
+            path,
+            out: BufWriter::with_capacity(1 << 20, file),
+            crc: crc32fast::Hasher::new(),
             bytes,
-            write: started.elapsed(),
+            written: 0,
+            trailer: Vec::with_capacity(TRAILER as usize),
         })
     }
 
@@ -273,6 +327,85 @@ impl Store {
             }
         }
         Ok(None)
+    }
+}
+
+/// A checkpoint file arriving from another replica ([`Store::receive`]):
+/// written to `<name>.tmp` as it comes, checksummed on the way, and put in
+/// place only once whole and intact, so that it is never held in memory.
+pub struct Receiving {
+    store: Store,
+    tmp: PathBuf,
+    path: PathBuf,
+    out: BufWriter<File>,
+    crc: crc32fast::Hasher,
+    /// Bytes announced, and bytes written so far.
+    bytes: u64,
+    written: u64,
+    trailer: Vec<u8>,
+}
+
+impl Receiving {
+    /// Bytes written so far.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// Appends the next bytes of the file.
+    pub fn write(&mut self, mut data: &[u8]) -> Result<(), StoreError> {
+        if self.written + data.len() as u64 > self.bytes {
+            return Err(damaged(
+                &self.path,
+                format!("more than the {} bytes announced", self.bytes),
+            ));
+        }
+        self.out.write_all(data).map_err(io_at(&self.tmp))?;
+        let body_len = self.bytes - TRAILER;
+        if self.written < body_len {
+            let body = data.len().min((body_len - self.written) as usize);
+            self.crc.update(&data[..body]);
+            data = &data[body..];
+            self.written += body as u64;
+        }
+        self.trailer.extend_from_slice(data);
+        self.written += data.len() as u64;
+        Ok(())
+    }
+
+    /// Checks that the whole file came and that its checksum holds, then
+    /// puts it in place as [`Store::write`] does (fsync, rename, fsync of
+    /// the directory) and removes all but the newest `keep`. On any failure
+    /// the temporary file is removed.
+    pub fn finish(self) -> Result<PathBuf, StoreError> {
+        let Receiving {
+            store,
+            tmp,
+            path,
+            out,
+            crc,
+            bytes,
+            written,
+            trailer,
+        } = self;
+        let place = || -> Result<PathBuf, StoreError> {
+            if written != bytes {
+                return Err(damaged(&path, format!("{written} of {bytes} bytes came")));
+            }
+            let stored = u32::from_le_bytes(trailer[8..].try_into().expect("4 bytes"));
+            if crc.finalize() != stored {
+                return Err(damaged(&path, "checksum mismatch in transfer"));
+            }
+            let file = out.into_inner().map_err(|e| io_at(&tmp)(e.into_error()))?;
+            file.sync_all().map_err(io_at(&tmp))?;
+            drop(file);
+            store.place(&tmp, &path)?;
+            Ok(path.clone())
+        };
+        let placed = place();
+        if placed.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        placed
     }
 }
 

@@ -268,8 +268,20 @@ impl TestCluster {
 
     /// Waits up to `within` for node `id` to log a line containing `text`.
     pub async fn wait_for_log(&self, id: u32, text: &str, within: Duration) {
-        let logged = || std::fs::read_to_string(self.log(id)).is_ok_and(|log| log.contains(text));
-        eventually(within, logged, || format!("node {id} did not log {text:?}")).await;
+        self.wait_for_logged(id, text, 1, within).await;
+    }
+
+    /// How many lines of node `id`'s log (all its runs) contain `text`.
+    pub fn logged(&self, id: u32, text: &str) -> usize {
+        let log = std::fs::read_to_string(self.log(id)).unwrap_or_default();
+        log.lines().filter(|l| l.contains(text)).count()
+    }
+
+    /// Waits until `times` lines of node `id`'s log contain `text`.
+    pub async fn wait_for_logged(&self, id: u32, text: &str, times: usize, within: Duration) {
+        let logged = || self.logged(id, text) >= times;
+        let missing = || format!("node {id} did not log {text:?} {times} times");
+        eventually(within, logged, missing).await;
     }
 
     /// The directory of the cluster's files.

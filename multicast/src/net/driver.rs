@@ -129,7 +129,9 @@ fn dispatch<C: Core>(core: &mut C, hooks: &mut impl Hooks<C>, inbound: Inbound) 
         Purpose::Protocol | Purpose::Propose => {
             core.handle_frame(Instant::now(), inbound.from, &inbound.body)
         }
-        Purpose::ClientHello | Purpose::Replies => hooks.other(core, inbound),
+        Purpose::ClientHello | Purpose::Replies | Purpose::TransferRequest | Purpose::Transfer => {
+            hooks.other(core, inbound)
+        }
     }
 }
 

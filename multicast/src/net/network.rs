@@ -57,6 +57,9 @@ pub struct NetConfig {
     pub require_client_certificates: bool,
     /// Largest frame accepted. Default 16 MiB.
     pub max_frame: usize,
+    /// Frames of these purposes go to their own receiver, not the inbox
+    /// ([`NetConfig::route`]).
+    pub routes: HashMap<Purpose, mpsc::Sender<Inbound>>,
 }
 
 impl NetConfig {
@@ -74,7 +77,17 @@ impl NetConfig {
             tls,
             require_client_certificates: false,
             max_frame: DEFAULT_MAX_FRAME,
+            routes: HashMap::new(),
         }
+    }
+
+    /// Sends the frames of `purpose` to the returned receiver, which holds
+    /// up to `capacity` of them before their streams wait: a side protocol
+    /// (state transfer) is served beside the main loop, whatever it is doing.
+    pub fn route(&mut self, purpose: Purpose, capacity: usize) -> mpsc::Receiver<Inbound> {
+        let (tx, rx) = mpsc::channel(capacity);
+        self.routes.insert(purpose, tx);
+        rx
     }
 }
 
@@ -158,6 +171,7 @@ struct Inner {
     next_anonymous: AtomicU32,
     stats: NetStats,
     inbox: mpsc::Sender<Inbound>,
+    routes: HashMap<Purpose, mpsc::Sender<Inbound>>,
 }
 
 /// The queue of frames of one writer task.
@@ -206,6 +220,7 @@ impl Network {
             outbound: Mutex::new(HashMap::new()),
             next_anonymous: AtomicU32::new(ANONYMOUS_BASE),
             stats: NetStats::default(),
+            routes: config.routes,
         });
         if config.listen.is_some() {
             tokio::spawn(accept_loop(inner.clone(), tx));
@@ -286,6 +301,20 @@ impl Network {
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         connections.get(&to).map(quinn::Connection::stats)
+    }
+
+    /// A new stream of `purpose` to `to`, its hello sent, for a caller that
+    /// writes frames itself and waits on flow control (a large transfer
+    /// that [`Network::send`]'s queue would drop from).
+    pub async fn stream(
+        &self,
+        to: NodeId,
+        purpose: Purpose,
+    ) -> Result<quinn::SendStream, NetError> {
+        if !self.inner.peers.contains_key(&to) {
+            return Err(NetError::UnknownPeer(to));
+        }
+        open_stream(&self.inner, to, purpose).await
     }
 
     /// Connects to `to` now (or checks the existing connection); other
@@ -557,11 +586,12 @@ async fn relay(
             return Err(StreamError::Identity(node));
         }
         Some(node) => node,
-        None if hello.purpose == Purpose::Protocol => {
+        None if hello.purpose.needs_node() => {
             return Err(StreamError::NotANode(hello.purpose));
         }
         None => anonymous,
     };
+    let tx = inner.routes.get(&hello.purpose).unwrap_or(tx);
     let mut reader = FrameReader::new(inner.max_frame);
     let mut bodies = Vec::new();
     while reader.read(stream, &mut bodies).await? {

@@ -22,6 +22,21 @@ pub enum Purpose {
     ClientHello,
     /// A replica's replies to a client.
     Replies,
+    /// A replica asking another for its newest checkpoint (state transfer).
+    TransferRequest,
+    /// The answer: what checkpoint a replica has, and the file in chunks.
+    Transfer,
+}
+
+impl Purpose {
+    /// Whether only a cluster node (with its certificate) may open a stream
+    /// of this purpose.
+    pub fn needs_node(self) -> bool {
+        matches!(
+            self,
+            Purpose::Protocol | Purpose::TransferRequest | Purpose::Transfer
+        )
+    }
 }
 
 /// The first frame of every stream.
