@@ -597,7 +597,9 @@ fn a_replica_behind_the_trim_point_or_wiped_fetches_another_replicas_checkpoint(
         cluster
             .wait_for_log(101, "fetching a newer checkpoint", minute)
             .await;
-        cluster.wait_for_log(101, "checkpoint received", minute).await;
+        cluster
+            .wait_for_log(101, "checkpoint received", minute)
+            .await;
         cluster
             .wait_for_logged(101, "resuming from a checkpoint", 2, minute)
             .await;
@@ -605,14 +607,18 @@ fn a_replica_behind_the_trim_point_or_wiped_fetches_another_replicas_checkpoint(
         cluster.kill(101);
         std::fs::remove_dir_all(&dir101).unwrap();
         cluster.spawn(101);
-        cluster.wait_for_log(101, "no checkpoint here", minute).await;
+        cluster
+            .wait_for_log(101, "no checkpoint here", minute)
+            .await;
         cluster
             .wait_for_logged(101, "checkpoint received", 2, minute)
             .await;
         cluster
             .wait_for_logged(101, "resuming from a checkpoint", 3, minute)
             .await;
-        cluster.wait_for_log(101, "caught up: answering", minute).await;
+        cluster
+            .wait_for_log(101, "caught up: answering", minute)
+            .await;
         cluster.kill(102);
         writers
             .progress(300, minute, "102 down, 101 rebuilt serves alone")

@@ -200,16 +200,22 @@ impl<S: ConflictModel> ReplicaHooks<S> {
         let caught_up = learner.caught_up(SLACK);
         let behind = !caught_up && self.engine.behind();
         learner.hold(behind);
-        let serving = caught_up
-            && (self.router.serving.load(Ordering::Relaxed) || !self.engine.behind());
+        let serving =
+            caught_up && (self.router.serving.load(Ordering::Relaxed) || !self.engine.behind());
         if !self.router.serve(serving) {
             return;
         }
         let commands = learner.metrics().delivered_commands;
         if serving {
-            let (since, from) = self.behind_since.take().unwrap_or((Instant::now(), commands));
+            let (since, from) = self
+                .behind_since
+                .take()
+                .unwrap_or((Instant::now(), commands));
             let ms = since.elapsed().as_millis() as u64;
-            info!(commands = commands - from, ms, "caught up: answering clients");
+            info!(
+                commands = commands - from,
+                ms, "caught up: answering clients"
+            );
         } else {
             self.behind_since = Some((Instant::now(), commands));
             info!("behind the rings: not answering clients until caught up");

@@ -277,11 +277,12 @@ impl Store {
             store: self.clone(),
             tmp,
             path,
-            out: BufWriter::with_capacity(1 << 20, file),
+            out: Some(BufWriter::with_capacity(1 << 20, file)),
             crc: crc32fast::Hasher::new(),
             bytes,
             written: 0,
             trailer: Vec::with_capacity(TRAILER as usize),
+            placed: false,
         })
     }
 
@@ -337,12 +338,14 @@ pub struct Receiving {
     store: Store,
     tmp: PathBuf,
     path: PathBuf,
-    out: BufWriter<File>,
+    out: Option<BufWriter<File>>,
     crc: crc32fast::Hasher,
     /// Bytes announced, and bytes written so far.
     bytes: u64,
     written: u64,
     trailer: Vec<u8>,
+    /// The file got its name: nothing to remove.
+    placed: bool,
 }
 
 impl Receiving {
@@ -359,7 +362,8 @@ impl Receiving {
                 format!("more than the {} bytes announced", self.bytes),
             ));
         }
-        self.out.write_all(data).map_err(io_at(&self.tmp))?;
+        let out = self.out.as_mut().expect("not finished");
+        out.write_all(data).map_err(io_at(&self.tmp))?;
         let body_len = self.bytes - TRAILER;
         if self.written < body_len {
             let body = data.len().min((body_len - self.written) as usize);
@@ -374,38 +378,38 @@ impl Receiving {
 
     /// Checks that the whole file came and that its checksum holds, then
     /// puts it in place as [`Store::write`] does (fsync, rename, fsync of
-    /// the directory) and removes all but the newest `keep`. On any failure
-    /// the temporary file is removed.
-    pub fn finish(self) -> Result<PathBuf, StoreError> {
-        let Receiving {
-            store,
-            tmp,
-            path,
-            out,
-            crc,
-            bytes,
-            written,
-            trailer,
-        } = self;
-        let place = || -> Result<PathBuf, StoreError> {
-            if written != bytes {
-                return Err(damaged(&path, format!("{written} of {bytes} bytes came")));
-            }
-            let stored = u32::from_le_bytes(trailer[8..].try_into().expect("4 bytes"));
-            if crc.finalize() != stored {
-                return Err(damaged(&path, "checksum mismatch in transfer"));
-            }
-            let file = out.into_inner().map_err(|e| io_at(&tmp)(e.into_error()))?;
-            file.sync_all().map_err(io_at(&tmp))?;
-            drop(file);
-            store.place(&tmp, &path)?;
-            Ok(path.clone())
-        };
-        let placed = place();
-        if placed.is_err() {
-            let _ = fs::remove_file(&tmp);
+    /// the directory) and removes all but the newest `keep`. On any failure,
+    /// or if it is dropped unfinished, the temporary file is removed.
+    pub fn finish(mut self) -> Result<PathBuf, StoreError> {
+        let (written, bytes) = (self.written, self.bytes);
+        if written != bytes {
+            return Err(damaged(
+                &self.path,
+                format!("{written} of {bytes} bytes came"),
+            ));
         }
-        placed
+        let stored = u32::from_le_bytes(self.trailer[8..].try_into().expect("4 bytes"));
+        if self.crc.clone().finalize() != stored {
+            return Err(damaged(&self.path, "checksum mismatch in transfer"));
+        }
+        let out = self.out.take().expect("finished once");
+        let file = out
+            .into_inner()
+            .map_err(|e| io_at(&self.tmp)(e.into_error()))?;
+        file.sync_all().map_err(io_at(&self.tmp))?;
+        drop(file);
+        self.store.place(&self.tmp, &self.path)?;
+        self.placed = true;
+        Ok(self.path.clone())
+    }
+}
+
+impl Drop for Receiving {
+    fn drop(&mut self) {
+        if !self.placed {
+            drop(self.out.take());
+            let _ = fs::remove_file(&self.tmp);
+        }
     }
 }
 
@@ -541,5 +545,45 @@ mod tests {
             Err(StoreError::Foreign { .. })
         ));
         let _ = LinkedList::new();
+    }
+
+    /// A checkpoint received in chunks is put in place only whole and with
+    /// its checksum intact, and then loads like one written here; a
+    /// damaged, short or overlong one is refused and leaves no file behind.
+    #[test]
+    fn a_received_checkpoint_is_checked_before_it_is_named() {
+        let from = tempfile::tempdir().unwrap();
+        let sender = Store::open(from.path(), 2).unwrap();
+        let (meta, c) = captured(5, (0..50_000).collect());
+        sender.write(&ListService, &meta, &c).unwrap();
+        let bytes = fs::read(sender.path_of(5)).unwrap();
+        let to = tempfile::tempdir().unwrap();
+        let receiver = Store::open(to.path(), 2).unwrap();
+        let send = |data: &[u8], announced: u64| -> Result<PathBuf, StoreError> {
+            let mut file = receiver.receive(5, announced)?;
+            for chunk in data.chunks(7_777) {
+                file.write(chunk)?;
+            }
+            file.finish()
+        };
+        let mut flipped = bytes.clone();
+        flipped[bytes.len() / 2] ^= 1;
+        let len = bytes.len() as u64;
+        for (data, announced, what) in [
+            (&flipped[..], len, "a flipped bit"),
+            (&bytes[..bytes.len() - 1], len, "a short file"),
+            (&bytes[..], len - 1, "more than announced"),
+            (&bytes[..4], 4, "less than any checkpoint"),
+        ] {
+            let refused = send(data, announced);
+            assert!(
+                matches!(refused, Err(StoreError::Damaged { .. })),
+                "{what}: {refused:?}"
+            );
+            let left = fs::read_dir(to.path()).unwrap().count();
+            assert_eq!(left, 0, "{what}: nothing left behind");
+        }
+        assert_eq!(send(&bytes, len).unwrap(), receiver.path_of(5));
+        assert_eq!(load(&receiver), Some((5, 50_000)));
     }
 }
