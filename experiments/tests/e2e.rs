@@ -627,3 +627,54 @@ fn a_replica_behind_the_trim_point_or_wiped_fetches_another_replicas_checkpoint(
         assert_nothing_lost(&tree, &written).await;
     });
 }
+
+/// kill -9 of every process at once, durable acceptors, after both replicas
+/// reported checkpoints (the acceptors trim below them): every process restarts from its
+/// own disk (acceptors from their logs, replicas from their newest
+/// checkpoints, then the decisions after them), the calls in flight at the
+/// crash are answered, and no acknowledged write is lost.
+#[test]
+fn a_whole_cluster_killed_at_once_restarts_from_its_disks_losing_nothing() {
+    let spec = Spec {
+        storage: StorageKind::Durable,
+        preload: 10_000,
+        ..Spec::default()
+    };
+    let mut cluster = TestCluster::prepare(&spec, |c| {
+        c.checkpoint.every = Duration::from_millis(300);
+        c.checkpoint.every_commands = 2_000;
+    });
+    cluster.start_all();
+    let root = cluster.dir().to_path_buf();
+    let number = |id: u32| {
+        let dir = root.join(format!("replica-{id}"));
+        newest_checkpoint(&dir).map_or(0, |(n, _)| n)
+    };
+    runtime().block_on(async {
+        let tree = cluster.client().await;
+        let minute = Duration::from_secs(60);
+        let writers = Writers::start(&tree, 40 * spec.preload);
+        writers.progress(1_000, minute, "before the crash").await;
+        // Both replicas kept two checkpoints, so both reported one: the
+        // acceptors trimmed below it.
+        let reported = || number(101) >= 3 && number(102) >= 3;
+        common::eventually(minute, reported, || "no checkpoints".into()).await;
+        writers.progress(500, minute, "after the checkpoints").await;
+        let ids: Vec<u32> = cluster.nodes();
+        for &id in &ids {
+            cluster.kill(id);
+        }
+        cluster.start_all();
+        for id in [101, 102] {
+            cluster
+                .wait_for_log(id, "resuming from a checkpoint", minute)
+                .await;
+        }
+        writers
+            .progress(500, minute, "after the whole cluster restarted")
+            .await;
+        let written = writers.stop().await;
+        assert_nothing_lost(&tree, &written).await;
+    });
+    cluster.assert_running();
+}

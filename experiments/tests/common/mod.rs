@@ -180,12 +180,16 @@ impl TestCluster {
 
     /// Starts every node that is not running.
     pub fn start_all(&mut self) {
-        let ids: Vec<u32> = self.cluster.nodes().iter().map(|n| n.0).collect();
-        for id in ids {
+        for id in self.nodes() {
             if !self.children.contains_key(&id) {
                 self.spawn(id);
             }
         }
+    }
+
+    /// Every node of the cluster file.
+    pub fn nodes(&self) -> Vec<u32> {
+        self.cluster.nodes().iter().map(|n| n.0).collect()
     }
 
     /// Starts node `id` (an acceptor or a replica of the file).
