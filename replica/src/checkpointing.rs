@@ -38,6 +38,9 @@ const RETRY: Duration = Duration::from_secs(1);
 /// the acceptors again (a restarted acceptor learns them so).
 const REPORT_AGAIN: Duration = Duration::from_secs(5);
 
+/// Where a checkpoint cut each ring: the next instance after it.
+type Positions = Vec<(RingId, u64)>;
+
 struct Job<I> {
     meta: FileMeta,
     captured: Captured<I>,
@@ -65,7 +68,7 @@ pub(crate) struct Checkpointing<S: Service> {
     writing: Option<(u64, Vec<(RingId, u64)>)>,
     /// The positions of the durable checkpoints kept (`keep`, newest last),
     /// and when the oldest one's were last sent to the acceptors.
-    durable_at: Option<(VecDeque<Vec<(RingId, u64)>>, Instant)>,
+    durable_at: Option<(VecDeque<Positions>, Instant)>,
     /// The number of the newest checkpoint on disk.
     pub(crate) durable: Arc<AtomicU64>,
 }
