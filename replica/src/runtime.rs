@@ -302,6 +302,14 @@ pub async fn run_replica<S: ConflictModel>(
     })?;
     let data_dir = entry.data_dir();
     let store = Store::open(&data_dir, cluster.checkpoint.keep)?;
+    let config = EngineConfig::of_cluster(cluster);
+    let loaded = store.load(&*service, config.kind, config.threads())?;
+    // The state is built before the network starts: a client that reaches
+    // this replica finds it executing.
+    let first = match loaded {
+        Some(loaded) => resume(cluster, id, loaded)?,
+        None => fresh(cluster, id, initial())?,
+    };
     let tls = node_tls(cluster, id).map_err(ProcessError::from)?;
     let mut config = net_config(cluster, id, tls);
     let asks = config.route(Purpose::TransferRequest, transfer::QUEUED);
@@ -320,19 +328,14 @@ pub async fn run_replica<S: ConflictModel>(
         others.clone(),
         asks,
     ));
-    let mut fetcher = Fetcher::new(net.clone(), answers, others);
-    let outcome = serve(
-        cluster,
-        id,
-        service,
-        initial,
-        shutdown,
-        &store,
-        &net,
-        &mut inbox,
-        &mut fetcher,
-    )
-    .await;
+    let mut p = Process {
+        store: &store,
+        net: &net,
+        inbox: &mut inbox,
+        fetcher: Fetcher::new(net.clone(), answers, others),
+        router: Arc::new(ReplyRouter::new(id)),
+    };
+    let outcome = serve(cluster, id, &service, first, shutdown, &mut p).await;
     net.close();
     outcome
 }
@@ -342,35 +345,30 @@ struct Process<'a> {
     store: &'a Store,
     net: &'a Network,
     inbox: &'a mut mpsc::Receiver<Inbound>,
-    fetcher: &'a mut Fetcher,
+    fetcher: Fetcher,
     router: Arc<ReplyRouter>,
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Where a run of the engine starts: the learner, the engine's start, and
+/// the checkpoint it resumes from (0: none).
+type Resumed<T> = (Learner, Start<T>, u64);
+
+/// Runs the engine from `first` until `shutdown`; each time the acceptors
+/// turn out to have trimmed what it needs, fetches a newer checkpoint from
+/// another replica and runs again from there.
 async fn serve<S: ConflictModel>(
     cluster: &ClusterConfig,
     id: NodeId,
-    service: Arc<S>,
-    initial: impl FnOnce() -> S::State,
+    service: &Arc<S>,
+    first: Resumed<S::State>,
     shutdown: impl Future<Output = ()>,
-    store: &Store,
-    net: &Network,
-    inbox: &mut mpsc::Receiver<Inbound>,
-    fetcher: &mut Fetcher,
+    p: &mut Process<'_>,
 ) -> Result<(), RuntimeError> {
-    let mut p = Process {
-        store,
-        net,
-        inbox,
-        fetcher,
-        router: Arc::new(ReplyRouter::new(id)),
-    };
     let mut shutdown = std::pin::pin!(shutdown);
-    let mut initial = Some(initial);
-    let mut loaded = first_checkpoint(cluster, id, &*service, &mut p).await?;
+    let mut next = first;
     loop {
-        let (mut learner, start, last) = resume(cluster, id, loaded, &mut initial)?;
-        let mut hooks = start_engine(cluster, id, &service, &p, start, last)?;
+        let (mut learner, start, last) = next;
+        let mut hooks = start_engine(cluster, id, service, p, start, last)?;
         if hooks.checkpoints.is_some() {
             learner.keep_images();
         }
@@ -409,45 +407,38 @@ async fn serve<S: ConflictModel>(
             return Err(failed);
         }
         let config = EngineConfig::of_cluster(cluster);
-        loaded = p.store.load(&*service, config.kind, config.threads())?;
+        let loaded = p.store.load(&**service, config.kind, config.threads())?;
+        let Some(loaded) = loaded else {
+            return Err(RuntimeError::NoState);
+        };
+        next = resume(cluster, id, loaded)?;
     }
 }
 
-/// The replica's newest intact checkpoint; if it has none, the newest
-/// another replica has (one round of asking: on a new cluster nobody has one).
-async fn first_checkpoint<S: ConflictModel>(
-    cluster: &ClusterConfig,
-    id: NodeId,
-    service: &S,
-    p: &mut Process<'_>,
-) -> Result<Option<Loaded<S::State>>, RuntimeError> {
-    let config = EngineConfig::of_cluster(cluster);
-    let loaded = p.store.load(service, config.kind, config.threads())?;
-    if loaded.is_some() || !p.fetcher.has_peers() || !cluster.checkpoint.enabled() {
-        return Ok(loaded);
-    }
-    info!(node = %id, "no checkpoint here; asking the other replicas for theirs");
-    match drained(p.fetcher.newest(p.store, 0, Duration::ZERO), p.inbox).await {
-        Some(_) => Ok(p.store.load(service, config.kind, config.threads())?),
-        None => Ok(None),
-    }
+/// A learner of every ring from instance 0.
+fn learner(cluster: &ClusterConfig, id: NodeId, now: Instant) -> Result<Learner, RuntimeError> {
+    let multicast = cluster.multicast();
+    let rings: Vec<RingId> = multicast.rings.iter().map(|r| r.id).collect();
+    Ok(Learner::new(id, &multicast, &rings, now).map_err(ProcessError::from)?)
 }
 
-/// A learner and the engine's start: from `loaded`, else from `initial()`.
+/// A start at instance 0 of every ring, from `state`.
+fn fresh<T>(cluster: &ClusterConfig, id: NodeId, state: T) -> Result<Resumed<T>, RuntimeError> {
+    Ok((
+        learner(cluster, id, Instant::now())?,
+        Start::Fresh(state),
+        0,
+    ))
+}
+
+/// A start from checkpoint `loaded`: the learner resumed at its cut.
 fn resume<T>(
     cluster: &ClusterConfig,
     id: NodeId,
-    loaded: Option<Loaded<T>>,
-    initial: &mut Option<impl FnOnce() -> T>,
-) -> Result<(Learner, Start<T>, u64), RuntimeError> {
-    let multicast = cluster.multicast();
-    let rings: Vec<RingId> = multicast.rings.iter().map(|r| r.id).collect();
+    loaded: Loaded<T>,
+) -> Result<Resumed<T>, RuntimeError> {
     let now = Instant::now();
-    let mut learner = Learner::new(id, &multicast, &rings, now).map_err(ProcessError::from)?;
-    let Some(loaded) = loaded else {
-        let initial = initial.take().ok_or(RuntimeError::NoState)?;
-        return Ok((learner, Start::Fresh(initial()), 0));
-    };
+    let mut learner = learner(cluster, id, now)?;
     for (ring, image) in loaded.dedupe {
         learner
             .resume(ring, image, now)
@@ -574,5 +565,25 @@ mod tests {
         router.replies(1, &mut others);
         assert!(rx.try_recv().is_err(), "nothing to send, no write");
         assert_eq!(router.undeliverable.load(Ordering::Relaxed), 0);
+    }
+
+    /// A replica that is catching up answers nobody (its answers would come
+    /// late; the client's call falls over to another replica), and counts
+    /// what it did not send; once caught up it answers again.
+    #[test]
+    fn a_replica_that_catches_up_answers_nobody() {
+        let router = ReplyRouter::new(NodeId(101));
+        let (tx, mut rx) = mpsc::channel(4);
+        router.register(ClientId(7), 1, tx);
+        let mut replies = vec![
+            reply(7, 1, Answerers::All),
+            reply(7, 2, Answerers::One(102)),
+        ];
+        router.replies(0, &mut replies);
+        assert!(rx.try_recv().is_err(), "not serving yet: nothing sent");
+        assert_eq!(router.undeliverable.load(Ordering::Relaxed), 1);
+        assert!(router.serve(true) && !router.serve(true));
+        router.replies(0, &mut vec![reply(7, 3, Answerers::All)]);
+        assert_eq!(received(&rx.try_recv().unwrap()), [3]);
     }
 }
