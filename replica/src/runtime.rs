@@ -187,6 +187,8 @@ struct ReplicaHooks<S: ConflictModel> {
     data_dir: String,
     /// Since when, and from how many delivered commands, it catches up.
     behind_since: Option<(Instant, u64)>,
+    /// Whether rings may be held ([`Learner::hold`]) from the last pace.
+    holding: bool,
 }
 
 /// Instances a replica may trail the newest decision it heard of and still
@@ -198,10 +200,17 @@ impl<S: ConflictModel> ReplicaHooks<S> {
     /// backlog, and answers clients only once caught up.
     fn pace(&mut self, learner: &mut Learner) {
         let caught_up = learner.caught_up(SLACK);
-        let behind = !caught_up && self.engine.behind();
-        learner.hold(behind);
-        let serving =
-            caught_up && (self.router.serving.load(Ordering::Relaxed) || !self.engine.behind());
+        let serving_now = self.router.serving.load(Ordering::Relaxed);
+        let mut behind = false;
+        if !(caught_up && serving_now && !self.holding) {
+            // Catching up (or just caught up: release what was held).
+            self.engine.behind(|ring, backlog| {
+                behind |= backlog;
+                learner.hold(ring, backlog && !caught_up);
+            });
+            self.holding = !caught_up;
+        }
+        let serving = caught_up && (serving_now || !behind);
         if !self.router.serve(serving) {
             return;
         }
@@ -498,6 +507,7 @@ fn start_engine<S: ConflictModel>(
         checkpoints,
         data_dir: data_dir.display().to_string(),
         behind_since: Some((Instant::now(), 0)),
+        holding: false,
     })
 }
 

@@ -162,13 +162,13 @@ fn a_learner_far_behind_pipelines_its_asks_and_holds_them_when_told() {
         ahead.windows(2).all(|w| w[0].1 == w[1].0) && ahead[0].0 == b,
         "consecutive, from the end of the first ask: {ahead:?}"
     );
-    l.hold(true);
+    l.hold(R, true);
     for i in 1..b {
         l.handle_message(t1, N1, decide(i, Value::Skip(1)));
     }
     l.handle_timeout(t1 + Duration::from_secs(1));
     assert_eq!(asks(&mut l), [], "held: no asks");
-    l.hold(false);
+    l.hold(R, false);
     l.handle_message(t1, N1, decide(b, Value::Skip(1)));
     l.handle_timeout(t1 + Duration::from_secs(2));
     assert!(!asks(&mut l).is_empty(), "released: it asks again");

@@ -701,20 +701,34 @@ impl<S: ConflictModel> Engine<S> {
         outcome
     }
 
-    /// Whether the workers have a backlog: more than [`BEHIND`] inputs
-    /// (instances for the merging engines, batches for classes, commands
-    /// beyond the graph's window for cbase) delivered and not yet taken.
-    /// A replica catching up holds its learner back meanwhile, so that
-    /// fetching faster than executing does not pile decisions up in memory.
-    pub fn behind(&self) -> bool {
-        let queued = match &self.front {
-            Front::Rings(slots) => slots.0.iter().map(|s| s.queued()).max().unwrap_or(0),
+    /// The rings whose consumers have a backlog: more than [`BEHIND`]
+    /// inputs (instances for the merging engines, batches for classes,
+    /// commands beyond the graph's window for cbase) delivered to them and
+    /// not yet taken. A worker's own ring, when its queue is long; `g_all`,
+    /// when any queue is. A replica catching up holds these rings' recovery
+    /// back meanwhile, so that fetching faster than executing does not pile
+    /// decisions up in memory, while the other rings (which a worker
+    /// waiting at a synchronization may need) go on.
+    pub fn behind(&self, mut ring: impl FnMut(RingId, bool)) {
+        let config = &self.shared.config;
+        let all = match &self.front {
+            Front::Rings(slots) => {
+                let mut any = false;
+                for (t, slot) in slots.0.iter().enumerate() {
+                    let behind = slot.queued() > BEHIND;
+                    any |= behind;
+                    if let Some(&own) = config.thread_rings.get(t) {
+                        ring(own, behind);
+                    }
+                }
+                any
+            }
             Front::Single { stage, .. } => match stage {
-                Stage::Cbase(parallelizer) => parallelizer.queued(),
-                Stage::Classes(scheduler) => lock(scheduler).queued(),
+                Stage::Cbase(parallelizer) => parallelizer.queued() > BEHIND,
+                Stage::Classes(scheduler) => lock(scheduler).queued() > BEHIND,
             },
         };
-        queued > BEHIND
+        ring(config.all_ring, all);
     }
 
     /// Waits until every delivered command that can be merged is executed,

@@ -79,6 +79,8 @@ struct LearnerRing {
     lost: Option<Lost>,
     /// Kept for [`Learner::dedupe_image`] once asked for.
     lag: Option<Lag>,
+    /// No recovery asks while set ([`Learner::hold`]).
+    held: bool,
 }
 
 /// The filter of a ring as it stood at an earlier instance, and what it was
@@ -250,8 +252,6 @@ const WINDOW: u64 = 8;
 /// A subscriber to one or more rings.
 pub struct Learner {
     params: Params,
-    /// No recovery asks while set: the consumer is behind ([`Learner::hold`]).
-    held: bool,
     rings: BTreeMap<RingId, LearnerRing>,
     out: VecDeque<Transmit>,
     deliveries: VecDeque<Delivery>,
@@ -285,12 +285,12 @@ impl Learner {
                 catchup: Catchup::new(0, now, std::time::Duration::ZERO, WINDOW),
                 lost: None,
                 lag: None,
+                held: false,
             };
             rings.insert(ring, state);
         }
         Ok(Learner {
             params: config.params.clone(),
-            held: false,
             rings,
             out: VecDeque::new(),
             deliveries: VecDeque::new(),
@@ -372,12 +372,16 @@ impl Learner {
         Ok(())
     }
 
-    /// Holds recovery back while `hold` (the consumer of deliveries has a
-    /// backlog: catching up faster than it executes would only queue
-    /// decisions in memory), and lets it go on when released. Live
-    /// decisions are delivered either way.
-    pub fn hold(&mut self, hold: bool) {
-        self.held = hold;
+    /// Holds the recovery of `ring` back while `hold` (the consumer of its
+    /// deliveries has a backlog: catching up faster than it executes would
+    /// only queue decisions in memory), and lets it go on when released.
+    /// Per ring, because a consumer may wait on another ring to drain its
+    /// backlog (a worker at a `g_all` synchronization waits for a worker
+    /// that needs its own ring). Live decisions are delivered either way.
+    pub fn hold(&mut self, ring: RingId, hold: bool) {
+        if let Some(r) = self.rings.get_mut(&ring) {
+            r.held = hold;
+        }
     }
 
     /// Whether every ring's next instance is within `slack` instances of
@@ -425,7 +429,7 @@ impl Learner {
                 let before = ring.next;
                 ring.on_decide(d, self.params.learner_buffer, &mut out);
                 // A pipeline asks again as soon as its answers move the frontier.
-                if ring.next != before && ring.catchup.asking() && !self.held {
+                if ring.next != before && ring.catchup.asking() && !ring.held {
                     ring.ask(now, ring_id, &self.params, &mut self.out, &mut self.metrics);
                 }
             }
@@ -440,11 +444,8 @@ impl Learner {
             return;
         }
         self.next_tick = now + self.params.recovery_timeout / 4;
-        if self.held {
-            return;
-        }
         for (&id, ring) in &mut self.rings {
-            if ring.lost.is_none() {
+            if ring.lost.is_none() && !ring.held {
                 ring.ask(now, id, &self.params, &mut self.out, &mut self.metrics);
             }
         }
