@@ -97,7 +97,7 @@ pub struct ReplyRouter {
 
 impl ReplyRouter {
     /// The router of replica `replica`, not answering until told to
-    /// ([`ReplyRouter::serve`]).
+    /// (the replica starts answering once caught up).
     pub fn new(replica: NodeId) -> ReplyRouter {
         ReplyRouter {
             replica: replica.0,

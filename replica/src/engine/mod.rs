@@ -701,8 +701,9 @@ impl<S: ConflictModel> Engine<S> {
         outcome
     }
 
-    /// The rings whose consumers have a backlog: more than [`BEHIND`]
-    /// inputs (instances for the merging engines, batches for classes,
+    /// Calls `ring(r, backlog)` for every ring the workers consume, with
+    /// whether its consumers have a backlog: more than 1,024 inputs
+    /// (instances for the merging engines, batches for classes,
     /// commands beyond the graph's window for cbase) delivered to them and
     /// not yet taken. A worker's own ring, when its queue is long; `g_all`,
     /// when any queue is. A replica catching up holds these rings' recovery
