@@ -341,7 +341,7 @@ pub async fn run_replica<S: ConflictModel>(
         store: &store,
         net: &net,
         inbox: &mut inbox,
-        fetcher: Fetcher::new(net.clone(), answers, others),
+        fetcher: Some(Fetcher::new(net.clone(), answers, others)),
         router: Arc::new(ReplyRouter::new(id)),
     };
     let outcome = serve(cluster, id, &service, first, shutdown, &mut p).await;
@@ -354,7 +354,8 @@ struct Process<'a> {
     store: &'a Store,
     net: &'a Network,
     inbox: &'a mut mpsc::Receiver<Inbound>,
-    fetcher: Fetcher,
+    /// `None` while it fetches beside the engine ([`Background`]).
+    fetcher: Option<Fetcher>,
     router: Arc<ReplyRouter>,
 }
 
@@ -362,9 +363,25 @@ struct Process<'a> {
 /// the checkpoint it resumes from (0: none).
 type Resumed<T> = (Learner, Start<T>, u64);
 
+/// A fetch of the other replicas' newest checkpoint running beside the
+/// engine; the fetcher comes back with the number it got, if any.
+type Background = tokio::task::JoinHandle<(Fetcher, Option<u64>)>;
+
+/// How a run of the engine ended.
+enum Ended {
+    /// Shut down.
+    Shutdown,
+    /// The driver stopped (a failure in `hooks.failed`, or the network closed).
+    Driver,
+    /// A checkpoint fetched in the background is far ahead: start from it.
+    Fetched,
+}
+
 /// Runs the engine from `first` until `shutdown`; each time the acceptors
 /// turn out to have trimmed what it needs, fetches a newer checkpoint from
-/// another replica and runs again from there.
+/// another replica and runs again from there. A replica that starts with
+/// no checkpoint asks the others for theirs beside the engine, and moves to
+/// the one it gets if it has not caught up by then.
 async fn serve<S: ConflictModel>(
     cluster: &ClusterConfig,
     id: NodeId,
@@ -374,6 +391,21 @@ async fn serve<S: ConflictModel>(
     p: &mut Process<'_>,
 ) -> Result<(), RuntimeError> {
     let mut shutdown = std::pin::pin!(shutdown);
+    let fresh = first.2 == 0 && cluster.checkpoint.enabled();
+    let mut background = match p.fetcher.take() {
+        Some(mut fetcher) if fresh && fetcher.has_peers() => {
+            info!(node = %id, "no checkpoint here; asking the other replicas for theirs beside the engine");
+            let store = p.store.clone();
+            Some(tokio::spawn(async move {
+                let number = fetcher.newest(&store, 0, Duration::ZERO).await;
+                (fetcher, number)
+            }))
+        }
+        fetcher => {
+            p.fetcher = fetcher;
+            None
+        }
+    };
     let mut next = first;
     loop {
         let (mut learner, start, last) = next;
@@ -381,39 +413,28 @@ async fn serve<S: ConflictModel>(
         if hooks.checkpoints.is_some() {
             learner.keep_images();
         }
-        let stopped = tokio::select! {
-            () = net::drive(&mut learner, p.net, p.inbox, &mut hooks) => false,
-            () = &mut shutdown => true,
-        };
+        let ended = run(&mut learner, &mut hooks, p, &mut shutdown, &mut background).await;
         if let Some(c) = &mut hooks.checkpoints {
             c.finish();
         }
-        if stopped {
-            info!(node = %id, "replica shutting down");
-            return Ok(());
-        }
-        let Some(failed) = hooks.failed.take() else {
-            return Ok(());
+        let failed = match ended {
+            Ended::Shutdown => {
+                info!(node = %id, "replica shutting down");
+                return Ok(());
+            }
+            Ended::Driver => match hooks.failed.take() {
+                None => return Ok(()),
+                Some(failed) => Some(failed),
+            },
+            Ended::Fetched => None,
         };
-        // Its workers stop at the gap; the state is rebuilt from a checkpoint.
+        // Its workers stop (at the gap); the state is rebuilt from a checkpoint.
         let engine = hooks.engine;
         if let Ok(Err(e)) = tokio::task::spawn_blocking(move || engine.finish()).await {
             warn!(node = %id, error = %e, "the engine stopped with an error");
         }
-        let RuntimeError::Trimmed {
-            ring, from, below, ..
-        } = &failed
-        else {
-            return Err(failed);
-        };
-        warn!(node = %id, %ring, from, below, "decisions this replica needs were trimmed; fetching a newer checkpoint from another replica");
-        if !p.fetcher.has_peers() || !cluster.checkpoint.enabled() {
-            return Err(failed);
-        }
-        let patience = transfer_patience(&cluster.checkpoint);
-        let fetched = drained(p.fetcher.newest(p.store, last, patience), p.inbox).await;
-        if fetched.is_none() {
-            return Err(failed);
+        if let Some(failed) = failed {
+            fetch_past_trim(cluster, id, failed, last, p, &mut background).await?;
         }
         let config = EngineConfig::of_cluster(cluster);
         let loaded = p.store.load(&**service, config.kind, config.threads())?;
@@ -421,6 +442,68 @@ async fn serve<S: ConflictModel>(
             return Err(RuntimeError::NoState);
         };
         next = resume(cluster, id, loaded)?;
+    }
+}
+
+/// Drives the learner until shutdown, the driver stops, or a checkpoint
+/// fetched in the background should replace the state (this replica has not
+/// caught up by then; one that has keeps running).
+async fn run<S: ConflictModel>(
+    learner: &mut Learner,
+    hooks: &mut ReplicaHooks<S>,
+    p: &mut Process<'_>,
+    shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+    background: &mut Option<Background>,
+) -> Ended {
+    loop {
+        tokio::select! {
+            () = net::drive(learner, p.net, p.inbox, hooks) => return Ended::Driver,
+            () = shutdown.as_mut() => return Ended::Shutdown,
+            joined = async { background.as_mut().expect("guarded").await }, if background.is_some() => {
+                *background = None;
+                let Ok((fetcher, number)) = joined else { continue };
+                p.fetcher = Some(fetcher);
+                if number.is_some() && !learner.caught_up(SLACK) {
+                    info!(checkpoint = number, "moving to the checkpoint fetched from another replica");
+                    return Ended::Fetched;
+                }
+            }
+        }
+    }
+}
+
+/// After the learner found decisions trimmed: fetches a checkpoint newer
+/// than `last` from another replica, or gives back `failed`.
+async fn fetch_past_trim(
+    cluster: &ClusterConfig,
+    id: NodeId,
+    failed: RuntimeError,
+    last: u64,
+    p: &mut Process<'_>,
+    background: &mut Option<Background>,
+) -> Result<(), RuntimeError> {
+    let RuntimeError::Trimmed {
+        ring, from, below, ..
+    } = &failed
+    else {
+        return Err(failed);
+    };
+    warn!(node = %id, %ring, from, below, "decisions this replica needs were trimmed; fetching a newer checkpoint from another replica");
+    if let Some(task) = background.take()
+        && let Ok((fetcher, _)) = task.await
+    {
+        p.fetcher = Some(fetcher);
+    }
+    let Some(fetcher) = p.fetcher.as_mut() else {
+        return Err(failed);
+    };
+    if !fetcher.has_peers() || !cluster.checkpoint.enabled() {
+        return Err(failed);
+    }
+    let patience = transfer_patience(&cluster.checkpoint);
+    match drained(fetcher.newest(p.store, last, patience), p.inbox).await {
+        Some(_) => Ok(()),
+        None => Err(failed),
     }
 }
 

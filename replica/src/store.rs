@@ -271,7 +271,9 @@ impl Store {
                 format!("{bytes} bytes, shorter than any checkpoint"),
             ));
         }
-        let tmp = path.with_extension("psmr.tmp");
+        // Not the writer's name: this replica may be writing the same
+        // checkpoint itself meanwhile (both files are whole; either wins).
+        let tmp = path.with_extension("psmr.recv.tmp");
         let file = File::create(&tmp).map_err(io_at(&tmp))?;
         Ok(Receiving {
             store: self.clone(),
