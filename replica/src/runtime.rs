@@ -294,10 +294,10 @@ impl<S: ConflictModel> Hooks<Learner> for ReplicaHooks<S> {
 }
 
 /// Runs replica `id` of `service` until `shutdown` resolves: from its
-/// newest intact checkpoint if it has one, else from the newest checkpoint
-/// another replica has, else from `initial()` at the start of every ring.
-/// If the acceptors trimmed what it needs, it fetches a newer checkpoint
-/// from another replica and starts again from there.
+/// newest intact checkpoint if it has one, else from `initial()` at the
+/// start of every ring while it asks the other replicas for theirs. If the
+/// acceptors trimmed what it needs, it fetches a newer checkpoint from
+/// another replica and starts again from there.
 pub async fn run_replica<S: ConflictModel>(
     cluster: &ClusterConfig,
     id: NodeId,
@@ -359,9 +359,13 @@ struct Process<'a> {
     router: Arc<ReplyRouter>,
 }
 
-/// Where a run of the engine starts: the learner, the engine's start, and
-/// the checkpoint it resumes from (0: none).
-type Resumed<T> = (Learner, Start<T>, u64);
+/// Where a run of the engine starts.
+struct Resumed<T> {
+    learner: Learner,
+    start: Start<T>,
+    /// The checkpoint it resumes from (0: none).
+    checkpoint: u64,
+}
 
 /// A fetch of the other replicas' newest checkpoint running beside the
 /// engine; the fetcher comes back with the number it got, if any.
@@ -391,7 +395,7 @@ async fn serve<S: ConflictModel>(
     p: &mut Process<'_>,
 ) -> Result<(), RuntimeError> {
     let mut shutdown = std::pin::pin!(shutdown);
-    let fresh = first.2 == 0 && cluster.checkpoint.enabled();
+    let fresh = first.checkpoint == 0 && cluster.checkpoint.enabled();
     let mut background = match p.fetcher.take() {
         Some(mut fetcher) if fresh && fetcher.has_peers() => {
             info!(node = %id, "no checkpoint here; asking the other replicas for theirs beside the engine");
@@ -408,7 +412,11 @@ async fn serve<S: ConflictModel>(
     };
     let mut next = first;
     loop {
-        let (mut learner, start, last) = next;
+        let Resumed {
+            mut learner,
+            start,
+            checkpoint: last,
+        } = next;
         let mut hooks = start_engine(cluster, id, service, p, start, last)?;
         if hooks.checkpoints.is_some() {
             learner.keep_images();
@@ -490,9 +498,12 @@ async fn fetch_past_trim(
     };
     warn!(node = %id, %ring, from, below, "decisions this replica needs were trimmed; fetching a newer checkpoint from another replica");
     if let Some(task) = background.take()
-        && let Ok((fetcher, _)) = task.await
+        && let Ok((fetcher, fetched)) = task.await
     {
         p.fetcher = Some(fetcher);
+        if fetched.is_some_and(|n| n > last) {
+            return Ok(());
+        }
     }
     let Some(fetcher) = p.fetcher.as_mut() else {
         return Err(failed);
@@ -511,16 +522,16 @@ async fn fetch_past_trim(
 fn learner(cluster: &ClusterConfig, id: NodeId, now: Instant) -> Result<Learner, RuntimeError> {
     let multicast = cluster.multicast();
     let rings: Vec<RingId> = multicast.rings.iter().map(|r| r.id).collect();
-    Ok(Learner::new(id, &multicast, &rings, now).map_err(ProcessError::from)?)
+    Learner::new(id, &multicast, &rings, now).map_err(|e| ProcessError::from(e).into())
 }
 
 /// A start at instance 0 of every ring, from `state`.
 fn fresh<T>(cluster: &ClusterConfig, id: NodeId, state: T) -> Result<Resumed<T>, RuntimeError> {
-    Ok((
-        learner(cluster, id, Instant::now())?,
-        Start::Fresh(state),
-        0,
-    ))
+    Ok(Resumed {
+        learner: learner(cluster, id, Instant::now())?,
+        start: Start::Fresh(state),
+        checkpoint: 0,
+    })
 }
 
 /// A start from checkpoint `loaded`: the learner resumed at its cut.
@@ -538,7 +549,11 @@ fn resume<T>(
     }
     let number = loaded.resume.engine.number;
     info!(node = %id, checkpoint = number, "resuming from a checkpoint");
-    Ok((learner, Start::Resume(loaded.resume), number))
+    Ok(Resumed {
+        learner,
+        start: Start::Resume(loaded.resume),
+        checkpoint: number,
+    })
 }
 
 /// Starts the engine, and the checkpoint writer if checkpoints are on.

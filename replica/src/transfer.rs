@@ -177,12 +177,16 @@ async fn answer(net: &Network, store: &Store, to: NodeId, ask: Ask) -> Result<()
     Ok(())
 }
 
+/// Writes `answer` as a frame: its length, then its body (two writes, so
+/// that a chunk is not copied once more into a frame).
 async fn write(stream: &mut SendStream, answer: &Answer) -> Result<(), TransferError> {
     let body = postcard::to_allocvec(answer).expect("an answer serializes");
-    stream
-        .write_all(&frame_of(&body))
-        .await
-        .map_err(|e| TransferError::Net(e.into()))
+    let len = u32::try_from(body.len()).expect("a chunk frame is small");
+    let written = async {
+        stream.write_all(&len.to_le_bytes()).await?;
+        stream.write_all(&body).await
+    };
+    written.await.map_err(|e| TransferError::Net(e.into()))
 }
 
 /// Fetches checkpoints from the other replicas.

@@ -124,13 +124,22 @@ impl Catchup {
         {
             return None;
         }
-        self.last_request = Some(now);
-        self.last_ask = Some(now);
         let peer = peers[self.next_peer % peers.len()];
         self.next_peer = self.next_peer.wrapping_add(1);
-        let request = request(ring, frontier, horizon, params);
+        Some(self.sent(now, peer, request(ring, frontier, horizon, params)))
+    }
+
+    /// Records an ask that leaves now.
+    fn sent(
+        &mut self,
+        now: Instant,
+        peer: NodeId,
+        request: LearnRequest,
+    ) -> (NodeId, LearnRequest) {
+        self.last_request = Some(now);
+        self.last_ask = Some(now);
         self.asked_to = request.to;
-        Some((peer, request))
+        (peer, request)
     }
 
     /// The next ask of a pipeline, if the window and the pace allow it.
@@ -154,12 +163,8 @@ impl Catchup {
         {
             return None;
         }
-        self.last_request = Some(now);
-        self.last_ask = Some(now);
         let peer = peers[self.next_peer.wrapping_sub(1) % peers.len()];
-        let request = request(ring, from, horizon, params);
-        self.asked_to = request.to;
-        Some((peer, request))
+        Some(self.sent(now, peer, request(ring, from, horizon, params)))
     }
 }
 

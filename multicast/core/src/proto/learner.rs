@@ -212,7 +212,7 @@ impl LearnerRing {
         });
     }
 
-    /// Queues every recovery ask that is due.
+    /// Queues every recovery ask that is due, unless the ring is lost or held.
     fn ask(
         &mut self,
         now: Instant,
@@ -221,6 +221,9 @@ impl LearnerRing {
         out: &mut VecDeque<Transmit>,
         metrics: &mut LearnerMetrics,
     ) {
+        if self.lost.is_some() || self.held {
+            return;
+        }
         while let Some((to, request)) =
             self.catchup
                 .poll(now, id, self.next, self.horizon, &self.acceptors, params)
@@ -429,7 +432,7 @@ impl Learner {
                 let before = ring.next;
                 ring.on_decide(d, self.params.learner_buffer, &mut out);
                 // A pipeline asks again as soon as its answers move the frontier.
-                if ring.next != before && ring.catchup.asking() && !ring.held {
+                if ring.next != before && ring.catchup.asking() {
                     ring.ask(now, ring_id, &self.params, &mut self.out, &mut self.metrics);
                 }
             }
@@ -445,9 +448,7 @@ impl Learner {
         }
         self.next_tick = now + self.params.recovery_timeout / 4;
         for (&id, ring) in &mut self.rings {
-            if ring.lost.is_none() && !ring.held {
-                ring.ask(now, id, &self.params, &mut self.out, &mut self.metrics);
-            }
+            ring.ask(now, id, &self.params, &mut self.out, &mut self.metrics);
         }
     }
 
