@@ -46,7 +46,9 @@ use bytes::Bytes;
 use psmr_core::cluster::ClusterConfig;
 use psmr_core::proto::NodeId;
 use psmr_core::{ClientId, MappingError, Refusal};
-use psmr_multicast::net::{CertPaths, Identity, NetConfig, NetError, Network, Tls, TlsError};
+use psmr_multicast::net::{
+    CLIENT, CertPaths, Identity, NetConfig, NetError, Network, Tls, TlsError,
+};
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
 
@@ -87,9 +89,10 @@ pub struct ClientOptions {
     /// executed requests would answer them with the old responses, and the
     /// acceptors' learners would drop them as already delivered.
     pub id: Option<u64>,
-    /// Presents the cluster's client certificate (`client.pem` in the
-    /// certificate directory). Default: when the cluster requires client certificates.
-    pub certificate: Option<bool>,
+    /// The certificate the client presents. Its id on the wire carries the
+    /// certificate's tag, so that no client with another certificate can
+    /// act under it. Default [`Certificate::Cluster`].
+    pub certificate: Certificate,
     /// The sequential fallback (psmr, opt-psmr): while at least this share
     /// of the client's last 1,024 commands are mapped to `g_all`, every
     /// command goes to `g_all`, and the replicas run them in one synchronized
@@ -120,10 +123,24 @@ impl Default for ClientOptions {
             deadline: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(5),
             id: None,
-            certificate: None,
+            certificate: Certificate::Cluster,
             sequential_above: 0.4,
         }
     }
+}
+
+/// Which certificate a client presents to the cluster.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Certificate {
+    /// `client.pem` of the certificate directory if the cluster requires
+    /// client certificates or the file is there; none otherwise.
+    #[default]
+    Cluster,
+    /// `<name>.pem` of the certificate directory (`psmr certs --client NAME`).
+    Named(String),
+    /// None: only a cluster with `require_client_certificates = false`
+    /// admits the client, and such clients are not told apart.
+    None,
 }
 
 /// Why a call or a connection failed.
@@ -251,16 +268,24 @@ where
         let paths = CertPaths {
             dir: cluster.tls.dir.clone(),
         };
-        let identity = if options
-            .certificate
-            .unwrap_or(cluster.tls.require_client_certificates)
-        {
-            let (cert, key) = paths.client();
-            Some(Identity::load(&cert, &key)?)
-        } else {
-            None
+        let name = match &options.certificate {
+            Certificate::Cluster
+                if cluster.tls.require_client_certificates || paths.client().0.exists() =>
+            {
+                Some(CLIENT)
+            }
+            Certificate::Named(name) => Some(name.as_str()),
+            Certificate::Cluster | Certificate::None => None,
+        };
+        let identity = match name {
+            Some(name) => {
+                let (cert, key) = paths.named_client(name);
+                Some(Identity::load(&cert, &key)?)
+            }
+            None => None,
         };
         let tls = Tls::load(&paths.ca(), identity)?;
+        let tag = tls.client_tag();
         let (net, inbox) = Network::start(NetConfig::new(None, None, cluster.addresses(), tls))?;
         let replicas: Vec<NodeId> = cluster.replicas.iter().map(|r| NodeId(r.id)).collect();
         // Clients spread over the replicas by id; the first one reached answers.
@@ -268,7 +293,7 @@ where
         let answerer = reach_a_replica(&net, &replicas, first, options.connect_timeout).await?;
         let stats = Arc::new(ClientStats::default());
         let (calls, rx) = mpsc::channel(4096);
-        let wire = ClientId(incarnate(id.0, rand::random()));
+        let wire = ClientId::tagged(tag, incarnate(id.0, rand::random()));
         let driver = driver::Driver::new(
             cluster,
             service,
@@ -337,6 +362,7 @@ async fn reach_a_replica(
         for at in (start..start + replicas.len()).map(|i| i % replicas.len()) {
             match tokio::time::timeout_at(deadline, net.connect(replicas[at])).await {
                 Ok(Ok(())) => return Ok(at),
+                Ok(Err(e @ NetError::Refused { .. })) => return Err(ClientError::Net(e)),
                 Ok(Err(e)) => {
                     first.get_or_insert(e);
                 }
@@ -355,7 +381,8 @@ async fn reach_a_replica(
 
 /// The wire id of incarnation `incarnation` of client `id`: a bijective mix
 /// (splitmix64's finalizer) of the two, so that two incarnations of one id,
-/// or two ids, share a wire id only by a 2^-64 chance.
+/// or two ids, share a wire id only by a 2^-40 chance once the top bits
+/// are taken by the certificate tag ([`ClientId::tagged`]).
 fn incarnate(id: u64, incarnation: u64) -> u64 {
     let mut z = id ^ incarnation.rotate_left(29);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);

@@ -10,7 +10,7 @@ use psmr_client::{ClientError, ClientOptions};
 use psmr_core::cluster::{ClusterConfig, ClusterError, ServiceKind, StorageKind};
 use psmr_core::proto::NodeId;
 use psmr_core::{EngineKind, ExecCost};
-use psmr_multicast::net::{TlsError, generate_dev_certs};
+use psmr_multicast::net::{TlsError, generate_dev_certs, issue_client_cert};
 use psmr_multicast::process::{ProcessError, load_cluster, run_acceptor};
 use psmr_multicast::storage::OpenMode;
 use psmr_replica::runtime::RuntimeError;
@@ -44,6 +44,15 @@ enum Command {
         /// Where to write them; default: the file's `tls.dir`.
         #[arg(long)]
         dir: Option<PathBuf>,
+        /// Replace an existing CA (every process holding the old
+        /// certificates is locked out), or an existing client certificate.
+        #[arg(long)]
+        force: bool,
+        /// Issue a certificate for a client named NAME (NAME.pem, NAME.key)
+        /// with the existing CA instead; each client with its own
+        /// certificate has ids no other client can use. Repeatable.
+        #[arg(long = "client", value_name = "NAME")]
+        clients: Vec<String>,
     },
     /// Run one acceptor.
     Acceptor(AcceptorArgs),
@@ -260,15 +269,26 @@ pub(crate) fn run(args: Args) -> Result<(), CliError> {
             }
             Ok(())
         }
-        Command::Certs { config, dir } => {
+        Command::Certs {
+            config,
+            dir,
+            force,
+            clients,
+        } => {
             let cluster = load_cluster(&config)?;
             let dir = dir.unwrap_or_else(|| cluster.tls.dir.clone());
-            generate_dev_certs(&dir, &cluster.nodes())?;
-            println!(
-                "certificates for {} nodes written to {}",
-                cluster.nodes().len(),
-                dir.display()
-            );
+            if clients.is_empty() {
+                generate_dev_certs(&dir, &cluster.nodes(), force)?;
+                println!(
+                    "a CA and certificates for {} nodes and a client written to {} (private keys mode 0600)",
+                    cluster.nodes().len(),
+                    dir.display()
+                );
+            }
+            for name in clients {
+                let cert = issue_client_cert(&dir, &name, force)?;
+                println!("client certificate {name} written to {}", cert.display());
+            }
             Ok(())
         }
         Command::Acceptor(AcceptorArgs { node, init }) => {

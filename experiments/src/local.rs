@@ -200,7 +200,9 @@ fn prepare(spec: &ClusterSpec) -> Result<(ClusterConfig, PathBuf), LocalError> {
     cluster.service.exec_busy = Some(spec.cost.busy).filter(|d| !d.is_zero());
     cluster.service.exec_wait = Some(spec.cost.wait).filter(|d| !d.is_zero());
     cluster.validate()?;
-    generate_dev_certs(&cluster.tls.dir, &cluster.nodes())?;
+    if !cluster.tls.dir.join("ca.pem").exists() {
+        generate_dev_certs(&cluster.tls.dir, &cluster.nodes(), false)?;
+    }
     let path = dir.join("cluster.toml");
     std::fs::write(&path, cluster.to_toml()).map_err(io(&path))?;
     Ok((cluster, path))

@@ -216,13 +216,13 @@ fn a_serving_cluster_shrugs_off_bad_input() {
         }
         // Another cluster's certificates: the handshake fails.
         let foreign = cluster.dir().join("foreign");
-        psmr_multicast::net::generate_dev_certs(&foreign, &cluster.cluster.nodes())
+        psmr_multicast::net::generate_dev_certs(&foreign, &cluster.cluster.nodes(), false)
             .expect("certificates");
         let mut stranger = cluster.cluster.clone();
         stranger.tls.dir = foreign;
         let options = psmr_client::ClientOptions {
             connect_timeout: Duration::from_secs(1),
-            certificate: Some(true),
+            certificate: psmr_client::Certificate::Cluster,
             ..psmr_client::ClientOptions::default()
         };
         assert!(
@@ -237,6 +237,98 @@ fn a_serving_cluster_shrugs_off_bad_input() {
         assert_eq!(tree.get(3).await.unwrap(), Some(30));
         let scan = tree.scan(0, 4).await.unwrap().entries;
         assert_eq!(scan, vec![(0, 0), (1, 10), (2, 1), (3, 30)]);
+    });
+    cluster.assert_running();
+}
+
+/// A client with its own certificate cannot act under the id of a client
+/// with another: the replicas refuse its hello for that id (which would have
+/// taken over the victim's replies) and the acceptors its proposals under
+/// it; a client without a certificate is refused at once. The victim is
+/// served throughout, fast.
+#[test]
+fn a_client_cannot_take_over_another_certificates_id() {
+    use psmr_client::{Certificate, ClientOptions};
+    use psmr_multicast::net::{Identity, NetConfig, Network, issue_client_cert};
+    let mut cluster = TestCluster::start(&Spec {
+        preload: 1_000,
+        ..Spec::default()
+    });
+    let certs = cluster.cluster.tls.dir.clone();
+    issue_client_cert(&certs, "mallory", false).expect("a certificate for mallory");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    rt.block_on(async {
+        let victim = cluster.client().await;
+        assert_eq!(victim.insert(1, 10).await.unwrap(), None);
+        let wire = victim.inner().wire_id();
+        // Mallory, with a certificate of the cluster's CA, says hello as
+        // the victim to every replica and proposes under its id.
+        let identity = Identity::load(&certs.join("mallory.pem"), &certs.join("mallory.key"))
+            .expect("mallory's identity");
+        let tls = Tls::load(&certs.join("ca.pem"), Some(identity)).expect("the CA");
+        let (mallory, _inbox) =
+            Network::start(NetConfig::new(None, None, cluster.cluster.addresses(), tls))
+                .expect("mallory's network");
+        let hello = postcard::to_allocvec(&wire.0).expect("a hello");
+        for replica in &cluster.cluster.replicas {
+            mallory.send(NodeId(replica.id), Purpose::ClientHello, frame_of(&hello));
+        }
+        let forged = Message::Propose(Propose {
+            ring: RingId(0),
+            commands: vec![Command {
+                id: CommandId {
+                    proposer: ProposerId(wire.0),
+                    seq: 1_000_000,
+                },
+                low_water: 0,
+                payload: bytes::Bytes::from_static(b"forged"),
+            }],
+            forwarded: false,
+        });
+        let frame = codec::frame(&forged, DEFAULT_MAX_FRAME).expect("a frame");
+        for acceptor in &cluster.cluster.acceptors {
+            mallory.send(NodeId(acceptor.id), Purpose::Propose, frame.clone());
+        }
+        for replica in &cluster.cluster.replicas {
+            cluster
+                .wait_for_log(replica.id, "id of another certificate; refused", QUICK)
+                .await;
+        }
+        // The victim still gets its own replies, none of them late.
+        let started = std::time::Instant::now();
+        for i in 0..200 {
+            victim
+                .insert(2 + 2 * i, i)
+                .await
+                .expect("the victim is served");
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the victim's replies went elsewhere: {:?}",
+            started.elapsed()
+        );
+        mallory.close();
+        // No certificate: refused by the handshake, well before the deadline.
+        let options = ClientOptions {
+            certificate: Certificate::None,
+            connect_timeout: Duration::from_secs(20),
+            ..ClientOptions::default()
+        };
+        let started = std::time::Instant::now();
+        let refused = psmr_btree::BTreeClient::connect(&cluster.cluster, options).await;
+        assert!(
+            refused.is_err(),
+            "a client without a certificate was admitted"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "refused only after {:?}",
+            started.elapsed()
+        );
     });
     cluster.assert_running();
 }

@@ -80,6 +80,9 @@ pub fn net_config(cluster: &ClusterConfig, id: NodeId, tls: Tls) -> NetConfig {
         tls,
     );
     config.require_client_certificates = cluster.tls.require_client_certificates;
+    if !config.require_client_certificates {
+        warn!(node = %id, "tls.require_client_certificates = false: anyone who reaches this node and holds the (public) CA certificate can read and write, and clients without a certificate are not told apart");
+    }
     config
 }
 

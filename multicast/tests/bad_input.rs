@@ -267,3 +267,61 @@ fn a_learner_refuses_a_decision_whose_batch_does_not_decode_and_delivers_a_good_
     let delivered = learner.poll_delivery().expect("the good copy is delivered");
     assert_eq!(delivered.value.commands(), &[command]);
 }
+
+/// A client may propose under ids of its own certificate's tag only, and
+/// never a checkpoint marker or a protocol message: anything else is
+/// refused whole and counted.
+#[test]
+fn a_client_frame_is_a_proposal_under_its_own_tag_or_refused() {
+    use psmr_core::proto::Propose;
+    use psmr_core::{ClientId, ClientTag, Marker};
+    let now = Instant::now();
+    let mut node = n2(now);
+    let client = NodeId(psmr_multicast::net::ANONYMOUS_BASE + 7);
+    let (mine, theirs) = (ClientTag(0x00ab_cdef), ClientTag(0x0012_3456));
+    let proposal = |tag: ClientTag, payload: &'static [u8]| {
+        let command = Command {
+            id: CommandId {
+                proposer: ProposerId(ClientId::tagged(tag, 42).0),
+                seq: 0,
+            },
+            low_water: 0,
+            payload: bytes::Bytes::from_static(payload),
+        };
+        let message = Message::Propose(Propose {
+            ring: R,
+            commands: vec![command],
+            forwarded: false,
+        });
+        codec::frame(&message, DEFAULT_MAX_FRAME).unwrap()[4..].to_vec()
+    };
+    node.node
+        .handle_client_frame(now, client, mine, &proposal(mine, b"ok"));
+    assert_eq!(node.node.metrics().commands_received, 1);
+    assert_eq!(node.node.metrics().refused_proposals, 0);
+    // Another certificate's id.
+    node.node
+        .handle_client_frame(now, client, mine, &proposal(theirs, b"x"));
+    // An anonymous client under a certified one's id.
+    node.node
+        .handle_client_frame(now, client, ClientTag::ANONYMOUS, &proposal(mine, b"x"));
+    // A checkpoint marker, even under its own id.
+    let marker = Marker { number: 9 }.encode();
+    let marker: &'static [u8] = Box::leak(marker.to_vec().into_boxed_slice());
+    node.node
+        .handle_client_frame(now, client, mine, &proposal(mine, marker));
+    // A protocol message.
+    let trimmed = Message::Trimmed(Trimmed {
+        ring: R,
+        below: 5,
+        position: 0,
+    });
+    let body = codec::frame(&trimmed, DEFAULT_MAX_FRAME).unwrap()[4..].to_vec();
+    node.node.handle_client_frame(now, client, mine, &body);
+    assert_eq!(node.node.metrics().refused_proposals, 4);
+    assert_eq!(
+        node.node.metrics().commands_received,
+        1,
+        "none of them taken"
+    );
+}

@@ -45,8 +45,10 @@ fn tls(certs: &CertPaths, node: Option<NodeId>) -> Tls {
 
 fn setup() -> Setup {
     let dir = tempfile::tempdir().expect("a temporary directory");
-    let certs = generate_dev_certs(&dir.path().join("ours"), &[N1, N2]).expect("certificates");
-    let foreign = generate_dev_certs(&dir.path().join("theirs"), &[N1, N2]).expect("certificates");
+    let certs =
+        generate_dev_certs(&dir.path().join("ours"), &[N1, N2], false).expect("certificates");
+    let foreign =
+        generate_dev_certs(&dir.path().join("theirs"), &[N1, N2], false).expect("certificates");
     let listen: SocketAddr = "127.0.0.1:0".parse().expect("an address");
     let config = NetConfig::new(
         Some(N1),
@@ -252,4 +254,106 @@ async fn a_client_cannot_speak_the_protocol() {
     s.n1.send(inbound.from, Purpose::Protocol, frame_of(b"\x01no"));
     assert_eq!(s.n1.stats().unknown_destination.load(Ordering::Relaxed), 1);
     still_serves(&mut s).await;
+}
+
+/// Each frame carries the tag of the certificate its connection presented:
+/// two clients with their own certificates differ, one without has none.
+#[tokio::test]
+async fn frames_carry_the_tag_of_their_clients_certificate() {
+    use psmr_core::ClientTag;
+    let mut s = setup();
+    psmr_multicast::net::issue_client_cert(&s.certs.dir, "alice", false).expect("alice");
+    let named = |name: &str| {
+        let (cert, key) = s.certs.named_client(name);
+        Tls::load(
+            &s.certs.ca(),
+            Some(Identity::load(&cert, &key).expect("a client")),
+        )
+        .expect("CA")
+    };
+    let (client, alice) = (named(psmr_multicast::net::CLIENT), named("alice"));
+    assert_ne!(client.client_tag(), alice.client_tag());
+    assert_ne!(client.client_tag(), ClientTag::ANONYMOUS);
+    for tls in [client, alice, tls(&s.certs, None)] {
+        let expected = tls.client_tag();
+        let config = NetConfig::new(None, None, HashMap::from([(N1, s.addr)]), tls);
+        let (net, _) = Network::start(config).expect("a client starts");
+        net.send(N1, Purpose::Propose, frame_of(b"\x01proposal"));
+        let inbound = tokio::time::timeout(WAIT, s.inbox.recv())
+            .await
+            .expect("in time")
+            .expect("open");
+        assert_eq!(inbound.tag, expected);
+        net.close();
+    }
+    // The same name again is refused, not silently replaced.
+    let again = psmr_multicast::net::issue_client_cert(&s.certs.dir, "alice", false);
+    assert!(again.is_err(), "a client certificate was replaced");
+    still_serves(&mut s).await;
+}
+
+/// A certificate for a node's name that is only good for dialing (what
+/// client certificates are) cannot serve as that node.
+#[tokio::test]
+async fn a_client_certificate_cannot_serve_as_a_node() {
+    use rcgen::{CertificateParams, ExtendedKeyUsagePurpose, Issuer, KeyPair};
+    let s = setup();
+    let ca = std::fs::read_to_string(s.certs.ca()).expect("ca.pem");
+    let ca_key = KeyPair::from_pem(&std::fs::read_to_string(s.certs.ca_key()).expect("ca.key"))
+        .expect("the CA key");
+    let issuer = Issuer::from_ca_cert_pem(&ca, ca_key).expect("the CA");
+    let key = KeyPair::generate().expect("a key");
+    let mut params = CertificateParams::new(vec![node_name(N1)]).expect("params");
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let cert = params.signed_by(&key, &issuer).expect("signed");
+    let dir = s.certs.dir.join("impostor");
+    std::fs::create_dir_all(&dir).expect("a directory");
+    std::fs::write(dir.join("cert.pem"), cert.pem()).expect("write");
+    std::fs::write(dir.join("key.pem"), key.serialize_pem()).expect("write");
+    let identity = Identity::load(&dir.join("cert.pem"), &dir.join("key.pem")).expect("loads");
+    let tls = Tls::load(&s.certs.ca(), Some(identity)).expect("the CA");
+    let config = NetConfig::new(
+        Some(N1),
+        Some("127.0.0.1:0".parse().expect("an address")),
+        HashMap::new(),
+        tls,
+    );
+    let (impostor, _inbox) = Network::start(config).expect("it listens");
+    let addr = impostor.local_addr().expect("bound");
+    let n2 = peer(&s.certs, Some(N2), addr);
+    assert!(
+        n2.connect(N1).await.is_err(),
+        "a client certificate served as node 1"
+    );
+}
+
+/// Private keys are readable by their owner only, and a second run does
+/// not replace the CA unless told to.
+#[test]
+fn keys_are_private_and_a_ca_is_not_replaced_silently() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let certs = generate_dev_certs(dir.path(), &[N1], false).expect("certificates");
+    let mode =
+        |p: &std::path::Path| std::fs::metadata(p).expect("exists").permissions().mode() & 0o777;
+    for key in [certs.ca_key(), certs.node(N1).1, certs.client().1] {
+        assert_eq!(mode(&key), 0o600, "{}", key.display());
+    }
+    let ca = std::fs::read(certs.ca()).expect("ca.pem");
+    let refused = generate_dev_certs(dir.path(), &[N1], false)
+        .err()
+        .map(|e| e.to_string());
+    assert!(
+        refused
+            .as_deref()
+            .is_some_and(|e| e.contains("ca.pem exists") && e.contains("--force")),
+        "{refused:?}"
+    );
+    assert_eq!(
+        std::fs::read(certs.ca()).expect("ca.pem"),
+        ca,
+        "the CA changed"
+    );
+    generate_dev_certs(dir.path(), &[N1], true).expect("replaced when told");
+    assert_ne!(std::fs::read(certs.ca()).expect("ca.pem"), ca);
 }

@@ -238,6 +238,15 @@ impl<S: ConflictModel> Hooks<Learner> for ReplicaHooks<S> {
             return;
         }
         match postcard::from_bytes::<u64>(&inbound.body) {
+            Ok(client) if ClientId(client).tag() != inbound.tag => {
+                // Another certificate's id: answering it would hand that
+                // client's replies to this one.
+                self.net
+                    .stats()
+                    .bad_identity
+                    .fetch_add(1, Ordering::Relaxed);
+                warn!(from = %inbound.from, "a client hello for the id of another certificate; refused");
+            }
             Ok(client) => {
                 let (client, connection) = (ClientId(client), inbound.connection.stable_id());
                 if !self.router.answers(client, connection) {

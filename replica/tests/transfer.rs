@@ -68,7 +68,7 @@ fn name(number: u64) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_checkpoint_travels_whole_and_checked_and_only_to_replicas() {
     let dir = tempfile::tempdir().unwrap();
-    let certs = generate_dev_certs(&dir.path().join("certs"), &[R101, R102, A1]).unwrap();
+    let certs = generate_dev_certs(&dir.path().join("certs"), &[R101, R102, A1], false).unwrap();
     let peers: HashMap<NodeId, SocketAddr> = [R101, R102, A1]
         .into_iter()
         .map(|n| (n, free_address()))

@@ -24,7 +24,7 @@
 //!
 //! [tls]
 //! dir = "certs"                 # ca.pem, node-<id>.pem/.key, client.pem/.key
-//! require_client_certificates = false
+//! require_client_certificates = true # default; false admits any client that trusts the CA
 //!
 //! [multicast]                   # every field optional; see psmr_core::proto::Params
 //! window = 128
@@ -245,8 +245,10 @@ pub struct TlsSection {
     /// Directory of `ca.pem`, `node-<id>.pem`/`.key` and `client.pem`/`.key`. Default `certs`.
     #[serde(default = "default_cert_dir")]
     pub dir: PathBuf,
-    /// Whether clients must present a certificate of the cluster CA. Default false.
-    #[serde(default)]
+    /// Whether clients must present a certificate of the cluster CA. Default
+    /// true: the CA certificate is public, so without this anyone who
+    /// reaches the ports can read and write, and clients cannot be told apart.
+    #[serde(default = "yes")]
     pub require_client_certificates: bool,
 }
 
@@ -254,11 +256,15 @@ fn default_cert_dir() -> PathBuf {
     PathBuf::from("certs")
 }
 
+fn yes() -> bool {
+    true
+}
+
 impl Default for TlsSection {
     fn default() -> Self {
         TlsSection {
             dir: default_cert_dir(),
-            require_client_certificates: false,
+            require_client_certificates: true,
         }
     }
 }

@@ -38,5 +38,6 @@ pub use layout::{Layout, LayoutError};
 pub use model::{ClassId, ConflictModel, Placement, ThreadSet};
 pub use service::{Group, GroupMapping, Lane, MappingError, Service, ServiceClient, route};
 pub use wire::{
-    Answerers, ClientId, Marker, Mode, Outcome, Refusal, Reply, Request, RequestId, ServiceId,
+    Answerers, ClientId, ClientTag, Marker, Mode, Outcome, Refusal, Reply, Request, RequestId,
+    ServiceId,
 };

@@ -12,8 +12,56 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 /// A client, identified like its multicast proposer.
+///
+/// The id a client uses on the wire carries, in its top [`ClientTag::BITS`]
+/// bits, the tag of the certificate it authenticated with
+/// ([`ClientId::tagged`]): acceptors take a client's proposals, and replicas
+/// its hello, only for ids of its own tag, so no client can act under the id
+/// of a client with another certificate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct ClientId(pub u64);
+
+impl ClientId {
+    /// The id whose top bits are `tag` and whose other bits are those of `bits`.
+    pub fn tagged(tag: ClientTag, bits: u64) -> ClientId {
+        let low = bits & ((1u64 << ClientTag::SHIFT) - 1);
+        ClientId(u64::from(tag.0) << ClientTag::SHIFT | low)
+    }
+
+    /// The tag in the id's top bits.
+    pub fn tag(self) -> ClientTag {
+        ClientTag((self.0 >> ClientTag::SHIFT) as u32)
+    }
+}
+
+/// A short digest of the certificate a client authenticated with (or
+/// [`ClientTag::ANONYMOUS`] without one), carried in the top bits of its
+/// wire id. Two certificates share a tag by a 2^-24 chance; certificates are
+/// issued by the cluster's CA, so a client cannot search for one that
+/// collides with another's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ClientTag(pub u32);
+
+impl ClientTag {
+    /// Bits of a wire id the tag takes; the other 40 are the connection's
+    /// random incarnation.
+    pub const BITS: u32 = 24;
+    const SHIFT: u32 = 64 - Self::BITS;
+    /// The tag of a client that presented no certificate (clusters with
+    /// `require_client_certificates = false`): such clients are not told apart.
+    pub const ANONYMOUS: ClientTag = ClientTag(0);
+
+    /// The tag of the certificate `der` (its DER bytes): FNV-1a, folded to
+    /// 24 bits, never [`ClientTag::ANONYMOUS`]. Stable across builds, since
+    /// a client and the servers may run different ones.
+    pub fn of_certificate(der: &[u8]) -> ClientTag {
+        let hash = der.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+        let folded = (hash ^ (hash >> 24) ^ (hash >> 48)) as u32 & ((1 << Self::BITS) - 1);
+        ClientTag(folded.max(1))
+    }
+}
 
 /// A request of one client; increasing per client, kept across resends.
 #[derive(

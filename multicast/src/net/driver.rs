@@ -14,8 +14,9 @@ use std::time::Instant;
 
 use tokio::sync::mpsc;
 
-use super::network::{Inbound, Network};
+use super::network::{ANONYMOUS_BASE, Inbound, Network};
 use super::stream::Purpose;
+use psmr_core::ClientTag;
 use psmr_core::persist::Persister;
 use psmr_core::proto::codec::{self, DEFAULT_MAX_FRAME};
 use psmr_core::proto::{Learner, Message, NodeId, Transmit};
@@ -24,6 +25,9 @@ use psmr_core::proto::{Learner, Message, NodeId, Transmit};
 pub trait Core {
     /// A frame body from `from`.
     fn handle_frame(&mut self, now: Instant, from: NodeId, body: &[u8]);
+    /// A frame body a client (certificate tag `tag`) sent on a proposal
+    /// stream. A core that takes no client proposals drops it.
+    fn handle_client_frame(&mut self, now: Instant, from: NodeId, tag: ClientTag, body: &[u8]);
     /// Timers.
     fn handle_timeout(&mut self, now: Instant);
     /// The next message to send.
@@ -37,6 +41,9 @@ pub trait Core {
 impl Core for Persister {
     fn handle_frame(&mut self, now: Instant, from: NodeId, body: &[u8]) {
         self.node.handle_frame(now, from, body);
+    }
+    fn handle_client_frame(&mut self, now: Instant, from: NodeId, tag: ClientTag, body: &[u8]) {
+        self.node.handle_client_frame(now, from, tag, body);
     }
     fn handle_timeout(&mut self, now: Instant) {
         self.node.handle_timeout(now);
@@ -53,6 +60,7 @@ impl Core for Learner {
     fn handle_frame(&mut self, now: Instant, from: NodeId, body: &[u8]) {
         Learner::handle_frame(self, now, from, body);
     }
+    fn handle_client_frame(&mut self, _: Instant, _: NodeId, _: ClientTag, _: &[u8]) {}
     fn handle_timeout(&mut self, now: Instant) {
         Learner::handle_timeout(self, now);
     }
@@ -126,6 +134,9 @@ async fn sleep(deadline: Option<tokio::time::Instant>) {
 
 fn dispatch<C: Core>(core: &mut C, hooks: &mut impl Hooks<C>, inbound: Inbound) {
     match inbound.purpose {
+        Purpose::Propose if inbound.from.0 >= ANONYMOUS_BASE => {
+            core.handle_client_frame(Instant::now(), inbound.from, inbound.tag, &inbound.body)
+        }
         Purpose::Protocol | Purpose::Propose => {
             core.handle_frame(Instant::now(), inbound.from, &inbound.body)
         }

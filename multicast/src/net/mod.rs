@@ -14,4 +14,7 @@ pub use driver::{Core, Hooks, NoHooks, drive, flush};
 pub use network::{ANONYMOUS_BASE, Inbound, NetConfig, NetError, NetStats, Network, frame_of};
 pub use quinn::SendStream;
 pub use stream::{FrameReader, Hello, Purpose, StreamError, push_frame, read_frame};
-pub use tls::{CertPaths, Identity, Tls, TlsError, generate_dev_certs, node_name, peer_is_node};
+pub use tls::{
+    CLIENT, CertPaths, Identity, Tls, TlsError, generate_dev_certs, issue_client_cert, node_name,
+    peer_client_tag, peer_is_node,
+};

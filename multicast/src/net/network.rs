@@ -31,7 +31,8 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use super::stream::{FrameReader, Hello, Purpose, StreamError, push_frame, read_hello};
-use super::tls::{Tls, TlsError, node_name, peer_is_node};
+use super::tls::{Tls, TlsError, node_name, peer_client_tag, peer_is_node};
+use psmr_core::ClientTag;
 use psmr_core::proto::NodeId;
 use psmr_core::proto::codec::DEFAULT_MAX_FRAME;
 
@@ -119,6 +120,19 @@ pub enum NetError {
         /// What quinn reported.
         reason: String,
     },
+    /// The peer's TLS refused this process's certificate, or this process
+    /// refused the peer's: trying again will not help.
+    #[error(
+        "{peer} at {addr} refused the TLS handshake: {reason} (check tls.dir, the CA and the client certificate)"
+    )]
+    Refused {
+        /// The peer.
+        peer: NodeId,
+        /// Its address.
+        addr: SocketAddr,
+        /// What quinn reported.
+        reason: String,
+    },
     /// The connection closed.
     #[error("connection lost: {0}")]
     Connection(#[from] quinn::ConnectionError),
@@ -138,6 +152,10 @@ pub struct Inbound {
     pub body: Bytes,
     /// The connection it came on (to answer a client on it).
     pub connection: quinn::Connection,
+    /// The tag of the certificate the connection's peer presented
+    /// ([`ClientTag::ANONYMOUS`] without one): a client may use wire ids of
+    /// this tag only.
+    pub tag: ClientTag,
 }
 
 /// Counters of bad input and dropped output.
@@ -317,10 +335,22 @@ impl Network {
         open_stream(&self.inner, to, purpose).await
     }
 
-    /// Connects to `to` now (or checks the existing connection); other
-    /// sends connect lazily.
+    /// Connects to `to` now (or checks the existing connection) and waits
+    /// until `to` has accepted this process's certificate; other sends
+    /// connect lazily.
     pub async fn connect(&self, to: NodeId) -> Result<(), NetError> {
-        connection(&self.inner, to).await.map(drop)
+        let c = connection(&self.inner, to).await?;
+        accepted(&c).await.map_err(|e| {
+            let addr = c.remote_address();
+            match tls_refusal(&e) {
+                true => NetError::Refused {
+                    peer: to,
+                    addr,
+                    reason: e.to_string(),
+                },
+                false => NetError::Connection(e),
+            }
+        })
     }
 
     /// Closes every connection.
@@ -416,7 +446,14 @@ async fn connection(inner: &Arc<Inner>, to: NodeId) -> Result<quinn::Connection,
     let c = tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting)
         .await
         .map_err(|_| failed(format!("no handshake within {HANDSHAKE_TIMEOUT:?}")))?
-        .map_err(|e| failed(e.to_string()))?;
+        .map_err(|e| match tls_refusal(&e) {
+            true => NetError::Refused {
+                peer: to,
+                addr,
+                reason: e.to_string(),
+            },
+            false => failed(e.to_string()),
+        })?;
     inner
         .connections
         .lock()
@@ -429,6 +466,45 @@ async fn connection(inner: &Arc<Inner>, to: NodeId) -> Result<quinn::Connection,
     ));
     tokio::spawn(watch(inner.clone(), to, c.clone()));
     Ok(c)
+}
+
+/// Waits until the server of `c` has accepted its client certificate. In
+/// TLS 1.3 a client's handshake completes before the server has checked the
+/// client's certificate: a server that refuses it closes the connection
+/// right after, and one that accepts it sends its first 1-RTT packet (QUIC's
+/// HANDSHAKE_DONE). So the next datagram tells, or the close.
+async fn accepted(c: &quinn::Connection) -> Result<(), quinn::ConnectionError> {
+    let seen = c.stats().udp_rx.datagrams;
+    let wait = async {
+        loop {
+            if let Some(e) = c.close_reason() {
+                return Err(e);
+            }
+            if c.stats().udp_rx.datagrams > seen {
+                return Ok(());
+            }
+            tokio::select! {
+                e = c.closed() => return Err(e),
+                () = tokio::time::sleep(Duration::from_millis(1)) => {}
+            }
+        }
+    };
+    // Keep-alives arrive every quarter second: a server that said nothing
+    // for longer is checked again by the next call.
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, wait)
+        .await
+        .unwrap_or(Ok(()))
+}
+
+/// Whether a handshake failed on certificates (a TLS alert either way),
+/// not on reachability.
+fn tls_refusal(e: &quinn::ConnectionError) -> bool {
+    let crypto = |code: quinn::TransportErrorCode| (0x100..0x200).contains(&u64::from(code));
+    match e {
+        quinn::ConnectionError::ConnectionClosed(close) => crypto(close.error_code),
+        quinn::ConnectionError::TransportError(error) => crypto(error.code),
+        _ => false,
+    }
 }
 
 /// Closes the dialed connection `c` to `to` once nothing has arrived on it
@@ -541,10 +617,14 @@ async fn serve_connection(
     tx: mpsc::Sender<Inbound>,
 ) {
     let anonymous = NodeId(inner.next_anonymous.fetch_add(1, Ordering::Relaxed));
+    let peer = Peer {
+        anonymous,
+        tag: peer_client_tag(&connection),
+    };
     while let Ok(stream) = connection.accept_uni().await {
         let (inner, connection, tx) = (inner.clone(), connection.clone(), tx.clone());
         tokio::spawn(async move {
-            if let Err(e) = read_stream(&inner, &connection, stream, &tx, anonymous).await {
+            if let Err(e) = read_stream(&inner, &connection, stream, &tx, peer).await {
                 let counter = match e {
                     StreamError::Identity(_) | StreamError::NotANode(_) => {
                         &inner.stats.bad_identity
@@ -559,14 +639,24 @@ async fn serve_connection(
     }
 }
 
+/// Who is at the other end of an accepted or dialed connection, as far as
+/// the connection tells.
+#[derive(Clone, Copy)]
+struct Peer {
+    /// The id its streams get when they name no node.
+    anonymous: NodeId,
+    /// The tag of its certificate.
+    tag: ClientTag,
+}
+
 async fn read_stream(
     inner: &Inner,
     connection: &quinn::Connection,
     mut stream: quinn::RecvStream,
     tx: &mpsc::Sender<Inbound>,
-    anonymous: NodeId,
+    peer: Peer,
 ) -> Result<(), StreamError> {
-    let result = relay(inner, connection, &mut stream, tx, anonymous).await;
+    let result = relay(inner, connection, &mut stream, tx, peer).await;
     if result.is_err() {
         let _ = stream.stop(1u32.into());
     }
@@ -578,7 +668,7 @@ async fn relay(
     connection: &quinn::Connection,
     stream: &mut quinn::RecvStream,
     tx: &mpsc::Sender<Inbound>,
-    anonymous: NodeId,
+    peer: Peer,
 ) -> Result<(), StreamError> {
     let hello = read_hello(stream).await?;
     let from = match hello.node {
@@ -589,7 +679,7 @@ async fn relay(
         None if hello.purpose.needs_node() => {
             return Err(StreamError::NotANode(hello.purpose));
         }
-        None => anonymous,
+        None => peer.anonymous,
     };
     let tx = inner.routes.get(&hello.purpose).unwrap_or(tx);
     let mut reader = FrameReader::new(inner.max_frame);
@@ -601,6 +691,7 @@ async fn relay(
                 purpose: hello.purpose,
                 body,
                 connection: connection.clone(),
+                tag: peer.tag,
             };
             if tx.send(inbound).await.is_err() {
                 return Ok(());

@@ -8,12 +8,20 @@
 //! cluster requires it.
 //!
 //! [`generate_dev_certs`] writes a development CA and certificates for a
-//! set of nodes and for clients (what `psmr certs` and `psmr local` use).
+//! set of nodes and for clients (what `psmr certs` and `psmr local` use);
+//! [`issue_client_cert`] adds a certificate for one more client. A client
+//! certificate is only good for dialing (its extended key usage), so it can
+//! never serve as a node's, and a node's name is checked on every stream
+//! that claims it ([`peer_is_node`]). The tag of a client's certificate is
+//! the top of its wire id ([`ClientTag`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
 use rustls::RootCertStore;
 use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;
@@ -21,6 +29,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use thiserror::Error;
 
+use psmr_core::ClientTag;
 use psmr_core::proto::NodeId;
 
 /// ALPN of psmr's QUIC connections.
@@ -66,6 +75,20 @@ pub enum TlsError {
     /// Certificate generation failed.
     #[error("certificate generation: {0}")]
     Generate(#[from] rcgen::Error),
+    /// `psmr certs` would replace an existing CA or certificate.
+    #[error(
+        "{path} exists; replacing it locks out every process holding the old certificates (pass --force to replace it)"
+    )]
+    Exists {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A client name that cannot be a certificate's file and DNS name.
+    #[error("client name {name:?}: use 1 to 63 letters, digits and '-', not starting with 'node-'")]
+    BadName {
+        /// The name.
+        name: String,
+    },
     /// A generated file could not be written.
     #[error("cannot write {path}: {source}")]
     Write {
@@ -171,6 +194,16 @@ impl Tls {
         Ok(quinn::ServerConfig::with_crypto(Arc::new(quic)))
     }
 
+    /// The tag a server computes for this identity's certificate
+    /// ([`ClientTag::ANONYMOUS`] without one): the top bits of a client's
+    /// wire id.
+    pub fn client_tag(&self) -> ClientTag {
+        self.identity
+            .as_ref()
+            .and_then(|i| i.chain.first())
+            .map_or(ClientTag::ANONYMOUS, |leaf| ClientTag::of_certificate(leaf))
+    }
+
     /// The QUIC client configuration: trusts the cluster CA, presents the
     /// identity if there is one.
     pub fn client_config(&self) -> Result<quinn::ClientConfig, TlsError> {
@@ -188,19 +221,29 @@ impl Tls {
     }
 }
 
+/// The leaf certificate the peer of `connection` presented (its chain to
+/// the CA was checked during the handshake), if any.
+fn peer_leaf(connection: &quinn::Connection) -> Option<CertificateDer<'static>> {
+    let identity = connection.peer_identity()?;
+    let chain = identity.downcast::<Vec<CertificateDer<'static>>>().ok()?;
+    chain.first().cloned()
+}
+
+/// The tag of the certificate the peer of `connection` authenticated with,
+/// or [`ClientTag::ANONYMOUS`] if it presented none.
+pub fn peer_client_tag(connection: &quinn::Connection) -> ClientTag {
+    peer_leaf(connection).map_or(ClientTag::ANONYMOUS, |leaf| {
+        ClientTag::of_certificate(&leaf)
+    })
+}
+
 /// Whether the peer of `connection` presented a certificate valid for
 /// `node-<id>` (its chain to the CA was checked during the handshake).
 pub fn peer_is_node(connection: &quinn::Connection, id: NodeId) -> bool {
-    let Some(identity) = connection.peer_identity() else {
+    let Some(leaf) = peer_leaf(connection) else {
         return false;
     };
-    let Ok(chain) = identity.downcast::<Vec<CertificateDer<'static>>>() else {
-        return false;
-    };
-    let Some(leaf) = chain.first() else {
-        return false;
-    };
-    let Ok(cert) = webpki::EndEntityCert::try_from(leaf) else {
+    let Ok(cert) = webpki::EndEntityCert::try_from(&leaf) else {
         return false;
     };
     let Ok(name) = ServerName::try_from(node_name(id)) else {
@@ -221,6 +264,11 @@ impl CertPaths {
         self.dir.join("ca.pem")
     }
 
+    /// The CA's private key.
+    pub fn ca_key(&self) -> PathBuf {
+        self.dir.join("ca.key")
+    }
+
     /// Certificate and key of node `id`.
     pub fn node(&self, id: NodeId) -> (PathBuf, PathBuf) {
         let name = node_name(id);
@@ -232,21 +280,43 @@ impl CertPaths {
 
     /// Certificate and key for clients.
     pub fn client(&self) -> (PathBuf, PathBuf) {
-        (self.dir.join("client.pem"), self.dir.join("client.key"))
+        self.named_client(CLIENT)
+    }
+
+    /// Certificate and key of the client named `name` ([`issue_client_cert`]);
+    /// [`CLIENT`] is the one every cluster gets.
+    pub fn named_client(&self, name: &str) -> (PathBuf, PathBuf) {
+        (
+            self.dir.join(format!("{name}.pem")),
+            self.dir.join(format!("{name}.key")),
+        )
     }
 }
 
+/// The name of the client certificate [`generate_dev_certs`] issues.
+pub const CLIENT: &str = "client";
+
 /// Writes a development CA, a certificate for each of `nodes`, and one for
-/// clients into `dir`. For development and tests only: the CA key is
-/// written beside the certificates.
-pub fn generate_dev_certs(dir: &Path, nodes: &[NodeId]) -> Result<CertPaths, TlsError> {
-    std::fs::create_dir_all(dir).map_err(|source| TlsError::Write {
-        path: dir.to_path_buf(),
-        source,
-    })?;
+/// clients into `dir`. Refuses ([`TlsError::Exists`]) if the directory
+/// already holds a CA, unless `replace`: a new CA locks every process
+/// holding the old certificates out of the cluster. Private keys, the CA's
+/// among them, are readable by their owner only. Node certificates may serve
+/// and dial (TLS server and client authentication); client certificates may
+/// only dial, so none can pass for a node.
+pub fn generate_dev_certs(
+    dir: &Path,
+    nodes: &[NodeId],
+    replace: bool,
+) -> Result<CertPaths, TlsError> {
+    create_dir(dir)?;
     let paths = CertPaths {
         dir: dir.to_path_buf(),
     };
+    for existing in [paths.ca(), paths.ca_key()] {
+        if !replace && existing.exists() {
+            return Err(TlsError::Exists { path: existing });
+        }
+    }
     let ca_key = KeyPair::generate()?;
     let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -255,22 +325,89 @@ pub fn generate_dev_certs(dir: &Path, nodes: &[NodeId]) -> Result<CertPaths, Tls
         .push(DnType::CommonName, "psmr development CA");
     ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     let ca_cert = ca_params.self_signed(&ca_key)?;
+    write_key(&paths.ca_key(), &ca_key.serialize_pem())?;
     write(&paths.ca(), ca_cert.pem())?;
-    write(&dir.join("ca.key"), ca_key.serialize_pem())?;
     let issuer = Issuer::new(ca_params, ca_key);
-    let issue = |name: String, (cert_path, key_path): (PathBuf, PathBuf)| -> Result<(), TlsError> {
-        let key = KeyPair::generate()?;
-        let mut params = CertificateParams::new(vec![name.clone()])?;
-        params.distinguished_name.push(DnType::CommonName, name);
-        let cert = params.signed_by(&key, &issuer)?;
-        write(&cert_path, cert.pem())?;
-        write(&key_path, key.serialize_pem())
-    };
     for &id in nodes {
-        issue(node_name(id), paths.node(id))?;
+        issue(&issuer, &node_name(id), Role::Node, paths.node(id))?;
     }
-    issue("client".to_string(), paths.client())?;
+    issue(&issuer, CLIENT, Role::Client, paths.client())?;
     Ok(paths)
+}
+
+/// Issues a certificate for the client `name` in `dir`, signed by the CA
+/// there (its `ca.key`): `<name>.pem` and `<name>.key`. Each client (or
+/// tenant) with its own certificate has its own [`ClientTag`], so no other
+/// client can act under its id. Refuses to replace an existing one unless
+/// `replace`.
+pub fn issue_client_cert(dir: &Path, name: &str, replace: bool) -> Result<PathBuf, TlsError> {
+    let valid = !name.is_empty()
+        && name.len() <= 63
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        && !name.starts_with("node-")
+        && name != "ca";
+    if !valid {
+        return Err(TlsError::BadName {
+            name: name.to_string(),
+        });
+    }
+    let paths = CertPaths {
+        dir: dir.to_path_buf(),
+    };
+    let (cert, key) = paths.named_client(name);
+    if !replace && cert.exists() {
+        return Err(TlsError::Exists { path: cert });
+    }
+    let ca_pem = read(&paths.ca())?;
+    let ca_key_pem = read(&paths.ca_key())?;
+    let ca_key = KeyPair::from_pem(&ca_key_pem)?;
+    let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key)?;
+    issue(&issuer, name, Role::Client, (cert.clone(), key))?;
+    Ok(cert)
+}
+
+/// What a certificate may be used for.
+#[derive(Clone, Copy)]
+enum Role {
+    /// A cluster node: serves connections and dials other nodes.
+    Node,
+    /// A client: dials only.
+    Client,
+}
+
+fn issue(
+    issuer: &Issuer<'_, KeyPair>,
+    name: &str,
+    role: Role,
+    (cert_path, key_path): (PathBuf, PathBuf),
+) -> Result<(), TlsError> {
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(vec![name.to_string()])?;
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.extended_key_usages = match role {
+        Role::Node => vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ],
+        Role::Client => vec![ExtendedKeyUsagePurpose::ClientAuth],
+    };
+    let cert = params.signed_by(&key, issuer)?;
+    write_key(&key_path, &key.serialize_pem())?;
+    write(&cert_path, cert.pem())
+}
+
+fn create_dir(dir: &Path) -> Result<(), TlsError> {
+    std::fs::create_dir_all(dir).map_err(|source| TlsError::Write {
+        path: dir.to_path_buf(),
+        source,
+    })
+}
+
+fn read(path: &Path) -> Result<String, TlsError> {
+    std::fs::read_to_string(path).map_err(|source| TlsError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 fn write(path: &Path, contents: String) -> Result<(), TlsError> {
@@ -278,4 +415,25 @@ fn write(path: &Path, contents: String) -> Result<(), TlsError> {
         path: path.to_path_buf(),
         source,
     })
+}
+
+/// Writes a private key readable by its owner only: created with mode 0600
+/// (never world-readable for an instant), and set to it if it existed.
+fn write_key(path: &Path, pem: &str) -> Result<(), TlsError> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let failed = |source| TlsError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(failed)?;
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .map_err(failed)?;
+    file.write_all(pem.as_bytes()).map_err(failed)
 }

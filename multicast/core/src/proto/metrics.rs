@@ -36,6 +36,9 @@ pub struct NodeMetrics {
     pub ballots_exhausted: u64,
     /// Prepares refused because this node hears a live leader other than the candidate.
     pub prepares_refused: u64,
+    /// Client frames refused: not a proposal, a command under the id of
+    /// another certificate, or a checkpoint marker.
+    pub refused_proposals: u64,
     /// Terms this node ended while leading (a higher ballot, another leader, no quorum heard).
     pub step_downs: u64,
 }

@@ -46,6 +46,7 @@ use super::metrics::NodeMetrics;
 use super::outbox::Outbox;
 use super::types::{Ballot, Command, Instance, NodeId, RingId, Value};
 use crate::storage::{Record, Recovered, StorageError};
+use crate::wire::{ClientId, ClientTag, Marker};
 
 /// Why a node could not be created.
 #[derive(Debug, Error)]
@@ -303,6 +304,30 @@ impl AcceptorNode {
         match codec::decode_body(body) {
             Ok(message) => self.handle_message(now, from, message),
             Err(_) => self.metrics.bad_frames += 1,
+        }
+    }
+
+    /// Handles one frame body a client sent on a proposal stream: a
+    /// proposal whose every command carries a wire id of `tag` (the tag of
+    /// the client's certificate) and no checkpoint marker, which only
+    /// replicas propose. Anything else is refused whole and counted in
+    /// [`NodeMetrics::refused_proposals`].
+    pub fn handle_client_frame(&mut self, now: Instant, from: NodeId, tag: ClientTag, body: &[u8]) {
+        let message = match codec::decode_body(body) {
+            Ok(message) => message,
+            Err(_) => {
+                self.metrics.bad_frames += 1;
+                return;
+            }
+        };
+        let own = |c: &Command| {
+            ClientId(c.id.proposer.0).tag() == tag && Marker::decode(&c.payload).is_none()
+        };
+        match message {
+            Message::Propose(p) if !p.forwarded && p.commands.iter().all(own) => {
+                self.handle_message(now, from, Message::Propose(p))
+            }
+            _ => self.metrics.refused_proposals += 1,
         }
     }
 
