@@ -118,12 +118,23 @@ pub(crate) struct LocalArgs {
     /// Keys (B+-tree) or elements (list) preloaded.
     #[arg(long, default_value_t = 1_000_000)]
     pub(crate) preload: u64,
-    /// First port: acceptors listen on PORT..PORT+2, replicas on PORT+100..PORT+101.
-    #[arg(long, default_value_t = 7100)]
+    /// First port: acceptors listen on PORT..PORT+2, replicas on
+    /// PORT+100..PORT+101 (QUIC over UDP; metrics over TCP on the same numbers).
+    #[arg(long, default_value_t = 7100, value_parser = clap::value_parser!(u16).range(1..=65535 - 101))]
     pub(crate) port: u16,
-    /// Directory for the configuration, certificates and data (data is wiped at start).
+    /// Directory for the configuration, certificates and data; one `psmr
+    /// local` at a time uses it.
     #[arg(long, default_value = "psmr-local")]
     pub(crate) dir: PathBuf,
+    /// Wipe the data at start. Memory storage always starts fresh; durable
+    /// storage keeps the acceptors' logs and the replicas' checkpoints
+    /// across runs unless this is given.
+    #[arg(long)]
+    pub(crate) fresh: bool,
+    /// Leave a child process that dies down (reported) instead of starting
+    /// it again.
+    #[arg(long)]
+    pub(crate) no_restart: bool,
     /// Busy work added to every executed command (a costlier service), e.g. `20us`.
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
     pub(crate) exec_busy: Duration,
@@ -388,9 +399,11 @@ impl From<LocalArgs> for LocalOptions {
                 },
                 port: a.port,
                 dir: a.dir,
+                fresh: a.fresh,
             },
             load: a.load,
             stop_after: a.stop_after,
+            no_restart: a.no_restart,
         }
     }
 }

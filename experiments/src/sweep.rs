@@ -337,6 +337,7 @@ async fn start_cluster(p: &Point, dir: &Path, port: u16) -> Result<LocalCluster,
         cost: p.cost(),
         port,
         dir: dir.join("cluster"),
+        fresh: true,
     };
     let cluster = LocalCluster::start(&spec)?;
     cluster.ready(Duration::from_secs(60)).await?;

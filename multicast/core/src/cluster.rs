@@ -5,7 +5,8 @@
 //! ```toml
 //! [[acceptor]]
 //! id = 1
-//! address = "127.0.0.1:7101"
+//! address = "127.0.0.1:7101"  # IP:port or host:port (resolved when the file is read)
+//! # metrics = "127.0.0.1:9101"  # Prometheus over HTTP; default: the same IP and port over TCP
 //! storage = "memory"            # or "durable"; default memory
 //! data_dir = "data/acceptor-1"  # default data/acceptor-<id>; relative paths (here and in
 //!                               # [tls]) are relative to this file's directory
@@ -140,8 +141,18 @@ impl CheckpointSection {
 pub struct AcceptorEntry {
     /// Node id, unique in the cluster.
     pub id: u32,
-    /// Address it listens on.
+    /// Address it listens on (QUIC, UDP): an IP address and port, or a
+    /// host name and port resolved when the file is read.
+    #[serde(deserialize_with = "resolve")]
     pub address: SocketAddr,
+    /// Where it serves Prometheus metrics over HTTP (TCP). Default: the
+    /// same IP address and port as `address`, over TCP.
+    #[serde(
+        default,
+        deserialize_with = "resolve_some",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub metrics: Option<SocketAddr>,
     /// Storage mode. Default memory.
     #[serde(default)]
     pub storage: StorageKind,
@@ -151,6 +162,11 @@ pub struct AcceptorEntry {
 }
 
 impl AcceptorEntry {
+    /// Where its metrics are served, default or configured.
+    pub fn metrics_address(&self) -> SocketAddr {
+        self.metrics.unwrap_or(self.address)
+    }
+
     /// The data directory, default or configured.
     pub fn data_dir(&self) -> PathBuf {
         self.data_dir
@@ -186,8 +202,16 @@ impl StorageKind {
 pub struct ReplicaEntry {
     /// Node id, unique in the cluster.
     pub id: u32,
-    /// Address it listens on.
+    /// Address it listens on (QUIC, UDP), as an acceptor's.
+    #[serde(deserialize_with = "resolve")]
     pub address: SocketAddr,
+    /// Where it serves Prometheus metrics, as an acceptor's.
+    #[serde(
+        default,
+        deserialize_with = "resolve_some",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub metrics: Option<SocketAddr>,
     /// Execution engine.
     pub engine: EngineKind,
     /// Worker threads (K); for `classes`, the most that can be active.
@@ -203,12 +227,42 @@ pub struct ReplicaEntry {
 }
 
 impl ReplicaEntry {
+    /// Where its metrics are served, default or configured.
+    pub fn metrics_address(&self) -> SocketAddr {
+        self.metrics.unwrap_or(self.address)
+    }
+
     /// The data directory, default or configured.
     pub fn data_dir(&self) -> PathBuf {
         self.data_dir
             .clone()
             .unwrap_or_else(|| PathBuf::from(format!("data/replica-{}", self.id)))
     }
+}
+
+/// An address as written in the file: `IP:port`, or `host:port` resolved
+/// now (the first address it resolves to).
+fn resolve<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    use std::net::ToSocketAddrs;
+    let text = String::deserialize(d)?;
+    if let Ok(addr) = text.parse() {
+        return Ok(addr);
+    }
+    if !text.contains(':') {
+        return Err(serde::de::Error::custom(format!(
+            "{text:?} has no port: write host:port or IP:port"
+        )));
+    }
+    let mut addrs = text
+        .to_socket_addrs()
+        .map_err(|e| serde::de::Error::custom(format!("cannot resolve {text:?}: {e}")))?;
+    addrs
+        .next()
+        .ok_or_else(|| serde::de::Error::custom(format!("{text:?} resolves to no address")))
+}
+
+fn resolve_some<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    resolve(d).map(Some)
 }
 
 fn is_default<T: Default + PartialEq>(value: &T) -> bool {
@@ -519,6 +573,7 @@ impl ClusterConfig {
                 .map(|i| AcceptorEntry {
                     id: 1 + u32::from(i),
                     address: at(port + i),
+                    metrics: None,
                     storage: StorageKind::Memory,
                     data_dir: None,
                 })
@@ -527,6 +582,7 @@ impl ClusterConfig {
                 .map(|i| ReplicaEntry {
                     id: 101 + u32::from(i),
                     address: at(port + 100 + i),
+                    metrics: None,
                     engine,
                     threads: if engine == EngineKind::Smr {
                         1
