@@ -61,7 +61,7 @@ fn handoff(threads: usize, patience: Patience, lazy: bool) {
                 };
                 let mut unreleased = None;
                 for round in 0..ROUNDS {
-                    if !lazy || (t as u64 + round) % 2 == 0 {
+                    if !lazy || (t as u64 + round).is_multiple_of(2) {
                         if let Some(r) = unreleased.take() {
                             rv.await_release(r).unwrap();
                             let done = executed.load(Ordering::SeqCst);

@@ -680,7 +680,7 @@ impl ClusterConfig {
     fn check_rings(&self) -> Result<(), ClusterError> {
         if self.rings.is_empty() {
             let count = self.acceptors.len();
-            return if count % 2 == 0 {
+            return if count.is_multiple_of(2) {
                 Err(ClusterError::EvenAcceptors { count })
             } else {
                 Ok(())

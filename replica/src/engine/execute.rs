@@ -227,11 +227,10 @@ fn run_exclusive<S: Service>(
     metrics: &mut ExecMetrics,
 ) -> Result<Bytes, Outcome> {
     let op = decode(service, job, metrics).ok_or(Outcome::Refused(Refusal::MalformedOperation))?;
-    if let Some(lane) = lane.filter(|_| job.request.mode == Mode::Optimistic) {
-        if !check(service, state, lane, &op, metrics) {
+    if let Some(lane) = lane.filter(|_| job.request.mode == Mode::Optimistic)
+        && !check(service, state, lane, &op, metrics) {
             return Err(Outcome::Retry);
         }
-    }
     Ok(service.execute(state, &op))
 }
 

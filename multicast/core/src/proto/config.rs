@@ -322,7 +322,7 @@ impl MulticastConfig {
 
 fn validate_ring(ring: &RingConfig) -> Result<(), ConfigError> {
     let n = ring.acceptors.len();
-    if n == 0 || n % 2 == 0 || n > MAX_RING_ACCEPTORS {
+    if n == 0 || n.is_multiple_of(2) || n > MAX_RING_ACCEPTORS {
         return Err(ConfigError::AcceptorCount { ring: ring.id, n });
     }
     let mut seen = BTreeSet::new();

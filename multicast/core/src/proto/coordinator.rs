@@ -467,8 +467,8 @@ impl Coordinator {
         let m = u64::from(ctx.params.merge_m.max(1));
         let content = view.content_max.div_ceil(m).saturating_mul(m);
         let target = lead_target.max((content > 0).then_some(content));
-        if let Some(target) = target.filter(|&t| t > self.next_position) {
-            if self.window_open(ctx) && self.backlog.is_empty() {
+        if let Some(target) = target.filter(|&t| t > self.next_position)
+            && self.window_open(ctx) && self.backlog.is_empty() {
                 tracing::debug!(
                     ring = %members.config.id,
                     from = self.next_position,
@@ -487,7 +487,6 @@ impl Coordinator {
                 self.assign(ctx, members, value);
                 self.next_idle_skip = ctx.now + delta * IDLE_FLOOR_TICKS;
             }
-        }
     }
 }
 
