@@ -228,9 +228,10 @@ fn run_exclusive<S: Service>(
 ) -> Result<Bytes, Outcome> {
     let op = decode(service, job, metrics).ok_or(Outcome::Refused(Refusal::MalformedOperation))?;
     if let Some(lane) = lane.filter(|_| job.request.mode == Mode::Optimistic)
-        && !check(service, state, lane, &op, metrics) {
-            return Err(Outcome::Retry);
-        }
+        && !check(service, state, lane, &op, metrics)
+    {
+        return Err(Outcome::Retry);
+    }
     Ok(service.execute(state, &op))
 }
 

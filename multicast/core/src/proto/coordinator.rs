@@ -468,25 +468,27 @@ impl Coordinator {
         let content = view.content_max.div_ceil(m).saturating_mul(m);
         let target = lead_target.max((content > 0).then_some(content));
         if let Some(target) = target.filter(|&t| t > self.next_position)
-            && self.window_open(ctx) && self.backlog.is_empty() {
-                tracing::debug!(
-                    ring = %members.config.id,
-                    from = self.next_position,
-                    to = target,
-                    busy = self.is_busy(ctx.now, delta),
-                    busy_max = ?view.busy_max,
-                    "leveling"
-                );
-                // Commands held back (window full, `batch_delay`) go now,
-                // spanning the gap, rather than behind a skip of their own.
-                let value = if self.pending.is_empty() {
-                    Value::Skip(target - self.next_position)
-                } else {
-                    Value::Batch(self.take_batch(ctx, target))
-                };
-                self.assign(ctx, members, value);
-                self.next_idle_skip = ctx.now + delta * IDLE_FLOOR_TICKS;
-            }
+            && self.window_open(ctx)
+            && self.backlog.is_empty()
+        {
+            tracing::debug!(
+                ring = %members.config.id,
+                from = self.next_position,
+                to = target,
+                busy = self.is_busy(ctx.now, delta),
+                busy_max = ?view.busy_max,
+                "leveling"
+            );
+            // Commands held back (window full, `batch_delay`) go now,
+            // spanning the gap, rather than behind a skip of their own.
+            let value = if self.pending.is_empty() {
+                Value::Skip(target - self.next_position)
+            } else {
+                Value::Batch(self.take_batch(ctx, target))
+            };
+            self.assign(ctx, members, value);
+            self.next_idle_skip = ctx.now + delta * IDLE_FLOOR_TICKS;
+        }
     }
 }
 
