@@ -251,6 +251,9 @@ pub(crate) enum CliError {
     /// An experiment failed.
     #[error(transparent)]
     Sweep(#[from] crate::sweep::SweepError),
+    /// The metrics endpoint could not start.
+    #[error(transparent)]
+    Metrics(#[from] psmr_multicast::metrics::MetricsError),
     /// The async runtime could not start.
     #[error("cannot start the async runtime: {0}")]
     AsyncRuntime(#[source] std::io::Error),
@@ -309,23 +312,27 @@ pub(crate) fn run(args: Args) -> Result<(), CliError> {
             } else {
                 OpenMode::Existing
             };
-            runtime()?.block_on(run_acceptor(
-                &cluster,
-                NodeId(node.id),
-                mode,
-                shutdown(node.exit_with_parent),
-            ))?;
-            Ok(())
+            let rt = runtime()?;
+            rt.block_on(async {
+                serve_metrics(&cluster, NodeId(node.id))?;
+                run_acceptor(
+                    &cluster,
+                    NodeId(node.id),
+                    mode,
+                    shutdown(node.exit_with_parent),
+                )
+                .await?;
+                Ok(())
+            })
         }
         Command::Replica(node) => {
             let cluster = load_cluster(&node.config)?;
             let id = NodeId(node.id);
-            runtime()?.block_on(crate::services::run_replica(
-                &cluster,
-                id,
-                shutdown(node.exit_with_parent),
-            ))?;
-            Ok(())
+            runtime()?.block_on(async {
+                serve_metrics(&cluster, id)?;
+                crate::services::run_replica(&cluster, id, shutdown(node.exit_with_parent)).await?;
+                Ok(())
+            })
         }
         Command::Client { config, command } => {
             let cluster = load_cluster(&config)?;
@@ -335,6 +342,19 @@ pub(crate) fn run(args: Args) -> Result<(), CliError> {
             runtime()?.block_on(client(&cluster, command))
         }
     }
+}
+
+/// Serves node `id`'s metrics at its `metrics` address (nothing if `id` is
+/// not in the file: running it reports that).
+fn serve_metrics(cluster: &ClusterConfig, id: NodeId) -> Result<(), CliError> {
+    let address = match (cluster.acceptor(id), cluster.replica(id)) {
+        (Some(a), _) => a.metrics_address(),
+        (None, Some(r)) => r.metrics_address(),
+        (None, None) => return Ok(()),
+    };
+    psmr_multicast::metrics::serve(address)?;
+    tracing::info!(node = %id, "metrics at http://{address}/metrics");
+    Ok(())
 }
 
 /// Resolves on Ctrl-C, or when standard input closes if `with_parent`.

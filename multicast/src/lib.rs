@@ -24,6 +24,7 @@
 //! The deterministic simulator that drives the same core under faults is
 //! the `psmr-sim` crate (tests only).
 
+pub mod metrics;
 pub mod net;
 pub mod process;
 pub mod storage;

@@ -152,36 +152,50 @@ pub async fn run_acceptor(
 /// How often a process logs its counters (at `info`).
 pub const REPORT_EVERY: Duration = Duration::from_secs(10);
 
-/// Logs a process's counters, and its network's, every [`REPORT_EVERY`].
+/// How often a process copies its counters into its metrics.
+pub const PUBLISH_EVERY: Duration = Duration::from_secs(1);
+
+/// Publishes a process's counters, and its network's, as metrics every
+/// [`PUBLISH_EVERY`], and logs them every [`REPORT_EVERY`].
 pub struct Reporter {
-    next: Instant,
+    next_publish: Instant,
+    next_log: Instant,
     net: Network,
 }
 
 impl Reporter {
-    /// A reporter of `net`'s counters; the first report is due in [`REPORT_EVERY`].
+    /// A reporter of `net`'s counters; the first log is due in [`REPORT_EVERY`].
     pub fn new(net: &Network) -> Reporter {
+        let now = Instant::now();
         Reporter {
-            next: Instant::now() + REPORT_EVERY,
+            next_publish: now,
+            next_log: now + REPORT_EVERY,
             net: net.clone(),
         }
     }
 
-    /// If a report is due: `counters` logs the process's own, then the
-    /// network counters follow.
-    pub fn report(&mut self, counters: impl FnOnce()) {
+    /// If due: `publish` copies the process's own counters into its
+    /// metrics, `log` logs them; the network's follow each.
+    pub fn report(&mut self, publish: impl FnOnce(), log: impl FnOnce()) {
         let now = Instant::now();
-        if now < self.next {
+        if now < self.next_publish {
             return;
         }
-        self.next = now + REPORT_EVERY;
-        counters();
+        self.next_publish = now + PUBLISH_EVERY;
+        publish();
         let s = self.net.stats();
+        crate::metrics::publish_net(s);
+        if now < self.next_log {
+            return;
+        }
+        self.next_log = now + REPORT_EVERY;
+        log();
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
         info!(
             connections = load(&s.connections),
             bad_frames = load(&s.bad_frames),
             bad_identity = load(&s.bad_identity),
+            bad_datagrams = load(&s.bad_datagrams),
             dropped = load(&s.dropped),
             connect_failures = load(&s.connect_failures),
             unknown_destination = load(&s.unknown_destination),
@@ -204,23 +218,27 @@ impl Hooks<Persister> for AcceptorHooks {
     }
 
     fn after(&mut self, node: &mut Persister) -> bool {
-        self.reporter.report(|| {
-            let m = node.metrics();
-            info!(
-                node = %node.id(),
-                decided = m.decided,
-                commands = m.commands_received,
-                dropped = m.commands_dropped,
-                forwarded = m.commands_forwarded,
-                elections = m.elections,
-                step_downs = m.step_downs,
-                prepares_refused = m.prepares_refused,
-                unknown_peer = m.unknown_peer,
-                unknown_ring = m.unknown_ring,
-                bad_frames = m.bad_frames,
-                "acceptor counters"
-            );
-        });
+        self.reporter.report(
+            || crate::metrics::publish_acceptor(&node.node),
+            || {
+                let m = node.metrics();
+                info!(
+                    node = %node.id(),
+                    decided = m.decided,
+                    commands = m.commands_received,
+                    dropped = m.commands_dropped,
+                    forwarded = m.commands_forwarded,
+                    elections = m.elections,
+                    step_downs = m.step_downs,
+                    prepares_refused = m.prepares_refused,
+                    unknown_peer = m.unknown_peer,
+                    unknown_ring = m.unknown_ring,
+                    bad_frames = m.bad_frames,
+                    refused_proposals = m.refused_proposals,
+                    "acceptor counters"
+                );
+            },
+        );
         if self.amnesiac > 0 {
             self.amnesiac = node.amnesiac_rings();
             if self.amnesiac == 0 {

@@ -267,6 +267,11 @@ fn write_all<S: Service>(
         match store.write(service, &job.meta, &job.captured) {
             Ok(written) => {
                 durable.store(number, Ordering::Release);
+                metrics::histogram!("psmr_checkpoint_pause_seconds")
+                    .record(job.captured.pause.as_secs_f64());
+                metrics::histogram!("psmr_checkpoint_write_seconds")
+                    .record(written.write.as_secs_f64());
+                metrics::gauge!("psmr_checkpoint_bytes").set(written.bytes as f64);
                 info!(
                     number,
                     bytes = written.bytes,

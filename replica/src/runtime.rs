@@ -93,7 +93,13 @@ pub struct ReplyRouter {
     /// answer from the table of executed requests), or not sent while the
     /// replica caught up.
     pub undeliverable: AtomicU64,
+    /// Commands executed, per worker thread (their replies pass here,
+    /// sent or not); threads beyond the last share its counter.
+    executed: [AtomicU64; WORKER_COUNTERS],
 }
+
+/// Worker threads counted apart in [`ReplyRouter`]'s executed commands.
+const WORKER_COUNTERS: usize = 64;
 
 impl ReplyRouter {
     /// The router of replica `replica`, not answering until told to
@@ -104,6 +110,7 @@ impl ReplyRouter {
             clients: RwLock::default(),
             serving: AtomicBool::new(false),
             undeliverable: AtomicU64::new(0),
+            executed: std::array::from_fn(|_| AtomicU64::new(0)),
         }
     }
 
@@ -131,7 +138,9 @@ impl ReplyRouter {
 impl ReplySink for ReplyRouter {
     /// One write per client of the batch: the frames of the replies this
     /// replica sends, concatenated.
-    fn replies(&self, _thread: usize, replies: &mut Vec<Reply>) {
+    fn replies(&self, thread: usize, replies: &mut Vec<Reply>) {
+        self.executed[thread.min(WORKER_COUNTERS - 1)]
+            .fetch_add(replies.len() as u64, Ordering::Relaxed);
         if !self.serving.load(Ordering::Relaxed) {
             let sent = replies
                 .drain(..)
@@ -175,6 +184,31 @@ impl ReplySink for ReplyRouter {
             clients.retain(|c, r| !closed.contains(c) || !r.sender.is_closed());
         }
     }
+}
+
+/// A replica's metrics: the learner's, the engine's queues, the commands
+/// each worker executed, what the router could not deliver, the newest
+/// durable checkpoint.
+fn publish<S: ConflictModel>(
+    learner: &Learner,
+    engine: &Engine<S>,
+    router: &ReplyRouter,
+    checkpoint: u64,
+) {
+    use metrics::{counter, gauge};
+    psmr_multicast::metrics::publish_learner(learner);
+    for (worker, queued) in engine.queued().into_iter().enumerate() {
+        gauge!("psmr_replica_queued", "worker" => worker.to_string()).set(queued as f64);
+    }
+    let threads = engine.threads().min(WORKER_COUNTERS);
+    for (worker, executed) in router.executed[..threads].iter().enumerate() {
+        counter!("psmr_replica_executed_total", "worker" => worker.to_string())
+            .absolute(executed.load(Ordering::Relaxed));
+    }
+    counter!("psmr_replica_undeliverable_replies_total")
+        .absolute(router.undeliverable.load(Ordering::Relaxed));
+    gauge!("psmr_replica_serving").set(f64::from(u8::from(router.serving.load(Ordering::Relaxed))));
+    gauge!("psmr_replica_checkpoint").set(checkpoint as f64);
 }
 
 struct ReplicaHooks<S: ConflictModel> {
@@ -274,21 +308,25 @@ impl<S: ConflictModel> Hooks<Learner> for ReplicaHooks<S> {
             .checkpoints
             .as_ref()
             .map_or(0, |c| c.durable.load(Ordering::Acquire));
-        self.reporter.report(|| {
-            let m = learner.metrics();
-            info!(
-                instances = m.delivered_instances,
-                commands = m.delivered_commands,
-                skips = m.delivered_skips,
-                duplicate_commands = m.duplicate_commands,
-                recovery_requests = m.recovery_requests,
-                unknown_peer = m.unknown_peer,
-                bad_frames = m.bad_frames,
-                undeliverable_replies = router.undeliverable.load(Ordering::Relaxed),
-                checkpoint,
-                "replica counters"
-            );
-        });
+        let engine = &self.engine;
+        self.reporter.report(
+            || publish(learner, engine, router, checkpoint),
+            || {
+                let m = learner.metrics();
+                info!(
+                    instances = m.delivered_instances,
+                    commands = m.delivered_commands,
+                    skips = m.delivered_skips,
+                    duplicate_commands = m.duplicate_commands,
+                    recovery_requests = m.recovery_requests,
+                    unknown_peer = m.unknown_peer,
+                    bad_frames = m.bad_frames,
+                    undeliverable_replies = router.undeliverable.load(Ordering::Relaxed),
+                    checkpoint,
+                    "replica counters"
+                );
+            },
+        );
         if let Some(lost) = learner.lost().next() {
             self.failed = Some(RuntimeError::Trimmed {
                 ring: lost.ring,

@@ -176,6 +176,9 @@ pub struct NetStats {
     pub unknown_destination: AtomicU64,
     /// Dialed connections replaced because nothing arrived on them for a second.
     pub stalled: AtomicU64,
+    /// Datagrams that were not QUIC of a known connection, dropped before
+    /// QUIC looked at them.
+    pub bad_datagrams: AtomicU64,
 }
 
 struct Inner {

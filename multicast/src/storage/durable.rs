@@ -296,7 +296,9 @@ impl DurableLog {
     fn write(&mut self, bytes: &[u8]) -> Result<(), StorageError> {
         let path = &self.active.path;
         self.file.write_all(bytes).map_err(io("write", path))?;
+        let started = std::time::Instant::now();
         self.file.sync_data().map_err(io("fdatasync", path))?;
+        metrics::histogram!(crate::metrics::FSYNC_SECONDS).record(started.elapsed().as_secs_f64());
         self.active_len += bytes.len() as u64;
         Ok(())
     }

@@ -712,24 +712,35 @@ impl<S: ConflictModel> Engine<S> {
     /// waiting at a synchronization may need) go on.
     pub fn behind(&self, mut ring: impl FnMut(RingId, bool)) {
         let config = &self.shared.config;
-        let all = match &self.front {
-            Front::Rings(slots) => {
-                let mut any = false;
-                for (t, slot) in slots.0.iter().enumerate() {
-                    let behind = slot.queued() > BEHIND;
-                    any |= behind;
-                    if let Some(&own) = config.thread_rings.get(t) {
-                        ring(own, behind);
-                    }
-                }
-                any
+        let queues = self.queued();
+        for (t, &queued) in queues.iter().enumerate() {
+            if let Some(&own) = config.thread_rings.get(t).filter(|_| self.merges_rings()) {
+                ring(own, queued > BEHIND);
             }
-            Front::Single { stage, .. } => match stage {
-                Stage::Cbase(parallelizer) => parallelizer.queued() > BEHIND,
-                Stage::Classes(scheduler) => lock(scheduler).queued() > BEHIND,
-            },
-        };
-        ring(config.all_ring, all);
+        }
+        ring(config.all_ring, queues.iter().any(|&q| q > BEHIND));
+    }
+
+    /// The inputs delivered to the workers and not yet taken, as
+    /// [`Engine::behind`] counts them: per worker for the merging engines,
+    /// one queue for cbase and classes.
+    pub fn queued(&self) -> Vec<usize> {
+        match &self.front {
+            Front::Rings(slots) => slots.0.iter().map(|slot| slot.queued()).collect(),
+            Front::Single { stage, .. } => vec![match stage {
+                Stage::Cbase(parallelizer) => parallelizer.queued(),
+                Stage::Classes(scheduler) => lock(scheduler).queued(),
+            }],
+        }
+    }
+
+    /// Its worker threads.
+    pub fn threads(&self) -> usize {
+        self.shared.config.threads()
+    }
+
+    fn merges_rings(&self) -> bool {
+        matches!(self.front, Front::Rings(_))
     }
 
     /// Waits until every delivered command that can be merged is executed,

@@ -158,6 +158,10 @@ impl AcceptorRing {
         self.promised
     }
 
+    pub(crate) fn trimmed_below(&self) -> Instance {
+        self.trimmed_below
+    }
+
     pub(crate) fn frontier(&self) -> Instance {
         self.frontier
     }

@@ -256,6 +256,14 @@ impl Coordinator {
         let instance = self.next_instance;
         self.next_instance += 1;
         self.next_position = self.next_position.saturating_add(value.positions());
+        let counters = ctx.metrics.rings.entry(members.config.id).or_default();
+        match &value {
+            Value::Batch(batch) => {
+                counters.batches += 1;
+                counters.commands += batch.commands().len() as u64;
+            }
+            Value::Skip(n) => counters.skipped += n,
+        }
         if matches!(value, Value::Batch(_)) {
             self.last_batch_at = Some(ctx.now);
         }

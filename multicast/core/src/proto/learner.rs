@@ -387,6 +387,15 @@ impl Learner {
         }
     }
 
+    /// Per ring: the next instance to deliver and the newest decision heard
+    /// of (their difference is how far this learner lags).
+    pub fn progress(&self) -> Vec<(RingId, Instance, Instance)> {
+        self.rings
+            .iter()
+            .map(|(&ring, r)| (ring, r.next, r.horizon.max(r.next)))
+            .collect()
+    }
+
     /// Whether every ring's next instance is within `slack` instances of
     /// the newest decision this learner has heard of: it is not catching up.
     pub fn caught_up(&self, slack: Instance) -> bool {

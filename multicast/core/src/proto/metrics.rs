@@ -41,6 +41,19 @@ pub struct NodeMetrics {
     pub refused_proposals: u64,
     /// Terms this node ended while leading (a higher ballot, another leader, no quorum heard).
     pub step_downs: u64,
+    /// What this node proposed as coordinator, per ring.
+    pub rings: std::collections::BTreeMap<super::RingId, RingCounters>,
+}
+
+/// What a coordinator proposed in one ring (over all its terms).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RingCounters {
+    /// Batches proposed.
+    pub batches: u64,
+    /// Commands in them (`commands / batches` is the mean batch size).
+    pub commands: u64,
+    /// Instances proposed as skips (rate leveling, hole filling).
+    pub skipped: u64,
 }
 
 /// Counters of a learner.

@@ -91,6 +91,8 @@ pub struct RingPositions {
     pub seen: Ballot,
     /// The ballot of this node's term, if it has one (leading or preparing).
     pub term: Option<Ballot>,
+    /// Every instance below this was trimmed from this node's storage.
+    pub trimmed_below: Instance,
 }
 
 struct RingState {
@@ -271,6 +273,11 @@ impl AcceptorNode {
             .count()
     }
 
+    /// The rings this node serves.
+    pub fn rings(&self) -> Vec<RingId> {
+        self.rings.keys().copied().collect()
+    }
+
     /// Where `ring` stands at this node (for diagnostics and tests).
     pub fn positions(&self, ring: RingId) -> Option<RingPositions> {
         let state = self.rings.get(&ring)?;
@@ -282,6 +289,7 @@ impl AcceptorNode {
             promised: state.acceptor.promised(),
             seen: state.lead.seen,
             term: state.coordinator.as_ref().map(Coordinator::ballot),
+            trimmed_below: state.acceptor.trimmed_below(),
         })
     }
 
