@@ -66,6 +66,13 @@ enum Command {
         /// The results directory (holds experiment.toml and data.csv).
         dir: PathBuf,
     },
+    /// Show every node of a cluster (up or down, rings, positions, lag)
+    /// from their metrics; exit 1 when the cluster cannot serve.
+    Status {
+        /// The cluster file.
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Send commands to a cluster running the B+-tree.
     Client {
         /// The cluster file.
@@ -254,6 +261,9 @@ pub(crate) enum CliError {
     /// The metrics endpoint could not start.
     #[error(transparent)]
     Metrics(#[from] psmr_multicast::metrics::MetricsError),
+    /// `psmr status` found a cluster that cannot serve.
+    #[error("the cluster cannot serve: {0}")]
+    CannotServe(String),
     /// The async runtime could not start.
     #[error("cannot start the async runtime: {0}")]
     AsyncRuntime(#[source] std::io::Error),
@@ -333,6 +343,15 @@ pub(crate) fn run(args: Args) -> Result<(), CliError> {
                 crate::services::run_replica(&cluster, id, shutdown(node.exit_with_parent)).await?;
                 Ok(())
             })
+        }
+        Command::Status { config } => {
+            let cluster = load_cluster(&config)?;
+            let status = runtime()?.block_on(crate::status::status(&cluster));
+            print!("{}", status.text);
+            match status.problem {
+                None => Ok(()),
+                Some(problem) => Err(CliError::CannotServe(problem)),
+            }
         }
         Command::Client { config, command } => {
             let cluster = load_cluster(&config)?;

@@ -6,6 +6,7 @@
 //! psmr acceptor --config cluster.toml --id 1   one acceptor process
 //! psmr replica  --config cluster.toml --id 101 one replica process
 //! psmr client   --config cluster.toml get 42   one command, or `load` for a load generator
+//! psmr status   --config cluster.toml          every node, its rings and lag; exit 1 if it cannot serve
 //! psmr sweep    experiments/fig2.toml          an experiment: clusters, load, CSV, summary, plots
 //! psmr plot     results/fig2/<timestamp>       redraw a run's plots
 //! ```
@@ -26,6 +27,7 @@ mod machine;
 mod plot;
 mod results;
 mod services;
+mod status;
 mod sweep;
 
 use std::process::ExitCode;

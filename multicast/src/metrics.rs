@@ -97,8 +97,10 @@ pub fn publish_acceptor(node: &AcceptorNode) {
         // The instances decided are those below the frontier.
         gauge!("psmr_ring_decided", "ring" => label.clone()).set(p.frontier as f64);
         gauge!("psmr_ring_trimmed_below", "ring" => label.clone()).set(p.trimmed_below as f64);
-        gauge!("psmr_ring_term", "ring" => label.clone()).set(p.seen.round as f64);
-        gauge!("psmr_ring_coordinator", "ring" => label.clone()).set(f64::from(p.seen.node.0));
+        // The highest ballot this node knows of names the coordinator.
+        let highest = p.seen.max(p.promised).max(p.term.unwrap_or(p.seen));
+        gauge!("psmr_ring_term", "ring" => label.clone()).set(highest.round as f64);
+        gauge!("psmr_ring_coordinator", "ring" => label.clone()).set(f64::from(highest.node.0));
         gauge!("psmr_ring_leading", "ring" => label.clone()).set(match p.term {
             Some(_) if node.is_coordinator(ring) => 1.0,
             _ => 0.0,
