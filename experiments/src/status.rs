@@ -45,7 +45,8 @@ pub(crate) async fn scrape(addr: SocketAddr) -> Result<Samples, String> {
         .map_err(|_| format!("no answer within {TIMEOUT:?}"))?
         .map_err(|e| e.to_string())?;
     let (head, body) = page.split_once("\r\n\r\n").ok_or("not an HTTP answer")?;
-    if !head.starts_with("HTTP/1.") || !head.split_whitespace().nth(1).is_some_and(|c| c == "200") {
+    let ok = head.starts_with("HTTP/1.") && head.split_whitespace().nth(1) == Some("200");
+    if !ok {
         return Err(format!("HTTP answer {}", head.lines().next().unwrap_or("")));
     }
     Ok(parse(body))
@@ -178,7 +179,7 @@ fn replica_detail(
     newest: impl Fn(u16) -> f64,
 ) -> String {
     let serving = match get(page, "psmr_replica_serving", None) {
-        Some(v) if v == 1.0 => "serving",
+        Some(1.0) => "serving",
         _ => "catching up (not answering)",
     };
     let mut out = vec![serving.to_string()];
