@@ -23,7 +23,7 @@ use crate::local::{ClusterSpec, LocalError, LocalOptions};
 #[derive(Parser, Debug)]
 #[command(
     name = "psmr",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("PSMR_COMMIT"), ")"),
     about = "Parallel state-machine replication over Multi-Ring Paxos"
 )]
 pub(crate) struct Args {
@@ -65,6 +65,12 @@ enum Command {
     Plot {
         /// The results directory (holds experiment.toml and data.csv).
         dir: PathBuf,
+    },
+    /// Print a completion script for SHELL (e.g. `psmr completions bash >
+    /// /etc/bash_completion.d/psmr`).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
     },
     /// Show every node of a cluster (up or down, rings, positions, lag)
     /// from their metrics; exit 1 when the cluster cannot serve.
@@ -114,7 +120,7 @@ pub(crate) struct LocalArgs {
     #[arg(long, value_enum, default_value = "opt-psmr")]
     pub(crate) engine: EngineArg,
     /// Worker threads per replica (K); smr uses 1.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, value_parser = crate::load::at_least_one)]
     pub(crate) threads: usize,
     /// Acceptor storage.
     #[arg(long, value_enum, default_value = "memory")]
@@ -261,6 +267,9 @@ pub(crate) enum CliError {
     /// The metrics endpoint could not start.
     #[error(transparent)]
     Metrics(#[from] psmr_multicast::metrics::MetricsError),
+    /// `put` found no such key.
+    #[error("key {0} does not exist: nothing was stored (`insert` adds a key)")]
+    NotStored(u64),
     /// `psmr status` found a cluster that cannot serve.
     #[error("the cluster cannot serve: {0}")]
     CannotServe(String),
@@ -344,6 +353,11 @@ pub(crate) fn run(args: Args) -> Result<(), CliError> {
                 Ok(())
             })
         }
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Args::command(), "psmr", &mut std::io::stdout());
+            Ok(())
+        }
         Command::Status { config } => {
             let cluster = load_cluster(&config)?;
             let status = runtime()?.block_on(crate::status::status(&cluster));
@@ -402,9 +416,10 @@ async fn client(cluster: &ClusterConfig, command: ClientCommand) -> Result<(), C
     let show = |v: Option<u64>| v.map_or_else(|| "(none)".to_string(), |v| v.to_string());
     match command {
         ClientCommand::Get { key } => println!("{}", show(tree.get(key).await?)),
-        ClientCommand::Put { key, value } => {
-            println!("previous: {}", show(tree.put(key, value).await?))
-        }
+        ClientCommand::Put { key, value } => match tree.put(key, value).await? {
+            Some(previous) => println!("previous: {previous}"),
+            None => return Err(CliError::NotStored(key)),
+        },
         ClientCommand::Insert { key, value } => {
             println!("previous: {}", show(tree.insert(key, value).await?))
         }

@@ -34,16 +34,16 @@ pub(crate) struct LoadOptions {
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     pub(crate) warmup: Duration,
     /// SDK clients (closed loop).
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, value_parser = at_least_one)]
     pub(crate) clients: usize,
     /// Calls in flight per client (closed loop).
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, value_parser = at_least_one)]
     pub(crate) in_flight: usize,
     /// Calls per second (open loop); closed loop when absent.
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) rate: Option<u64>,
     /// Share of inserts and deletes, 0 to 1.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = share)]
     pub(crate) dependent: f64,
     /// Seed of the keys and operations.
     #[arg(long, default_value_t = 1)]
@@ -54,7 +54,7 @@ pub(crate) struct LoadOptions {
     /// psmr, opt-psmr: each client sends every command to g_all while at
     /// least this share of its last 1,024 commands are mapped there; 1 turns
     /// the fallback off (the papers' P-SMR).
-    #[arg(long, default_value_t = ClientOptions::default().sequential_above)]
+    #[arg(long, default_value_t = ClientOptions::default().sequential_above, value_parser = share)]
     pub(crate) sequential_above: f64,
     /// Also print, every INTERVAL from the start (warm-up included), a line
     /// `timeline t=SECONDS answered=N errors=N` with the calls that ended in
@@ -504,5 +504,23 @@ pub(crate) mod tests {
         assert!((r.throughput() - 1.0).abs() < 1e-9);
         assert!((r.fail_rate() - 50.0).abs() < 1e-9);
         assert_eq!(mean_ms(&report(&[], &[], 0).failed), 0.0);
+    }
+}
+
+/// A count of at least one, for the command line.
+pub(crate) fn at_least_one(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".to_string()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// A share between 0 and 1, for the command line.
+pub(crate) fn share(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(x) if (0.0..=1.0).contains(&x) => Ok(x),
+        Ok(_) => Err("must be between 0 and 1".to_string()),
+        Err(e) => Err(e.to_string()),
     }
 }

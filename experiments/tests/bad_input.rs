@@ -31,6 +31,70 @@ fn an_unknown_flag_is_a_usage_error() {
     assert!(stderr(&out).contains("--config"), "{}", stderr(&out));
 }
 
+/// Counts of zero, ports out of range and shares beyond 1 are usage
+/// errors naming the flag; completions and the version work.
+#[test]
+fn nonsense_on_the_command_line_is_refused_naming_the_flag() {
+    let cases: [(&[&str], &str); 6] = [
+        (&["local", "--port", "65500"], "65500 is not in 1..=65434"),
+        (&["local", "--threads", "0"], "must be at least 1"),
+        (
+            &["client", "--config", "c.toml", "load", "--clients", "0"],
+            "must be at least 1",
+        ),
+        (
+            &["client", "--config", "c.toml", "load", "--in-flight", "0"],
+            "must be at least 1",
+        ),
+        (
+            &["client", "--config", "c.toml", "load", "--rate", "0"],
+            "--rate",
+        ),
+        (
+            &["client", "--config", "c.toml", "load", "--dependent", "1.5"],
+            "between 0 and 1",
+        ),
+    ];
+    for (args, expected) in cases {
+        let out = run_psmr(args, QUICK);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
+        assert!(
+            stderr(&out).contains(expected),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+    }
+    let out = run_psmr(&["completions", "bash"], QUICK);
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("_psmr()"));
+    let out = run_psmr(&["--version"], QUICK);
+    let version = String::from_utf8_lossy(&out.stdout);
+    assert!(version.contains("(commit "), "{version}");
+}
+
+/// A CA file without a certificate is named as such, not found out later
+/// as a failed handshake.
+#[test]
+fn a_ca_file_without_a_certificate_is_named() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let certs = dir.path().join("certs");
+    std::fs::create_dir_all(&certs).expect("a directory");
+    std::fs::write(certs.join("ca.pem"), "garbage\n").expect("write");
+    let mut cluster = ClusterConfig::local(7100, psmr_core::EngineKind::Psmr, 2);
+    cluster.tls.dir = "certs".into();
+    cluster.tls.require_client_certificates = false;
+    let path = dir.path().join("cluster.toml");
+    std::fs::write(&path, cluster.to_toml()).expect("write");
+    let config = path.to_str().expect("utf-8");
+    // From another working directory: tls.dir is relative to the file.
+    let out = run_psmr(&["client", "--config", config, "get", "1"], QUICK);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let message = stderr(&out);
+    let ca = certs.join("ca.pem");
+    assert!(message.contains("no CA certificate in it"), "{message}");
+    assert!(message.contains(ca.to_str().expect("utf-8")), "{message}");
+}
+
 /// Writes `text` as a cluster file and runs `psmr acceptor` on it.
 fn acceptor_on(text: &str) -> String {
     let dir = tempfile::tempdir().expect("a temporary directory");
@@ -78,6 +142,19 @@ fn bad_cluster_files_are_refused_naming_the_problem() {
     let message = acceptor_on(&twice);
     assert!(message.contains("127.0.0.1:7100"), "{message}");
     assert!(message.contains("address"), "{message}");
+    // Port 0, and a host that does not resolve.
+    let message = acceptor_on(&good.replacen("127.0.0.1:7101", "127.0.0.1:0", 1));
+    assert!(message.contains("acceptor[1].address: port 0"), "{message}");
+    let message = acceptor_on(&good.replacen("127.0.0.1:7101", "no-such-host.invalid:7101", 1));
+    assert!(
+        message.contains("cannot resolve \"no-such-host.invalid:7101\""),
+        "{message}"
+    );
+    let message = acceptor_on(&good.replacen("127.0.0.1:7101", "localhost", 1));
+    assert!(message.contains("has no port"), "{message}");
+    // A host name that resolves is taken: what stops this acceptor is its data directory.
+    let message = acceptor_on(&good.replacen("127.0.0.1:7101", "localhost:7101", 1));
+    assert!(message.contains("--init"), "{message}");
     // A field that does not exist.
     let message = acceptor_on(&format!("{good}\nbogus = 1\n"));
     assert!(message.contains("bogus"), "{message}");

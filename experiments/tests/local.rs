@@ -243,3 +243,30 @@ fn durable_storage_keeps_its_data_across_runs_unless_fresh() {
     );
     run.stop();
 }
+
+/// Logs written to a file (not a terminal) carry no colour codes.
+#[test]
+fn logs_to_a_file_have_no_colour_codes() {
+    let tmp = tempfile::tempdir().expect("a temporary directory");
+    let port = free_base().to_string();
+    let out = psmr()
+        .args([
+            "local",
+            "--preload",
+            "10",
+            "--stop-after",
+            "1s",
+            "--port",
+            &port,
+            "--dir",
+        ])
+        .arg(tmp.path().join("cluster"))
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .output()
+        .expect("psmr local runs");
+    let logs = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{logs}");
+    assert!(logs.contains("listening"), "{logs}");
+    assert!(!logs.contains('\x1b'), "{logs}");
+}

@@ -96,6 +96,12 @@ fn metrics_and_status_show_the_cluster_and_say_when_it_cannot_serve() {
     }
     assert!(text.contains("serving") && text.contains("lag"), "{text}");
     assert!(text.contains("(leading)"), "{text}");
+    // `put` of a key that does not exist stores nothing, and says so.
+    let config = cluster.config.to_str().expect("utf-8");
+    let out = run_psmr(&["client", "--config", config, "put", "999999", "1"], QUICK);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let message = String::from_utf8_lossy(&out.stderr);
+    assert!(message.contains("nothing was stored"), "{message}");
     // One acceptor down: still a majority everywhere.
     cluster.kill(3);
     let (code, text) = status(&cluster);

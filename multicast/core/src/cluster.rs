@@ -448,14 +448,26 @@ pub enum ClusterError {
         id: u32,
     },
     /// Two processes share an address.
-    #[error("{field}[{index}].address: {address} is used twice")]
+    #[error("{field}[{index}].{what}: {address} is used twice")]
     DuplicateAddress {
         /// `acceptor` or `replica`.
         field: &'static str,
         /// Position in the list.
         index: usize,
+        /// `address` or `metrics`.
+        what: &'static str,
         /// The address.
         address: SocketAddr,
+    },
+    /// An address with port 0 (any port: others could not find the node).
+    #[error("{field}[{index}].{what}: port 0; give the port the node listens on")]
+    PortZero {
+        /// `acceptor` or `replica`.
+        field: &'static str,
+        /// Position in the list.
+        index: usize,
+        /// `address` or `metrics`.
+        what: &'static str,
     },
     /// Replicas disagree on the engine or K.
     #[error(
@@ -626,23 +638,33 @@ impl ClusterConfig {
             .acceptors
             .iter()
             .enumerate()
-            .map(|(i, a)| ("acceptor", i, a.id, a.address))
+            .map(|(i, a)| ("acceptor", i, a.id, a.address, a.metrics_address()))
             .chain(
                 self.replicas
                     .iter()
                     .enumerate()
-                    .map(|(i, r)| ("replica", i, r.id, r.address)),
+                    .map(|(i, r)| ("replica", i, r.id, r.address, r.metrics_address())),
             );
-        for (field, index, id, address) in entries {
+        let mut metrics_addresses = BTreeSet::new();
+        for (field, index, id, address, metrics) in entries {
             if !ids.insert(id) {
                 return Err(ClusterError::DuplicateId { field, index, id });
             }
-            if !addresses.insert(address) {
-                return Err(ClusterError::DuplicateAddress {
-                    field,
-                    index,
-                    address,
-                });
+            for (what, address, seen) in [
+                ("address", address, &mut addresses),
+                ("metrics", metrics, &mut metrics_addresses),
+            ] {
+                if address.port() == 0 {
+                    return Err(ClusterError::PortZero { field, index, what });
+                }
+                if !seen.insert(address) {
+                    return Err(ClusterError::DuplicateAddress {
+                        field,
+                        index,
+                        what,
+                        address,
+                    });
+                }
             }
         }
         Ok(())

@@ -63,6 +63,14 @@ pub enum TlsError {
         #[source]
         source: rustls_pki_types::pem::Error,
     },
+    /// A file holds no PEM object of the kind expected.
+    #[error("{path}: no {what} in it (expected a PEM file)")]
+    Empty {
+        /// The file.
+        path: PathBuf,
+        /// What was expected.
+        what: &'static str,
+    },
     /// rustls refused the material.
     #[error("TLS configuration: {0}")]
     Rustls(#[from] rustls::Error),
@@ -121,6 +129,12 @@ impl Identity {
         let chain = CertificateDer::pem_file_iter(cert)
             .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
             .map_err(|source| pem_error(cert, "certificate", source))?;
+        if chain.is_empty() {
+            return Err(TlsError::Empty {
+                path: cert.to_path_buf(),
+                what: "certificate",
+            });
+        }
         let key = PrivateKeyDer::from_pem_file(key)
             .map_err(|source| pem_error(key, "private key", source))?;
         Ok(Identity { chain, key })
@@ -156,6 +170,12 @@ impl Tls {
         let cas = CertificateDer::pem_file_iter(ca)
             .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
             .map_err(|source| pem_error(ca, "CA certificate", source))?;
+        if cas.is_empty() {
+            return Err(TlsError::Empty {
+                path: ca.to_path_buf(),
+                what: "CA certificate",
+            });
+        }
         for cert in cas {
             roots.add(cert)?;
         }
