@@ -460,6 +460,24 @@ async fn open_loop(
     }
 }
 
+/// A count of at least one, for the command line.
+pub(crate) fn at_least_one(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".to_string()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// A share between 0 and 1, for the command line.
+pub(crate) fn share(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(x) if (0.0..=1.0).contains(&x) => Ok(x),
+        Ok(_) => Err("must be between 0 and 1".to_string()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -504,23 +522,5 @@ pub(crate) mod tests {
         assert!((r.throughput() - 1.0).abs() < 1e-9);
         assert!((r.fail_rate() - 50.0).abs() < 1e-9);
         assert_eq!(mean_ms(&report(&[], &[], 0).failed), 0.0);
-    }
-}
-
-/// A count of at least one, for the command line.
-pub(crate) fn at_least_one(text: &str) -> Result<usize, String> {
-    match text.parse::<usize>() {
-        Ok(0) => Err("must be at least 1".to_string()),
-        Ok(n) => Ok(n),
-        Err(e) => Err(e.to_string()),
-    }
-}
-
-/// A share between 0 and 1, for the command line.
-pub(crate) fn share(text: &str) -> Result<f64, String> {
-    match text.parse::<f64>() {
-        Ok(x) if (0.0..=1.0).contains(&x) => Ok(x),
-        Ok(_) => Err("must be between 0 and 1".to_string()),
-        Err(e) => Err(e.to_string()),
     }
 }
