@@ -85,6 +85,24 @@ fn metrics_and_status_show_the_cluster_and_say_when_it_cannot_serve() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+    // Garbage at an acceptor's port is dropped and counted, and it serves on.
+    let acceptor = &cluster.cluster.acceptors[0];
+    let flooder = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    for i in 0..200u32 {
+        let garbage: Vec<u8> = (0..100 + i).map(|b| (b * 7 + i) as u8).collect();
+        let _ = flooder.send_to(&garbage, acceptor.address);
+    }
+    let deadline = Instant::now() + QUICK;
+    loop {
+        let page = scrape(acceptor.metrics_address());
+        let dropped = sample(&page, "psmr_udp_kernel_drops_total").unwrap_or(0.0)
+            + sample(&page, "psmr_bad_datagrams_total").unwrap_or(0.0);
+        if dropped >= 200.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "garbage not counted:\n{page}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let (code, text) = status(&cluster);
     assert_eq!(code, Some(0), "{text}");
     for node in cluster.nodes() {

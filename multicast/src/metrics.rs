@@ -21,7 +21,7 @@ use metrics_exporter_prometheus::PrometheusBuilder;
 use psmr_core::proto::{AcceptorNode, Learner};
 use thiserror::Error;
 
-use crate::net::NetStats;
+use crate::net::Network;
 
 /// Histogram of the durable log's `fdatasync` calls, in seconds.
 pub const FSYNC_SECONDS: &str = "psmr_fsync_seconds";
@@ -65,7 +65,11 @@ fn load(c: &AtomicU64) -> u64 {
 }
 
 /// The network's counters.
-pub fn publish_net(stats: &NetStats) {
+pub fn publish_net(net: &Network) {
+    let stats = net.stats();
+    if let Some(drops) = net.kernel_drops() {
+        counter!("psmr_udp_kernel_drops_total").absolute(drops);
+    }
     counter!("psmr_connections_accepted_total").absolute(load(&stats.connections));
     counter!("psmr_bad_frames_total", "layer" => "stream").absolute(load(&stats.bad_frames));
     counter!("psmr_bad_identity_total").absolute(load(&stats.bad_identity));

@@ -184,7 +184,7 @@ impl Reporter {
         self.next_publish = now + PUBLISH_EVERY;
         publish();
         let s = self.net.stats();
-        crate::metrics::publish_net(s);
+        crate::metrics::publish_net(&self.net);
         if now < self.next_log {
             return;
         }
@@ -196,6 +196,7 @@ impl Reporter {
             bad_frames = load(&s.bad_frames),
             bad_identity = load(&s.bad_identity),
             bad_datagrams = load(&s.bad_datagrams),
+            kernel_drops = self.net.kernel_drops(),
             dropped = load(&s.dropped),
             connect_failures = load(&s.connect_failures),
             unknown_destination = load(&s.unknown_destination),

@@ -7,6 +7,7 @@
 
 pub mod driver;
 pub mod network;
+mod socket;
 pub mod stream;
 pub mod tls;
 

@@ -30,6 +30,7 @@ use thiserror::Error;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
+use super::socket::{self, Cids, Filtered, endpoint_config, kernel_filter};
 use super::stream::{FrameReader, Hello, Purpose, StreamError, push_frame, read_hello};
 use super::tls::{Tls, TlsError, node_name, peer_client_tag, peer_is_node};
 use psmr_core::ClientTag;
@@ -176,9 +177,10 @@ pub struct NetStats {
     pub unknown_destination: AtomicU64,
     /// Dialed connections replaced because nothing arrived on them for a second.
     pub stalled: AtomicU64,
-    /// Datagrams that were not QUIC of a known connection, dropped before
-    /// QUIC looked at them.
-    pub bad_datagrams: AtomicU64,
+    /// Datagrams that could not be QUIC for this endpoint (another
+    /// version, a connection id it never issued, random bytes), dropped
+    /// before quinn decoded them ([`super::socket`]).
+    pub bad_datagrams: Arc<AtomicU64>,
 }
 
 struct Inner {
@@ -209,26 +211,26 @@ impl Network {
     /// arrive come out of the returned receiver.
     pub fn start(config: NetConfig) -> Result<(Network, mpsc::Receiver<Inbound>), NetError> {
         let client_config = transport(config.tls.client_config()?);
-        let endpoint = match config.listen {
-            Some(addr) => {
+        let stats = NetStats::default();
+        let server = match config.listen {
+            Some(_) => {
                 let mut server = config
                     .tls
                     .server_config(config.require_client_certificates)?;
                 server.transport_config(Arc::new(transport_config()));
-                quinn::Endpoint::server(server, addr)
-                    .map_err(|source| NetError::Bind { addr, source })?
+                Some(server)
             }
-            None => {
-                let addr: SocketAddr = ([127, 0, 0, 1], 0).into();
-                let any = if config.peers.values().any(|a| !a.ip().is_loopback()) {
-                    ([0, 0, 0, 0], 0).into()
-                } else {
-                    addr
-                };
-                quinn::Endpoint::client(any)
-                    .map_err(|source| NetError::Bind { addr: any, source })?
-            }
+            None => None,
         };
+        let addr = config.listen.unwrap_or_else(|| {
+            // A client binds where it can reach every peer from.
+            match config.peers.values().any(|a| !a.ip().is_loopback()) {
+                true => ([0, 0, 0, 0], 0).into(),
+                false => ([127, 0, 0, 1], 0).into(),
+            }
+        });
+        let endpoint = endpoint(addr, server, stats.bad_datagrams.clone())
+            .map_err(|source| NetError::Bind { addr, source })?;
         let (tx, rx) = mpsc::channel(QUEUE);
         let inner = Arc::new(Inner {
             inbox: tx.clone(),
@@ -240,7 +242,7 @@ impl Network {
             connections: Mutex::new(HashMap::new()),
             outbound: Mutex::new(HashMap::new()),
             next_anonymous: AtomicU32::new(ANONYMOUS_BASE),
-            stats: NetStats::default(),
+            stats,
             routes: config.routes,
         });
         if config.listen.is_some() {
@@ -252,6 +254,14 @@ impl Network {
     /// The address the endpoint is bound to.
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.inner.endpoint.local_addr()
+    }
+
+    /// Datagrams the kernel dropped at this endpoint's socket: what its
+    /// filter found could not be QUIC for it ([`NetStats::bad_datagrams`]
+    /// counts what got past the kernel), and receive-buffer overflows.
+    /// `None` where the kernel does not tell (no `/proc/net/udp`).
+    pub fn kernel_drops(&self) -> Option<u64> {
+        socket::kernel_drops(self.local_addr().ok()?.port())
     }
 
     /// Counters.
@@ -360,6 +370,27 @@ impl Network {
     pub fn close(&self) {
         self.inner.endpoint.close(0u32.into(), b"shutdown");
     }
+}
+
+/// A QUIC endpoint bound at `addr` whose socket drops (and counts in
+/// `dropped`) what cannot be QUIC for it ([`super::socket`]).
+fn endpoint(
+    addr: SocketAddr,
+    server: Option<quinn::ServerConfig>,
+    dropped: Arc<AtomicU64>,
+) -> std::io::Result<quinn::Endpoint> {
+    let socket = std::net::UdpSocket::bind(addr)?;
+    let cids = Cids::new(rand::random());
+    if let Err(e) = kernel_filter(&socket, cids) {
+        debug!(error = %e, "the kernel refused the datagram filter; the process filters alone");
+    }
+    let runtime: Arc<dyn quinn::Runtime> = Arc::new(quinn::TokioRuntime);
+    let socket = Arc::new(Filtered::new(
+        runtime.wrap_udp_socket(socket)?,
+        cids,
+        dropped,
+    ));
+    quinn::Endpoint::new_with_abstract_socket(endpoint_config(cids), server, socket, runtime)
 }
 
 fn transport_config() -> quinn::TransportConfig {
