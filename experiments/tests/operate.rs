@@ -76,6 +76,8 @@ fn metrics_and_status_show_the_cluster_and_say_when_it_cannot_serve() {
             .sum();
         if decided > 0.0 && executed >= 100.0 {
             assert_eq!(sample(&replica, "psmr_replica_serving"), Some(1.0));
+            let timed = sample(&replica, "psmr_replica_reply_seconds_count").unwrap_or(0.0);
+            assert!(timed >= 1.0, "no reply latency recorded:\n{replica}");
             assert!(acceptor.contains("psmr_bad_datagrams_total"), "{acceptor}");
             break;
         }

@@ -13,12 +13,12 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use psmr_core::cluster::ClusterConfig;
-use psmr_core::proto::{Learner, NodeId, RingId};
-use psmr_core::{ClientId, ConflictModel, Reply};
+use psmr_core::proto::{Learner, NodeId, RingId, Value};
+use psmr_core::{ClientId, ConflictModel, Reply, Request, RequestId};
 use psmr_multicast::net::{self, Hooks, Inbound, Network, Purpose};
 use psmr_multicast::process::{ProcessError, Reporter, net_config, node_tls};
 use thiserror::Error;
@@ -96,7 +96,19 @@ pub struct ReplyRouter {
     /// Commands executed, per worker thread (their replies pass here,
     /// sent or not); threads beyond the last share its counter.
     executed: [AtomicU64; WORKER_COUNTERS],
+    /// Sampled requests and when their instance reached the engine: the
+    /// reply latency histogram records, for each, the time until its reply
+    /// is ready (queueing and execution on this replica).
+    stamps: Mutex<HashMap<(ClientId, RequestId), Instant>>,
+    /// Whether `stamps` holds any (so replies skip the lock when not).
+    stamped: AtomicBool,
 }
+
+/// One delivered batch in this many has its first request timed.
+const SAMPLE_EVERY: u64 = 16;
+/// The most requests timed at once (a request whose reply never comes, a
+/// marker, leaves its stamp until this clears them).
+const MAX_STAMPS: usize = 1024;
 
 /// Worker threads counted apart in [`ReplyRouter`]'s executed commands.
 const WORKER_COUNTERS: usize = 64;
@@ -111,7 +123,53 @@ impl ReplyRouter {
             serving: AtomicBool::new(false),
             undeliverable: AtomicU64::new(0),
             executed: std::array::from_fn(|_| AtomicU64::new(0)),
+            stamps: Mutex::default(),
+            stamped: AtomicBool::new(false),
         }
+    }
+
+    /// Times the first request of `value`, delivered now (one batch in
+    /// [`SAMPLE_EVERY`], by `count`).
+    fn sample(&self, count: u64, value: &Value) {
+        if count % SAMPLE_EVERY != 0 {
+            return;
+        }
+        let Value::Batch(batch) = value else {
+            return;
+        };
+        let Some(command) = batch.commands().first() else {
+            return;
+        };
+        let Ok(request) = Request::decode(&command.payload) else {
+            return;
+        };
+        let mut stamps = self.stamps.lock().unwrap_or_else(|e| e.into_inner());
+        if stamps.len() >= MAX_STAMPS {
+            stamps.clear();
+        }
+        stamps.insert(
+            (ClientId(command.id.proposer.0), request.id),
+            Instant::now(),
+        );
+        self.stamped.store(true, Ordering::Relaxed);
+    }
+
+    /// Records the reply latency of the sampled requests among `replies`.
+    fn time(&self, replies: &[Reply]) {
+        if !self.stamped.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut stamps = self.stamps.lock().unwrap_or_else(|e| e.into_inner());
+        for reply in replies {
+            let Some(request) = reply.request else {
+                continue;
+            };
+            if let Some(at) = stamps.remove(&(reply.client, request)) {
+                metrics::histogram!("psmr_replica_reply_seconds")
+                    .record(at.elapsed().as_secs_f64());
+            }
+        }
+        self.stamped.store(!stamps.is_empty(), Ordering::Relaxed);
     }
 
     /// Starts or stops answering; says whether that changed anything.
@@ -141,6 +199,7 @@ impl ReplySink for ReplyRouter {
     fn replies(&self, thread: usize, replies: &mut Vec<Reply>) {
         self.executed[thread.min(WORKER_COUNTERS - 1)]
             .fetch_add(replies.len() as u64, Ordering::Relaxed);
+        self.time(replies);
         if !self.serving.load(Ordering::Relaxed) {
             let sent = replies
                 .drain(..)
@@ -223,6 +282,8 @@ struct ReplicaHooks<S: ConflictModel> {
     behind_since: Option<(Instant, u64)>,
     /// Whether rings may be held ([`Learner::hold`]) from the last pace.
     holding: bool,
+    /// Instances delivered to the engine (for sampling reply latency).
+    delivered: u64,
 }
 
 /// Instances a replica may trail the newest decision it heard of and still
@@ -294,6 +355,8 @@ impl<S: ConflictModel> Hooks<Learner> for ReplicaHooks<S> {
 
     fn after(&mut self, learner: &mut Learner) -> bool {
         while let Some(d) = learner.poll_delivery() {
+            self.delivered += 1;
+            self.router.sample(self.delivered, &d.value);
             if let Err(e) = self.engine.deliver(d.ring, d.instance, d.value) {
                 self.failed = Some(e.into());
                 return false;
@@ -653,6 +716,7 @@ fn start_engine<S: ConflictModel>(
         data_dir: data_dir.display().to_string(),
         behind_since: Some((Instant::now(), 0)),
         holding: false,
+        delivered: 0,
     })
 }
 
@@ -740,5 +804,55 @@ mod tests {
         assert!(router.serve(true) && !router.serve(true));
         router.replies(0, &mut vec![reply(7, 3, Answerers::All)]);
         assert_eq!(received(&rx.try_recv().unwrap()), [3]);
+    }
+
+    /// One delivered batch in 16 has its first request timed until its
+    /// reply is ready; the stamp goes with the reply, also one this replica
+    /// does not send, and a batch that is not a request is not timed.
+    #[test]
+    fn a_sampled_request_is_timed_until_its_reply() {
+        use psmr_core::proto::{Batch, Command, CommandId, ProposerId};
+        use psmr_core::{Mode, ServiceId};
+        let router = ReplyRouter::new(NodeId(101));
+        let command = |payload: bytes::Bytes| Command {
+            id: CommandId {
+                proposer: ProposerId(7),
+                seq: 0,
+            },
+            low_water: 0,
+            payload,
+        };
+        let request = Request {
+            id: RequestId(3),
+            low_water: RequestId(0),
+            mode: Mode::Conservative,
+            service: ServiceId(1),
+            op: bytes::Bytes::new(),
+            answerers: Answerers::One(102),
+        };
+        let batch = Value::Batch(Batch::new(&[command(request.encode())]));
+        router.sample(SAMPLE_EVERY + 1, &batch);
+        assert!(
+            !router.stamped.load(Ordering::Relaxed),
+            "not a sampled batch"
+        );
+        router.sample(
+            SAMPLE_EVERY,
+            &Value::Batch(Batch::new(&[command(bytes::Bytes::from_static(b"??"))])),
+        );
+        router.sample(SAMPLE_EVERY, &Value::Skip(3));
+        assert!(!router.stamped.load(Ordering::Relaxed), "nothing to time");
+        router.sample(SAMPLE_EVERY, &batch);
+        assert!(router.stamped.load(Ordering::Relaxed));
+        router.replies(0, &mut vec![reply(7, 2, Answerers::All)]);
+        assert!(
+            router.stamped.load(Ordering::Relaxed),
+            "another request's reply"
+        );
+        router.replies(0, &mut vec![reply(7, 3, Answerers::One(102))]);
+        assert!(
+            !router.stamped.load(Ordering::Relaxed),
+            "timed and forgotten"
+        );
     }
 }
