@@ -131,7 +131,7 @@ impl ReplyRouter {
     /// Times the first request of `value`, delivered now (one batch in
     /// [`SAMPLE_EVERY`], by `count`).
     fn sample(&self, count: u64, value: &Value) {
-        if count % SAMPLE_EVERY != 0 {
+        if !count.is_multiple_of(SAMPLE_EVERY) {
             return;
         }
         let Value::Batch(batch) = value else {
