@@ -90,15 +90,18 @@ pub async fn eventually(
     }
 }
 
-/// `n` distinct loopback addresses with ports free a moment ago.
+/// `n` distinct loopback addresses with ports free a moment ago, for UDP
+/// (QUIC) and TCP (each node's metrics default to the same port).
 pub fn free_addresses(n: usize) -> Vec<SocketAddr> {
-    let sockets: Vec<UdpSocket> = (0..n)
-        .map(|_| UdpSocket::bind("127.0.0.1:0").expect("bind an ephemeral port"))
-        .collect();
-    sockets
-        .iter()
-        .map(|s| s.local_addr().expect("local address"))
-        .collect()
+    let mut held = Vec::new();
+    while held.len() < n {
+        let udp = UdpSocket::bind("127.0.0.1:0").expect("bind an ephemeral port");
+        let addr = udp.local_addr().expect("local address");
+        if let Ok(tcp) = std::net::TcpListener::bind(addr) {
+            held.push((udp, tcp, addr));
+        }
+    }
+    held.into_iter().map(|(_, _, addr)| addr).collect()
 }
 
 /// What kind of cluster to start.
