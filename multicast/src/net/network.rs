@@ -179,7 +179,7 @@ pub struct NetStats {
     pub stalled: AtomicU64,
     /// Datagrams that could not be QUIC for this endpoint (another
     /// version, a connection id it never issued, random bytes), dropped
-    /// before quinn decoded them ([`super::socket`]).
+    /// before quinn decoded them (by the socket filter under the endpoint).
     pub bad_datagrams: Arc<AtomicU64>,
 }
 
