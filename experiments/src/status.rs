@@ -161,9 +161,12 @@ fn acceptor_detail(page: &Samples, rings: &[(u16, Vec<u32>)], id: u32) -> String
         } else {
             ""
         };
+        let coordinator = match value("psmr_ring_term") {
+            0 => "none yet".to_string(),
+            _ => format!("n{}", value("psmr_ring_coordinator")),
+        };
         out.push(format!(
-            "ring {ring}: coordinator n{} term {}{leading} decided {} trimmed {} window {}",
-            value("psmr_ring_coordinator"),
+            "ring {ring}: coordinator {coordinator} term {}{leading} decided {} trimmed {} window {}",
             value("psmr_ring_term"),
             value("psmr_ring_decided"),
             value("psmr_ring_trimmed_below"),
