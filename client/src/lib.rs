@@ -36,6 +36,8 @@
 //! ```
 
 mod driver;
+pub mod history;
+pub mod linearizability;
 mod sequential;
 
 use std::sync::Arc;
@@ -153,12 +155,12 @@ pub enum ClientError {
     #[error(transparent)]
     Net(#[from] NetError),
     /// No replica answered the connection attempt.
-    #[error("no replica reachable within {timeout:?} (first error: {first})")]
+    #[error("no replica reachable within {timeout:?} ({errors})")]
     Unreachable {
         /// How long the client tried.
         timeout: Duration,
-        /// The first replica's error.
-        first: NetError,
+        /// What each replica's last attempt met.
+        errors: String,
     },
     /// No reply by the deadline; the request may or may not have run.
     #[error("no reply within {deadline:?}; the outcome is unknown")]
@@ -348,8 +350,15 @@ where
     }
 }
 
+/// How long one connection attempt to one replica may take before the next
+/// replica is tried (a stopped or cut-off replica never answers).
+const ATTEMPT: Duration = Duration::from_secs(1);
+
 /// Waits until one replica accepts a connection, trying them in order from
-/// index `start`; returns the index of the one reached.
+/// index `start`, each for at most [`ATTEMPT`], round after round until
+/// `timeout`; returns the index of the one reached. A refusal on
+/// certificates ends it at once; otherwise the error names what each
+/// replica's last attempt met.
 async fn reach_a_replica(
     net: &Network,
     replicas: &[NodeId],
@@ -357,26 +366,30 @@ async fn reach_a_replica(
     timeout: Duration,
 ) -> Result<usize, ClientError> {
     let deadline = tokio::time::Instant::now() + timeout;
-    let mut first = None;
+    let mut last: Vec<Option<String>> = vec![None; replicas.len()];
     while tokio::time::Instant::now() < deadline {
         for at in (start..start + replicas.len()).map(|i| i % replicas.len()) {
-            match tokio::time::timeout_at(deadline, net.connect(replicas[at])).await {
+            let until = deadline.min(tokio::time::Instant::now() + ATTEMPT);
+            match tokio::time::timeout_at(until, net.connect(replicas[at])).await {
                 Ok(Ok(())) => return Ok(at),
                 Ok(Err(e @ NetError::Refused { .. })) => return Err(ClientError::Net(e)),
-                Ok(Err(e)) => {
-                    first.get_or_insert(e);
-                }
-                Err(_) => break,
+                Ok(Err(e)) => last[at] = Some(e.to_string()),
+                Err(_) => last[at] = Some(format!("no answer within {ATTEMPT:?}")),
+            }
+            if tokio::time::Instant::now() >= deadline {
+                break;
             }
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(100).min(deadline - tokio::time::Instant::now()))
+            .await;
     }
-    Err(ClientError::Unreachable {
-        timeout,
-        first: first.unwrap_or(NetError::UnknownPeer(
-            replicas.first().copied().unwrap_or(NodeId(0)),
-        )),
-    })
+    let errors = replicas
+        .iter()
+        .zip(&last)
+        .map(|(r, e)| format!("{r}: {}", e.as_deref().unwrap_or("not tried")))
+        .collect::<Vec<_>>()
+        .join("; ");
+    Err(ClientError::Unreachable { timeout, errors })
 }
 
 /// The wire id of incarnation `incarnation` of client `id`: a bijective mix

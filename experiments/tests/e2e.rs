@@ -679,3 +679,53 @@ fn a_whole_cluster_killed_at_once_restarts_from_its_disks_losing_nothing() {
     });
     cluster.assert_running();
 }
+
+/// A client whose first replica is paused (SIGSTOP: its sockets stay, it
+/// answers nothing) reaches the other one within its deadline; with both
+/// paused the error names what each replica's attempt met.
+#[test]
+fn a_client_connects_past_a_paused_replica() {
+    let mut cluster = TestCluster::start(&Spec::default());
+    runtime().block_on(async {
+        // Make sure both replicas serve before one pauses.
+        cluster.client().await.get(0).await.expect("served");
+        cluster.signal(101, "-STOP");
+        let options = |id| ClientOptions {
+            id: Some(id),
+            connect_timeout: Duration::from_secs(5),
+            ..ClientOptions::default()
+        };
+        // Clients pick their first replica by id: even ids start at 101.
+        for id in 0..4 {
+            let tree = BTreeClient::connect(&cluster.cluster, options(id))
+                .await
+                .unwrap_or_else(|e| panic!("client {id}: {e}"));
+            assert_eq!(tree.get(2).await.expect("served"), Some(1), "client {id}");
+        }
+        cluster.signal(102, "-STOP");
+        let started = std::time::Instant::now();
+        let e = BTreeClient::connect(
+            &cluster.cluster,
+            ClientOptions {
+                connect_timeout: Duration::from_secs(3),
+                ..ClientOptions::default()
+            },
+        )
+        .await
+        .err()
+        .expect("no replica answers");
+        let message = e.to_string();
+        assert!(
+            message.contains("n101: ") && message.contains("n102: "),
+            "{message}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+        cluster.signal(101, "-CONT");
+        cluster.signal(102, "-CONT");
+    });
+    cluster.assert_running();
+}

@@ -243,6 +243,17 @@ impl TestCluster {
         child.wait().expect("reaped");
     }
 
+    /// Stops (`SIGSTOP`) or resumes (`SIGCONT`) node `id`: a paused process
+    /// keeps its sockets but answers nothing.
+    pub fn signal(&mut self, id: u32, signal: &str) {
+        let pid = self.children.get(&id).expect("node runs").id();
+        let status = Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill {signal} {pid}");
+    }
+
     /// Whether every started node still runs.
     pub fn assert_running(&mut self) {
         for (id, child) in &mut self.children {
