@@ -258,3 +258,68 @@ fn explain<I: Clone, O: Clone>(
         stuck,
     }
 }
+
+/// A key-value store whose every operation answers the value the key had
+/// before it (what the B+-tree service's client calls answer): the model
+/// for histories of `get`, `put`, `insert` and `delete`, partitioned by key.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct KeyValue;
+
+/// An operation of [`KeyValue`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum KvOp {
+    /// Reads a key.
+    Get(u64),
+    /// Sets a key that exists (nothing if it does not).
+    Put(u64, u64),
+    /// Sets a key, whether it exists or not.
+    Insert(u64, u64),
+    /// Removes a key.
+    Delete(u64),
+}
+
+impl KvOp {
+    /// The key.
+    pub fn key(self) -> u64 {
+        match self {
+            KvOp::Get(k) | KvOp::Put(k, _) | KvOp::Insert(k, _) | KvOp::Delete(k) => k,
+        }
+    }
+
+    /// From the key's `value`: its value after, and the answer.
+    pub fn apply(self, value: Option<u64>) -> (Option<u64>, Option<u64>) {
+        match self {
+            KvOp::Get(_) => (value, value),
+            KvOp::Put(_, v) => (value.map(|_| v), value),
+            KvOp::Insert(_, v) => (Some(v), value),
+            KvOp::Delete(_) => (None, value),
+        }
+    }
+}
+
+impl Model for KeyValue {
+    type State = Option<u64>;
+    type Input = KvOp;
+    type Output = Option<u64>;
+
+    fn init(&self) -> Option<u64> {
+        None
+    }
+
+    fn step(
+        &self,
+        state: &Option<u64>,
+        op: &KvOp,
+        output: Option<&Option<u64>>,
+    ) -> Option<Option<u64>> {
+        let (after, answer) = op.apply(*state);
+        match output {
+            Some(out) if *out != answer => None,
+            _ => Some(after),
+        }
+    }
+
+    fn partition(&self, op: &KvOp) -> u64 {
+        op.key()
+    }
+}

@@ -9,66 +9,9 @@
 
 use std::time::Duration;
 
-use psmr_client::linearizability::{Model, Operation, Verdict, check};
+use psmr_client::linearizability::{KeyValue as Kv, KvOp as Op, Operation, Verdict, check};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-
-/// A map from keys to values; every operation answers the previous value.
-struct Kv;
-
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Op {
-    Get(u64),
-    /// Sets an existing key (nothing if absent).
-    Put(u64, u64),
-    Insert(u64, u64),
-    Delete(u64),
-}
-
-impl Op {
-    fn key(self) -> u64 {
-        match self {
-            Op::Get(k) | Op::Put(k, _) | Op::Insert(k, _) | Op::Delete(k) => k,
-        }
-    }
-
-    /// The value after, and the answer, from `value`.
-    fn apply(self, value: Option<u64>) -> (Option<u64>, Option<u64>) {
-        match self {
-            Op::Get(_) => (value, value),
-            Op::Put(_, v) => (value.map(|_| v), value),
-            Op::Insert(_, v) => (Some(v), value),
-            Op::Delete(_) => (None, value),
-        }
-    }
-}
-
-impl Model for Kv {
-    type State = Option<u64>;
-    type Input = Op;
-    type Output = Option<u64>;
-
-    fn init(&self) -> Option<u64> {
-        None
-    }
-
-    fn step(
-        &self,
-        state: &Option<u64>,
-        op: &Op,
-        output: Option<&Option<u64>>,
-    ) -> Option<Option<u64>> {
-        let (after, answer) = op.apply(*state);
-        match output {
-            Some(out) if *out != answer => None,
-            _ => Some(after),
-        }
-    }
-
-    fn partition(&self, op: &Op) -> u64 {
-        op.key()
-    }
-}
 
 type History = Vec<Operation<Op, Option<u64>>>;
 

@@ -729,3 +729,82 @@ fn a_client_connects_past_a_paused_replica() {
     });
     cluster.assert_running();
 }
+
+/// What concurrent clients observe on a small contended key space stays
+/// linearizable while a replica and the coordinating acceptor are killed
+/// with -9 and restarted: the history recorded through the SDK (calls that
+/// failed have an unknown outcome) is checked with the project's checker.
+#[test]
+fn concurrent_clients_see_a_linearizable_history_across_crashes() {
+    use psmr_client::history::History;
+    use psmr_client::linearizability::{KeyValue, KvOp, Verdict, check};
+    let seed = seed();
+    let spec = Spec {
+        engine: EngineKind::OptPsmr,
+        ..Spec::default()
+    };
+    let mut cluster = TestCluster::start(&spec);
+    let history = History::new();
+    runtime().block_on(async {
+        let stop = Arc::new(AtomicBool::new(false));
+        // Odd keys above the preload: absent at the start, as the model says.
+        let keys: Vec<u64> = (0..6).map(|i| 2 * spec.preload + 1 + 2 * i).collect();
+        let mut tasks = Vec::new();
+        for client in 0..4u64 {
+            let tree = cluster
+                .client_with(ClientOptions {
+                    deadline: Duration::from_secs(3),
+                    ..ClientOptions::default()
+                })
+                .await;
+            let (history, stop, keys) = (history.clone(), stop.clone(), keys.clone());
+            let mut rng = ChaCha8Rng::seed_from_u64(seed ^ client);
+            tasks.push(tokio::spawn(async move {
+                let mut unique = client * 1_000_000;
+                while !stop.load(Ordering::Relaxed) {
+                    let key = keys[rng.random_range(0..keys.len())];
+                    unique += 1;
+                    let op = match rng.random_range(0..4) {
+                        0 => KvOp::Get(key),
+                        1 => KvOp::Put(key, unique),
+                        2 => KvOp::Insert(key, unique),
+                        _ => KvOp::Delete(key),
+                    };
+                    let call = history.begin(client, op);
+                    let result = match op {
+                        KvOp::Get(k) => tree.get(k).await,
+                        KvOp::Put(k, v) => tree.put(k, v).await,
+                        KvOp::Insert(k, v) => tree.insert(k, v).await,
+                        KvOp::Delete(k) => tree.delete(k).await,
+                    };
+                    match result {
+                        Ok(answer) => call.ok(answer),
+                        Err(_) => call.unknown(),
+                    }
+                }
+            }));
+        }
+        let pause = |ms| tokio::time::sleep(Duration::from_millis(ms));
+        pause(700).await;
+        cluster.kill(101);
+        pause(700).await;
+        cluster.kill(1);
+        pause(700).await;
+        cluster.spawn(101);
+        cluster.spawn(1);
+        pause(1500).await;
+        stop.store(true, Ordering::Relaxed);
+        for task in tasks {
+            task.await.expect("a client task");
+        }
+    });
+    let ops = history.snapshot();
+    let (calls, unknown) = history.counts();
+    println!("{calls} calls, {unknown} with an unknown outcome");
+    assert!(calls > 200, "too little happened: {calls} calls");
+    match check(&KeyValue, &ops, Duration::from_secs(60)) {
+        Verdict::Linearizable => {}
+        Verdict::Violation(e) => panic!("seed {seed}: not linearizable: {e:#?}"),
+        Verdict::Unknown { undecided } => panic!("seed {seed}: undecided keys {undecided:?}"),
+    }
+}
