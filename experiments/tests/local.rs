@@ -20,7 +20,12 @@ fn free_base() -> u16 {
         UdpSocket::bind(("127.0.0.1", port)).is_ok()
             && TcpListener::bind(("127.0.0.1", port)).is_ok()
     };
-    let start = 20_000 + (std::process::id() % 2_000) as u16 * 10;
+    // Tests of this binary run in parallel: each call starts its search
+    // far from the others' (and from other test processes').
+    static CALLS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let spread = (std::process::id() % 1_000) * 37 + call * 1_009;
+    let start = 20_000 + (spread % 38_000) as u16;
     (start..60_000)
         .step_by(7)
         .find(|&p| [p, p + 1, p + 2, p + 100, p + 101].into_iter().all(free))
