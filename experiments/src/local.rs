@@ -360,17 +360,7 @@ fn lock(dir: &Path) -> Result<File, LocalError> {
 /// Checks that every address the cluster listens on is free: QUIC (UDP)
 /// and metrics (TCP).
 fn check_ports(cluster: &ClusterConfig) -> Result<(), LocalError> {
-    let nodes = cluster
-        .acceptors
-        .iter()
-        .map(|a| ("acceptor", a.id, a.address, a.metrics_address()))
-        .chain(
-            cluster
-                .replicas
-                .iter()
-                .map(|r| ("replica", r.id, r.address, r.metrics_address())),
-        );
-    for (role, id, addr, metrics) in nodes {
+    for (role, id, addr, metrics) in cluster.endpoints() {
         let taken = |proto, addr| {
             move |source| LocalError::PortInUse {
                 role,
@@ -548,17 +538,7 @@ fn banner(local: &LocalCluster) {
         cluster.service.preload,
         cluster.service.cost()
     );
-    let nodes = cluster
-        .acceptors
-        .iter()
-        .map(|a| ("acceptor", a.id, a.address, a.metrics_address()))
-        .chain(
-            cluster
-                .replicas
-                .iter()
-                .map(|r| ("replica", r.id, r.address, r.metrics_address())),
-        );
-    for (role, id, addr, metrics) in nodes {
+    for (role, id, addr, metrics) in cluster.endpoints() {
         let pid = local.children.pid(id).unwrap_or(0);
         println!("  {role:<10} n{id} {addr} pid {pid} metrics http://{metrics}/metrics");
     }

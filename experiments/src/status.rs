@@ -82,15 +82,10 @@ pub(crate) struct Status {
 
 /// Scrapes every node of `cluster` and describes the cluster.
 pub(crate) async fn status(cluster: &ClusterConfig) -> Status {
-    let acceptors = cluster
-        .acceptors
-        .iter()
-        .map(|a| (a.id, "acceptor", a.metrics_address()));
-    let replicas = cluster
-        .replicas
-        .iter()
-        .map(|r| (r.id, "replica", r.metrics_address()));
-    let nodes: Vec<(u32, &str, SocketAddr)> = acceptors.chain(replicas).collect();
+    let nodes: Vec<(u32, &str, SocketAddr)> = cluster
+        .endpoints()
+        .map(|(role, id, _, metrics)| (id, role, metrics))
+        .collect();
     let pages = futures_join(nodes.iter().map(|&(_, _, addr)| scrape(addr))).await;
     let rings: Vec<(u16, Vec<u32>)> = cluster
         .multicast()

@@ -280,11 +280,7 @@ fn a_serving_cluster_shrugs_off_bad_input() {
         preload: 1_000,
         ..Spec::default()
     });
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("a runtime");
+    let rt = common::runtime();
     rt.block_on(async {
         let tree = cluster.client().await;
         assert_eq!(tree.insert(1, 10).await.unwrap(), None);
@@ -333,11 +329,7 @@ fn a_client_cannot_take_over_another_certificates_id() {
     });
     let certs = cluster.cluster.tls.dir.clone();
     issue_client_cert(&certs, "mallory", false).expect("a certificate for mallory");
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("a runtime");
+    let rt = common::runtime();
     rt.block_on(async {
         let victim = cluster.client().await;
         assert_eq!(victim.insert(1, 10).await.unwrap(), None);

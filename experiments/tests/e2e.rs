@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use common::{Spec, TestCluster, preloaded, scan_all};
+use common::{Spec, TestCluster, preloaded, runtime, scan_all};
 use psmr_btree::BTreeClient;
 use psmr_client::ClientOptions;
 use psmr_core::EngineKind;
@@ -159,14 +159,6 @@ fn model_test_with(spec: Spec, fallback: bool) {
             .expect("the workload finishes within 2 minutes");
     });
     cluster.assert_running();
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("a tokio runtime")
 }
 
 #[test]
@@ -784,15 +776,26 @@ fn concurrent_clients_see_a_linearizable_history_across_crashes() {
                 }
             }));
         }
-        let pause = |ms| tokio::time::sleep(Duration::from_millis(ms));
-        pause(700).await;
+        // Each fault comes once the clients completed 2,000 more calls.
+        let progress = || async {
+            let before = history.counts();
+            let done = || {
+                let (calls, unknown) = history.counts();
+                calls - unknown >= before.0 - before.1 + 2_000
+            };
+            common::eventually(Duration::from_secs(60), done, || {
+                "2,000 more calls completed".to_string()
+            })
+            .await
+        };
+        progress().await;
         cluster.kill(101);
-        pause(700).await;
+        progress().await;
         cluster.kill(1);
-        pause(700).await;
+        progress().await;
         cluster.spawn(101);
         cluster.spawn(1);
-        pause(1500).await;
+        progress().await;
         stop.store(true, Ordering::Relaxed);
         for task in tasks {
             task.await.expect("a client task");

@@ -46,11 +46,7 @@ fn status(cluster: &TestCluster) -> (Option<i32>, String) {
 #[test]
 fn metrics_and_status_show_the_cluster_and_say_when_it_cannot_serve() {
     let mut cluster = TestCluster::start(&Spec::default());
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("a runtime");
+    let rt = common::runtime();
     rt.block_on(async {
         let tree = cluster.client().await;
         for key in 0..100 {

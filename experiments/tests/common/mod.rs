@@ -73,6 +73,16 @@ pub fn run_psmr(args: &[&str], timeout: Duration) -> Output {
     }
 }
 
+/// The runtime end-to-end tests drive their clients on (two workers, as
+/// the machine has two cores).
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+}
+
 /// Polls `done` until it holds; panics with `what()` if it does not within `within`.
 pub async fn eventually(
     within: Duration,

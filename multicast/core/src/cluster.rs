@@ -804,6 +804,22 @@ impl ClusterConfig {
         acceptors.chain(replicas).collect()
     }
 
+    /// Every node as `(role, id, address, metrics address)`: the acceptors
+    /// in file order, then the replicas; `role` is `acceptor` or `replica`.
+    pub fn endpoints(
+        &self,
+    ) -> impl Iterator<Item = (&'static str, u32, SocketAddr, SocketAddr)> + '_ {
+        let acceptors = self
+            .acceptors
+            .iter()
+            .map(|a| ("acceptor", a.id, a.address, a.metrics_address()));
+        let replicas = self
+            .replicas
+            .iter()
+            .map(|r| ("replica", r.id, r.address, r.metrics_address()));
+        acceptors.chain(replicas)
+    }
+
     /// Every node id.
     pub fn nodes(&self) -> Vec<NodeId> {
         let mut ids: Vec<NodeId> = self.addresses().into_keys().collect();
