@@ -70,12 +70,12 @@ pub fn node_tls(cluster: &ClusterConfig, id: NodeId) -> Result<Tls, TlsError> {
     Tls::load(&paths.ca(), Some(Identity::load(&cert, &key)?))
 }
 
-/// The network configuration of node `id`: its address, every peer's, its TLS
-/// and whether clients must present certificates.
+/// The network configuration of node `id`: the address it binds to, every
+/// peer's address, its TLS and whether clients must present certificates.
 pub fn net_config(cluster: &ClusterConfig, id: NodeId, tls: Tls) -> NetConfig {
     let mut config = NetConfig::new(
         Some(id),
-        cluster.addresses().get(&id).copied(),
+        cluster.listen_address(id),
         cluster.addresses(),
         tls,
     );

@@ -6,6 +6,7 @@
 //! [[acceptor]]
 //! id = 1
 //! address = "127.0.0.1:7101"  # IP:port or host:port (resolved when the file is read)
+//! # listen = "0.0.0.0:7101"    # where it binds, if the others reach it at another address
 //! # metrics = "127.0.0.1:9101"  # Prometheus over HTTP; default: the same IP and port over TCP
 //! storage = "memory"            # or "durable"; default memory
 //! data_dir = "data/acceptor-1"  # default data/acceptor-<id>; relative paths (here and in
@@ -145,6 +146,15 @@ pub struct AcceptorEntry {
     /// host name and port resolved when the file is read.
     #[serde(deserialize_with = "resolve")]
     pub address: SocketAddr,
+    /// Address it binds to, where that differs from `address`, where the
+    /// others reach it (a node behind address translation or a proxy, or
+    /// `psmr chaos`'s fault-injecting relay in front of it). Default: `address`.
+    #[serde(
+        default,
+        deserialize_with = "resolve_some",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub listen: Option<SocketAddr>,
     /// Where it serves Prometheus metrics over HTTP (TCP). Default: the
     /// same IP address and port as `address`, over TCP.
     #[serde(
@@ -205,6 +215,15 @@ pub struct ReplicaEntry {
     /// Address it listens on (QUIC, UDP), as an acceptor's.
     #[serde(deserialize_with = "resolve")]
     pub address: SocketAddr,
+    /// Address it binds to, where that differs from `address`, where the
+    /// others reach it (a node behind address translation or a proxy, or
+    /// `psmr chaos`'s fault-injecting relay in front of it). Default: `address`.
+    #[serde(
+        default,
+        deserialize_with = "resolve_some",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub listen: Option<SocketAddr>,
     /// Where it serves Prometheus metrics, as an acceptor's.
     #[serde(
         default,
@@ -585,6 +604,7 @@ impl ClusterConfig {
                 .map(|i| AcceptorEntry {
                     id: 1 + u32::from(i),
                     address: at(port + i),
+                    listen: None,
                     metrics: None,
                     storage: StorageKind::Memory,
                     data_dir: None,
@@ -594,6 +614,7 @@ impl ClusterConfig {
                 .map(|i| ReplicaEntry {
                     id: 101 + u32::from(i),
                     address: at(port + 100 + i),
+                    listen: None,
                     metrics: None,
                     engine,
                     threads: if engine == EngineKind::Smr {
@@ -634,26 +655,44 @@ impl ClusterConfig {
     fn check_unique(&self) -> Result<(), ClusterError> {
         let mut ids = BTreeSet::new();
         let mut addresses = BTreeSet::new();
-        let entries = self
-            .acceptors
-            .iter()
-            .enumerate()
-            .map(|(i, a)| ("acceptor", i, a.id, a.address, a.metrics_address()))
-            .chain(
-                self.replicas
-                    .iter()
-                    .enumerate()
-                    .map(|(i, r)| ("replica", i, r.id, r.address, r.metrics_address())),
-            );
+        let entries =
+            self.acceptors
+                .iter()
+                .enumerate()
+                .map(|(i, a)| {
+                    (
+                        "acceptor",
+                        i,
+                        a.id,
+                        a.address,
+                        a.listen,
+                        a.metrics_address(),
+                    )
+                })
+                .chain(
+                    self.replicas.iter().enumerate().map(|(i, r)| {
+                        ("replica", i, r.id, r.address, r.listen, r.metrics_address())
+                    }),
+                );
         let mut metrics_addresses = BTreeSet::new();
-        for (field, index, id, address, metrics) in entries {
+        for (field, index, id, address, listen, metrics) in entries {
             if !ids.insert(id) {
                 return Err(ClusterError::DuplicateId { field, index, id });
             }
-            for (what, address, seen) in [
-                ("address", address, &mut addresses),
-                ("metrics", metrics, &mut metrics_addresses),
-            ] {
+            // A distinct listen address takes a UDP port as an address does.
+            let listen = listen
+                .filter(|l| *l != address)
+                .map(|l| ("listen", l, false));
+            let checks = [
+                Some(("address", address, false)),
+                listen,
+                Some(("metrics", metrics, true)),
+            ];
+            for (what, address, is_metrics) in checks.into_iter().flatten() {
+                let seen = match is_metrics {
+                    false => &mut addresses,
+                    true => &mut metrics_addresses,
+                };
                 if address.port() == 0 {
                     return Err(ClusterError::PortZero { field, index, what });
                 }
@@ -804,6 +843,12 @@ impl ClusterConfig {
         acceptors.chain(replicas).collect()
     }
 
+    /// The address node `id` binds to: its `listen` address, else its `address`.
+    pub fn listen_address(&self, id: NodeId) -> Option<SocketAddr> {
+        let acceptor = self.acceptor(id).map(|a| a.listen.unwrap_or(a.address));
+        acceptor.or_else(|| self.replica(id).map(|r| r.listen.unwrap_or(r.address)))
+    }
+
     /// Every node as `(role, id, address, metrics address)`: the acceptors
     /// in file order, then the replicas; `role` is `acceptor` or `replica`.
     pub fn endpoints(
@@ -875,6 +920,16 @@ mod tests {
         assert_eq!(c.engine(), EngineKind::OptPsmr);
         let back = parse(&c.to_toml()).unwrap();
         assert_eq!(back, c);
+        assert_eq!(c.listen_address(NodeId(1)), Some(c.acceptors[0].address));
+        let behind = GOOD.replacen(
+            "address = \"127.0.0.1:7102\"",
+            "address = \"127.0.0.1:7102\"\nlisten = \"127.0.0.1:8102\"",
+            1,
+        );
+        let behind = parse(&behind).unwrap();
+        assert_eq!(behind.addresses()[&NodeId(2)].port(), 7102, "others reach it here");
+        assert_eq!(behind.listen_address(NodeId(2)).unwrap().port(), 8102);
+        assert_eq!(parse(&behind.to_toml()).unwrap(), behind);
         let spread = format!(
             "{GOOD}\n[[ring]]\nid = 0\nacceptors = [3, 1, 2]\n[[ring]]\nid = 1\nacceptors = [2, 3, 1]\n[[ring]]\nid = 2\nacceptors = [1, 2, 3]\n"
         );
@@ -949,6 +1004,15 @@ mod tests {
         assert_eq!(
             error(&dup),
             "acceptor[1].address: 127.0.0.1:7101 is used twice"
+        );
+        let listen = GOOD.replacen(
+            "address = \"127.0.0.1:7102\"",
+            "address = \"127.0.0.1:7102\"\nlisten = \"127.0.0.1:7101\"",
+            1,
+        );
+        assert_eq!(
+            error(&listen),
+            "acceptor[1].listen: 127.0.0.1:7101 is used twice"
         );
         let dup_id = GOOD.replace("id = 101", "id = 3");
         assert_eq!(error(&dup_id), "replica[0].id: node id 3 is used twice");
