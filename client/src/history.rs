@@ -41,7 +41,9 @@ impl<I: Clone, O> History<I, O> {
         Arc::new(History::default())
     }
 
-    fn now(&self) -> u64 {
+    /// The recorder's clock now (nanoseconds since it was made): marks
+    /// other events, such as injected faults, on the calls' time line.
+    pub fn now(&self) -> u64 {
         u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
 

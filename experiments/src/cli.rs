@@ -72,6 +72,11 @@ enum Command {
         /// The shell.
         shell: clap_complete::Shell,
     },
+    /// Inject faults (kill -9, pauses, partitions, delay and loss, kill-all)
+    /// into a local cluster under load, per engine, then check that what
+    /// the clients saw is linearizable; exit 1 if it is not, if the cluster
+    /// did not recover, or if a process died on its own.
+    Chaos(ChaosArgs),
     /// Show every node of a cluster (up or down, rings, positions, lag)
     /// from their metrics; exit 1 when the cluster cannot serve.
     Status {
@@ -160,6 +165,93 @@ pub(crate) struct LocalArgs {
     /// Stop after this long instead of waiting for Ctrl-C.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub(crate) stop_after: Option<Duration>,
+}
+
+#[derive(clap::Args, Debug)]
+pub(crate) struct ChaosArgs {
+    /// Engines to run, one cluster after the other (comma-separated); default all five.
+    #[arg(long = "engine", value_enum, value_delimiter = ',')]
+    pub(crate) engines: Vec<EngineArg>,
+    /// Worker threads per replica (K); smr uses 1.
+    #[arg(long, default_value_t = 2, value_parser = crate::load::at_least_one)]
+    pub(crate) threads: usize,
+    /// Acceptor storage; kill-all needs durable.
+    #[arg(long, value_enum, default_value = "durable")]
+    pub(crate) storage: StorageArg,
+    /// Fault classes (comma-separated), each once per round in an order
+    /// drawn from the seed; default all (without kill-all on memory storage).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub(crate) faults: Vec<crate::chaos::FaultKind>,
+    /// Rounds of the fault classes.
+    #[arg(long, default_value_t = 1, value_parser = crate::load::at_least_one)]
+    pub(crate) rounds: usize,
+    /// Seed of the schedule, the targets and the workload; default random
+    /// (printed, so that a run can be replayed).
+    #[arg(long)]
+    pub(crate) seed: Option<u64>,
+    /// How long each fault lasts.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    pub(crate) fault_for: Duration,
+    /// Quiet time before each fault (its "before" throughput).
+    #[arg(long, default_value = "1s", value_parser = positive_duration)]
+    pub(crate) calm: Duration,
+    /// Fail when throughput is not back to half of its "before" this long after a heal.
+    #[arg(long, default_value = "20s", value_parser = positive_duration)]
+    pub(crate) recover_within: Duration,
+    /// Concurrent clients, one call in flight each.
+    #[arg(long, default_value_t = 4, value_parser = crate::load::at_least_one)]
+    pub(crate) clients: usize,
+    /// Keys the clients contend on.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub(crate) keys: u64,
+    /// First port: relays at PORT..PORT+2 and PORT+100..PORT+101, the nodes
+    /// behind them 50 ports higher (QUIC over UDP; metrics over TCP at the relays' numbers).
+    #[arg(long, default_value_t = 7300, value_parser = clap::value_parser!(u16).range(1..=65535 - 151))]
+    pub(crate) port: u16,
+    /// Directory for each engine's configuration, certificates and data.
+    #[arg(long, default_value = "psmr-chaos")]
+    pub(crate) dir: PathBuf,
+}
+
+fn positive_duration(text: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(text) {
+        Ok(d) if !d.is_zero() => Ok(d),
+        Ok(_) => Err("must be greater than zero".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+impl From<ChaosArgs> for crate::chaos::ChaosOptions {
+    fn from(a: ChaosArgs) -> Self {
+        use crate::chaos::FaultKind;
+        let storage = a.storage.kind();
+        let engines = match a.engines.is_empty() {
+            true => EngineKind::ALL.to_vec(),
+            false => a.engines.iter().map(|e| e.name()).collect(),
+        };
+        let faults = match a.faults.is_empty() {
+            true => FaultKind::ALL
+                .into_iter()
+                .filter(|f| *f != FaultKind::KillAll || storage == StorageKind::Durable)
+                .collect(),
+            false => a.faults,
+        };
+        crate::chaos::ChaosOptions {
+            engines,
+            threads: a.threads,
+            storage,
+            faults,
+            rounds: a.rounds,
+            seed: a.seed.unwrap_or_else(rand::random),
+            fault_for: a.fault_for,
+            calm: a.calm,
+            recover_within: a.recover_within,
+            clients: a.clients,
+            keys: a.keys,
+            port: a.port,
+            dir: a.dir,
+        }
+    }
 }
 
 /// Engines, as the command line names them.
@@ -270,6 +362,9 @@ pub(crate) enum CliError {
     /// `put` found no such key.
     #[error("key {0} does not exist: nothing was stored (`insert` adds a key)")]
     NotStored(u64),
+    /// `psmr chaos` failed or found a problem.
+    #[error(transparent)]
+    Chaos(#[from] crate::chaos::ChaosError),
     /// `psmr status` found a cluster that cannot serve.
     #[error("the cluster cannot serve: {0}")]
     CannotServe(String),
@@ -292,6 +387,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
 pub(crate) fn run(args: Args) -> Result<(), CliError> {
     match args.command {
         Command::Local(local) => Ok(crate::local::run(LocalOptions::from(local))?),
+        Command::Chaos(chaos) => Ok(crate::chaos::run(&chaos.into())?),
         Command::Sweep(sweep) => {
             crate::sweep::run(sweep)?;
             Ok(())

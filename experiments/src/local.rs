@@ -157,6 +157,9 @@ struct Child {
     restarts: u32,
     /// When it died and is due to be started again, if it is down.
     down_since: Option<(Instant, Duration)>,
+    /// Kept down on purpose ([`Children::kill`]): not started again by
+    /// [`Children::supervise`].
+    held: bool,
 }
 
 /// The child processes of a local cluster; dropping it kills and reaps them.
@@ -212,11 +215,48 @@ impl Children {
             })
     }
 
+    fn child(&mut self, id: u32) -> &mut Child {
+        let child = self.children.iter_mut().find(|c| c.id == id);
+        child.unwrap_or_else(|| panic!("n{id} is not a node of this cluster"))
+    }
+
+    /// Kills node `id`'s process at once (SIGKILL) and keeps it down until
+    /// [`Children::start_again`].
+    pub(crate) fn kill(&mut self, id: u32) {
+        let child = self.child(id);
+        let _ = child.process.kill();
+        let _ = child.process.wait();
+        child.held = true;
+    }
+
+    /// Sends `signal` to node `id`'s process (SIGSTOP, SIGCONT).
+    pub(crate) fn signal(&mut self, id: u32, signal: nix::sys::signal::Signal) {
+        let pid = i32::try_from(self.child(id).process.id()).expect("a pid fits an i32");
+        // It may have died meanwhile: then supervise reports it.
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
+    }
+
+    /// Starts node `id` again after [`Children::kill`].
+    pub(crate) fn start_again(&mut self, id: u32) -> Result<(), LocalError> {
+        let (exe, config) = (self.exe.clone(), self.config.clone());
+        let child = self.child(id);
+        child.process = start_child(&exe, &config, child.role, id, false)?;
+        child.held = false;
+        child.down_since = None;
+        Ok(())
+    }
+
+    /// How many times children were started again after dying on their own.
+    pub(crate) fn restarts(&self) -> u32 {
+        self.children.iter().map(|c| c.restarts).sum()
+    }
+
     /// Reports children that died and starts again those whose delay has
-    /// passed (unless `restart` is false: then they stay down).
-    fn supervise(&mut self, restart: bool) {
+    /// passed (unless `restart` is false: then they stay down); children
+    /// killed on purpose are left to whoever killed them.
+    pub(crate) fn supervise(&mut self, restart: bool) {
         let now = Instant::now();
-        for c in &mut self.children {
+        for c in self.children.iter_mut().filter(|c| !c.held) {
             match c.down_since {
                 None => {
                     if let Ok(Some(status)) = c.process.try_wait() {
@@ -288,7 +328,16 @@ impl LocalCluster {
     /// certificates, wipes the data unless it is kept, and starts every
     /// process; returns without waiting for them to serve.
     pub(crate) fn start(spec: &ClusterSpec) -> Result<LocalCluster, LocalError> {
-        let (config, path, lock) = prepare(spec)?;
+        LocalCluster::start_edited(spec, |_| {})
+    }
+
+    /// As [`LocalCluster::start`], with the built-in configuration changed
+    /// by `edit` before it is checked and written.
+    pub(crate) fn start_edited(
+        spec: &ClusterSpec,
+        edit: impl FnOnce(&mut ClusterConfig),
+    ) -> Result<LocalCluster, LocalError> {
+        let (config, path, lock) = prepare(spec, edit)?;
         let children = spawn(&path, &config)?;
         Ok(LocalCluster {
             config,
@@ -357,10 +406,11 @@ fn lock(dir: &Path) -> Result<File, LocalError> {
     Ok(file)
 }
 
-/// Checks that every address the cluster listens on is free: QUIC (UDP)
-/// and metrics (TCP).
+/// Checks that every address the cluster listens on is free: QUIC (UDP,
+/// where the others reach a node and where it binds) and metrics (TCP).
 fn check_ports(cluster: &ClusterConfig) -> Result<(), LocalError> {
     for (role, id, addr, metrics) in cluster.endpoints() {
+        let listen = cluster.listen_address(psmr_core::proto::NodeId(id));
         let taken = |proto, addr| {
             move |source| LocalError::PortInUse {
                 role,
@@ -371,6 +421,9 @@ fn check_ports(cluster: &ClusterConfig) -> Result<(), LocalError> {
             }
         };
         std::net::UdpSocket::bind(addr).map_err(taken("UDP", addr))?;
+        if let Some(listen) = listen.filter(|l| *l != addr) {
+            std::net::UdpSocket::bind(listen).map_err(taken("UDP", listen))?;
+        }
         std::net::TcpListener::bind(metrics).map_err(taken("TCP", metrics))?;
     }
     Ok(())
@@ -399,11 +452,16 @@ fn configuration(spec: &ClusterSpec, dir: &Path) -> Result<ClusterConfig, LocalE
 /// Takes the directory, checks the ports, then writes the configuration and
 /// (once) the certificates, and wipes the data unless it is kept (durable
 /// storage without `fresh`, from a cluster of the same configuration).
-fn prepare(spec: &ClusterSpec) -> Result<(ClusterConfig, PathBuf, File), LocalError> {
+fn prepare(
+    spec: &ClusterSpec,
+    edit: impl FnOnce(&mut ClusterConfig),
+) -> Result<(ClusterConfig, PathBuf, File), LocalError> {
     std::fs::create_dir_all(&spec.dir).map_err(io(&spec.dir))?;
     let dir = std::fs::canonicalize(&spec.dir).map_err(io(&spec.dir))?;
     let lock = lock(&dir)?;
-    let cluster = configuration(spec, &dir)?;
+    let mut cluster = configuration(spec, &dir)?;
+    edit(&mut cluster);
+    cluster.validate()?;
     check_ports(&cluster)?;
     let path = dir.join("cluster.toml");
     let data = dir.join("data");
@@ -468,6 +526,7 @@ fn spawn(config: &Path, cluster: &ClusterConfig) -> Result<Children, LocalError>
             process,
             restarts: 0,
             down_since: None,
+            held: false,
         });
     }
     Ok(children)

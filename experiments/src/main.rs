@@ -7,6 +7,7 @@
 //! psmr replica  --config cluster.toml --id 101 one replica process
 //! psmr client   --config cluster.toml get 42   one command, or `load` for a load generator
 //! psmr status   --config cluster.toml          every node, its rings and lag; exit 1 if it cannot serve
+//! psmr chaos                                   faults against a local cluster under load, per engine; a linearizability verdict
 //! psmr sweep    experiments/fig2.toml          an experiment: clusters, load, CSV, summary, plots
 //! psmr plot     results/fig2/<timestamp>       redraw a run's plots
 //! ```
@@ -18,6 +19,7 @@
 // A command-line program reports on standard output.
 #![allow(clippy::print_stdout)]
 
+mod chaos;
 mod cli;
 mod columns;
 mod experiment;

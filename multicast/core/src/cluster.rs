@@ -927,7 +927,11 @@ mod tests {
             1,
         );
         let behind = parse(&behind).unwrap();
-        assert_eq!(behind.addresses()[&NodeId(2)].port(), 7102, "others reach it here");
+        assert_eq!(
+            behind.addresses()[&NodeId(2)].port(),
+            7102,
+            "others reach it here"
+        );
         assert_eq!(behind.listen_address(NodeId(2)).unwrap().port(), 8102);
         assert_eq!(parse(&behind.to_toml()).unwrap(), behind);
         let spread = format!(
