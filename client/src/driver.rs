@@ -73,6 +73,10 @@ where
     replicas: Vec<NodeId>,
     /// Index in `replicas` of the replica asked to answer.
     answerer: usize,
+    /// When the answerer last replied (or became the answerer), and how
+    /// long its silence may last while requests wait on it.
+    heard: Instant,
+    silence: Duration,
     hello: Vec<u8>,
     next_hello: Instant,
 }
@@ -91,6 +95,7 @@ where
         answerer: usize,
     ) -> Self {
         let proposer = Proposer::new(ProposerId(id.0), &cluster.multicast(), options.resend_after);
+        let silence = options.failover_after;
         Driver {
             service,
             kind: cluster.engine(),
@@ -106,6 +111,8 @@ where
             stats,
             replicas: cluster.replicas.iter().map(|r| NodeId(r.id)).collect(),
             answerer,
+            heard: Instant::now(),
+            silence,
             hello: frame_of(&postcard::to_allocvec(&id.0).expect("an id serializes")),
             next_hello: Instant::now(),
         }
@@ -165,7 +172,8 @@ where
     fn next_wake(&self) -> Instant {
         let deadline = self.deadlines.front().map(|(at, _)| *at);
         let repropose = self.repropose.front().map(|(at, _)| *at);
-        [self.proposer.poll_timeout(), deadline, repropose]
+        let failover = (!self.pending.is_empty()).then_some(self.heard + self.silence);
+        [self.proposer.poll_timeout(), deadline, repropose, failover]
             .into_iter()
             .flatten()
             .fold(self.next_hello, Instant::min)
@@ -246,6 +254,10 @@ where
             debug!(from = %inbound.from, "undecodable reply");
             return;
         };
+        if inbound.from == self.replicas[self.answerer] {
+            self.heard = Instant::now();
+            self.silence = self.options.failover_after;
+        }
         self.sequential.execution(reply.execution_ns);
         if reply.execution_ns > 0 {
             self.stats
@@ -300,6 +312,36 @@ where
         }
     }
 
+    /// The answerer has been silent for `silence` while requests wait on it:
+    /// the next replica answers from now on, and the waiting requests go out
+    /// again as new commands that every replica answers.
+    fn fail_over(&mut self, now: Instant) {
+        self.heard = now;
+        let silent = self.replicas[self.answerer];
+        let waiting: Vec<RequestId> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.request.answerers == Answerers::One(silent.0))
+            .map(|(id, _)| RequestId(id))
+            .collect();
+        if waiting.is_empty() || self.replicas.len() < 2 {
+            return;
+        }
+        self.answerer = (self.answerer + 1) % self.replicas.len();
+        self.silence = (self.silence * 2).min(self.options.repropose_after);
+        self.stats.answerer_changes.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .failovers
+            .fetch_add(waiting.len() as u64, Ordering::Relaxed);
+        debug!(%silent, next = %self.replicas[self.answerer], waiting = waiting.len(), "the answering replica fell silent");
+        for id in waiting {
+            if let Some(pending) = self.pending.get_mut(id.0) {
+                pending.request.answerers = Answerers::All;
+            }
+            self.propose_again(now, id, None);
+        }
+    }
+
     /// Proposes pending request `id` again as a new multicast command, with
     /// a fresh low-water mark; `conservative` moves it to that group in
     /// conservative mode. The old command is abandoned.
@@ -336,6 +378,9 @@ where
             self.greet(now);
         }
         self.proposer.handle_timeout(now);
+        if !self.pending.is_empty() && now >= self.heard + self.silence {
+            self.fail_over(now);
+        }
         while let Some(&(at, id)) = self.repropose.front() {
             if at > now {
                 break;

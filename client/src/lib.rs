@@ -79,6 +79,15 @@ pub struct ClientOptions {
     /// of one reply per replica: more packets, and more CPU at the replicas
     /// and the client. Default false.
     pub every_replica_answers: bool,
+    /// Replaces the answering replica when it has sent no reply for this
+    /// long while requests wait on its answer (a replica down, paused or cut
+    /// off): those requests go out again as new commands that every replica
+    /// answers, and the next replica answers later ones. Each replacement
+    /// without a reply in between doubles the wait, up to `repropose_after`,
+    /// so a cluster that stalls as a whole is not flooded with proposals.
+    /// Default 150 ms: far above a reply's latency under load, far below a
+    /// second of silence.
+    pub failover_after: Duration,
     /// Gives up on a request after this long. Default 10 s.
     pub deadline: Duration,
     /// How long [`Client::connect`] waits for a replica. Default 5 s.
@@ -122,6 +131,7 @@ impl Default for ClientOptions {
             resend_after: Duration::from_millis(300),
             repropose_after: Duration::from_secs(1),
             every_replica_answers: false,
+            failover_after: Duration::from_millis(150),
             deadline: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(5),
             id: None,
@@ -211,6 +221,9 @@ pub struct ClientStats {
     pub reproposals: AtomicU64,
     /// Times the replica asked to answer was replaced by the next one.
     pub answerer_changes: AtomicU64,
+    /// Requests proposed again, answered by every replica, when their
+    /// answerer fell silent for `failover_after` (not counted in `reproposals`).
+    pub failovers: AtomicU64,
     /// Commands sent to `g_all` by the sequential fallback that their
     /// mapping sent to one thread ([`ClientOptions::sequential_above`]).
     pub sequential: AtomicU64,

@@ -198,9 +198,13 @@ pub(crate) struct ChaosArgs {
     /// Fail when throughput is not back to half of its "before" this long after a heal.
     #[arg(long, default_value = "20s", value_parser = positive_duration)]
     pub(crate) recover_within: Duration,
-    /// Concurrent clients, one call in flight each.
+    /// Concurrent clients.
     #[arg(long, default_value_t = 4, value_parser = crate::load::at_least_one)]
     pub(crate) clients: usize,
+    /// Calls in flight per client: with more than one, one replica answers
+    /// each call, and a fault of it is felt until the client fails over.
+    #[arg(long, default_value_t = 2, value_parser = crate::load::at_least_one)]
+    pub(crate) in_flight: usize,
     /// Keys the clients contend on.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=1000))]
     pub(crate) keys: u64,
@@ -247,6 +251,7 @@ impl From<ChaosArgs> for crate::chaos::ChaosOptions {
             calm: a.calm,
             recover_within: a.recover_within,
             clients: a.clients,
+            in_flight: a.in_flight,
             keys: a.keys,
             port: a.port,
             dir: a.dir,

@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::net::{TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
@@ -16,20 +15,7 @@ const QUICK: Duration = Duration::from_secs(30);
 /// A first port with every port `psmr local` needs free (UDP and TCP at
 /// PORT..PORT+2 and PORT+100..PORT+101), a moment ago.
 fn free_base() -> u16 {
-    let free = |port: u16| {
-        UdpSocket::bind(("127.0.0.1", port)).is_ok()
-            && TcpListener::bind(("127.0.0.1", port)).is_ok()
-    };
-    // Tests of this binary run in parallel: each call starts its search
-    // far from the others' (and from other test processes').
-    static CALLS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let spread = (std::process::id() % 1_000) * 37 + call * 1_009;
-    let start = 20_000 + (spread % 38_000) as u16;
-    (start..60_000)
-        .step_by(7)
-        .find(|&p| [p, p + 1, p + 2, p + 100, p + 101].into_iter().all(free))
-        .expect("a free range of ports")
+    common::free_base(&[0, 1, 2, 100, 101])
 }
 
 /// A `psmr local` running in the background; its standard output goes to a

@@ -62,6 +62,9 @@ pub(crate) struct ChaosOptions {
     /// long after a heal fails the run.
     pub(crate) recover_within: Duration,
     pub(crate) clients: usize,
+    /// Calls in flight per client (more than one: a single replica answers
+    /// each, so a fault of that replica is felt until the client fails over).
+    pub(crate) in_flight: usize,
     pub(crate) keys: u64,
     pub(crate) port: u16,
     pub(crate) dir: PathBuf,
@@ -122,16 +125,19 @@ pub(crate) fn run(options: &ChaosOptions) -> Result<(), ChaosError> {
     if options.storage == StorageKind::Memory && options.faults.contains(&FaultKind::KillAll) {
         return Err(ChaosError::KillAllInMemory);
     }
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|source| LocalError::Io {
-            path: "tokio runtime".into(),
-            source,
-        })?;
     let mut failed = Vec::new();
     for &engine in &options.engines {
+        // A runtime per engine: dropping it drops every relay task and
+        // socket at once, so the next cluster finds its ports free.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|source| LocalError::Io {
+                path: "tokio runtime".into(),
+                source,
+            })?;
         let report = rt.block_on(run_engine(options, engine))?;
+        drop(rt);
         println!("{}", report.table);
         if !report.problems.is_empty() {
             failed.push(format!(
@@ -167,12 +173,13 @@ async fn run_engine(options: &ChaosOptions, engine: EngineKind) -> Result<Report
     let network = Network::default();
     let _relays = start_relays(&cluster, &network, options.seed).await?;
     println!(
-        "psmr chaos: {} K={}, {} storage, seed {}, {} clients on {} keys, faults of {:?}",
+        "psmr chaos: {} K={}, {} storage, seed {}, {} clients x {} in flight on {} keys, faults of {:?}",
         engine.name(),
         cluster.threads(),
         options.storage.name(),
         options.seed,
         options.clients,
+        options.in_flight,
         options.keys,
         options.fault_for
     );
@@ -335,16 +342,19 @@ impl Workload {
                 },
             )
             .await?;
-            let rng = ChaCha8Rng::seed_from_u64(options.seed ^ (client << 32));
-            let calls = Calls {
-                client,
-                tree,
-                keys: keys.to_vec(),
-                history: history.clone(),
-                ok: ok.clone(),
-                stop: stop.clone(),
-            };
-            tasks.push(tokio::spawn(calls.run(rng)));
+            for lane in 0..options.in_flight as u64 {
+                let caller = client * options.in_flight as u64 + lane;
+                let rng = ChaCha8Rng::seed_from_u64(options.seed ^ (caller << 32));
+                let calls = Calls {
+                    caller,
+                    tree: tree.clone(),
+                    keys: keys.to_vec(),
+                    history: history.clone(),
+                    ok: ok.clone(),
+                    stop: stop.clone(),
+                };
+                tasks.push(tokio::spawn(calls.run(rng)));
+            }
         }
         Ok(Workload {
             history,
@@ -412,9 +422,10 @@ impl Workload {
 const POLL: Duration = Duration::from_millis(50);
 const RECOVERY_WINDOW: Duration = Duration::from_millis(250);
 
-/// One client's loop of calls.
+/// One loop of calls, one at a time, of a client (several share it).
 struct Calls {
-    client: u64,
+    /// Names the loop in the history (below 1,000).
+    caller: u64,
     tree: BTreeClient,
     keys: Vec<u64>,
     history: Arc<KvHistory>,
@@ -425,7 +436,7 @@ struct Calls {
 impl Calls {
     async fn run(self, mut rng: ChaCha8Rng) {
         // Values are unique over the run: client in the high bits.
-        let mut unique = (self.client + 1) << 40;
+        let mut unique = (self.caller + 1) << 40;
         while !self.stop.load(Ordering::Relaxed) {
             let key = self.keys[rng.random_range(0..self.keys.len())];
             unique += 1;
@@ -435,7 +446,7 @@ impl Calls {
                 2 => KvOp::Insert(key, unique),
                 _ => KvOp::Delete(key),
             };
-            let call = self.history.begin(self.client, op);
+            let call = self.history.begin(self.caller, op);
             match call_tree(&self.tree, op).await {
                 Ok(answer) => {
                     call.ok(answer);
@@ -525,17 +536,18 @@ fn table(
         _ => None,
     };
     let mut out = String::from(
-        "| fault | lasted | calls ok | unknown | before /s | during /s | after /s | recovered in | verdict |\n|---|---|---|---|---|---|---|---|---|\n",
+        "| fault | lasted | calls ok | unknown | slowest call | before /s | during /s | after /s | recovered in | verdict |\n|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for row in rows {
         let end = row.end.min(workload_end);
         let window = ops
             .iter()
             .filter(|o| o.client < 1_000 && (row.injected..end).contains(&o.call));
-        let (ok, unknown) = window.fold((0, 0), |(ok, unknown), o| match o.result {
-            Some(_) => (ok + 1, unknown),
-            None => (ok, unknown + 1),
-        });
+        let (ok, unknown, slowest) =
+            window.fold((0, 0, 0), |(ok, unknown, slowest), o| match o.result {
+                Some((at, _)) => (ok + 1, unknown, slowest.max(at - o.call)),
+                None => (ok, unknown + 1, slowest),
+            });
         let recovered = row
             .recovered
             .map_or("NOT".into(), |t| secs(t.saturating_sub(row.healed)));
@@ -548,9 +560,10 @@ fn table(
         };
         let _ = writeln!(
             out,
-            "| {} | {} | {ok} | {unknown} | {} | {} | {after} | {recovered} | {verdict} |",
+            "| {} | {} | {ok} | {unknown} | {} | {} | {} | {after} | {recovered} | {verdict} |",
             row.description,
             secs(row.healed - row.injected),
+            secs(slowest),
             rate(row.calm_from, row.injected),
             rate(row.injected, row.healed),
         );

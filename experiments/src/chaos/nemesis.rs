@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use psmr_core::cluster::ClusterConfig;
+use psmr_core::proto::NodeId;
 use rand::seq::SliceRandom;
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -169,6 +170,17 @@ pub(crate) async fn inject(
         network.set(faults);
         Heal::Network
     };
+    // Which node a fault strikes, and whether it coordinates ring 0 now.
+    let struck = match fault {
+        Fault::Pause(id) | Fault::Isolate(id) | Fault::OneWay { node: id, .. } => Some(*id),
+        _ => None,
+    };
+    let role = match struck {
+        Some(id) if cluster.acceptor(NodeId(id)).is_some() && coordinator(cluster).await == id => {
+            " (coordinator)"
+        }
+        _ => "",
+    };
     let (description, heal) = match fault {
         Fault::Kill(target) => {
             let (id, what) = match target {
@@ -180,7 +192,7 @@ pub(crate) async fn inject(
         }
         Fault::Pause(id) => {
             children.signal(*id, Signal::SIGSTOP);
-            (fault.to_string(), Heal::Continue(*id))
+            (format!("{fault}{role}"), Heal::Continue(*id))
         }
         Fault::Isolate(id) => {
             let mut faults = Faults::default();
@@ -189,7 +201,7 @@ pub(crate) async fn inject(
                 .filter(|p| *p != Party::Node(*id))
                 .collect();
             faults.split(&[Party::Node(*id)], &others);
-            (fault.to_string(), cut(faults))
+            (format!("{fault}{role}"), cut(faults))
         }
         Fault::Split { replica } => {
             let leader = coordinator(cluster).await;
@@ -212,7 +224,7 @@ pub(crate) async fn inject(
                 };
                 faults.cut.insert(link);
             }
-            (fault.to_string(), cut(faults))
+            (format!("{fault}{role}"), cut(faults))
         }
         Fault::Slow { delay, loss } => {
             let faults = Faults {

@@ -22,6 +22,25 @@ pub fn psmr() -> Command {
     Command::new(env!("CARGO_BIN_EXE_psmr"))
 }
 
+/// A first port PORT with PORT+offset free for every offset (UDP and TCP),
+/// a moment ago.
+pub fn free_base(offsets: &[u16]) -> u16 {
+    let free = |port: u16| {
+        UdpSocket::bind(("127.0.0.1", port)).is_ok()
+            && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+    };
+    // Tests run in parallel: each call starts its search far from the
+    // others' (and from other test processes').
+    static CALLS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let spread = (std::process::id() % 1_000) * 37 + call * 1_009;
+    let start = 20_000 + (spread % 38_000) as u16;
+    (start..60_000)
+        .step_by(7)
+        .find(|&p| offsets.iter().all(|&o| free(p + o)))
+        .expect("a free range of ports")
+}
+
 /// Runs `psmr` with `args` to completion (bounded by `timeout`).
 ///
 /// A thread reads the child's output to its end (the child exited, or

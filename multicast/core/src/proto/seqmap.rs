@@ -85,6 +85,15 @@ impl<T> SeqMap<T> {
         (!self.slots.is_empty()).then_some(self.base)
     }
 
+    /// The entries present, oldest key first.
+    pub fn iter(&self) -> impl Iterator<Item = (u64, &T)> + '_ {
+        let base = self.base;
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(move |(i, slot)| Some((base + i as u64, slot.as_ref()?)))
+    }
+
     /// Entries present.
     pub fn len(&self) -> usize {
         self.len
@@ -134,6 +143,9 @@ mod tests {
                     "seed {seed} step {step}"
                 );
                 assert_eq!(map.len(), model.len(), "seed {seed} step {step}");
+                let entries: Vec<(u64, i32)> = map.iter().map(|(k, v)| (k, *v)).collect();
+                let expected: Vec<(u64, i32)> = model.iter().map(|(k, v)| (*k, *v)).collect();
+                assert_eq!(entries, expected, "seed {seed} step {step}");
             }
         }
     }
