@@ -175,6 +175,9 @@ pub(crate) struct ChaosArgs {
     /// Worker threads per replica (K); smr uses 1.
     #[arg(long, default_value_t = 2, value_parser = crate::load::at_least_one)]
     pub(crate) threads: usize,
+    /// Acceptors, every ring's (3, 5, 7 or 9), at PORT, PORT+1, ...
+    #[arg(long, default_value_t = 3, value_parser = odd_acceptors)]
+    pub(crate) acceptors: usize,
     /// Acceptor storage; kill-all needs durable.
     #[arg(long, value_enum, default_value = "durable")]
     pub(crate) storage: StorageArg,
@@ -208,13 +211,21 @@ pub(crate) struct ChaosArgs {
     /// Keys the clients contend on.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=1000))]
     pub(crate) keys: u64,
-    /// First port: relays at PORT..PORT+2 and PORT+100..PORT+101, the nodes
+    /// First port: relays at PORT.. (acceptors) and PORT+100..PORT+101, the nodes
     /// behind them 50 ports higher (QUIC over UDP; metrics over TCP at the relays' numbers).
     #[arg(long, default_value_t = 7300, value_parser = clap::value_parser!(u16).range(1..=65535 - 151))]
     pub(crate) port: u16,
     /// Directory for each engine's configuration, certificates and data.
     #[arg(long, default_value = "psmr-chaos")]
     pub(crate) dir: PathBuf,
+}
+
+fn odd_acceptors(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n) if n % 2 == 1 && (3..=9).contains(&n) => Ok(n),
+        Ok(_) => Err("must be 3, 5, 7 or 9 (2f+1 acceptors)".into()),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 fn positive_duration(text: &str) -> Result<Duration, String> {
@@ -243,6 +254,7 @@ impl From<ChaosArgs> for crate::chaos::ChaosOptions {
         crate::chaos::ChaosOptions {
             engines,
             threads: a.threads,
+            acceptors: a.acceptors,
             storage,
             faults,
             rounds: a.rounds,

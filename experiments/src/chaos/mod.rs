@@ -48,6 +48,8 @@ use relay::{Hop, Network, Relays};
 pub(crate) struct ChaosOptions {
     pub(crate) engines: Vec<EngineKind>,
     pub(crate) threads: usize,
+    /// Acceptors in every ring (odd, 3 to 9).
+    pub(crate) acceptors: usize,
     pub(crate) storage: StorageKind,
     /// The classes of fault; each comes once per round.
     pub(crate) faults: Vec<FaultKind>,
@@ -168,14 +170,18 @@ async fn run_engine(options: &ChaosOptions, engine: EngineKind) -> Result<Report
         dir: options.dir.join(engine.name()),
         fresh: true,
     };
-    let mut local = LocalCluster::start_edited(&spec, behind_relays)?;
+    let mut local = LocalCluster::start_edited(&spec, |cluster| {
+        with_acceptors(cluster, options.acceptors);
+        behind_relays(cluster);
+    })?;
     let cluster = local.config.clone();
     let network = Network::default();
     let _relays = start_relays(&cluster, &network, options.seed).await?;
     println!(
-        "psmr chaos: {} K={}, {} storage, seed {}, {} clients x {} in flight on {} keys, faults of {:?}",
+        "psmr chaos: {} K={}, {} acceptors, {} storage, seed {}, {} clients x {} in flight on {} keys, faults of {:?}",
         engine.name(),
         cluster.threads(),
+        cluster.acceptors.len(),
         options.storage.name(),
         options.seed,
         options.clients,
@@ -273,6 +279,22 @@ async fn run_engine(options: &ChaosOptions, engine: EngineKind) -> Result<Report
         table,
         problems,
     })
+}
+
+/// Gives the built-in cluster `count` acceptors (3 or more, odd), on the
+/// ports after the first three; every derived ring takes them all.
+fn with_acceptors(cluster: &mut ClusterConfig, count: usize) {
+    let first = cluster.acceptors[0].clone();
+    for i in cluster.acceptors.len()..count {
+        let mut more = first.clone();
+        more.id = first.id + i as u32;
+        more.address.set_port(first.address.port() + i as u16);
+        more.data_dir = first
+            .data_dir
+            .as_ref()
+            .map(|d| d.with_file_name(format!("acceptor-{}", more.id)));
+        cluster.acceptors.push(more);
+    }
 }
 
 /// Puts every node behind a relay: it listens [`LISTEN_OFFSET`] ports above
