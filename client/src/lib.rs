@@ -39,6 +39,7 @@ mod driver;
 pub mod history;
 pub mod linearizability;
 mod sequential;
+pub mod session;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -309,15 +310,16 @@ where
         let stats = Arc::new(ClientStats::default());
         let (calls, rx) = mpsc::channel(4096);
         let wire = ClientId::tagged(tag, incarnate(id.0, rand::random()));
-        let driver = driver::Driver::new(
+        let session = session::Session::new(
+            std::time::Instant::now(),
             cluster,
             service,
             options,
             wire,
-            net,
             stats.clone(),
             answerer,
         );
+        let driver = driver::Driver::new(session, wire, net);
         tokio::spawn(driver.run(rx, inbox));
         Ok(Client {
             calls,

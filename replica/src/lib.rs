@@ -29,6 +29,8 @@ pub mod table;
 pub mod transfer;
 pub mod workload;
 
+#[cfg(feature = "planted-bugs")]
+pub use engine::PlantedBug;
 pub use engine::{
     Engine, EngineConfig, EngineError, EngineKind, ExecCost, ExecMetrics, Finished, Jitter, Policy,
     ReplySink,

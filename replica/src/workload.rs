@@ -21,10 +21,9 @@ use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rustc_hash::FxHashMap;
 
-use crate::engine::execute::{Access, ExecMetrics, execute_command};
+use crate::engine::execute::{Access, ExecMetrics, Run, execute_command};
 use crate::engine::{
-    Engine, EngineConfig, EngineError, EngineKind, EngineState, ExecCost, Finished, Policy,
-    ReplySink,
+    Engine, EngineConfig, EngineError, EngineKind, EngineState, Finished, Policy, ReplySink,
 };
 use psmr_core::model::ConflictModel;
 use psmr_core::service::{Group, GroupMapping, Lane, Service, route};
@@ -272,7 +271,7 @@ impl<S: Service, M: GroupMapping<Op = S::Op>> Builder<'_, S, M> {
                     self.service,
                     access,
                     command,
-                    ExecCost::default(),
+                    Run::default(),
                     &mut self.metrics,
                 );
                 self.observe(command, &reply);

@@ -63,25 +63,45 @@ pub struct ExecMetrics {
     pub inline_batches: u64,
 }
 
+/// How commands run.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Run {
+    /// Spent by every execution.
+    pub(crate) cost: ExecCost,
+    /// A request is looked up in the table of executed requests first
+    /// (false only where a bug is planted).
+    pub(crate) look_up: bool,
+}
+
+impl Default for Run {
+    fn default() -> Run {
+        Run {
+            cost: ExecCost::default(),
+            look_up: true,
+        }
+    }
+}
+
 /// A decoded request about to run.
 struct Job<'r> {
     client: ClientId,
     request: &'r Request,
+    look_up: bool,
 }
 
 /// Executes `command` and returns the reply to send; an execution (not an
-/// answer from the table, a refusal or a `Retry`) also spends `cost`.
+/// answer from the table, a refusal or a `Retry`) also spends the cost.
 pub(crate) fn execute_command<S: Service>(
     service: &S,
     access: Access<'_, S::State>,
     command: &Command,
-    cost: ExecCost,
+    run: Run,
     metrics: &mut ExecMetrics,
 ) -> Reply {
     let executed = metrics.executed;
-    let reply = execute_once(service, access, command, metrics);
+    let reply = execute_once(service, access, command, run.look_up, metrics);
     if metrics.executed > executed {
-        super::spend(&cost);
+        super::spend(&run.cost);
     }
     reply
 }
@@ -90,6 +110,7 @@ fn execute_once<S: Service>(
     service: &S,
     access: Access<'_, S::State>,
     command: &Command,
+    look_up: bool,
     metrics: &mut ExecMetrics,
 ) -> Reply {
     let client = ClientId(command.id.proposer.0);
@@ -106,6 +127,7 @@ fn execute_once<S: Service>(
     let job = Job {
         client,
         request: &request,
+        look_up,
     };
     let outcome = if request.service != service.id() {
         metrics.refused += 1;
@@ -241,6 +263,9 @@ fn seen_before<'t>(
     job: &Job<'_>,
     metrics: &mut ExecMetrics,
 ) -> Option<Outcome> {
+    if !job.look_up {
+        return None;
+    }
     let seen = tables
         .into_iter()
         .map(|t| t.seen(job.client, job.request.id))

@@ -134,6 +134,20 @@ pub struct EngineConfig {
     /// it saves the two thread wake-ups of a handoff. Zero: every batch runs
     /// on its worker's thread. Default [`DEFAULT_INLINE_BUDGET`].
     pub inline_budget: Duration,
+    /// A bug planted on purpose, for the tests that show the whole-stack
+    /// simulator catches it. Default none.
+    #[cfg(feature = "planted-bugs")]
+    pub planted: Option<PlantedBug>,
+}
+
+/// Bugs planted on purpose in the replica layer (feature `planted-bugs`,
+/// for tests only).
+#[cfg(feature = "planted-bugs")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PlantedBug {
+    /// The table of executed requests is not consulted: a request proposed
+    /// again (a re-proposal, a failover) is executed again.
+    ExecuteResent,
 }
 
 /// How long a batch may run on the delivering thread: a full batch of 64
@@ -169,6 +183,21 @@ impl EngineConfig {
             policy: Policy::Fixed,
             cost: ExecCost::default(),
             inline_budget: DEFAULT_INLINE_BUDGET,
+            #[cfg(feature = "planted-bugs")]
+            planted: None,
+        }
+    }
+
+    /// Whether a request is looked up in the table of executed requests
+    /// before it runs (always, unless a bug is planted).
+    pub(crate) fn looks_up_executed(&self) -> bool {
+        #[cfg(feature = "planted-bugs")]
+        {
+            self.planted != Some(PlantedBug::ExecuteResent)
+        }
+        #[cfg(not(feature = "planted-bugs"))]
+        {
+            true
         }
     }
 
@@ -365,7 +394,10 @@ impl<S: Service> Shared<S> {
                 &*self.service,
                 access,
                 command,
-                self.config.cost,
+                execute::Run {
+                    cost: self.config.cost,
+                    look_up: self.config.looks_up_executed(),
+                },
                 metrics,
             );
         };
