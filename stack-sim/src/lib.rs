@@ -29,8 +29,7 @@ mod clock;
 mod replica;
 mod scenario;
 
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -44,7 +43,7 @@ use psmr_client::{ClientError, ClientStats};
 use psmr_core::persist::Persister;
 use psmr_core::proto::{Learner, Message, NodeId};
 use psmr_core::{ClientId, EngineKind, Service};
-use psmr_sim::SimDisk;
+use psmr_sim::{Agenda, SimDisk};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -207,29 +206,6 @@ enum Event {
     Heal,
 }
 
-struct Scheduled {
-    at: u64,
-    seq: u64,
-    event: Event,
-}
-
-impl PartialEq for Scheduled {
-    fn eq(&self, other: &Self) -> bool {
-        (self.at, self.seq) == (other.at, other.seq)
-    }
-}
-impl Eq for Scheduled {}
-impl PartialOrd for Scheduled {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Scheduled {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        (self.at, self.seq).cmp(&(other.at, other.seq))
-    }
-}
-
 struct AcceptorSlot {
     node: Option<Persister>,
     disk: SimDisk,
@@ -274,8 +250,7 @@ struct World {
     rng: ChaCha8Rng,
     base: Instant,
     now: u64,
-    queue: BinaryHeap<Reverse<Scheduled>>,
-    seq: u64,
+    agenda: Agenda<Event>,
     acceptors: BTreeMap<NodeId, AcceptorSlot>,
     replicas: BTreeMap<NodeId, ReplicaSlot>,
     clients: Vec<ClientSlot>,
@@ -342,8 +317,7 @@ impl World {
             scenario,
             base,
             now: 0,
-            queue: BinaryHeap::new(),
-            seq: 0,
+            agenda: Agenda::default(),
             acceptors,
             replicas,
             clients: Vec::new(),
@@ -421,12 +395,7 @@ impl World {
     }
 
     fn schedule(&mut self, at: u64, event: Event) {
-        self.seq += 1;
-        self.queue.push(Reverse(Scheduled {
-            at,
-            seq: self.seq,
-            event,
-        }));
+        self.agenda.schedule(at, event);
     }
 
     fn run(&mut self) -> Result<(), Violation> {
@@ -504,7 +473,7 @@ impl World {
     /// Runs the earliest timer or event; returns its time, `None` when idle.
     fn step(&mut self) -> Result<Option<u64>, Violation> {
         let timer = self.earliest_timer();
-        let event_at = self.queue.peek().map(|s| s.0.at);
+        let event_at = self.agenda.next_at();
         match (timer, event_at) {
             (None, None) => Ok(None),
             (Some((t, who)), e) if e.is_none_or(|e| t < e) => {
@@ -513,9 +482,9 @@ impl World {
                 Ok(Some(self.now))
             }
             _ => {
-                let Reverse(s) = self.queue.pop().expect("peeked");
-                self.now = self.now.max(s.at);
-                self.handle(s.event)?;
+                let (at, event) = self.agenda.pop().expect("peeked");
+                self.now = self.now.max(at);
+                self.handle(event)?;
                 Ok(Some(self.now))
             }
         }

@@ -48,16 +48,57 @@ fn show(r: &Report) {
     );
 }
 
+/// Runs the seeds on `engine`; every run must pass, and together they must
+/// reach the paths the simulator is for (the defaults' 20 seeds do).
 fn sweep(engine: EngineKind) {
     let first: u64 = std::env::var("PSMR_STACK_FIRST_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(1);
+    let mut total = Totals::default();
     for seed in first..first + seeds() {
         match run(seed, StackOptions::new(engine)) {
-            Ok(report) => show(&report),
+            Ok(report) => {
+                show(&report);
+                total.add(&report);
+            }
             Err(failure) => panic!("{failure}"),
         }
+    }
+    println!("{engine}: {total:?}");
+    if seeds() >= 20 {
+        assert!(total.reproposals > 0, "{engine}: no re-proposal: {total:?}");
+        assert!(total.failovers > 0, "{engine}: no failover: {total:?}");
+        assert!(total.duplicated > 0, "{engine}: no duplicate: {total:?}");
+        if engine == EngineKind::OptPsmr {
+            assert!(total.retries > 0, "no failed safety check: {total:?}");
+        }
+    }
+}
+
+/// Counters summed over a sweep.
+#[derive(Debug, Default)]
+struct Totals {
+    ok: usize,
+    unknown: usize,
+    retries: u64,
+    reproposals: u64,
+    failovers: u64,
+    sequential: u64,
+    duplicated: u64,
+    faults: usize,
+}
+
+impl Totals {
+    fn add(&mut self, r: &Report) {
+        self.ok += r.ok;
+        self.unknown += r.unknown;
+        self.retries += r.retries;
+        self.reproposals += r.reproposals;
+        self.failovers += r.failovers;
+        self.sequential += r.sequential;
+        self.duplicated += r.duplicated;
+        self.faults += r.faults;
     }
 }
 

@@ -18,13 +18,13 @@
 //! and merge order and validity at the end. A failure prints `seed=N`;
 //! [`run`] with that seed replays the run exactly.
 
+mod agenda;
 mod checker;
 mod disk;
 pub mod faults;
 mod scenario;
 
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::time::{Duration, Instant};
 
@@ -32,6 +32,7 @@ use bytes::Bytes;
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+pub use agenda::Agenda;
 pub use checker::{Checker, Violation};
 pub use disk::{DiskMode, SimDisk};
 pub use scenario::{G_ALL, LearnerSpec, NetworkFaults, Scenario, SimOptions};
@@ -273,29 +274,6 @@ enum Event {
     Heal,
 }
 
-struct Scheduled {
-    at: u64,
-    seq: u64,
-    event: Event,
-}
-
-impl PartialEq for Scheduled {
-    fn eq(&self, other: &Self) -> bool {
-        (self.at, self.seq) == (other.at, other.seq)
-    }
-}
-impl Eq for Scheduled {}
-impl PartialOrd for Scheduled {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Scheduled {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        (self.at, self.seq).cmp(&(other.at, other.seq))
-    }
-}
-
 struct AcceptorSlot {
     node: Option<Persister>,
     disk: SimDisk,
@@ -321,8 +299,7 @@ struct World {
     rng: ChaCha8Rng,
     base: Instant,
     now: u64,
-    queue: BinaryHeap<Reverse<Scheduled>>,
-    seq: u64,
+    agenda: Agenda<Event>,
     acceptors: BTreeMap<NodeId, AcceptorSlot>,
     learners: BTreeMap<NodeId, Learner>,
     proposers: BTreeMap<NodeId, Proposer>,
@@ -432,8 +409,7 @@ impl World {
             scenario,
             base,
             now: 0,
-            queue: BinaryHeap::new(),
-            seq: 0,
+            agenda: Agenda::default(),
             acceptors,
             learners,
             proposers,
@@ -455,12 +431,7 @@ impl World {
     }
 
     fn schedule(&mut self, at: u64, event: Event) {
-        self.seq += 1;
-        self.queue.push(Reverse(Scheduled {
-            at,
-            seq: self.seq,
-            event,
-        }));
+        self.agenda.schedule(at, event);
     }
 
     fn run(&mut self) -> Result<(), Violation> {
@@ -530,7 +501,7 @@ impl World {
     /// Runs the earliest event or timer; returns its time, or `None` when idle.
     fn step(&mut self) -> Result<Option<u64>, Violation> {
         let timer = self.earliest_timer();
-        let event_at = self.queue.peek().map(|s| s.0.at);
+        let event_at = self.agenda.next_at();
         match (timer, event_at) {
             (None, None) => Ok(None),
             (Some((t, who)), e) if e.is_none_or(|e| t < e) => {
@@ -539,9 +510,9 @@ impl World {
                 Ok(Some(self.now))
             }
             _ => {
-                let Reverse(s) = self.queue.pop().expect("peeked");
-                self.now = self.now.max(s.at);
-                self.handle(s.event)?;
+                let (at, event) = self.agenda.pop().expect("peeked");
+                self.now = self.now.max(at);
+                self.handle(event)?;
                 Ok(Some(self.now))
             }
         }
