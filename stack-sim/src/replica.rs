@@ -46,7 +46,7 @@ impl ReplySink for Sink {
 pub enum ReplicaFault {
     /// The engine refused a delivery or stopped.
     Engine(String),
-    /// The engine did not answer what it was given within [`PATIENCE`].
+    /// The engine did not answer what it was given within 30 s (real time).
     Stalled {
         /// Replies owed.
         owed: usize,
