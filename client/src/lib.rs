@@ -38,6 +38,7 @@
 mod driver;
 pub mod history;
 pub mod linearizability;
+mod optimism;
 mod sequential;
 pub mod session;
 
@@ -124,6 +125,13 @@ pub struct ClientOptions {
     /// from this share if lower) and ends below half of that, since such
     /// commands gain nothing from the threads.
     pub sequential_above: f64,
+    /// opt-psmr: while at least this share of the client's recent optimistic
+    /// guesses failed the replicas' safety check (each failure costs a
+    /// second ordering round), commands go conservatively, as under psmr,
+    /// with one in eight still guessing to learn when guesses pass again;
+    /// optimism returns 0.05 below the share. 1 turns it off: always guess
+    /// (the paper's opt-PSMR). Default 0.15.
+    pub optimism_below: f64,
 }
 
 impl Default for ClientOptions {
@@ -138,6 +146,7 @@ impl Default for ClientOptions {
             id: None,
             certificate: Certificate::Cluster,
             sequential_above: 0.4,
+            optimism_below: 0.15,
         }
     }
 }
@@ -228,6 +237,9 @@ pub struct ClientStats {
     /// Commands sent to `g_all` by the sequential fallback that their
     /// mapping sent to one thread ([`ClientOptions::sequential_above`]).
     pub sequential: AtomicU64,
+    /// opt-psmr: commands sent conservatively, not guessing, while the
+    /// client's guesses failed often ([`ClientOptions::optimism_below`]).
+    pub cautious: AtomicU64,
     /// The answering replica's latest execution time per command, in
     /// nanoseconds, as its replies report it (0 before the first).
     pub execution_ns: AtomicU64,
@@ -274,11 +286,16 @@ where
         service: M,
         options: ClientOptions,
     ) -> Result<Self, ClientError> {
-        if !(0.0..=1.0).contains(&options.sequential_above) {
-            return Err(ClientError::Option {
-                field: "sequential_above",
-                reason: "must be between 0 and 1",
-            });
+        for (field, share) in [
+            ("sequential_above", options.sequential_above),
+            ("optimism_below", options.optimism_below),
+        ] {
+            if !(0.0..=1.0).contains(&share) {
+                return Err(ClientError::Option {
+                    field,
+                    reason: "must be between 0 and 1",
+                });
+            }
         }
         let id = ClientId(options.id.unwrap_or_else(rand::random));
         let paths = CertPaths {
@@ -436,6 +453,16 @@ mod tests {
             assert_eq!(
                 e.map(|e| e.to_string()).as_deref(),
                 Some("ClientOptions::sequential_above: must be between 0 and 1"),
+                "{bad}"
+            );
+            let options = ClientOptions {
+                optimism_below: bad,
+                ..ClientOptions::default()
+            };
+            let e = Client::connect(&cluster, NullService, options).await.err();
+            assert_eq!(
+                e.map(|e| e.to_string()).as_deref(),
+                Some("ClientOptions::optimism_below: must be between 0 and 1"),
                 "{bad}"
             );
         }

@@ -28,6 +28,7 @@ use psmr_core::{
 };
 use tracing::debug;
 
+use crate::optimism::Optimism;
 use crate::sequential::Sequential;
 use crate::{Answer, ClientError, ClientOptions, ClientStats, ServiceClient};
 
@@ -80,6 +81,7 @@ where
     options: ClientOptions,
     proposer: Proposer,
     sequential: Sequential,
+    optimism: Optimism,
     /// Calls not answered yet, by request id: the oldest is the low-water
     /// mark. Boxed: a call that waits long leaves a hole per later call
     /// answered before it, which then costs a pointer.
@@ -124,6 +126,7 @@ where
             kind: cluster.engine(),
             threads: cluster.threads(),
             sequential: Sequential::new(options.sequential_above),
+            optimism: Optimism::new(options.optimism_below),
             options,
             proposer,
             pending: SeqMap::default(),
@@ -225,7 +228,7 @@ where
     fn start(&mut self, now: Instant, op: M::Op, token: T) {
         let id = RequestId(self.next_request);
         self.next_request += 1;
-        let chosen = match route(self.kind, &self.service, &op, self.threads) {
+        let mut chosen = match route(self.kind, &self.service, &op, self.threads) {
             Ok(chosen) => chosen,
             Err(e) => {
                 self.answers
@@ -233,6 +236,12 @@ where
                 return;
             }
         };
+        if chosen.0 == Mode::Optimistic && !self.optimism.guess() {
+            // Always in range: `route` checked the conservative group too.
+            let group = self.service.conservative(&op, self.threads);
+            chosen = (Mode::Conservative, group);
+            self.stats.cautious.fetch_add(1, Ordering::Relaxed);
+        }
         let was = self.sequential.is_on();
         let (mode, group) = self.sequential.route(chosen);
         if self.sequential.is_on() != was {
@@ -302,7 +311,11 @@ where
         if pending.retried {
             return;
         }
+        let guessed = pending.request.mode == Mode::Optimistic;
         let group = self.service.conservative(&pending.op, self.threads);
+        if guessed {
+            self.guessed(true);
+        }
         self.stats.retries.fetch_add(1, Ordering::Relaxed);
         self.propose_again(now, id, Some(group));
         if let Some(pending) = self.pending.get_mut(id.0) {
@@ -384,11 +397,26 @@ where
         }
     }
 
+    /// Notes whether an optimistic guess failed the safety check.
+    fn guessed(&mut self, failed: bool) {
+        let was = self.optimism.is_on();
+        self.optimism.outcome(failed);
+        if self.optimism.is_on() != was {
+            debug!(
+                on = !was,
+                "adaptive optimism (guesses with OC-G, else CC-G)"
+            );
+        }
+    }
+
     fn finish(&mut self, id: RequestId, result: Result<Bytes, ClientError>) {
         let Some(pending) = self.pending.remove(id.0).map(|p| *p) else {
             return;
         };
         self.proposer.done(pending.command);
+        if result.is_ok() && pending.request.mode == Mode::Optimistic {
+            self.guessed(false);
+        }
         let retried = pending.retried;
         let answer = result.map(|response| Answer { response, retried });
         self.answers.push_back((pending.token, answer));

@@ -560,6 +560,7 @@ impl From<LocalArgs> for LocalOptions {
                 storage: a.storage.kind(),
                 service: a.service.kind(),
                 preload: a.preload,
+                fanout: psmr_core::cluster::ServiceSection::default().fanout,
                 cost: ExecCost {
                     busy: a.exec_busy,
                     wait: a.exec_wait,

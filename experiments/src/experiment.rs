@@ -20,6 +20,9 @@
 //! dependent = 0.0        # share of inserts and deletes, 0..=1
 //! sequential_above = 0.4 # psmr, opt-psmr: clients send every command to g_all while at
 //!                        #   least this share of their recent ones need it; 1: never
+//! optimism_below = 0.15  # opt-psmr: clients send conservatively while at least this share
+//!                        #   of their recent optimistic guesses failed; 1: always guess
+//! fanout = 64            # the B+-tree's fanout
 //! warmup = "2s"
 //! duration = "5s"        # measured interval
 //! seed = 1
@@ -107,6 +110,8 @@ pub(crate) struct Point {
     pub(crate) rate: Option<u64>,
     pub(crate) dependent: f64,
     pub(crate) sequential_above: f64,
+    pub(crate) optimism_below: f64,
+    pub(crate) fanout: usize,
     #[serde(with = "humantime_serde")]
     pub(crate) warmup: Duration,
     #[serde(with = "humantime_serde")]
@@ -128,6 +133,8 @@ impl Default for Point {
             rate: None,
             dependent: 0.0,
             sequential_above: psmr_client::ClientOptions::default().sequential_above,
+            optimism_below: psmr_client::ClientOptions::default().optimism_below,
+            fanout: psmr_core::cluster::ServiceSection::default().fanout,
             warmup: Duration::from_secs(2),
             duration: Duration::from_secs(5),
             seed: 1,
@@ -475,6 +482,13 @@ fn check_point(prefix: &str, p: &Point) -> Result<(), ExperimentError> {
     check_threads(&field("threads"), p.threads)?;
     check_share(&field("dependent"), p.dependent)?;
     check_share(&field("sequential_above"), p.sequential_above)?;
+    check_share(&field("optimism_below"), p.optimism_below)?;
+    if p.fanout < psmr_btree::tree::MIN_FANOUT {
+        return Err(invalid(
+            field("fanout"),
+            "must be at least 4 (a node must split into two legal nodes)",
+        ));
+    }
     let positive = [
         ("preload", p.preload),
         ("clients", p.clients as u64),
@@ -608,6 +622,16 @@ pub(crate) mod tests {
                 "base.sequential_above: must be between 0 and 1",
             ),
             (
+                "warmup = \"100ms\"",
+                "warmup = \"100ms\"\noptimism_below = -0.5",
+                "base.optimism_below: must be between 0 and 1",
+            ),
+            (
+                "warmup = \"100ms\"",
+                "warmup = \"100ms\"\nfanout = 3",
+                "base.fanout: must be at least 4 (a node must split into two legal nodes)",
+            ),
+            (
                 "x = \"dependent\"",
                 "x = \"engine\"",
                 "plot[0].x: column \"engine\" is not a number",
@@ -678,8 +702,8 @@ pub(crate) mod tests {
             }
         }
         assert!(
-            files >= 6,
-            "fig2, fig2-raw, fig3, fig4, fig5, quick: {files}"
+            files >= 7,
+            "fig2, fig2-raw, fig3, fig4, fig5, optimism, quick: {files}"
         );
     }
 

@@ -56,6 +56,11 @@ pub(crate) struct LoadOptions {
     /// the fallback off (the papers' P-SMR).
     #[arg(long, default_value_t = ClientOptions::default().sequential_above, value_parser = share)]
     pub(crate) sequential_above: f64,
+    /// opt-psmr: each client sends conservatively while at least this share
+    /// of its recent optimistic guesses failed the safety check; 1 turns
+    /// adaptive optimism off (the paper's opt-PSMR).
+    #[arg(long, default_value_t = ClientOptions::default().optimism_below, value_parser = share)]
+    pub(crate) optimism_below: f64,
     /// Also print, every INTERVAL from the start (warm-up included), a line
     /// `timeline t=SECONDS answered=N errors=N` with the calls that ended in
     /// it: shows how a fault and its healing look from a client.
@@ -302,6 +307,7 @@ impl Load {
                 id: Some(base + i as u64),
                 every_replica_answers: options.every_replica_answers,
                 sequential_above: options.sequential_above,
+                optimism_below: options.optimism_below,
                 ..ClientOptions::default()
             };
             trees.push(BTreeClient::connect(cluster, client).await?);

@@ -41,6 +41,8 @@ pub(crate) struct ClusterSpec {
     pub(crate) storage: StorageKind,
     pub(crate) service: ServiceKind,
     pub(crate) preload: u64,
+    /// The B+-tree's fanout.
+    pub(crate) fanout: usize,
     /// Execution cost added to every command.
     pub(crate) cost: ExecCost,
     /// Acceptors listen on `port..port+2`, replicas on `port+100..port+101`.
@@ -443,6 +445,7 @@ fn configuration(spec: &ClusterSpec, dir: &Path) -> Result<ClusterConfig, LocalE
     }
     cluster.service.kind = spec.service;
     cluster.service.preload = spec.preload;
+    cluster.service.fanout = spec.fanout;
     cluster.service.exec_busy = Some(spec.cost.busy).filter(|d| !d.is_zero());
     cluster.service.exec_wait = Some(spec.cost.wait).filter(|d| !d.is_zero());
     cluster.validate()?;
@@ -563,6 +566,7 @@ async fn serve(options: &LocalOptions, local: &mut LocalCluster) -> Result<(), L
                 seed: 1,
                 every_replica_answers: false,
                 sequential_above: psmr_client::ClientOptions::default().sequential_above,
+                optimism_below: psmr_client::ClientOptions::default().optimism_below,
                 timeline: None,
             };
             println!("  load       {}", crate::load::run(cluster, &load).await?);

@@ -76,6 +76,8 @@ pub struct Report {
     pub failovers: u64,
     /// Commands the sequential fallback sent to `g_all`.
     pub sequential: u64,
+    /// opt-psmr commands sent conservatively by adaptive optimism.
+    pub cautious: u64,
     /// Messages sent, lost, duplicated.
     pub messages: u64,
     /// Messages lost (network loss, cuts, crashed receivers).
@@ -911,6 +913,7 @@ impl World {
             reproposals: sum(|s| &s.reproposals),
             failovers: sum(|s| &s.failovers),
             sequential: sum(|s| &s.sequential),
+            cautious: sum(|s| &s.cautious),
             messages: self.messages,
             lost: self.lost,
             duplicated: self.duplicated,

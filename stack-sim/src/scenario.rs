@@ -21,6 +21,9 @@ use crate::clock::Clock;
 pub struct StackOptions {
     /// The replicas' engine.
     pub engine: EngineKind,
+    /// opt-psmr clients always guess (the paper's opt-PSMR), without
+    /// adaptive optimism.
+    pub always_guess: bool,
     /// A bug planted in the replica layer (feature `planted-bugs`).
     #[cfg(feature = "planted-bugs")]
     pub planted: Option<psmr_replica::PlantedBug>,
@@ -31,6 +34,7 @@ impl StackOptions {
     pub fn new(engine: EngineKind) -> StackOptions {
         StackOptions {
             engine,
+            always_guess: false,
             #[cfg(feature = "planted-bugs")]
             planted: None,
         }
@@ -38,11 +42,15 @@ impl StackOptions {
 
     /// Environment settings, besides the seed and engine, that replay a run.
     pub fn replay_flags(&self) -> String {
+        let mut flags = String::new();
+        if self.always_guess {
+            flags.push_str(" PSMR_STACK_ALWAYS_GUESS=1");
+        }
         #[cfg(feature = "planted-bugs")]
         if self.planted.is_some() {
-            return " PSMR_STACK_PLANTED=execute-resent".to_string();
+            flags.push_str(" PSMR_STACK_PLANTED=execute-resent");
         }
-        String::new()
+        flags
     }
 }
 
@@ -200,9 +208,14 @@ impl Scenario {
     /// fault (a timeout is an unknown outcome, which the checker accepts
     /// but which proves less).
     pub fn client_options(&self) -> ClientOptions {
+        let defaults = ClientOptions::default();
         ClientOptions {
             deadline: Duration::from_secs(30),
-            ..ClientOptions::default()
+            optimism_below: match self.options.always_guess {
+                true => 1.0,
+                false => defaults.optimism_below,
+            },
+            ..defaults
         }
     }
 

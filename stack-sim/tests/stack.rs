@@ -29,7 +29,7 @@ fn seeds() -> u64 {
 
 fn show(r: &Report) {
     println!(
-        "seed={} engine={} ok={} unknown={} mean_call={:?} slowest_call={:?} retries={} reproposals={} failovers={} sequential={} messages={} lost={} duplicated={} faults={} finished_at={:?}",
+        "seed={} engine={} ok={} unknown={} mean_call={:?} slowest_call={:?} retries={} reproposals={} failovers={} sequential={} cautious={} messages={} lost={} duplicated={} faults={} finished_at={:?}",
         r.seed,
         r.engine,
         r.ok,
@@ -40,6 +40,7 @@ fn show(r: &Report) {
         r.reproposals,
         r.failovers,
         r.sequential,
+        r.cautious,
         r.messages,
         r.lost,
         r.duplicated,
@@ -85,6 +86,7 @@ struct Totals {
     reproposals: u64,
     failovers: u64,
     sequential: u64,
+    cautious: u64,
     duplicated: u64,
     faults: usize,
 }
@@ -97,6 +99,7 @@ impl Totals {
         self.reproposals += r.reproposals;
         self.failovers += r.failovers;
         self.sequential += r.sequential;
+        self.cautious += r.cautious;
         self.duplicated += r.duplicated;
         self.faults += r.faults;
     }
@@ -157,6 +160,34 @@ fn a_replica_that_executes_a_resent_request_again_is_caught() {
     }
 }
 
+/// Adaptive optimism: on the same seeds, opt-psmr clients that stop
+/// guessing while guesses fail often retry fewer commands than the paper's
+/// clients, which always guess, and both stay linearizable.
+#[test]
+fn opt_psmr_clients_stop_guessing_while_guesses_fail_often() {
+    let mut adaptive = Totals::default();
+    let mut paper = Totals::default();
+    for seed in 1..=10 {
+        for (always_guess, total) in [(false, &mut adaptive), (true, &mut paper)] {
+            let options = StackOptions {
+                always_guess,
+                ..StackOptions::new(EngineKind::OptPsmr)
+            };
+            total.add(&run(seed, options).unwrap_or_else(|f| panic!("{f}")));
+        }
+    }
+    println!("adaptive: {adaptive:?}\npaper:    {paper:?}");
+    assert_eq!(paper.cautious, 0, "the paper's clients always guess");
+    assert!(adaptive.cautious > 0, "no client stopped guessing");
+    let rate = |t: &Totals| t.retries as f64 / t.ok as f64;
+    assert!(
+        rate(&adaptive) < rate(&paper) / 2.0,
+        "retries per call: adaptive {:.3}, paper {:.3}",
+        rate(&adaptive),
+        rate(&paper)
+    );
+}
+
 /// Replays `PSMR_STACK_SEED` on `PSMR_STACK_ENGINE` (default opt-psmr).
 #[test]
 fn replay() {
@@ -173,6 +204,7 @@ fn replay() {
     let planted = std::env::var("PSMR_STACK_PLANTED").is_ok();
     let options = StackOptions {
         planted: planted.then_some(PlantedBug::ExecuteResent),
+        always_guess: std::env::var("PSMR_STACK_ALWAYS_GUESS").is_ok(),
         ..StackOptions::new(engine)
     };
     match run(seed, options) {

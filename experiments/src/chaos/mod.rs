@@ -165,6 +165,7 @@ async fn run_engine(options: &ChaosOptions, engine: EngineKind) -> Result<Report
         storage: options.storage,
         service: ServiceKind::Btree,
         preload: 1_000,
+        fanout: psmr_core::cluster::ServiceSection::default().fanout,
         cost: ExecCost::default(),
         port: options.port,
         dir: options.dir.join(engine.name()),
