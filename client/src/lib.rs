@@ -444,27 +444,28 @@ mod tests {
     #[tokio::test]
     async fn a_fallback_threshold_out_of_range_is_refused_before_connecting() {
         let cluster = ClusterConfig::local(7990, EngineKind::Psmr, 2);
-        for bad in [-0.1, 1.5, f64::NAN] {
-            let options = ClientOptions {
+        type WithShare = fn(f64) -> ClientOptions;
+        let with: [(&str, WithShare); 2] = [
+            ("sequential_above", |bad| ClientOptions {
                 sequential_above: bad,
                 ..ClientOptions::default()
-            };
-            let e = Client::connect(&cluster, NullService, options).await.err();
-            assert_eq!(
-                e.map(|e| e.to_string()).as_deref(),
-                Some("ClientOptions::sequential_above: must be between 0 and 1"),
-                "{bad}"
-            );
-            let options = ClientOptions {
+            }),
+            ("optimism_below", |bad| ClientOptions {
                 optimism_below: bad,
                 ..ClientOptions::default()
-            };
-            let e = Client::connect(&cluster, NullService, options).await.err();
-            assert_eq!(
-                e.map(|e| e.to_string()).as_deref(),
-                Some("ClientOptions::optimism_below: must be between 0 and 1"),
-                "{bad}"
-            );
+            }),
+        ];
+        for (field, options) in with {
+            for bad in [-0.1, 1.5, f64::NAN] {
+                let e = Client::connect(&cluster, NullService, options(bad))
+                    .await
+                    .err();
+                assert_eq!(
+                    e.map(|e| e.to_string()),
+                    Some(format!("ClientOptions::{field}: must be between 0 and 1")),
+                    "{bad}"
+                );
+            }
         }
     }
 }

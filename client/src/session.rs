@@ -175,7 +175,9 @@ where
 
     /// The next message to send.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        self.flush();
+        if self.transmits.is_empty() {
+            self.flush();
+        }
         self.transmits.pop_front()
     }
 

@@ -27,6 +27,15 @@ impl<E> Ord for Scheduled<E> {
     }
 }
 
+/// What comes next: a node's timer, or an event of the agenda.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Due<W, E> {
+    /// The timer of `W`, due at the time given.
+    Timer(u64, W),
+    /// An event taken off the agenda, due at the time given.
+    Event(u64, E),
+}
+
 /// Events of type `E` at virtual times (nanoseconds).
 pub struct Agenda<E> {
     queue: BinaryHeap<Reverse<Scheduled<E>>>,
@@ -62,6 +71,17 @@ impl<E> Agenda<E> {
     pub fn pop(&mut self) -> Option<(u64, E)> {
         self.queue.pop().map(|Reverse(s)| (s.at, s.event))
     }
+
+    /// Whichever comes first, the earliest `timer` or the next event (an
+    /// event due at the same time as a timer goes first); the event is
+    /// taken off the agenda.
+    pub fn next_with<W>(&mut self, timer: Option<(u64, W)>) -> Option<Due<W, E>> {
+        match (timer, self.next_at()) {
+            (None, None) => None,
+            (Some((t, who)), e) if e.is_none_or(|e| t < e) => Some(Due::Timer(t, who)),
+            _ => self.pop().map(|(at, event)| Due::Event(at, event)),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -77,5 +97,15 @@ mod tests {
         assert_eq!(agenda.next_at(), Some(1));
         let order: Vec<_> = std::iter::from_fn(|| agenda.pop()).collect();
         assert_eq!(order, [(1, "a"), (5, "b"), (5, "c")]);
+    }
+
+    #[test]
+    fn a_timer_goes_first_only_when_strictly_earlier() {
+        let mut agenda = Agenda::default();
+        agenda.schedule(5, "e");
+        assert_eq!(agenda.next_with(Some((4, 't'))), Some(Due::Timer(4, 't')));
+        assert_eq!(agenda.next_with(Some((5, 't'))), Some(Due::Event(5, "e")));
+        assert_eq!(agenda.next_with(Some((5, 't'))), Some(Due::Timer(5, 't')));
+        assert_eq!(agenda.next_with(None::<(u64, char)>), None);
     }
 }

@@ -32,7 +32,7 @@ use bytes::Bytes;
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-pub use agenda::Agenda;
+pub use agenda::{Agenda, Due};
 pub use checker::{Checker, Violation};
 pub use disk::{DiskMode, SimDisk};
 pub use scenario::{G_ALL, LearnerSpec, NetworkFaults, Scenario, SimOptions};
@@ -501,21 +501,18 @@ impl World {
     /// Runs the earliest event or timer; returns its time, or `None` when idle.
     fn step(&mut self) -> Result<Option<u64>, Violation> {
         let timer = self.earliest_timer();
-        let event_at = self.agenda.next_at();
-        match (timer, event_at) {
-            (None, None) => Ok(None),
-            (Some((t, who)), e) if e.is_none_or(|e| t < e) => {
-                self.now = self.now.max(t);
+        match self.agenda.next_with(timer) {
+            None => return Ok(None),
+            Some(Due::Timer(at, who)) => {
+                self.now = self.now.max(at);
                 self.fire(who)?;
-                Ok(Some(self.now))
             }
-            _ => {
-                let (at, event) = self.agenda.pop().expect("peeked");
+            Some(Due::Event(at, event)) => {
                 self.now = self.now.max(at);
                 self.handle(event)?;
-                Ok(Some(self.now))
             }
         }
+        Ok(Some(self.now))
     }
 
     fn earliest_timer(&self) -> Option<(u64, Who)> {
