@@ -3,7 +3,7 @@
 //! replies are collected, not sent.
 //!
 //! ```text
-//!  Learner ──deliveries──> Engine::deliver ──(worker threads)──> Sink
+//!  Learner ──deliveries──> Engine::deliver ──(worker threads)──> CollectSink
 //!         └──> Expected (the engine's merges, replayed) ──> how many replies to wait for
 //! ```
 //!
@@ -15,31 +15,17 @@
 //! was delivered, whichever thread ran it, and the run replays by seed.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use psmr_core::proto::{Delivery, Instance, Learner, Merger, RingId, Value};
 use psmr_core::{ConflictModel, EngineKind, Reply};
-use psmr_replica::{Engine, EngineConfig, EngineError, ReplySink};
+use psmr_replica::workload::CollectSink;
+use psmr_replica::{Engine, EngineConfig, EngineError};
 
 /// How long (real time) the engine may take to owe nothing before the
 /// simulator calls it stalled.
 const PATIENCE: Duration = Duration::from_secs(30);
-
-/// Replies as the engine hands them over.
-#[derive(Default)]
-struct Sink {
-    replies: Mutex<Vec<Reply>>,
-}
-
-impl ReplySink for Sink {
-    fn replies(&self, _thread: usize, replies: &mut Vec<Reply>) {
-        self.replies
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .append(replies);
-    }
-}
 
 /// Why a replica failed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -66,7 +52,7 @@ pub enum ReplicaFault {
 pub(crate) struct SimReplica<S: ConflictModel> {
     pub(crate) learner: Learner,
     engine: Option<Engine<S>>,
-    sink: Arc<Sink>,
+    sink: Arc<CollectSink>,
     expected: Expected,
     /// Replies owed so far, and given so far.
     owed: usize,
@@ -82,7 +68,7 @@ impl<S: ConflictModel> SimReplica<S> {
         state: S::State,
         config: EngineConfig,
     ) -> Result<SimReplica<S>, EngineError> {
-        let sink = Arc::new(Sink::default());
+        let sink = Arc::new(CollectSink::default());
         let expected = Expected::new(&config);
         let engine = Engine::start(service, state, config, sink.clone())?;
         Ok(SimReplica {
@@ -117,7 +103,7 @@ impl<S: ConflictModel> SimReplica<S> {
         let start = Instant::now();
         let mut out = Vec::new();
         loop {
-            out.append(&mut self.sink.replies.lock().unwrap_or_else(|e| e.into_inner()));
+            out.append(&mut self.sink.take());
             let given = self.given + out.len();
             if given > self.owed {
                 return Err(ReplicaFault::Surplus {
