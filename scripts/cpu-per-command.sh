@@ -9,7 +9,8 @@
 # Usage: scripts/cpu-per-command.sh ENGINE DEPENDENT [THREADS] [CLIENTS] [IN_FLIGHT]
 #   e.g. scripts/cpu-per-command.sh psmr 0.5; scripts/cpu-per-command.sh smr 0.5
 #        scripts/cpu-per-command.sh opt-psmr 0 2 1 1   (one call in flight: latency)
-# Environment: PRELOAD keys (default 100,000); PSMR a psmr binary to measure
+# Environment: PRELOAD keys (default 100,000); STORAGE memory|durable (default
+# memory); VALUE_SIZE bytes per value (default 8); PSMR a psmr binary to measure
 # instead of this tree's release build (to compare two builds side by side);
 # LOAD_ARGS more arguments for `psmr client load` (e.g. --every-replica-answers).
 set -euo pipefail
@@ -22,7 +23,7 @@ dir=$(mktemp -d)
 trap 'kill -INT $cluster 2>/dev/null; wait 2>/dev/null; rm -rf "$dir"' EXIT
 source scripts/local-cluster.sh
 start_cluster "$dir/local.out" --engine "$engine" --threads "$threads" --preload "${PRELOAD:-100000}" \
-  --dir "$dir/cluster" --port 7650 --stop-after 60s
+  --storage "${STORAGE:-memory}" --value-size "${VALUE_SIZE:-8}" --dir "$dir/cluster" --port 7650 --stop-after 60s
 "$psmr" client --config "$dir/cluster/cluster.toml" load --duration 8s --warmup 1s \
   --clients "$clients" --in-flight "$in_flight" --dependent "$dependent" ${LOAD_ARGS:-} >"$dir/load.out" &
 load=$!
@@ -52,7 +53,7 @@ done
 wait $load
 throughput=$(awk '{ for (i = 1; i <= NF; i++) if ($i == "throughput") print $(i + 1) }' "$dir/load.out")
 latency=$(grep -o 'p50 [0-9.]*' "$dir/load.out")
-echo "engine=$engine threads=$threads dependent=$dependent load=${clients}x$in_flight throughput=$throughput cmds/s $latency ms"
+echo "engine=$engine threads=$threads dependent=$dependent storage=${STORAGE:-memory} load=${clients}x$in_flight throughput=$throughput cmds/s $latency ms"
 awk -v d="$datagrams" -v n="$throughput" 'BEGIN { printf "UDP datagrams sent: %.3f per command\n", d / 5 / n }'
 printf '%s\n%s\n' "$cores_before" "$cores_after" | awk -v cores="$(nproc)" '
   NR == 1 { for (i = 2; i <= 9; i++) a[i] = $i }

@@ -10,7 +10,7 @@
 
 use std::time::{Duration, Instant};
 
-use psmr_btree::BTree;
+use psmr_btree::{KvStore, value_of};
 
 fn percentile(samples: &mut [Duration], p: f64) -> Duration {
     samples.sort_unstable();
@@ -26,9 +26,9 @@ fn main() {
     let keys = args.first().copied().unwrap_or(1_000_000);
     let rounds = args.get(1).copied().unwrap_or(50) as usize;
     // As a replica preloads it, then grown by inserts between the keys.
-    let mut tree = BTree::bulk_load(64, 0.7, (0..keys).map(|i| (2 * i, i)));
+    let mut tree = KvStore::bulk_load(64, 0.7, (0..keys).map(|i| (2 * i, value_of(i, 8))));
     for i in (0..keys).step_by(7) {
-        tree.insert(2 * i + 1, i);
+        tree.insert(2 * i + 1, value_of(i, 8));
     }
     let (mut pauses, mut writes, mut reads) = (Vec::new(), Vec::new(), Vec::new());
     let mut bytes = 0;
@@ -42,7 +42,7 @@ fn main() {
         writes.push(started.elapsed());
         bytes = out.len();
         let started = Instant::now();
-        let back = BTree::read_image(&mut out.as_slice()).expect("reads back");
+        let back = KvStore::read_image(&mut out.as_slice()).expect("reads back");
         reads.push(started.elapsed());
         assert_eq!(back.len(), tree.len());
     }

@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use psmr_btree::{BTree, BTreeService, Op};
+use psmr_btree::{BTree, BTreeService, KvStore, Op, value_id, value_of};
 use psmr_core::{ClientId, EngineKind, Outcome, Reply};
 use psmr_replica::workload::{self, Feed, Submission, WorkloadOptions};
 use psmr_replica::{EngineConfig, ReplySink, WaitPolicy};
@@ -134,7 +134,7 @@ fn random_op(rng: &mut ChaCha8Rng, keys: u64, dependent: f64) -> Op {
     let k = rng.random_range(0..2 * keys);
     if rng.random_bool(dependent) {
         if rng.random_bool(0.5) {
-            Op::Insert(k, k)
+            Op::Insert(k, value_of(k, 8))
         } else {
             Op::Delete(k)
         }
@@ -177,12 +177,12 @@ fn tree_against_std(args: &Args) {
         for _ in 0..3 {
             let ours = rate(ops.len(), || {
                 ops.iter().for_each(|op| {
-                    black_box(apply_tree(&mut tree, *op));
+                    black_box(apply_tree(&mut tree, op));
                 })
             });
             let theirs = rate(ops.len(), || {
                 ops.iter().for_each(|op| {
-                    black_box(apply_std(&mut std_map, *op));
+                    black_box(apply_std(&mut std_map, op));
                 })
             });
             best = (best.0.max(ours), best.1.max(theirs));
@@ -202,22 +202,25 @@ fn rate(n: usize, f: impl FnOnce()) -> f64 {
     n as f64 / start.elapsed().as_secs_f64()
 }
 
-fn apply_tree(tree: &mut BTree, op: Op) -> Option<u64> {
-    match op {
+/// Part 1 measures the tree of keys alone, with u64 values as `BTreeMap` has them.
+fn apply_tree(tree: &mut BTree, op: &Op) -> Option<u64> {
+    match *op {
         Op::Read(k) => tree.get(k),
-        Op::Insert(k, v) => tree.insert(k, v),
+        Op::Insert(k, ref v) => tree.insert(k, value_id(v)),
         Op::Delete(k) => tree.remove(k),
-        Op::Update(k, v) => tree.update(k, v),
+        Op::Update(k, ref v) => tree.update(k, value_id(v)),
         Op::Scan(..) => None,
     }
 }
 
-fn apply_std(map: &mut BTreeMap<u64, u64>, op: Op) -> Option<u64> {
-    match op {
+fn apply_std(map: &mut BTreeMap<u64, u64>, op: &Op) -> Option<u64> {
+    match *op {
         Op::Read(k) => map.get(&k).copied(),
-        Op::Insert(k, v) => map.insert(k, v),
+        Op::Insert(k, ref v) => map.insert(k, value_id(v)),
         Op::Delete(k) => map.remove(&k),
-        Op::Update(k, v) => map.get_mut(&k).map(|slot| std::mem::replace(slot, v)),
+        Op::Update(k, ref v) => map
+            .get_mut(&k)
+            .map(|slot| std::mem::replace(slot, value_id(v))),
         Op::Scan(..) => None,
     }
 }
@@ -328,7 +331,7 @@ fn std_reference(args: &Args, submissions: &[Submission]) -> f64 {
         .collect();
     rate(ops.len(), || {
         ops.iter().for_each(|op| {
-            black_box(apply_std(&mut map, *op));
+            black_box(apply_std(&mut map, op));
         })
     })
 }
@@ -336,7 +339,10 @@ fn std_reference(args: &Args, submissions: &[Submission]) -> f64 {
 fn measure(args: &Args, submissions: &[Submission], mut config: EngineConfig, share: u32) -> Point {
     config.wait = args.wait;
     let service = Arc::new(BTreeService::new(2 * args.keys));
-    let tree = || BTree::bulk_load(args.fanout, 0.7, preload(args.keys));
+    let tree = || {
+        let entries = preload(args.keys).map(|(k, v)| (k, value_of(v, 8)));
+        KvStore::bulk_load(args.fanout, 0.7, entries)
+    };
     let options = WorkloadOptions {
         round: 64,
         ..WorkloadOptions::default()

@@ -27,8 +27,8 @@ async fn main() -> Result<(), Box<dyn Error>> {
     let tree = BTreeClient::connect(&cluster, ClientOptions::default()).await?;
 
     // One call at a time.
-    let previous = tree.insert(1_000_001, 42).await?;
-    println!("insert 1000001 42: previous value {previous:?}");
+    let previous = tree.insert(1_000_001, "forty-two").await?;
+    println!("insert 1000001 \"forty-two\": previous value {previous:?}");
     println!("get 1000001: {:?}", tree.get(1_000_001).await?);
 
     // Many calls in flight: clone the client into tasks.
@@ -36,7 +36,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
     let tasks: Vec<_> = (0..1_000u64)
         .map(|i| {
             let tree = tree.clone();
-            tokio::spawn(async move { tree.put(2 * i, i * 10).await })
+            tokio::spawn(async move { tree.put(2 * i, (i * 10).to_le_bytes().to_vec()).await })
         })
         .collect();
     let mut updated = 0;

@@ -18,9 +18,10 @@ use psmr_core::{
     ThreadSet,
 };
 
-use crate::op::{Invalid, MAX_SCAN, Op, Response};
+use crate::op::{MAX_SCAN, Op, Response};
 use crate::partition::Partitioning;
-use crate::tree::{BTree, ContractViolation, TreeImage};
+use crate::store::{KvImage, KvStore};
+use crate::tree::ContractViolation;
 
 /// The B+-tree service.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,29 +44,27 @@ impl BTreeService {
     }
 }
 
-fn scan_count(count: u32) -> Result<(usize, bool), Response> {
-    if count == 0 {
-        return Err(Response::Invalid(Invalid::EmptyScan));
-    }
-    Ok((count.min(MAX_SCAN) as usize, count > MAX_SCAN))
+/// A scan's entry count, capped at [`MAX_SCAN`], and whether it was.
+fn scan_count(count: u32) -> (usize, bool) {
+    (count.min(MAX_SCAN) as usize, count > MAX_SCAN)
 }
 
 impl Service for BTreeService {
-    type State = BTree;
+    type State = KvStore;
     type Op = Op;
     type Violation = ContractViolation;
-    type Image = TreeImage;
+    type Image = KvImage;
 
-    fn capture(&self, state: &BTree) -> TreeImage {
+    fn capture(&self, state: &KvStore) -> KvImage {
         state.capture()
     }
 
-    fn write_image(&self, image: &TreeImage, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+    fn write_image(&self, image: &KvImage, out: &mut dyn std::io::Write) -> std::io::Result<()> {
         image.write(out)
     }
 
-    fn read_image(&self, input: &mut dyn std::io::Read) -> std::io::Result<BTree> {
-        BTree::read_image(input)
+    fn read_image(&self, input: &mut dyn std::io::Read) -> std::io::Result<KvStore> {
+        KvStore::read_image(input)
     }
 
     fn id(&self) -> ServiceId {
@@ -76,63 +75,64 @@ impl Service for BTreeService {
         Op::decode(op)
     }
 
-    fn execute(&self, tree: &mut BTree, op: &Op) -> Bytes {
-        let response = match *op {
-            Op::Read(k) => Response::Value(tree.get(k)),
-            Op::Update(k, v) => Response::Value(tree.update(k, v)),
-            Op::Insert(k, v) => Response::Value(tree.insert(k, v)),
-            Op::Delete(k) => Response::Value(tree.remove(k)),
-            Op::Scan(k, n) => match scan_count(n) {
-                Ok((n, capped)) => Response::Entries {
-                    entries: tree.scan(k, n),
-                    capped,
-                },
-                Err(invalid) => invalid,
-            },
+    fn execute(&self, store: &mut KvStore, op: &Op) -> Bytes {
+        if let Some(invalid) = op.invalid() {
+            return Response::Invalid(invalid).encode();
+        }
+        let response = match op {
+            Op::Read(k) => Response::Value(store.get(*k)),
+            Op::Update(k, v) => Response::Value(store.update(*k, v.clone())),
+            Op::Insert(k, v) => Response::Value(store.insert(*k, v.clone())),
+            Op::Delete(k) => Response::Value(store.remove(*k)),
+            Op::Scan(k, n) => {
+                let (n, capped) = scan_count(*n);
+                let entries = store.scan(*k, n);
+                Response::Entries { entries, capped }
+            }
         };
         response.encode()
     }
 
     fn execute_shared(
         &self,
-        tree: &BTree,
+        store: &KvStore,
         lane: Lane,
         op: &Op,
     ) -> Result<Bytes, ContractViolation> {
+        if let Some(invalid) = op.invalid() {
+            return Ok(Response::Invalid(invalid).encode());
+        }
         let p = self.partitioning(lane.threads);
         let t = lane.thread;
-        let response = match *op {
-            Op::Read(k) => Response::Value(tree.get_shared(&p, t, k)?),
-            Op::Update(k, v) => Response::Value(tree.update_shared(&p, t, k, v)?),
-            Op::Insert(k, v) => Response::Value(tree.insert_shared(&p, t, k, v)?),
-            Op::Delete(k) => Response::Value(tree.remove_shared(&p, t, k)?),
-            Op::Scan(k, n) => match scan_count(n) {
-                Ok((n, capped)) => Response::Entries {
-                    entries: tree.scan_shared(&p, t, k, n)?,
-                    capped,
-                },
-                Err(invalid) => invalid,
-            },
+        let response = match op {
+            Op::Read(k) => Response::Value(store.get_shared(&p, t, *k)?),
+            Op::Update(k, v) => Response::Value(store.update_shared(&p, t, *k, v.clone())?),
+            Op::Insert(k, v) => Response::Value(store.insert_shared(&p, t, *k, v.clone())?),
+            Op::Delete(k) => Response::Value(store.remove_shared(&p, t, *k)?),
+            Op::Scan(k, n) => {
+                let (n, capped) = scan_count(*n);
+                let entries = store.scan_shared(&p, t, *k, n)?;
+                Response::Entries { entries, capped }
+            }
         };
         Ok(response.encode())
     }
 
-    fn safety_check(&self, tree: &BTree, lane: Lane, op: &Op) -> bool {
+    fn safety_check(&self, store: &KvStore, lane: Lane, op: &Op) -> bool {
         let p = self.partitioning(lane.threads);
         let t = lane.thread;
+        let tree = store.tree();
         match *op {
+            _ if op.invalid().is_some() => p.owner(op.key()) == t,
             Op::Read(k) | Op::Update(k, _) => p.owner(k) == t,
             Op::Insert(k, _) => tree.insert_is_safe(&p, t, k),
             Op::Delete(k) => tree.remove_is_safe(&p, t, k),
-            Op::Scan(k, n) => match scan_count(n) {
-                Ok((n, _)) => tree.scan_is_safe(&p, t, k, n),
-                Err(_) => p.owner(k) == t,
-            },
+            Op::Scan(k, n) => tree.scan_is_safe(&p, t, k, scan_count(n).0),
         }
     }
 
-    fn digest(&self, tree: &BTree) -> u64 {
-        tree.digest()
+    fn digest(&self, store: &KvStore) -> u64 {
+        store.digest()
     }
 }
 

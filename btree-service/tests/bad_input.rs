@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use psmr_btree::{BTree, BTreeService, Invalid, MAX_SCAN, Op, Response};
+use psmr_btree::{BTreeService, Invalid, KvStore, MAX_SCAN, MAX_VALUE, Op, Response, value_of};
 use psmr_core::proto::{Command, CommandId, ProposerId, RingId, Value};
 use psmr_core::{
     Answerers, ClientId, EngineKind, Mode, Outcome, Refusal, Reply, Request, RequestId, ServiceId,
@@ -43,7 +43,10 @@ fn request(id: u64, mode: Mode, service: ServiceId, op: Bytes) -> Bytes {
 
 /// Runs a two-thread psmr engine on `ring_commands` (ring, commands) and
 /// returns the replies by request id.
-fn run(tree: BTree, ring_commands: Vec<(RingId, Vec<Command>)>) -> Result<Vec<Reply>, EngineError> {
+fn run(
+    tree: KvStore,
+    ring_commands: Vec<(RingId, Vec<Command>)>,
+) -> Result<Vec<Reply>, EngineError> {
     let config = EngineConfig::new(EngineKind::Psmr, 2);
     let sink = Arc::new(CollectSink::default());
     let engine = Engine::start(
@@ -64,8 +67,8 @@ fn run(tree: BTree, ring_commands: Vec<(RingId, Vec<Command>)>) -> Result<Vec<Re
     Ok(replies)
 }
 
-fn tree() -> BTree {
-    BTree::bulk_load(8, 0.7, (0..1000).map(|k| (k, k * 10)))
+fn tree() -> KvStore {
+    KvStore::bulk_load(8, 0.7, (0..1000).map(|k| (k, value_of(k * 10, 8))))
 }
 
 #[test]
@@ -95,9 +98,19 @@ fn malformed_and_foreign_requests_get_clear_refusals_and_the_engine_keeps_servin
             ),
         ),
         command(5, request(5, Mode::Conservative, id, Op::Read(7).encode())),
+        command(
+            6,
+            request(
+                6,
+                Mode::Conservative,
+                id,
+                Op::Update(7, value_of(1, MAX_VALUE + 1)).encode(),
+            ),
+        ),
+        command(7, request(7, Mode::Conservative, id, Op::Read(7).encode())),
     ];
     let replies = run(tree(), vec![(RingId(0), commands)]).expect("the engine survives");
-    assert_eq!(replies.len(), 6);
+    assert_eq!(replies.len(), 8);
     let outcome = |i: usize| &replies[i].outcome;
     assert_eq!(
         (replies[0].request, outcome(0)),
@@ -132,8 +145,15 @@ fn malformed_and_foreign_requests_get_clear_refusals_and_the_engine_keeps_servin
     }
     assert_eq!(
         response(5),
-        Response::Value(Some(70)),
+        Response::Value(Some(value_of(70, 8))),
         "the engine kept serving"
+    );
+    let too_large = Invalid::ValueTooLarge { len: MAX_VALUE + 1 };
+    assert_eq!(response(6), Response::Invalid(too_large));
+    assert_eq!(
+        response(7),
+        Response::Value(Some(value_of(70, 8))),
+        "a refused update changed nothing"
     );
 }
 
@@ -142,14 +162,20 @@ fn malformed_and_foreign_requests_get_clear_refusals_and_the_engine_keeps_servin
 /// names the leaf and the threads; release builds refuse the command.
 #[test]
 fn a_broken_group_mapping_is_reported_not_a_silent_race() {
-    let full = BTree::bulk_load(8, 1.0, (0..1000).filter(|k| k % 2 == 0).map(|k| (k, k)));
+    let full = KvStore::bulk_load(
+        8,
+        1.0,
+        (0..1000)
+            .filter(|k| k % 2 == 0)
+            .map(|k| (k, value_of(k, 8))),
+    );
     let bad = command(
         0,
         request(
             0,
             Mode::Conservative,
             BTreeService::ID,
-            Op::Insert(11, 1).encode(),
+            Op::Insert(11, value_of(1, 8)).encode(),
         ),
     );
     let result = run(full, vec![(RingId(1), vec![bad])]);

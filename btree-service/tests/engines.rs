@@ -15,7 +15,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use psmr_btree::{BTree, BTreeService, Op};
+use psmr_btree::{BTreeService, KvStore, Op, value_of};
 use psmr_core::{ClientId, EngineKind, Outcome};
 use psmr_replica::workload::{self, CollectSink, Feed, Submission, WorkloadOptions};
 use psmr_replica::{EngineConfig, Jitter};
@@ -30,10 +30,10 @@ fn random_op(rng: &mut ChaCha8Rng, keys: u64, dependent: bool) -> Op {
     let k = rng.random_range(0..keys);
     match (dependent, rng.random_range(0..10)) {
         (true, 0) => Op::Scan(k, rng.random_range(0..12)),
-        (true, 1..=5) => Op::Insert(k, rng.random()),
+        (true, 1..=5) => Op::Insert(k, value_of(rng.random(), rng.random_range(0..24))),
         (true, _) => Op::Delete(k),
         (false, 0..=5) => Op::Read(k),
-        (false, _) => Op::Update(k, rng.random()),
+        (false, _) => Op::Update(k, value_of(rng.random(), rng.random_range(0..24))),
     }
 }
 
@@ -55,8 +55,11 @@ fn every_engine_matches_sequential_execution() {
         let keys = rng.random_range(100..2000);
         let fanout = rng.random_range(4..=16);
         let dependent = rng.random_range(0..=100) as f64 / 100.0;
-        let preload: Vec<(u64, u64)> = (0..keys).filter(|k| k % 3 != 0).map(|k| (k, k)).collect();
-        let state = || BTree::bulk_load(fanout, 0.7, preload.iter().copied());
+        let preload: Vec<(u64, _)> = (0..keys)
+            .filter(|k| k % 3 != 0)
+            .map(|k| (k, value_of(k, 8)))
+            .collect();
+        let state = || KvStore::bulk_load(fanout, 0.7, preload.iter().cloned());
         let submissions: Vec<Submission> = (0..rng.random_range(100..600))
             .map(|_| {
                 let client = ClientId(rng.random_range(1..=5));
@@ -129,12 +132,12 @@ fn failed_safety_checks_are_retried_and_executed_once() {
     let keys = 4000;
     let config = EngineConfig::new(EngineKind::OptPsmr, 4);
     let service = BTreeService::new(keys);
-    let preload: Vec<(u64, u64)> = (0..keys).step_by(2).map(|k| (k, k)).collect();
-    let state = || BTree::bulk_load(8, 1.0, preload.iter().copied());
+    let preload: Vec<(u64, _)> = (0..keys).step_by(2).map(|k| (k, value_of(k, 8))).collect();
+    let state = || KvStore::bulk_load(8, 1.0, preload.iter().cloned());
     let submissions: Vec<Submission> = (0..600u64)
         .map(|i| Submission {
             client: ClientId(i % 7),
-            op: Op::Insert((i * 2_654_435_761 % keys) | 1, i).encode(),
+            op: Op::Insert((i * 2_654_435_761 % keys) | 1, value_of(i, 8)).encode(),
         })
         .collect();
     let options = WorkloadOptions {

@@ -4,6 +4,7 @@ use std::io::Read;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use bytes::Bytes;
 use clap::{Parser, Subcommand};
 use psmr_btree::{BTreeClient, BTreeError};
 use psmr_client::{ClientError, ClientOptions};
@@ -136,6 +137,11 @@ pub(crate) struct LocalArgs {
     /// Keys (B+-tree) or elements (list) preloaded.
     #[arg(long, default_value_t = 1_000_000)]
     pub(crate) preload: u64,
+    /// B+-tree: bytes per preloaded value (load generators write values of
+    /// this size too unless told otherwise).
+    #[arg(long, default_value_t = psmr_core::cluster::ServiceSection::default().value_size,
+          value_parser = crate::load::value_size)]
+    pub(crate) value_size: usize,
     /// First port: acceptors listen on PORT..PORT+2, replicas on
     /// PORT+100..PORT+101 (QUIC over UDP; metrics over TCP on the same numbers).
     #[arg(long, default_value_t = 7100, value_parser = clap::value_parser!(u16).range(1..=65535 - 101))]
@@ -331,10 +337,20 @@ impl ServiceArg {
 enum ClientCommand {
     /// Print the value of KEY.
     Get { key: u64 },
-    /// Set the value of an existing KEY.
-    Put { key: u64, value: u64 },
-    /// Insert KEY (or replace its value).
-    Insert { key: u64, value: u64 },
+    /// Set the value of an existing KEY. A VALUE that is a number is stored
+    /// as 8 bytes little-endian (as the preload stores its values), any
+    /// other as its UTF-8 bytes.
+    Put {
+        key: u64,
+        #[arg(value_parser = parse_value)]
+        value: Bytes,
+    },
+    /// Insert KEY (or replace its value); VALUE as for `put`.
+    Insert {
+        key: u64,
+        #[arg(value_parser = parse_value)]
+        value: Bytes,
+    },
     /// Remove KEY.
     Delete { key: u64 },
     /// Print up to COUNT entries from KEY on.
@@ -519,6 +535,36 @@ async fn shutdown(with_parent: bool) {
     }
 }
 
+/// A value from the command line: a number as 8 bytes little-endian (the
+/// preload's encoding), anything else as its UTF-8 bytes.
+fn parse_value(text: &str) -> Result<Bytes, String> {
+    let value = match text.parse::<u64>() {
+        Ok(n) => psmr_btree::value_of(n, 8),
+        Err(_) => Bytes::copy_from_slice(text.as_bytes()),
+    };
+    match value.len() <= psmr_btree::MAX_VALUE {
+        true => Ok(value),
+        false => Err(format!("at most {} bytes", psmr_btree::MAX_VALUE)),
+    }
+}
+
+/// A value for people: 8 bytes as the number they encode (see
+/// [`parse_value`]), printable UTF-8 as quoted text, anything else as its
+/// length and first bytes in hex.
+pub(crate) fn show_value(value: &[u8]) -> String {
+    if value.len() == 8 {
+        return psmr_btree::value_id(value).to_string();
+    }
+    match std::str::from_utf8(value) {
+        Ok(text) if !text.chars().any(char::is_control) => format!("{text:?}"),
+        _ => {
+            let head: String = value.iter().take(16).map(|b| format!("{b:02x}")).collect();
+            let more = if value.len() > 16 { "…" } else { "" };
+            format!("{} bytes 0x{head}{more}", value.len())
+        }
+    }
+}
+
 async fn client(cluster: &ClusterConfig, command: ClientCommand) -> Result<(), CliError> {
     if let ClientCommand::Load(options) = command {
         let report = crate::load::run(cluster, &options).await?;
@@ -526,11 +572,11 @@ async fn client(cluster: &ClusterConfig, command: ClientCommand) -> Result<(), C
         return Ok(());
     }
     let tree = BTreeClient::connect(cluster, ClientOptions::default()).await?;
-    let show = |v: Option<u64>| v.map_or_else(|| "(none)".to_string(), |v| v.to_string());
+    let show = |v: Option<Bytes>| v.map_or_else(|| "(none)".to_string(), |v| show_value(&v));
     match command {
         ClientCommand::Get { key } => println!("{}", show(tree.get(key).await?)),
         ClientCommand::Put { key, value } => match tree.put(key, value).await? {
-            Some(previous) => println!("previous: {previous}"),
+            Some(previous) => println!("previous: {}", show_value(&previous)),
             None => return Err(CliError::NotStored(key)),
         },
         ClientCommand::Insert { key, value } => {
@@ -540,7 +586,7 @@ async fn client(cluster: &ClusterConfig, command: ClientCommand) -> Result<(), C
         ClientCommand::Scan { key, count } => {
             let scan = tree.scan(key, count).await?;
             for (k, v) in &scan.entries {
-                println!("{k} {v}");
+                println!("{k} {}", show_value(v));
             }
             if scan.capped {
                 println!("(capped at {} entries)", scan.entries.len());
@@ -561,6 +607,7 @@ impl From<LocalArgs> for LocalOptions {
                 service: a.service.kind(),
                 preload: a.preload,
                 fanout: psmr_core::cluster::ServiceSection::default().fanout,
+                value_size: a.value_size,
                 cost: ExecCost {
                     busy: a.exec_busy,
                     wait: a.exec_wait,

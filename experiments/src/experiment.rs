@@ -23,6 +23,7 @@
 //! optimism_below = 0.15  # opt-psmr: clients send conservatively while at least this share
 //!                        #   of their recent optimistic guesses failed; 1: always guess
 //! fanout = 64            # the B+-tree's fanout
+//! value_size = 8         # bytes per value, preloaded and inserted
 //! warmup = "2s"
 //! duration = "5s"        # measured interval
 //! seed = 1
@@ -112,6 +113,7 @@ pub(crate) struct Point {
     pub(crate) sequential_above: f64,
     pub(crate) optimism_below: f64,
     pub(crate) fanout: usize,
+    pub(crate) value_size: usize,
     #[serde(with = "humantime_serde")]
     pub(crate) warmup: Duration,
     #[serde(with = "humantime_serde")]
@@ -135,6 +137,7 @@ impl Default for Point {
             sequential_above: psmr_client::ClientOptions::default().sequential_above,
             optimism_below: psmr_client::ClientOptions::default().optimism_below,
             fanout: psmr_core::cluster::ServiceSection::default().fanout,
+            value_size: psmr_core::cluster::ServiceSection::default().value_size,
             warmup: Duration::from_secs(2),
             duration: Duration::from_secs(5),
             seed: 1,
@@ -488,6 +491,9 @@ fn check_point(prefix: &str, p: &Point) -> Result<(), ExperimentError> {
             field("fanout"),
             "must be at least 4 (a node must split into two legal nodes)",
         ));
+    }
+    if let Err(why) = crate::load::value_size(&p.value_size.to_string()) {
+        return Err(invalid(field("value_size"), &why));
     }
     let positive = [
         ("preload", p.preload),

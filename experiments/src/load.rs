@@ -5,7 +5,7 @@
 //! replies; latency is measured from when a call was due, so a slow system
 //! is not flattered by calls it delayed (coordinated omission). Keys are
 //! uniform over the key space; a share `dependent` of the calls are inserts
-//! and deletes (half each), the rest reads.
+//! (of `--value-size` bytes) and deletes, half each, the rest reads.
 //!
 //! A report separates the calls whose optimistic guess failed its safety
 //! check (opt-psmr's failed commands, answered after a conservative retry)
@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use psmr_btree::{BTreeClient, Op, Response};
+use psmr_btree::{BTreeClient, Op, Response, value_of};
 use psmr_client::{ClientError, ClientOptions, ClientStats};
 use psmr_core::cluster::ClusterConfig;
 use rand::{RngExt, SeedableRng};
@@ -61,6 +61,10 @@ pub(crate) struct LoadOptions {
     /// adaptive optimism off (the paper's opt-PSMR).
     #[arg(long, default_value_t = ClientOptions::default().optimism_below, value_parser = share)]
     pub(crate) optimism_below: f64,
+    /// Bytes per value an insert writes; default the cluster's
+    /// `service.value_size` (what the replicas preloaded).
+    #[arg(long, value_parser = value_size)]
+    pub(crate) value_size: Option<usize>,
     /// Also print, every INTERVAL from the start (warm-up included), a line
     /// `timeline t=SECONDS answered=N errors=N` with the calls that ended in
     /// it: shows how a fault and its healing look from a client.
@@ -267,6 +271,7 @@ pub(crate) struct Window {
 struct Mix {
     dependent: f64,
     key_space: u64,
+    value_size: usize,
 }
 
 /// Runs the load against `cluster`, measuring from the end of the warm-up.
@@ -315,6 +320,7 @@ impl Load {
         let mix = Mix {
             dependent: options.dependent,
             key_space: cluster.service.key_space(),
+            value_size: options.value_size.unwrap_or(cluster.service.value_size),
         };
         Ok(Load {
             trees,
@@ -369,7 +375,7 @@ async fn one_call(tree: &BTreeClient, rng: &mut ChaCha8Rng, mix: Mix) -> Ending 
     let key = rng.random_range(0..mix.key_space);
     let op = if rng.random_bool(mix.dependent) {
         if rng.random_bool(0.5) {
-            Op::Insert(key, key)
+            Op::Insert(key, value_of(key, mix.value_size))
         } else {
             Op::Delete(key)
         }
@@ -471,6 +477,15 @@ pub(crate) fn at_least_one(text: &str) -> Result<usize, String> {
     match text.parse::<usize>() {
         Ok(0) => Err("must be at least 1".to_string()),
         Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Bytes per value, at most the B+-tree's largest, for the command line.
+pub(crate) fn value_size(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n) if n <= psmr_btree::MAX_VALUE => Ok(n),
+        Ok(_) => Err(format!("must be at most {} bytes", psmr_btree::MAX_VALUE)),
         Err(e) => Err(e.to_string()),
     }
 }

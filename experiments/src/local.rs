@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use psmr_btree::{BTreeClient, BTreeError};
 use psmr_client::{ClientError, ClientOptions};
 use psmr_core::EngineKind;
@@ -31,6 +32,7 @@ use psmr_core::cluster::{ClusterConfig, ServiceKind, StorageKind};
 use psmr_multicast::net::{TlsError, generate_dev_certs};
 use thiserror::Error;
 
+use crate::cli::show_value;
 use crate::load::{LoadError, LoadOptions};
 
 /// What a local cluster runs and where (also what `psmr sweep` starts per point).
@@ -43,6 +45,8 @@ pub(crate) struct ClusterSpec {
     pub(crate) preload: u64,
     /// The B+-tree's fanout.
     pub(crate) fanout: usize,
+    /// The B+-tree's bytes per preloaded value.
+    pub(crate) value_size: usize,
     /// Execution cost added to every command.
     pub(crate) cost: ExecCost,
     /// Acceptors listen on `port..port+2`, replicas on `port+100..port+101`.
@@ -446,6 +450,7 @@ fn configuration(spec: &ClusterSpec, dir: &Path) -> Result<ClusterConfig, LocalE
     cluster.service.kind = spec.service;
     cluster.service.preload = spec.preload;
     cluster.service.fanout = spec.fanout;
+    cluster.service.value_size = spec.value_size;
     cluster.service.exec_busy = Some(spec.cost.busy).filter(|d| !d.is_zero());
     cluster.service.exec_wait = Some(spec.cost.wait).filter(|d| !d.is_zero());
     cluster.validate()?;
@@ -567,6 +572,7 @@ async fn serve(options: &LocalOptions, local: &mut LocalCluster) -> Result<(), L
                 every_replica_answers: false,
                 sequential_above: psmr_client::ClientOptions::default().sequential_above,
                 optimism_below: psmr_client::ClientOptions::default().optimism_below,
+                value_size: None,
                 timeline: None,
             };
             println!("  load       {}", crate::load::run(cluster, &load).await?);
@@ -617,15 +623,20 @@ fn banner(local: &LocalCluster) {
 }
 
 async fn demo(tree: &BTreeClient) -> Result<(), BTreeError> {
-    let show = |v: Option<u64>| v.map_or_else(|| "(none)".to_string(), |v| v.to_string());
-    let previous = tree.insert(43, 4300).await?;
+    let show = |v: Option<Bytes>| v.map_or_else(|| "(none)".to_string(), |v| show_value(&v));
+    let previous = tree.insert(43, psmr_btree::value_of(4300, 8)).await?;
     let value = tree.get(43).await?;
     let scan = tree.scan(40, 3).await?;
+    let entries: Vec<String> = scan
+        .entries
+        .iter()
+        .map(|(k, v)| format!("({k}, {})", show_value(v)))
+        .collect();
     println!(
-        "  demo       insert 43 4300 -> previous {}; get 43 -> {}; scan 40 3 -> {:?}",
+        "  demo       insert 43 4300 -> previous {}; get 43 -> {}; scan 40 3 -> [{}]",
         show(previous),
         show(value),
-        scan.entries
+        entries.join(", ")
     );
     Ok(())
 }

@@ -3,7 +3,7 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use psmr_btree::{BTree, BTreeService};
+use psmr_btree::{BTreeService, KvStore, value_of};
 use psmr_core::cluster::{ClusterConfig, ServiceKind};
 use psmr_core::proto::NodeId;
 use psmr_replica::runtime::{RuntimeError, run_replica as run};
@@ -21,7 +21,8 @@ pub(crate) async fn run_replica(
         ServiceKind::Btree => {
             let preload = || {
                 let start = std::time::Instant::now();
-                let tree = BTree::bulk_load(s.fanout, 0.7, (0..s.preload).map(|i| (2 * i, i)));
+                let entries = (0..s.preload).map(|i| (2 * i, value_of(i, s.value_size)));
+                let tree = KvStore::bulk_load(s.fanout, 0.7, entries);
                 info!(keys = s.preload, elapsed = ?start.elapsed(), "B+-tree preloaded");
                 tree
             };

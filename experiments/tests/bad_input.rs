@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Spec, TestCluster, run_psmr};
+use common::{Spec, TestCluster, numbers, run_psmr, v};
 use psmr_core::cluster::ClusterConfig;
 use psmr_core::proto::codec::{self, DEFAULT_MAX_FRAME};
 use psmr_core::proto::{
@@ -35,7 +35,22 @@ fn an_unknown_flag_is_a_usage_error() {
 /// errors naming the flag; completions and the version work.
 #[test]
 fn nonsense_on_the_command_line_is_refused_naming_the_flag() {
-    let cases: [(&[&str], &str); 6] = [
+    let cases: [(&[&str], &str); 8] = [
+        (
+            &["local", "--value-size", "2000000"],
+            "must be at most 1048576 bytes",
+        ),
+        (
+            &[
+                "client",
+                "--config",
+                "c.toml",
+                "load",
+                "--value-size",
+                "1048577",
+            ],
+            "must be at most 1048576 bytes",
+        ),
         (&["local", "--port", "65500"], "65500 is not in 1..=65434"),
         (&["local", "--threads", "0"], "must be at least 1"),
         (
@@ -283,7 +298,7 @@ fn a_serving_cluster_shrugs_off_bad_input() {
     let rt = common::runtime();
     rt.block_on(async {
         let tree = cluster.client().await;
-        assert_eq!(tree.insert(1, 10).await.unwrap(), None);
+        assert_eq!(tree.insert(1, v(10)).await.unwrap(), None);
         for node in cluster.cluster.nodes() {
             attack(&cluster, node).await;
         }
@@ -305,11 +320,11 @@ fn a_serving_cluster_shrugs_off_bad_input() {
             "a client of another CA reached the cluster"
         );
         // The cluster still serves, with the right answers.
-        assert_eq!(tree.insert(3, 30).await.unwrap(), None);
-        assert_eq!(tree.get(1).await.unwrap(), Some(10));
-        assert_eq!(tree.get(3).await.unwrap(), Some(30));
+        assert_eq!(tree.insert(3, v(30)).await.unwrap(), None);
+        assert_eq!(tree.get(1).await.unwrap(), Some(v(10)));
+        assert_eq!(tree.get(3).await.unwrap(), Some(v(30)));
         let scan = tree.scan(0, 4).await.unwrap().entries;
-        assert_eq!(scan, vec![(0, 0), (1, 10), (2, 1), (3, 30)]);
+        assert_eq!(numbers(&scan), vec![(0, 0), (1, 10), (2, 1), (3, 30)]);
     });
     cluster.assert_running();
 }
@@ -332,7 +347,7 @@ fn a_client_cannot_take_over_another_certificates_id() {
     let rt = common::runtime();
     rt.block_on(async {
         let victim = cluster.client().await;
-        assert_eq!(victim.insert(1, 10).await.unwrap(), None);
+        assert_eq!(victim.insert(1, v(10)).await.unwrap(), None);
         let wire = victim.inner().wire_id();
         // Mallory, with a certificate of the cluster's CA, says hello as
         // the victim to every replica and proposes under its id.
@@ -371,7 +386,7 @@ fn a_client_cannot_take_over_another_certificates_id() {
         let started = std::time::Instant::now();
         for i in 0..200 {
             victim
-                .insert(2 + 2 * i, i)
+                .insert(2 + 2 * i, v(i))
                 .await
                 .expect("the victim is served");
         }

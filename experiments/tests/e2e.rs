@@ -13,8 +13,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use common::{Spec, TestCluster, preloaded, runtime, scan_all};
+use common::{Spec, TestCluster, numbers, preloaded, runtime, scan_all, v};
 use psmr_btree::BTreeClient;
+use psmr_btree::value_id;
 use psmr_client::ClientOptions;
 use psmr_core::EngineKind;
 use psmr_core::cluster::{PolicyName, RingEntry, StorageKind};
@@ -39,21 +40,24 @@ async fn checked_op(
 ) {
     let value = rng.random_range(0..1_000_000u64);
     match rng.random_range(0..100u32) {
-        0..30 => assert_eq!(tree.get(key).await.unwrap(), model.get(&key).copied()),
+        0..30 => assert_eq!(
+            tree.get(key).await.unwrap(),
+            model.get(&key).copied().map(v)
+        ),
         30..45 => {
-            let previous = tree.put(key, value).await.unwrap();
-            assert_eq!(previous, model.get(&key).copied(), "put {key}");
+            let previous = tree.put(key, v(value)).await.unwrap();
+            assert_eq!(previous, model.get(&key).copied().map(v), "put {key}");
             if let Some(v) = model.get_mut(&key) {
                 *v = value;
             }
         }
         45..75 => {
-            let previous = tree.insert(key, value).await.unwrap();
-            assert_eq!(previous, model.insert(key, value), "insert {key}");
+            let previous = tree.insert(key, v(value)).await.unwrap();
+            assert_eq!(previous, model.insert(key, value).map(v), "insert {key}");
         }
         _ => assert_eq!(
             tree.delete(key).await.unwrap(),
-            model.remove(&key),
+            model.remove(&key).map(v),
             "delete {key}"
         ),
     }
@@ -100,7 +104,10 @@ async fn model_workload(cluster: &TestCluster, seed: u64, fallback: bool) {
                 .take(count as usize)
                 .map(|(&k, &v)| (k, v))
                 .collect();
-            assert_eq!(tree.scan(key, count).await.unwrap().entries, expected);
+            assert_eq!(
+                numbers(&tree.scan(key, count).await.unwrap().entries),
+                expected
+            );
         } else {
             checked_op(&tree, &mut model, &mut rng, key).await;
         }
@@ -128,8 +135,8 @@ async fn enter_the_sequential_fallback(tree: &BTreeClient, space: u64) {
             tokio::spawn(async move {
                 for i in 0..80 {
                     let key = space + task * 1_000 + i;
-                    assert_eq!(tree.insert(key, 1).await.unwrap(), None);
-                    assert_eq!(tree.delete(key).await.unwrap(), Some(1));
+                    assert_eq!(tree.insert(key, v(1)).await.unwrap(), None);
+                    assert_eq!(tree.delete(key).await.unwrap(), Some(v(1)));
                 }
             })
         })
@@ -197,9 +204,9 @@ async fn a_tenth_on_g_all(cluster: &TestCluster) -> (u64, u64) {
                 for i in 0..200u64 {
                     let key = fresh + task * 1_000 + i;
                     if i % 10 == 0 {
-                        assert_eq!(tree.insert(key, i).await.unwrap(), None);
+                        assert_eq!(tree.insert(key, v(i)).await.unwrap(), None);
                     } else {
-                        assert_eq!(tree.get(key - i % 10).await.unwrap(), Some(i - i % 10));
+                        assert_eq!(tree.get(key - i % 10).await.unwrap(), Some(v(i - i % 10)));
                     }
                 }
             })
@@ -300,7 +307,11 @@ impl Writers {
                     let mut n = first;
                     while !stop.load(Ordering::Relaxed) && 2 * (w + Self::COUNT * n) + 1 < keys {
                         let key = 2 * (w + Self::COUNT * n) + 1;
-                        match tree.insert(key, n).await {
+                        match tree
+                            .insert(key, v(n))
+                            .await
+                            .map(|old| old.map(|b| value_id(&b)))
+                        {
                             Ok(None) => {
                                 written.acknowledged.insert(key, n);
                                 acked.fetch_add(1, Ordering::Relaxed);
@@ -501,13 +512,19 @@ fn a_restarted_client_is_never_answered_for_its_earlier_incarnation() {
         };
         let key = 2 * spec.preload + 1; // not preloaded
         let first = cluster.client_with(options.clone()).await;
-        assert_eq!(first.insert(key, 500).await.expect("request 0"), None);
+        assert_eq!(first.insert(key, v(500)).await.expect("request 0"), None);
         let first_wire = first.inner().wire_id();
         drop(first);
         let second = cluster.client_with(options).await;
         assert_ne!(second.inner().wire_id(), first_wire);
-        assert_eq!(second.get(key).await.expect("request 0 again"), Some(500));
-        assert_eq!(second.insert(key, 600).await.expect("request 1"), Some(500));
+        assert_eq!(
+            second.get(key).await.expect("request 0 again"),
+            Some(v(500))
+        );
+        assert_eq!(
+            second.insert(key, v(600)).await.expect("request 1"),
+            Some(v(500))
+        );
     });
     cluster.assert_running();
 }
@@ -706,7 +723,11 @@ fn a_client_connects_past_a_paused_replica() {
             let tree = BTreeClient::connect(&cluster.cluster, options(id))
                 .await
                 .unwrap_or_else(|e| panic!("client {id}: {e}"));
-            assert_eq!(tree.get(2).await.expect("served"), Some(1), "client {id}");
+            assert_eq!(
+                tree.get(2).await.expect("served"),
+                Some(v(1)),
+                "client {id}"
+            );
         }
         cluster.signal(102, "-STOP");
         let started = std::time::Instant::now();
@@ -777,13 +798,7 @@ fn concurrent_clients_see_a_linearizable_history_across_crashes() {
                         _ => KvOp::Delete(key),
                     };
                     let call = history.begin(client, op);
-                    let result = match op {
-                        KvOp::Get(k) => tree.get(k).await,
-                        KvOp::Put(k, v) => tree.put(k, v).await,
-                        KvOp::Insert(k, v) => tree.insert(k, v).await,
-                        KvOp::Delete(k) => tree.delete(k).await,
-                    };
-                    match result {
+                    match tree.call_kv(op, 8).await {
                         Ok(answer) => call.ok(answer),
                         Err(_) => call.unknown(),
                     }
@@ -824,4 +839,77 @@ fn concurrent_clients_see_a_linearizable_history_across_crashes() {
         Verdict::Violation(e) => panic!("seed {seed}: not linearizable: {e:#?}"),
         Verdict::Unknown { undecided } => panic!("seed {seed}: undecided keys {undecided:?}"),
     }
+}
+
+/// Byte values end to end: the replicas preload `service.value_size` bytes
+/// per key, the SDK stores and returns values of any length (none, a few
+/// bytes, more than a batch's usual command), the CLI prints them, and the
+/// load generator writes values of `--value-size` bytes without errors.
+#[test]
+fn values_of_any_size_travel_through_the_cluster() {
+    const QUICK: Duration = Duration::from_secs(30);
+    let spec = Spec::default();
+    let mut cluster = TestCluster::prepare(&spec, |c| c.service.value_size = 256);
+    cluster.start_all();
+    let rt = runtime();
+    rt.block_on(async {
+        let tree = cluster.client().await;
+        assert_eq!(
+            tree.get(2 * 5).await.unwrap(),
+            Some(psmr_btree::value_of(5, 256)),
+            "a preloaded value"
+        );
+        let key = 2 * spec.preload + 1;
+        for len in [0, 3, 256, 70_000] {
+            let value: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            tree.insert(key, value.clone()).await.unwrap();
+            let back = tree.get(key).await.unwrap().expect("stored");
+            assert_eq!(back.as_ref(), value.as_slice(), "a value of {len} bytes");
+        }
+        assert_eq!(
+            tree.put(key, "text").await.unwrap().map(|v| v.len()),
+            Some(70_000)
+        );
+        let too_large = vec![0u8; psmr_btree::MAX_VALUE + 1];
+        match tree.insert(key + 2, too_large).await {
+            Err(psmr_btree::BTreeError::Invalid(psmr_btree::Invalid::ValueTooLarge { .. })) => {}
+            other => panic!("a value above MAX_VALUE: {other:?}"),
+        }
+    });
+    let config = cluster.config.to_str().expect("utf-8").to_string();
+    let key = (2 * spec.preload + 1).to_string();
+    let out = common::run_psmr(&["client", "--config", &config, "get", &key], QUICK);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "\"text\"",
+        "{out:?}"
+    );
+    let out = common::run_psmr(&["client", "--config", &config, "get", "10"], QUICK);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with("256 bytes 0x0500"),
+        "{out:?}"
+    );
+    let load = [
+        "client",
+        "--config",
+        &config,
+        "load",
+        "--clients",
+        "1",
+        "--in-flight",
+        "8",
+        "--duration",
+        "1s",
+        "--warmup",
+        "0s",
+        "--dependent",
+        "0.5",
+        "--value-size",
+        "512",
+    ];
+    let out = common::run_psmr(&load, Duration::from_secs(30));
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(report.contains(" 0 errors"), "{report}");
+    cluster.assert_running();
 }

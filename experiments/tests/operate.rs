@@ -50,7 +50,9 @@ fn metrics_and_status_show_the_cluster_and_say_when_it_cannot_serve() {
     rt.block_on(async {
         let tree = cluster.client().await;
         for key in 0..100 {
-            tree.insert(2 * key + 1, key).await.expect("a write");
+            tree.insert(2 * key + 1, common::v(key))
+                .await
+                .expect("a write");
         }
     });
     // Each process's page, scraped over HTTP: the acceptors' rings moved,

@@ -36,7 +36,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use psmr_btree::{BTree, BTreeService, Op, Response};
+use psmr_btree::{BTreeService, KvStore, Op, Response, value_id, value_of};
 use psmr_client::linearizability::{KeyValue, KvOp, Operation, Verdict, check};
 use psmr_client::session::{Session, Transmit};
 use psmr_client::{ClientError, ClientStats};
@@ -350,7 +350,7 @@ impl World {
         let learner =
             Learner::new(id, &multicast, &rings, clock.local(base, 0)).expect("a valid learner");
         let service = Arc::new(BTreeService::new(scenario.keys));
-        let state = BTree::new(scenario.fanout);
+        let state = KvStore::new(scenario.fanout);
         let replica = SimReplica::new(learner, service, state, scenario.engine_config())
             .expect("a valid engine");
         ReplicaSlot {
@@ -575,7 +575,8 @@ impl World {
             lane,
         });
         let now = slot.clock.local(self.base, self.now);
-        slot.session.call(now, to_tree(op), token);
+        slot.session
+            .call(now, to_tree(op, self.scenario.value_size), token);
         self.drain_client(client);
     }
 
@@ -771,10 +772,23 @@ impl World {
         }
     }
 
+    /// The unique write a value came from; a value that is not what some
+    /// write sent (wrong length or bytes) is an error of the run.
+    fn written(&mut self, token: usize, value: &[u8]) -> u64 {
+        let id = value_id(value);
+        if value != value_of(id, self.scenario.value_size) {
+            let len = value.len();
+            self.errors.push(format!(
+                "call {token}: a value of {len} bytes no write sent"
+            ));
+        }
+        id
+    }
+
     fn answered(&mut self, token: usize, answer: Result<psmr_client::Answer, ClientError>) {
         let value = match answer {
             Ok(answer) => match Response::decode(&answer.response) {
-                Some(Response::Value(value)) => Some(value),
+                Some(Response::Value(value)) => Some(value.map(|v| self.written(token, &v))),
                 other => {
                     self.errors
                         .push(format!("call {token}: response {other:?}"));
@@ -921,12 +935,12 @@ impl World {
     }
 }
 
-/// The B+-tree operation of a history's operation.
-fn to_tree(op: KvOp) -> Op {
+/// The B+-tree operation of a history's operation, its value `size` bytes long.
+fn to_tree(op: KvOp, size: usize) -> Op {
     match op {
         KvOp::Get(k) => Op::Read(k),
-        KvOp::Put(k, v) => Op::Update(k, v),
-        KvOp::Insert(k, v) => Op::Insert(k, v),
+        KvOp::Put(k, v) => Op::Update(k, value_of(v, size)),
+        KvOp::Insert(k, v) => Op::Insert(k, value_of(v, size)),
         KvOp::Delete(k) => Op::Delete(k),
     }
 }

@@ -132,6 +132,9 @@ pub struct Scenario {
     /// Execution time per command the replicas report to clients (it moves
     /// the sequential fallback's threshold).
     pub execution_ns: u64,
+    /// Bytes per value written (at least 8: a value's first 8 bytes name
+    /// the unique write it came from).
+    pub value_size: usize,
 }
 
 impl Scenario {
@@ -185,6 +188,7 @@ impl Scenario {
             faults,
             network,
             execution_ns: if rng.random_bool(0.5) { 1_000 } else { 50_000 },
+            value_size: [8, 40, 300][rng.random_range(0..3)],
         }
     }
 

@@ -127,6 +127,12 @@ impl BTree {
         self.len() == 0
     }
 
+    /// Entries the leaves allocated so far have room for (leaves are reused,
+    /// never released, so no earlier moment held more entries).
+    pub fn capacity(&self) -> usize {
+        self.leaf_count * self.fanout
+    }
+
     /// The value of `key`.
     pub fn get(&self, key: u64) -> Option<u64> {
         let leaf = self.leaf_of(key);

@@ -158,6 +158,10 @@ pub(crate) fn run(options: &ChaosOptions) -> Result<(), ChaosError> {
 /// The listen address of a node behind its relay: 50 ports above its address.
 const LISTEN_OFFSET: u16 = 50;
 
+/// Bytes per value written: more than one u64, so that a value is checked
+/// as bytes on its way, not only as the number it stands for.
+const VALUE_SIZE: usize = 24;
+
 async fn run_engine(options: &ChaosOptions, engine: EngineKind) -> Result<Report, ChaosError> {
     let spec = ClusterSpec {
         engine,
@@ -166,6 +170,7 @@ async fn run_engine(options: &ChaosOptions, engine: EngineKind) -> Result<Report
         service: ServiceKind::Btree,
         preload: 1_000,
         fanout: psmr_core::cluster::ServiceSection::default().fanout,
+        value_size: VALUE_SIZE,
         cost: ExecCost::default(),
         port: options.port,
         dir: options.dir.join(engine.name()),
@@ -470,7 +475,7 @@ impl Calls {
                 _ => KvOp::Delete(key),
             };
             let call = self.history.begin(self.caller, op);
-            match call_tree(&self.tree, op).await {
+            match self.tree.call_kv(op, VALUE_SIZE).await {
                 Ok(answer) => {
                     call.ok(answer);
                     self.ok.fetch_add(1, Ordering::Relaxed);
@@ -478,15 +483,6 @@ impl Calls {
                 Err(_) => call.unknown(),
             }
         }
-    }
-}
-
-async fn call_tree(tree: &BTreeClient, op: KvOp) -> Result<Option<u64>, psmr_btree::BTreeError> {
-    match op {
-        KvOp::Get(k) => tree.get(k).await,
-        KvOp::Put(k, v) => tree.put(k, v).await,
-        KvOp::Insert(k, v) => tree.insert(k, v).await,
-        KvOp::Delete(k) => tree.delete(k).await,
     }
 }
 
@@ -528,8 +524,9 @@ async fn read_all(
     };
     let tree = BTreeClient::connect(cluster, options).await?;
     for &key in keys {
-        let call = history.begin(1_000 + u64::from(replica), KvOp::Get(key));
-        call.ok(tree.get(key).await?);
+        let op = KvOp::Get(key);
+        let call = history.begin(1_000 + u64::from(replica), op);
+        call.ok(tree.call_kv(op, VALUE_SIZE).await?);
     }
     Ok(())
 }

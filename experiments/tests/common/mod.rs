@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-use psmr_btree::BTreeClient;
+use bytes::Bytes;
+use psmr_btree::{BTreeClient, value_id, value_of};
 use psmr_client::ClientOptions;
 use psmr_core::EngineKind;
 use psmr_core::cluster::{ClusterConfig, PolicyName, StorageKind};
@@ -363,7 +364,17 @@ pub fn preloaded(preload: u64) -> BTreeMap<u64, u64> {
     (0..preload).map(|i| (2 * i, i)).collect()
 }
 
-/// Reads the whole tree through scans.
+/// The value the tests write for `n`: 8 bytes, as the preload stores its values.
+pub fn v(n: u64) -> Bytes {
+    value_of(n, 8)
+}
+
+/// Entries with their values read back as the numbers [`v`] wrote.
+pub fn numbers(entries: &[(u64, Bytes)]) -> Vec<(u64, u64)> {
+    entries.iter().map(|(k, v)| (*k, value_id(v))).collect()
+}
+
+/// Reads the whole tree through scans, values as numbers.
 pub async fn scan_all(tree: &BTreeClient) -> BTreeMap<u64, u64> {
     let mut all = BTreeMap::new();
     let mut from = 0;
@@ -372,7 +383,7 @@ pub async fn scan_all(tree: &BTreeClient) -> BTreeMap<u64, u64> {
         let Some(&(last, _)) = scan.entries.last() else {
             return all;
         };
-        all.extend(scan.entries);
+        all.extend(numbers(&scan.entries));
         match last.checked_add(1) {
             Some(next) => from = next,
             None => return all,

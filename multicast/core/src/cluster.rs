@@ -42,6 +42,7 @@
 //! preload = 1000000             # B+-tree: every even key of [0, 2 * preload)
 //! key_space = 2000000           # keys are partitioned over [0, key_space)
 //! fanout = 64
+//! value_size = 8                # B+-tree: bytes per preloaded value
 //! # exec_busy = "20us"          # execution cost added to every command: busy work on a core,
 //! # exec_wait = "100us"         # and a blocking wait standing for I/O (no core); default none
 //! ```
@@ -359,6 +360,10 @@ pub struct ServiceSection {
     /// B+-tree: keys per node. Default 64.
     #[serde(default = "default_fanout")]
     pub fanout: usize,
+    /// B+-tree: bytes per preloaded value (key `2i` holds `i` little-endian,
+    /// cut or padded with zeros), at most [`MAX_VALUE_SIZE`]. Default 8.
+    #[serde(default = "default_value_size")]
+    pub value_size: usize,
     /// Busy work added to every executed command (see [`ExecCost`]). Default none.
     #[serde(default, with = "humantime_serde::option")]
     pub exec_busy: Option<Duration>,
@@ -376,6 +381,14 @@ fn default_fanout() -> usize {
     64
 }
 
+fn default_value_size() -> usize {
+    8
+}
+
+/// The largest value the B+-tree service stores: 1 MiB, so that a request
+/// always fits in one frame.
+pub const MAX_VALUE_SIZE: usize = 1 << 20;
+
 impl Default for ServiceSection {
     fn default() -> Self {
         ServiceSection {
@@ -383,6 +396,7 @@ impl Default for ServiceSection {
             preload: default_preload(),
             key_space: None,
             fanout: default_fanout(),
+            value_size: default_value_size(),
             exec_busy: None,
             exec_wait: None,
         }
@@ -549,6 +563,9 @@ pub enum ClusterError {
     /// `checkpoint.keep` is zero.
     #[error("checkpoint.keep: 0; a replica keeps at least its newest checkpoint")]
     KeepNothing,
+    /// `service.value_size` is above [`MAX_VALUE_SIZE`].
+    #[error("service.value_size: {0} bytes, at most {MAX_VALUE_SIZE}")]
+    ValueSize(usize),
     /// The multicast parameters or rings are invalid.
     #[error(transparent)]
     Multicast(#[from] ConfigError),
@@ -646,6 +663,9 @@ impl ClusterConfig {
         self.check_replicas()?;
         if self.checkpoint.keep == 0 {
             return Err(ClusterError::KeepNothing);
+        }
+        if self.service.value_size > MAX_VALUE_SIZE {
+            return Err(ClusterError::ValueSize(self.service.value_size));
         }
         self.check_rings()?;
         self.multicast().validate()?;
