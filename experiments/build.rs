@@ -13,12 +13,22 @@ fn main() {
     };
     let commit = git(&["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".into());
     println!("cargo:rustc-env=PSMR_COMMIT={commit}");
-    // A new commit moves HEAD or the branch it points to.
-    if let Some(dir) = git(&["rev-parse", "--git-dir"]) {
-        println!("cargo:rerun-if-changed={dir}/HEAD");
-        if let Some(branch) = git(&["symbolic-ref", "-q", "HEAD"]) {
-            println!("cargo:rerun-if-changed={dir}/{branch}");
+    // A new commit moves HEAD or the branch it points to (a loose ref, or
+    // one packed into packed-refs). Only existing paths are watched: cargo
+    // reruns a script whose watched path is missing on every build, which
+    // relinked the binary each time.
+    let watch = |path: String| {
+        if std::path::Path::new(&path).exists() {
+            println!("cargo:rerun-if-changed={path}");
         }
-        println!("cargo:rerun-if-changed={dir}/packed-refs");
+    };
+    if let Some(dir) = git(&["rev-parse", "--git-dir"]) {
+        watch(format!("{dir}/HEAD"));
+        if let Some(branch) = git(&["symbolic-ref", "-q", "HEAD"]) {
+            watch(format!("{dir}/{branch}"));
+        }
+        watch(format!("{dir}/packed-refs"));
+        // A branch packed at the last build is loose again after a commit.
+        watch(format!("{dir}/refs/heads"));
     }
 }

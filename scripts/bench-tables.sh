@@ -16,7 +16,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-2}
 out=${2:-}
-cargo build --release -q -p psmr-experiments --bin psmr
+[ -n "${PSMR:-}" ] || cargo build --release -q -p psmr-experiments --bin psmr
 commit=$(git rev-parse --short HEAD)
 git diff --quiet HEAD -- . || commit="$commit + uncommitted changes"
 

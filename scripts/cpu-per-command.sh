@@ -17,7 +17,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 engine=${1:?engine}; dependent=${2:?dependent share}; threads=${3:-2}
 clients=${4:-4}; in_flight=${5:-256}
-cargo build --release -q -p psmr-experiments --bin psmr
+[ -n "${PSMR:-}" ] || cargo build --release -q -p psmr-experiments --bin psmr
 psmr=${PSMR:-$PWD/target/release/psmr}
 dir=$(mktemp -d)
 trap 'kill -INT $cluster 2>/dev/null; wait 2>/dev/null; rm -rf "$dir"' EXIT
