@@ -10,7 +10,7 @@
 #   e.g. scripts/cpu-per-command.sh psmr 0.5; scripts/cpu-per-command.sh smr 0.5
 #        scripts/cpu-per-command.sh opt-psmr 0 2 1 1   (one call in flight: latency)
 # Environment: PRELOAD keys (default 100,000); STORAGE memory|durable (default
-# memory); VALUE_SIZE bytes per value (default 8); PSMR a psmr binary to measure
+# memory); VALUE_SIZE bytes per value (default: psmr local's, 8); PSMR a psmr binary to measure
 # instead of this tree's release build (to compare two builds side by side);
 # LOAD_ARGS more arguments for `psmr client load` (e.g. --every-replica-answers).
 set -euo pipefail
@@ -23,7 +23,7 @@ dir=$(mktemp -d)
 trap 'kill -INT $cluster 2>/dev/null; wait 2>/dev/null; rm -rf "$dir"' EXIT
 source scripts/local-cluster.sh
 start_cluster "$dir/local.out" --engine "$engine" --threads "$threads" --preload "${PRELOAD:-100000}" \
-  --storage "${STORAGE:-memory}" --value-size "${VALUE_SIZE:-8}" --dir "$dir/cluster" --port 7650 --stop-after 60s
+  --storage "${STORAGE:-memory}" ${VALUE_SIZE:+--value-size "$VALUE_SIZE"} --dir "$dir/cluster" --port 7650 --stop-after 60s
 "$psmr" client --config "$dir/cluster/cluster.toml" load --duration 8s --warmup 1s \
   --clients "$clients" --in-flight "$in_flight" --dependent "$dependent" ${LOAD_ARGS:-} >"$dir/load.out" &
 load=$!
