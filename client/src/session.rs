@@ -154,11 +154,13 @@ where
 
     /// A frame the replica `from` sent on this client's reply stream.
     pub fn handle_reply(&mut self, now: Instant, from: NodeId, body: &[u8]) {
-        let Ok(reply) = Reply::decode(body) else {
-            debug!(%from, "undecodable reply");
+        let Ok(replies) = Reply::decode_all(body) else {
+            debug!(%from, "undecodable replies");
             return;
         };
-        self.on_reply(now, from, reply);
+        for reply in replies {
+            self.on_reply(now, from, reply);
+        }
     }
 
     /// Runs the timers due at `now`: resends, re-proposals, the failover,

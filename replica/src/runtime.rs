@@ -194,8 +194,8 @@ impl ReplyRouter {
 }
 
 impl ReplySink for ReplyRouter {
-    /// One write per client of the batch: the frames of the replies this
-    /// replica sends, concatenated.
+    /// One frame per client of the batch, holding every reply this replica
+    /// sends it (`Reply::encode_all`): one write, one decode, one wake-up.
     fn replies(&self, thread: usize, replies: &mut Vec<Reply>) {
         self.executed[thread.min(WORKER_COUNTERS - 1)]
             .fetch_add(replies.len() as u64, Ordering::Relaxed);
@@ -208,27 +208,23 @@ impl ReplySink for ReplyRouter {
                 .fetch_add(sent.count() as u64, Ordering::Relaxed);
             return;
         }
-        let mut batches: Vec<(ClientId, Vec<u8>, u64)> = Vec::new();
+        let mut batches: Vec<(ClientId, Vec<Reply>)> = Vec::new();
         for reply in replies.drain(..) {
             if !reply.answerers.include(self.replica) {
                 continue;
             }
-            let at = match batches.iter().position(|(c, _, _)| *c == reply.client) {
-                Some(at) => at,
-                None => {
-                    batches.push((reply.client, Vec::new(), 0));
-                    batches.len() - 1
-                }
-            };
-            let (_, frames, count) = &mut batches[at];
-            net::push_frame(frames, &reply.encode());
-            *count += 1;
+            match batches.iter_mut().find(|(c, _)| *c == reply.client) {
+                Some((_, mine)) => mine.push(reply),
+                None => batches.push((reply.client, vec![reply])),
+            }
         }
         let mut closed = Vec::new();
         {
             let clients = self.clients.read().unwrap_or_else(|e| e.into_inner());
-            for (client, frames, count) in batches {
-                let sent = clients.get(&client).map(|r| r.sender.try_send(frames));
+            for (client, mine) in batches {
+                let count = mine.len() as u64;
+                let frame = net::frame_of(&Reply::encode_all(&mine));
+                let sent = clients.get(&client).map(|r| r.sender.try_send(frame));
                 if !matches!(sent, Some(Ok(()))) {
                     self.undeliverable.fetch_add(count, Ordering::Relaxed);
                 }
@@ -753,17 +749,13 @@ mod tests {
         }
     }
 
-    /// The requests of one batch, as the client reads them from its stream.
-    fn received(frames: &[u8]) -> Vec<u64> {
-        let mut ids = Vec::new();
-        let mut rest = frames;
-        while !rest.is_empty() {
-            let len = u32::from_le_bytes(rest[..4].try_into().unwrap()) as usize;
-            let reply = Reply::decode(&rest[4..4 + len]).unwrap();
-            ids.push(reply.request.unwrap().0);
-            rest = &rest[4 + len..];
-        }
-        ids
+    /// The requests of one batch, as the client reads them from its
+    /// stream: one frame of replies.
+    fn received(frame: &[u8]) -> Vec<u64> {
+        let len = u32::from_le_bytes(frame[..4].try_into().unwrap()) as usize;
+        assert_eq!(frame.len(), 4 + len, "one frame per batch");
+        let replies = Reply::decode_all(&frame[4..]).unwrap();
+        replies.iter().map(|r| r.request.unwrap().0).collect()
     }
 
     #[test]

@@ -42,7 +42,7 @@ use psmr_client::session::{Session, Transmit};
 use psmr_client::{ClientError, ClientStats};
 use psmr_core::persist::Persister;
 use psmr_core::proto::{Learner, Message, NodeId};
-use psmr_core::{ClientId, EngineKind, Service};
+use psmr_core::{ClientId, EngineKind, Reply, Service};
 use psmr_sim::{Agenda, Due, SimDisk};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -730,6 +730,8 @@ impl World {
             .replica
             .execute()
             .map_err(|fault| Violation::Replica(id, fault))?;
+        // As the replica's router does: one message per client of the batch.
+        let mut batches: Vec<(NodeId, Vec<Reply>)> = Vec::new();
         for mut reply in replies {
             if !reply.answerers.include(id.0) {
                 continue;
@@ -742,7 +744,13 @@ impl World {
                 continue;
             }
             reply.execution_ns = self.scenario.execution_ns;
-            out.push((to, Payload::Reply(reply.encode())));
+            match batches.iter_mut().find(|(c, _)| *c == to) {
+                Some((_, mine)) => mine.push(reply),
+                None => batches.push((to, vec![reply])),
+            }
+        }
+        for (to, mine) in batches {
+            out.push((to, Payload::Reply(Reply::encode_all(&mine).into())));
         }
         for (to, payload) in out {
             self.send(id, to, payload);

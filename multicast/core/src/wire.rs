@@ -202,6 +202,17 @@ impl Reply {
     pub fn decode(bytes: &[u8]) -> Result<Reply, WireError> {
         postcard::from_bytes(bytes).map_err(WireError::Reply)
     }
+
+    /// Encodes replies to one client as one frame's body: a replica sends
+    /// the replies of a batch so, and the client decodes them at once.
+    pub fn encode_all(replies: &[Reply]) -> Vec<u8> {
+        postcard::to_allocvec(replies).expect("replies always serialize")
+    }
+
+    /// Decodes a frame of replies written by [`Reply::encode_all`].
+    pub fn decode_all(bytes: &[u8]) -> Result<Vec<Reply>, WireError> {
+        postcard::from_bytes(bytes).map_err(WireError::Reply)
+    }
 }
 
 /// The outcome of a request.
@@ -304,6 +315,9 @@ mod tests {
             answerers: Answerers::All,
         };
         assert_eq!(Reply::decode(&reply.encode()).unwrap(), reply);
+        let two = [reply.clone(), reply.clone()];
+        assert_eq!(Reply::decode_all(&Reply::encode_all(&two)).unwrap(), two);
+        assert!(Reply::decode_all(&Reply::encode_all(&two)[..5]).is_err());
         let for_one = Reply {
             answerers: Answerers::One(101),
             ..reply.clone()

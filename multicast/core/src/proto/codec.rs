@@ -16,9 +16,9 @@ use thiserror::Error;
 
 use super::messages::Message;
 
-/// The only wire version this build speaks (6: heartbeats say what the
-/// sender hears and leads).
-pub const WIRE_VERSION: u8 = 7;
+/// The only wire version this build speaks (8: a replica's replies to one
+/// client travel as one frame per batch, `Reply::encode_all`).
+pub const WIRE_VERSION: u8 = 8;
 
 /// Default upper bound on one frame: 16 MiB.
 pub const DEFAULT_MAX_FRAME: usize = 16 * 1024 * 1024;
