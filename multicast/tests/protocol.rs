@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use psmr_core::persist::Persister;
 use psmr_core::proto::{
-    Accept, Command, Decide, Learner, Message, MulticastConfig, Nack, NodeId, Params, Prepare,
-    Promise, Propose, RingConfig, RingId, Transmit, Value, VoteSet,
+    Accept, AcceptorNode, Chosen, Command, Decide, Learner, Message, MulticastConfig, Nack, NodeId,
+    Params, Prepare, Promise, Propose, RingConfig, RingId, Transmit, Value, VoteSet,
 };
 
 mod common;
@@ -113,24 +113,43 @@ fn phase_two_goes_along_the_ring_and_decides_at_f_plus_one() {
         hops: 1,
         ..decide.clone()
     };
+    // The coordinator voted first, so it hears the decision without the value.
+    let chosen = Chosen {
+        ring: R,
+        instance: 0,
+        ballot: ballot(1, N1),
+    };
     assert_eq!(
         drain(&mut n2),
         vec![
             to(L, Message::Decide(decide.clone())),
-            to(N1, Message::Decide(decide.clone())),
+            to(N1, Message::Chosen(chosen)),
             to(N3, Message::Decide(relay.clone()))
         ]
     );
     assert_eq!(n2.metrics().decided, 1);
 
     // n3, the only acceptor neither decider nor coordinator, ends the relay.
+    // A value-less decision means nothing to it: it did not vote.
     let mut n3 = node(N3, now);
+    n3.handle_message(now, N2, Message::Chosen(chosen));
+    assert_eq!((n3.frontier(R), n3.metrics().chosen_unknown), (Some(0), 1));
     n3.handle_message(now, N2, Message::Decide(relay));
     assert_eq!(drain(&mut n3), vec![]);
     assert_eq!(n3.frontier(R), Some(1));
-    n1.handle_message(now, N2, Message::Decide(decide));
+    // n1 takes the value from its own vote at that ballot.
+    n1.handle_message(now, N2, Message::Chosen(chosen));
     assert_eq!(drain(&mut n1), vec![]);
     assert_eq!(n1.frontier(R), Some(1));
+    assert_eq!(n1.metrics().chosen_unknown, 0);
+    let learned = |n: &AcceptorNode| -> Vec<Value> {
+        n.decided_values(R)
+            .into_iter()
+            .map(|(_, v)| v.clone())
+            .collect()
+    };
+    assert_eq!(learned(&n1), vec![decide.value.clone()]);
+    assert_eq!(learned(&n1), learned(&n3));
 }
 
 // Reference: Paxos Phase 1b — a promise reports accepted values; a lower ballot is refused.

@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use common::{L, N1, N2, N3, R, acceptor, ballot, out, ring, to};
 use psmr_core::proto::{
-    Accept, AcceptorNode, Decide, LearnRequest, Message, Nack, Params, Prepare, RingId, Value,
-    VoteSet,
+    Accept, AcceptorNode, Chosen, Decide, LearnRequest, Message, Nack, Params, Prepare, RingId,
+    Value, VoteSet,
 };
 use psmr_core::storage::Record;
 
@@ -126,8 +126,15 @@ fn the_vote_that_makes_a_quorum_decides_and_tells_everyone() {
     assert_eq!(
         messages,
         vec![
-            to(L, Message::Decide(decide.clone())),
-            to(N1, Message::Decide(decide)),
+            to(L, Message::Decide(decide)),
+            to(
+                N1,
+                Message::Chosen(Chosen {
+                    ring: R,
+                    instance: 0,
+                    ballot: ballot(1, N1)
+                })
+            ),
             to(N3, Message::Decide(relay))
         ]
     );

@@ -53,6 +53,9 @@ pub struct Report {
     pub crashes: u32,
     /// Terms started (Phase 1 runs), over every acceptor and ring.
     pub elections: u64,
+    /// Value-less decisions (`Chosen`) an acceptor could not use, not
+    /// holding the vote at that ballot (left to gap recovery).
+    pub chosen_unknown: u64,
     /// Virtual time from healing to the moment every proposal was delivered.
     pub recovered_after: Duration,
     /// Commands proposed.
@@ -316,6 +319,7 @@ struct World {
     proposals: Vec<(psmr_core::proto::CommandId, u64)>,
     /// Elections counted by acceptors that crashed since.
     elections_before_crashes: u64,
+    chosen_unknown_before_crashes: u64,
     /// When the run healed (virtual nanoseconds).
     healed_at: u64,
 }
@@ -338,6 +342,7 @@ fn trace(now: u64, from: NodeId, to: NodeId, message: &Message) {
     let shown = match message {
         Message::Accept(a) => a.instance == instance || a.decided_below > instance,
         Message::Decide(d) => d.instance == instance,
+        Message::Chosen(c) => c.instance == instance,
         Message::Prepare(_) | Message::Promise(_) | Message::Nack(_) => true,
         Message::LearnRequest(_) | Message::Trimmed(_) => true,
         _ => false,
@@ -421,6 +426,7 @@ impl World {
             lost: 0,
             crashes: 0,
             elections_before_crashes: 0,
+            chosen_unknown_before_crashes: 0,
             healed_at: 0,
             proposals: Vec::new(),
         }
@@ -825,6 +831,7 @@ impl World {
         let slot = self.acceptors.get_mut(&id).expect("an acceptor");
         if let Some(node) = slot.node.take() {
             self.elections_before_crashes += node.metrics().elections;
+            self.chosen_unknown_before_crashes += node.metrics().chosen_unknown;
         }
         slot.disk.crash();
         self.crashes += 1;
@@ -958,6 +965,13 @@ impl World {
                     .values()
                     .filter_map(|s| s.node.as_ref())
                     .map(|n| n.metrics().elections)
+                    .sum::<u64>(),
+            chosen_unknown: self.chosen_unknown_before_crashes
+                + self
+                    .acceptors
+                    .values()
+                    .filter_map(|s| s.node.as_ref())
+                    .map(|n| n.metrics().chosen_unknown)
                     .sum::<u64>(),
             recovered_after: Duration::from_nanos(self.now.saturating_sub(self.healed_at)),
             commands: self.checker.proposed_count(),

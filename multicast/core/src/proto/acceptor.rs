@@ -20,8 +20,8 @@ use super::catchup::Catchup;
 use super::config::old_hint_rule;
 use super::context::{Ctx, Membership};
 use super::messages::{
-    Accept, Checkpointed, Decide, LearnRequest, Message, Nack, Prepare, Promise, PromisedSlot,
-    Trimmed,
+    Accept, Checkpointed, Chosen, Decide, LearnRequest, Message, Nack, Prepare, Promise,
+    PromisedSlot, Trimmed,
 };
 use super::outbox::Decided;
 use super::types::{Ballot, Instance, NodeId, RingId, Value};
@@ -351,7 +351,12 @@ impl AcceptorRing {
         votes.insert(self.members.me);
         if votes.count(self.members.n()) >= self.members.quorum() {
             ctx.metrics.decided += 1;
-            self.decide_here(ctx, a.instance, a.ballot, a.value)?;
+            let coordinator_voted = self
+                .members
+                .config
+                .position(a.ballot.node)
+                .is_some_and(|pos| votes.contains(pos));
+            self.decide_here(ctx, a.instance, a.ballot, a.value, coordinator_voted)?;
         } else if let Some(next) = self.members.successor(ctx, |pos| !votes.contains(pos)) {
             let forward = Accept { votes, ..a };
             ctx.send(next, Message::Accept(forward));
@@ -361,13 +366,15 @@ impl AcceptorRing {
     }
 
     /// This node cast the deciding vote: tell the learners and relay the
-    /// decision around the ring towards the coordinator.
+    /// decision around the ring towards the coordinator, which gets it
+    /// without the value if it voted for it (see [`Chosen`]).
     fn decide_here(
         &mut self,
         ctx: &mut Ctx<'_>,
         instance: Instance,
         ballot: Ballot,
         value: Value,
+        coordinator_voted: bool,
     ) -> Result<(), StorageError> {
         self.mark_decided(ctx, instance, ballot, value.clone())?;
         let decide = Decide {
@@ -386,7 +393,15 @@ impl AcceptorRing {
             // every link of the ring (a relay through a node whose links are
             // half back after a partition left the coordinator waiting for
             // retransmissions, one retry timeout per window).
-            ctx.send(ballot.node, Message::Decide(decide.clone()));
+            let direct = match coordinator_voted {
+                true => Message::Chosen(Chosen {
+                    ring: decide.ring,
+                    instance,
+                    ballot,
+                }),
+                false => Message::Decide(decide.clone()),
+            };
+            ctx.send(ballot.node, direct);
             self.relay(
                 ctx,
                 Decide {
@@ -436,6 +451,26 @@ impl AcceptorRing {
             self.relay(ctx, d);
         }
         Ok(())
+    }
+
+    /// A decision without its value: taken from this acceptor's vote at
+    /// the same ballot, else left to gap recovery (the horizon moves past it).
+    pub(crate) fn on_chosen(&mut self, ctx: &mut Ctx<'_>, c: Chosen) -> Result<(), StorageError> {
+        self.note_horizon(c.instance.saturating_add(1));
+        let held = self.log.get(&c.instance).filter(|s| s.ballot == c.ballot);
+        let Some(value) = held.map(|s| s.value.clone()) else {
+            ctx.metrics.chosen_unknown += 1;
+            return Ok(());
+        };
+        let decide = Decide {
+            ring: c.ring,
+            instance: c.instance,
+            ballot: c.ballot,
+            value,
+            relay: false,
+            hops: 0,
+        };
+        self.on_decide(ctx, decide)
     }
 
     fn answer_decided(&self, ctx: &mut Ctx<'_>, instance: Instance, to: super::types::NodeId) {

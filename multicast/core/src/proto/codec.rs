@@ -16,9 +16,10 @@ use thiserror::Error;
 
 use super::messages::Message;
 
-/// The only wire version this build speaks (8: a replica's replies to one
-/// client travel as one frame per batch, `Reply::encode_all`).
-pub const WIRE_VERSION: u8 = 8;
+/// The only wire version this build speaks (9: the decider tells the
+/// coordinator a decision without its value, `Chosen`; 8: a replica's
+/// replies to one client travel as one frame per batch).
+pub const WIRE_VERSION: u8 = 9;
 
 /// Default upper bound on one frame: 16 MiB.
 pub const DEFAULT_MAX_FRAME: usize = 16 * 1024 * 1024;
@@ -212,10 +213,10 @@ mod tests {
     #[test]
     fn unknown_versions_and_garbage_are_errors() {
         let mut buf = frame(&Message::Heartbeat(Default::default()), DEFAULT_MAX_FRAME).unwrap();
-        buf[4] = 9;
+        buf[4] = WIRE_VERSION + 1;
         assert!(matches!(
             decode_frame(&buf, DEFAULT_MAX_FRAME),
-            Err(FrameError::UnknownVersion { version: 9 })
+            Err(FrameError::UnknownVersion { version }) if version == WIRE_VERSION + 1
         ));
         let garbage = [5u8, 0, 0, 0, WIRE_VERSION, 0xff, 0xff, 0xff, 0xff];
         assert!(matches!(

@@ -4,7 +4,8 @@
 //! proposer --Propose--> any acceptor --(forward)--> coordinator of the ring
 //! coordinator --Prepare--> acceptors --Promise/Nack--> coordinator        (Phase 1, once per term)
 //! coordinator --Accept--> successor --Accept(+vote)--> ... --> decider     (Phase 2 along the ring)
-//! decider --Decide--> learners, coordinator;  decider --Decide(relay)--> other acceptors
+//! decider --Decide--> learners;  decider --Chosen--> coordinator (it holds the value)
+//! decider --Decide(relay)--> other acceptors
 //! learner/acceptor --LearnRequest--> acceptor --Decide | Trimmed--> requester   (gap recovery)
 //! acceptor --Heartbeat--> acceptors            (failure detection, who leads, where rings stand)
 //! replica --Checkpointed--> acceptors          (what its durable checkpoint holds: trimming)
@@ -39,6 +40,8 @@ pub enum Message {
     Heartbeat(Heartbeat),
     /// A replica's durable checkpoint reaches this far on a ring.
     Checkpointed(Checkpointed),
+    /// A decision without its value, for an acceptor that voted for it.
+    Chosen(Chosen),
 }
 
 impl Message {
@@ -55,6 +58,7 @@ impl Message {
             Message::Trimmed(m) => Some(m.ring),
             Message::Heartbeat(_) => None,
             Message::Checkpointed(m) => Some(m.ring),
+            Message::Chosen(m) => Some(m.ring),
         }
     }
 }
@@ -157,6 +161,22 @@ pub struct Decide {
     /// Relay hops so far; a relay stops once it has visited the `n - 2`
     /// acceptors that are neither the decider nor the coordinator.
     pub hops: u8,
+}
+
+/// "Instance `instance` is decided, at `ballot`": what the decider tells
+/// the coordinator in place of a [`Decide`]. The coordinator's own acceptor
+/// votes first, before the Accept travels on, so it holds the value; one
+/// ballot proposes one value per instance, so the value it accepted at
+/// `ballot` is the one decided, and the batch need not travel back to it.
+/// An acceptor that no longer holds it at `ballot` learns it as any gap.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Chosen {
+    /// Ring.
+    pub ring: RingId,
+    /// Instance.
+    pub instance: Instance,
+    /// The ballot of the decision.
+    pub ballot: Ballot,
 }
 
 /// "Send me the decided instances in `[from, to)`."

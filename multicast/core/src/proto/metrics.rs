@@ -26,6 +26,9 @@ pub struct NodeMetrics {
     pub beyond_window: u64,
     /// Prepares not answered because this node may have forgotten votes.
     pub amnesiac_abstentions: u64,
+    /// Value-less decisions ([`super::Chosen`]) for a vote this node no
+    /// longer holds at that ballot (left to gap recovery).
+    pub chosen_unknown: u64,
     /// Decisions that contradict one this node already knew (must stay 0).
     pub conflicting_decisions: u64,
     /// Learn requests answered.

@@ -40,7 +40,7 @@ pub use config::{
 pub use learner::{DedupeImage, Delivery, ImageError, Learner, LearnerError, Lost};
 pub use merger::{MergeCut, MergeError, Merged, Merger};
 pub use messages::{
-    Accept, Checkpointed, Decide, Heartbeat, LearnRequest, Message, Nack, Prepare, Promise,
+    Accept, Checkpointed, Chosen, Decide, Heartbeat, LearnRequest, Message, Nack, Prepare, Promise,
     PromisedSlot, Propose, RingBeat, Transmit, Trimmed,
 };
 pub use metrics::{LearnerMetrics, NodeMetrics};

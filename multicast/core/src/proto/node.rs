@@ -631,6 +631,7 @@ fn on_ring_message(
         Message::Nack(n) => state.lead.seen = state.lead.seen.max(n.promised),
         Message::Accept(a) => state.acceptor.on_accept(ctx, a)?,
         Message::Decide(d) => state.acceptor.on_decide(ctx, d)?,
+        Message::Chosen(c) => state.acceptor.on_chosen(ctx, c)?,
         Message::LearnRequest(r) => state.acceptor.on_learn_request(ctx, from, r),
         Message::Trimmed(t) => state.acceptor.on_trimmed(ctx, t)?,
         Message::Checkpointed(c) => state.acceptor.on_checkpointed(ctx, from, c),
