@@ -85,5 +85,4 @@ tables() {
     row "$name, machine time stolen %" steal "$name" "-" le "%.0f"
   done
 }
-tables
-if [ -n "$out" ]; then tables >"$out"; fi
+if [ -n "$out" ]; then tables | tee "$out"; else tables; fi

@@ -215,8 +215,8 @@ impl KvStore {
 
     /// Inserts or replaces; returns the previous value.
     pub fn insert(&mut self, key: u64, new: Bytes) -> Option<Bytes> {
-        if self.tree.get(key).is_some() {
-            return self.update(key, new);
+        if let Some(h) = self.tree.get(key) {
+            return Some(swap(self.values.shard_mut(key), h, new));
         }
         let h = handle(self.values.shard_mut(key).insert(Stored::new(new)));
         let old = self.tree.insert(key, h);
@@ -279,10 +279,10 @@ impl KvStore {
         key: u64,
         new: Bytes,
     ) -> Result<Option<Bytes>, ContractViolation> {
-        let h = handle(self.values.lock(key).insert(Stored::new(new)));
-        let placed = self.tree.insert_shared(p, thread, key, h);
+        // One lock for the slot and the tree's verdict: the tree takes none.
         let mut slab = self.values.lock(key);
-        match placed {
+        let h = handle(slab.insert(Stored::new(new)));
+        match self.tree.insert_shared(p, thread, key, h) {
             Ok(None) => Ok(None),
             Ok(Some(old)) => Ok(Some(take(&mut slab, old))),
             Err(violation) => {

@@ -492,7 +492,7 @@ fn check_point(prefix: &str, p: &Point) -> Result<(), ExperimentError> {
             "must be at least 4 (a node must split into two legal nodes)",
         ));
     }
-    if let Err(why) = crate::load::value_size(&p.value_size.to_string()) {
+    if let Err(why) = crate::load::check_value_size(p.value_size) {
         return Err(invalid(field("value_size"), &why));
     }
     let positive = [

@@ -483,10 +483,14 @@ pub(crate) fn at_least_one(text: &str) -> Result<usize, String> {
 
 /// Bytes per value, at most the B+-tree's largest, for the command line.
 pub(crate) fn value_size(text: &str) -> Result<usize, String> {
-    match text.parse::<usize>() {
-        Ok(n) if n <= psmr_btree::MAX_VALUE => Ok(n),
-        Ok(_) => Err(format!("must be at most {} bytes", psmr_btree::MAX_VALUE)),
-        Err(e) => Err(e.to_string()),
+    check_value_size(text.parse::<usize>().map_err(|e| e.to_string())?)
+}
+
+/// A value size the B+-tree stores (the command line's and experiment files' rule).
+pub(crate) fn check_value_size(n: usize) -> Result<usize, String> {
+    match n <= psmr_btree::MAX_VALUE {
+        true => Ok(n),
+        false => Err(format!("must be at most {} bytes", psmr_btree::MAX_VALUE)),
     }
 }
 

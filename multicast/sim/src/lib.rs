@@ -317,9 +317,8 @@ struct World {
     crashes: u32,
     /// Every command proposed and when (virtual nanoseconds).
     proposals: Vec<(psmr_core::proto::CommandId, u64)>,
-    /// Elections counted by acceptors that crashed since.
-    elections_before_crashes: u64,
-    chosen_unknown_before_crashes: u64,
+    /// The counters of acceptor incarnations that crashed.
+    retired: Vec<psmr_core::proto::NodeMetrics>,
     /// When the run healed (virtual nanoseconds).
     healed_at: u64,
 }
@@ -425,8 +424,7 @@ impl World {
             messages: 0,
             lost: 0,
             crashes: 0,
-            elections_before_crashes: 0,
-            chosen_unknown_before_crashes: 0,
+            retired: Vec::new(),
             healed_at: 0,
             proposals: Vec::new(),
         }
@@ -830,8 +828,7 @@ impl World {
     fn crash_node(&mut self, id: NodeId) {
         let slot = self.acceptors.get_mut(&id).expect("an acceptor");
         if let Some(node) = slot.node.take() {
-            self.elections_before_crashes += node.metrics().elections;
-            self.chosen_unknown_before_crashes += node.metrics().chosen_unknown;
+            self.retired.push(node.metrics().clone());
         }
         slot.disk.crash();
         self.crashes += 1;
@@ -953,26 +950,21 @@ impl World {
         }
     }
 
+    /// A counter summed over every acceptor incarnation, crashed or live.
+    fn total(&self, counter: fn(&psmr_core::proto::NodeMetrics) -> u64) -> u64 {
+        let live = self.acceptors.values().filter_map(|s| s.node.as_ref());
+        let live = live.map(|n| counter(n.metrics()));
+        self.retired.iter().map(counter).chain(live).sum()
+    }
+
     fn report(&self) -> Report {
         Report {
             seed: self.scenario.seed,
             messages: self.messages,
             lost: self.lost,
             crashes: self.crashes,
-            elections: self.elections_before_crashes
-                + self
-                    .acceptors
-                    .values()
-                    .filter_map(|s| s.node.as_ref())
-                    .map(|n| n.metrics().elections)
-                    .sum::<u64>(),
-            chosen_unknown: self.chosen_unknown_before_crashes
-                + self
-                    .acceptors
-                    .values()
-                    .filter_map(|s| s.node.as_ref())
-                    .map(|n| n.metrics().chosen_unknown)
-                    .sum::<u64>(),
+            elections: self.total(|m| m.elections),
+            chosen_unknown: self.total(|m| m.chosen_unknown),
             recovered_after: Duration::from_nanos(self.now.saturating_sub(self.healed_at)),
             commands: self.checker.proposed_count(),
             finished_at: Duration::from_nanos(self.now),
