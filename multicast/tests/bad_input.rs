@@ -51,6 +51,7 @@ fn accept(instance: u64, round: u64) -> Accept {
         ballot: Ballot { round, node: N1 },
         value: Value::Skip(1),
         votes: VoteSet(0b001),
+        coordinator_pending: false,
         decided_below: 0,
     }
 }

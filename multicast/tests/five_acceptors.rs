@@ -93,6 +93,7 @@ fn a_coordinator_that_learns_of_a_higher_ballot_decision_ends_its_term() {
         ballot: b1,
         value: v.clone(),
         votes: VoteSet(0b00001),
+        coordinator_pending: false,
         decided_below: 0,
     };
     assert_eq!(
@@ -102,6 +103,7 @@ fn a_coordinator_that_learns_of_a_higher_ballot_decision_ends_its_term() {
     n[1].handle_message(t0, n1_id, Message::Accept(accept_v.clone()));
     let forward = Accept {
         votes: VoteSet(0b00011),
+        coordinator_pending: false,
         ..accept_v
     };
     assert_eq!(drain(&mut n[1]), vec![to(n3_id, Message::Accept(forward))]);
@@ -149,11 +151,13 @@ fn a_coordinator_that_learns_of_a_higher_ballot_decision_ends_its_term() {
         ballot: b2,
         value: w.clone(),
         votes: VoteSet(0b00100),
+        coordinator_pending: false,
         decided_below: 0,
     };
     n[3].handle_message(t1, n3_id, Message::Accept(accept_w.clone()));
     let at_n5 = Accept {
         votes: VoteSet(0b01100),
+        coordinator_pending: false,
         ..accept_w.clone()
     };
     assert_eq!(
@@ -260,6 +264,7 @@ fn a_stale_accept_for_a_decided_instance_is_refused_with_the_higher_ballot() {
         ballot: ballot(1, N[0]),
         value: value(1),
         votes: VoteSet(0b00001),
+        coordinator_pending: false,
         decided_below: 1,
     };
     n2.handle_message(t0, N[0], Message::Accept(stale));

@@ -90,6 +90,7 @@ fn phase_two_goes_along_the_ring_and_decides_at_f_plus_one() {
         ballot: ballot(1, N1),
         value: value.clone(),
         votes: VoteSet(0b001),
+        coordinator_pending: false,
         decided_below: 0,
     };
     assert_eq!(
@@ -163,6 +164,7 @@ fn promises_report_accepted_values_and_stale_ballots_get_a_nack() {
         ballot: ballot(1, N1),
         value: Value::Skip(3),
         votes: VoteSet(0b001),
+        coordinator_pending: false,
         decided_below: 0,
     };
     n2.handle_message(now, N1, Message::Accept(accept));
@@ -193,6 +195,7 @@ fn promises_report_accepted_values_and_stale_ballots_get_a_nack() {
         ballot: ballot(1, N1),
         value: Value::Skip(1),
         votes: VoteSet(0b001),
+        coordinator_pending: false,
         decided_below: 0,
     };
     n2.handle_message(now, N1, Message::Accept(stale));

@@ -30,6 +30,7 @@ fn accept(instance: u64, round: u64, votes: u64) -> Accept {
         ballot: ballot(round, N1),
         value: Value::Skip(1),
         votes: VoteSet(votes),
+        coordinator_pending: false,
         decided_below: 0,
     }
 }

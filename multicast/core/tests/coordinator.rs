@@ -113,6 +113,7 @@ fn a_quorum_of_promises_starts_the_term_and_re_proposes_what_was_accepted() {
                     ballot: B1,
                     value: Value::Skip(3),
                     votes: VoteSet(0b001),
+                    coordinator_pending: false,
                     decided_below: 0,
                 })
             }]
@@ -220,7 +221,9 @@ fn a_terms_promise_leaves_with_its_first_announcement() {
     );
     let heartbeat = t0 + Params::default().heartbeat_interval;
     n1.handle_timeout(heartbeat);
-    let Ready { records, messages } = n1.poll_ready().expect("a heartbeat");
+    let Ready {
+        records, messages, ..
+    } = n1.poll_ready().expect("a heartbeat");
     assert_eq!(
         records,
         vec![Record::Promise {

@@ -36,6 +36,7 @@ fn accept(instance: u64) -> Accept {
         ballot: ballot(1, N1),
         value: Value::Skip(1),
         votes: VoteSet(0b001),
+        coordinator_pending: false,
         decided_below: 0,
     }
 }

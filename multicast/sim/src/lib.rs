@@ -56,6 +56,9 @@ pub struct Report {
     /// Value-less decisions (`Chosen`) an acceptor could not use, not
     /// holding the vote at that ballot (left to gap recovery).
     pub chosen_unknown: u64,
+    /// Decisions that waited for the coordinator's notice that its early
+    /// vote is durable (durable storage with a disk latency).
+    pub durable_waits: u64,
     /// Virtual time from healing to the moment every proposal was delivered.
     pub recovered_after: Duration,
     /// Commands proposed.
@@ -270,6 +273,10 @@ enum Event {
     Restart {
         node: NodeId,
     },
+    /// Acceptor `node`'s disk finished the sync it was given.
+    Synced {
+        node: NodeId,
+    },
     /// Episode `i` of the scenario starts.
     EpisodeStart(usize),
     /// Episode `i` of the scenario ends.
@@ -280,6 +287,8 @@ enum Event {
 struct AcceptorSlot {
     node: Option<Persister>,
     disk: SimDisk,
+    /// A [`Event::Synced`] is scheduled.
+    syncing: bool,
 }
 
 #[derive(Clone, Copy)]
@@ -300,6 +309,9 @@ impl Who {
 struct World {
     scenario: Scenario,
     rng: ChaCha8Rng,
+    /// Disk latencies, drawn apart from `rng` so that a scenario without
+    /// them replays as it did before they existed.
+    disk_rng: ChaCha8Rng,
     base: Instant,
     now: u64,
     agenda: Agenda<Event>,
@@ -383,6 +395,7 @@ impl World {
                     AcceptorSlot {
                         node: Some(node),
                         disk,
+                        syncing: false,
                     },
                 )
             })
@@ -410,6 +423,7 @@ impl World {
         let checker = Checker::new(&scenario.learners, config.params.merge_m);
         World {
             rng: ChaCha8Rng::seed_from_u64(scenario.seed ^ 0x5eed_0f5e_5510_11ff),
+            disk_rng: ChaCha8Rng::seed_from_u64(scenario.seed ^ 0xd15c_1a7e_0000_0001),
             scenario,
             base,
             now: 0,
@@ -588,6 +602,14 @@ impl World {
                 self.restart(node);
                 self.drain_acceptor(node)
             }
+            Event::Synced { node } => {
+                let slot = self.acceptors.get_mut(&node).expect("an acceptor");
+                slot.syncing = false;
+                if let Some(n) = slot.node.as_mut() {
+                    n.sync();
+                }
+                self.drain_acceptor(node)
+            }
             Event::EpisodeStart(i) => {
                 if !self.healed {
                     self.active.push(i);
@@ -687,15 +709,32 @@ impl World {
         (id, self.now)
     }
 
+    /// Sends what acceptor `id` lets out. With a disk latency, what waits
+    /// for a sync waits for an [`Event::Synced`] (a crash before it loses
+    /// the records, and the messages never leave); early messages go now.
     fn drain_acceptor(&mut self, id: NodeId) -> Result<(), Violation> {
+        let latency = nanos(self.scenario.disk_latency);
         let mut out = Vec::new();
-        if let Some(node) = self.acceptors.get_mut(&id).and_then(|s| s.node.as_mut()) {
-            while let Some(t) = node.poll_transmit() {
+        let mut sync_at = None;
+        let slot = self.acceptors.get_mut(&id).expect("an acceptor");
+        if let Some(node) = slot.node.as_mut() {
+            let next = |n: &mut Persister| match latency {
+                0 => n.poll_transmit(),
+                _ => n.poll_unsynced(),
+            };
+            while let Some(t) = next(node) {
                 out.push(t);
             }
             if node.metrics().conflicting_decisions > 0 {
                 return Err(Violation::AcceptorConflict { acceptor: id });
             }
+            if node.needs_sync() && !slot.syncing {
+                slot.syncing = true;
+                sync_at = Some(self.now + self.disk_rng.random_range(0..=latency));
+            }
+        }
+        if let Some(at) = sync_at {
+            self.schedule(at, Event::Synced { node: id });
         }
         out.into_iter().for_each(|t| self.send(id, t));
         Ok(())
@@ -831,6 +870,7 @@ impl World {
             self.retired.push(node.metrics().clone());
         }
         slot.disk.crash();
+        slot.syncing = false;
         self.crashes += 1;
     }
 
@@ -965,6 +1005,7 @@ impl World {
             crashes: self.crashes,
             elections: self.total(|m| m.elections),
             chosen_unknown: self.total(|m| m.chosen_unknown),
+            durable_waits: self.total(|m| m.durable_waits),
             recovered_after: Duration::from_nanos(self.now.saturating_sub(self.healed_at)),
             commands: self.checker.proposed_count(),
             finished_at: Duration::from_nanos(self.now),

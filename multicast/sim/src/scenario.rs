@@ -104,6 +104,10 @@ pub struct Scenario {
     pub commands_per_proposer: u32,
     /// Storage mode of every acceptor.
     pub disk: DiskMode,
+    /// Longest a sync takes (each is drawn up to this); zero syncs at once.
+    /// Messages that wait for a sync wait this long, early ones do not,
+    /// and a crash meanwhile loses what was not synced.
+    pub disk_latency: Duration,
     /// The options the scenario was drawn with.
     pub options: SimOptions,
     /// Network misbehaviour during the safety phase.
@@ -197,6 +201,7 @@ impl Scenario {
             } else {
                 rng.random_range(10..=40)
             },
+            disk_latency: draw_disk_latency(seed, disk),
             disk,
             options,
             network,
@@ -256,6 +261,7 @@ impl Scenario {
             proposers: vec![NodeId(FIRST_PROPOSER)],
             commands_per_proposer: 0,
             disk: DiskMode::Memory,
+            disk_latency: Duration::ZERO,
             options: SimOptions::default(),
             network: NetworkFaults {
                 min_delay: hundred,
@@ -392,6 +398,18 @@ fn draw_params(rng: &mut ChaCha8Rng) -> Params {
 
 /// The partition regime also has long delays: slow messages may take longer
 /// than the suspect timeout, and arrive far out of order.
+/// Durable disks take up to 0.1–2 ms per sync in most scenarios (a quarter
+/// sync at once), drawn apart from the scenario's other draws so that
+/// memory-mode scenarios are the ones they were before disks had latency.
+fn draw_disk_latency(seed: u64, disk: DiskMode) -> Duration {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0xd15c_1a7e_0000_0002);
+    match disk {
+        DiskMode::Memory => Duration::ZERO,
+        DiskMode::Durable if rng.random_bool(0.25) => Duration::ZERO,
+        DiskMode::Durable => Duration::from_micros(rng.random_range(100..=2000)),
+    }
+}
+
 fn draw_network(rng: &mut ChaCha8Rng, partitions: bool) -> NetworkFaults {
     let slow_extra = if partitions && rng.random_bool(0.5) {
         rng.random_range(40..=300)

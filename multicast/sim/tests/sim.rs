@@ -117,6 +117,9 @@ fn many_seeds_keep_every_property() {
     let unknown: u64 = reports.iter().map(|r| r.chosen_unknown).sum();
     eprintln!("value-less decisions left to gap recovery: {unknown}");
     assert!(unknown > 0, "no run reached a Chosen for a lost vote");
+    let waits: u64 = reports.iter().map(|r| r.durable_waits).sum();
+    eprintln!("decisions that waited for a coordinator's durable notice: {waits}");
+    assert!(waits > 0, "no run reached a decision on a Durable notice");
 }
 
 #[test]

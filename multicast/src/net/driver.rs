@@ -9,6 +9,12 @@
 //!     send what the core wants sent, then let the hooks take outputs
 //! }
 //! ```
+//!
+//! An acceptor's sync runs on a blocking thread when early messages left
+//! before it (a coordinator's Accepts under durable storage): the driver
+//! awaits it, so the node takes no input meanwhile, but the runtime's
+//! network tasks send those Accepts while the disk works, and the
+//! successor's write overlaps this node's.
 
 use std::time::Instant;
 
@@ -17,9 +23,10 @@ use tokio::sync::mpsc;
 use super::network::{ANONYMOUS_BASE, Inbound, Network};
 use super::stream::Purpose;
 use psmr_core::ClientTag;
-use psmr_core::persist::Persister;
+use psmr_core::persist::{PendingSync, Persister};
 use psmr_core::proto::codec::{self, DEFAULT_MAX_FRAME};
 use psmr_core::proto::{Learner, Message, NodeId, Transmit};
+use psmr_core::storage::StorageError;
 
 /// A sans-IO protocol core the driver can run.
 pub trait Core {
@@ -34,6 +41,14 @@ pub trait Core {
     fn poll_transmit(&mut self) -> Option<Transmit>;
     /// When to call `handle_timeout` next.
     fn poll_timeout(&self) -> Option<Instant>;
+    /// Once `poll_transmit` has nothing more: a sync to run off the
+    /// driver's thread before more messages can leave. None by default.
+    fn take_sync(&mut self) -> Option<PendingSync> {
+        None
+    }
+    /// A sync from [`Core::take_sync`] is done (`None`: it was lost with
+    /// its thread).
+    fn finish_sync(&mut self, _done: Option<PendingSync>) {}
 }
 
 /// An acceptor: the node, and its storage persisting each `Ready` before
@@ -48,11 +63,29 @@ impl Core for Persister {
     fn handle_timeout(&mut self, now: Instant) {
         self.node.handle_timeout(now);
     }
+    /// Syncs inline unless early messages left since the last sync; then
+    /// the sync waits for [`Core::take_sync`].
     fn poll_transmit(&mut self) -> Option<Transmit> {
-        Persister::poll_transmit(self)
+        match self.overlapping() {
+            true => self.poll_unsynced(),
+            false => Persister::poll_transmit(self),
+        }
     }
     fn poll_timeout(&self) -> Option<Instant> {
         self.node.poll_timeout()
+    }
+    fn take_sync(&mut self) -> Option<PendingSync> {
+        Persister::take_sync(self)
+    }
+    fn finish_sync(&mut self, done: Option<PendingSync>) {
+        match done {
+            Some(done) => Persister::finish_sync(self, done),
+            None => self.node.storage_failed(StorageError::Io {
+                op: "sync",
+                path: Default::default(),
+                source: std::io::Error::other("the sync thread panicked"),
+            }),
+        }
     }
 }
 
@@ -117,11 +150,11 @@ pub async fn drive<C: Core>(
             () = sleep(deadline) => {}
         }
         core.handle_timeout(Instant::now());
-        flush(core, net);
+        flush(core, net).await;
         if !hooks.after(core) {
             return;
         }
-        flush(core, net);
+        flush(core, net).await;
     }
 }
 
@@ -146,12 +179,25 @@ fn dispatch<C: Core>(core: &mut C, hooks: &mut impl Hooks<C>, inbound: Inbound) 
     }
 }
 
-/// Sends everything the core produced.
+/// Sends everything the core produced, running the syncs it hands out on
+/// a blocking thread in between.
+pub async fn flush<C: Core>(core: &mut C, net: &Network) {
+    loop {
+        send_all(core, net);
+        let Some(pending) = core.take_sync() else {
+            return;
+        };
+        let done = tokio::task::spawn_blocking(move || pending.run()).await;
+        core.finish_sync(done.ok());
+    }
+}
+
+/// Sends what the core has for now.
 ///
 /// A message sent to several peers in a row (a decision to every learner)
 /// is encoded once: the comparison is cheap, batches shared between the
 /// copies compare by pointer.
-pub fn flush<C: Core>(core: &mut C, net: &Network) {
+fn send_all<C: Core>(core: &mut C, net: &Network) {
     let mut last: Option<(Message, Vec<u8>)> = None;
     while let Some(t) = core.poll_transmit() {
         let frame = match &last {

@@ -10,8 +10,10 @@
 //! Invariants (asserted in debug builds):
 //! - `trimmed_below <= frontier`; every instance below `frontier` is decided;
 //! - `promised` never decreases;
-//! - a vote leaves only after its record is durable (the node syncs before it
-//!   releases any message).
+//! - a vote counts towards a quorum only once its record is durable: the
+//!   node syncs before it releases any message, except a coordinator's
+//!   Accept under durable storage, whose vote counts once its `Durable`
+//!   notice says so (see [`super::overlap`]).
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -20,10 +22,11 @@ use super::catchup::Catchup;
 use super::config::old_hint_rule;
 use super::context::{Ctx, Membership};
 use super::messages::{
-    Accept, Checkpointed, Chosen, Decide, LearnRequest, Message, Nack, Prepare, Promise,
+    Accept, Checkpointed, Chosen, Decide, Durable, LearnRequest, Message, Nack, Prepare, Promise,
     PromisedSlot, Trimmed,
 };
 use super::outbox::Decided;
+use super::overlap::Overlap;
 use super::types::{Ballot, Instance, NodeId, RingId, Value};
 use crate::storage::{Record, RecoveredRing, StorageError};
 
@@ -66,6 +69,8 @@ pub(crate) struct AcceptorRing {
     /// Per replica, the first instance its newest durable checkpoint does
     /// not hold.
     checkpointed: BTreeMap<NodeId, Instance>,
+    /// The coordinator's write overlapping its successor's.
+    overlap: Overlap,
 }
 
 /// What a decided instance counts against `retention_bytes`.
@@ -123,6 +128,7 @@ impl AcceptorRing {
                 )
             })
             .collect::<BTreeMap<Instance, Slot>>();
+        let overlap = Overlap::new(!values_lost, recovered.promised);
         let decided_bytes = log
             .range(..frontier)
             .map(|(_, s)| slot_bytes(&s.value))
@@ -147,6 +153,7 @@ impl AcceptorRing {
             persisted_frontier: frontier,
             decided_bytes,
             checkpointed: BTreeMap::new(),
+            overlap,
         }
     }
 
@@ -349,7 +356,9 @@ impl AcceptorRing {
         self.log.insert(a.instance, slot);
         let mut votes = a.votes;
         votes.insert(self.members.me);
-        if votes.count(self.members.n()) >= self.members.quorum() {
+        let cast = votes.count(self.members.n());
+        let pending = a.coordinator_pending && !self.overlap.covers(a.ballot, a.instance);
+        if cast - usize::from(pending) >= self.members.quorum() {
             ctx.metrics.decided += 1;
             let coordinator_voted = self
                 .members
@@ -357,11 +366,78 @@ impl AcceptorRing {
                 .position(a.ballot.node)
                 .is_some_and(|pos| votes.contains(pos));
             self.decide_here(ctx, a.instance, a.ballot, a.value, coordinator_voted)?;
+        } else if cast >= self.members.quorum() {
+            // A quorum once the coordinator's vote is on its disk.
+            self.overlap.wait(a.ballot, a.instance);
         } else if let Some(next) = self.members.successor(ctx, |pos| !votes.contains(pos)) {
-            let forward = Accept { votes, ..a };
-            ctx.send(next, Message::Accept(forward));
+            self.pass_on(ctx, next, Accept { votes, ..a });
         }
         // Otherwise too few live acceptors remain: the coordinator retries.
+        Ok(())
+    }
+
+    /// Sends an Accept with this node's vote to `next`: at once if this
+    /// node coordinates it and its storage keeps votes (the vote pending
+    /// until its [`Durable`]), else after this node's sync.
+    fn pass_on(&mut self, ctx: &mut Ctx<'_>, next: NodeId, a: Accept) {
+        if a.ballot.node == ctx.me() && self.overlap.may_send_early(a.ballot) {
+            ctx.metrics.early_accepts += 1;
+            self.overlap.sent_early(a.ballot, a.instance);
+            let early = Accept {
+                coordinator_pending: true,
+                ..a
+            };
+            ctx.send_early(next, Message::Accept(early));
+        } else {
+            ctx.send(next, Message::Accept(a));
+        }
+    }
+
+    /// The driver took every record appended so far (see [`Overlap::taken`]).
+    pub(crate) fn taken(&mut self) {
+        self.overlap.taken(self.promised);
+    }
+
+    /// The driver synced every record it took: tell the ring's other
+    /// acceptors which of this coordinator's early votes are durable.
+    pub(crate) fn synced(&mut self, ctx: &mut Ctx<'_>) {
+        for (ballot, ranges) in self.overlap.synced() {
+            let durable = Message::Durable(Durable {
+                ring: self.ring(),
+                ballot,
+                ranges,
+            });
+            let me = ctx.me();
+            for &peer in self.members.config.acceptors.iter().filter(|&&a| a != me) {
+                ctx.send(peer, durable.clone());
+            }
+        }
+    }
+
+    /// The coordinator `from` says its votes in `d.ranges` are durable:
+    /// decide the instances that waited for that.
+    pub(crate) fn on_durable(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        from: NodeId,
+        d: Durable,
+    ) -> Result<(), StorageError> {
+        if d.ballot.node != from {
+            ctx.metrics.unknown_peer += 1;
+            return Ok(());
+        }
+        for instance in self.overlap.noticed(d.ballot, &d.ranges) {
+            let Some(slot) = self.log.get(&instance) else {
+                continue;
+            };
+            if slot.ballot != d.ballot || slot.decided || instance < self.frontier {
+                continue;
+            }
+            let value = slot.value.clone();
+            ctx.metrics.decided += 1;
+            ctx.metrics.durable_waits += 1;
+            self.decide_here(ctx, instance, d.ballot, value, true)?;
+        }
         Ok(())
     }
 
@@ -503,6 +579,7 @@ impl AcceptorRing {
         if matches!(value, Value::Batch(_)) {
             self.last_batch_at = Some(ctx.now);
         }
+        self.overlap.decided(instance);
         let known = self.log.get(&instance).is_some_and(|s| s.value == value);
         if !known {
             let record = Record::Decided {
@@ -575,6 +652,7 @@ impl AcceptorRing {
     /// Moves the frontier over decided instances; every `window` instances
     /// the frontier is written to storage.
     fn advance_frontier(&mut self, ctx: &mut Ctx<'_>) -> Result<(), StorageError> {
+        let from = self.frontier;
         while let Some(slot) = self.log.get(&self.frontier).filter(|s| s.decided) {
             if matches!(slot.value, Value::Batch(_)) {
                 // Just past the batch's commands, which come at its first position.
@@ -585,6 +663,9 @@ impl AcceptorRing {
                 .saturating_add(slot.value.positions());
             self.decided_bytes += slot_bytes(&slot.value);
             self.frontier += 1;
+        }
+        if self.frontier > from {
+            self.overlap.forget_below(self.frontier);
         }
         if self
             .amnesiac_until
@@ -653,6 +734,7 @@ impl AcceptorRing {
         self.trimmed_below = t.below;
         self.trim_position = t.position;
         self.note_horizon(t.below);
+        self.overlap.forget_below(t.below);
         ctx.append(Record::Trim {
             ring: t.ring,
             below: t.below,

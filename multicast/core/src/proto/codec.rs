@@ -16,10 +16,12 @@ use thiserror::Error;
 
 use super::messages::Message;
 
-/// The only wire version this build speaks (9: the decider tells the
+/// The only wire version this build speaks (10: a coordinator's Accept
+/// may leave before its vote is durable, `Accept::coordinator_pending`
+/// and `Durable`; 9: the decider tells the
 /// coordinator a decision without its value, `Chosen`; 8: a replica's
 /// replies to one client travel as one frame per batch).
-pub const WIRE_VERSION: u8 = 9;
+pub const WIRE_VERSION: u8 = 10;
 
 /// Default upper bound on one frame: 16 MiB.
 pub const DEFAULT_MAX_FRAME: usize = 16 * 1024 * 1024;
@@ -167,6 +169,7 @@ mod tests {
             },
             value: Value::batch(vec![cmd]),
             votes: VoteSet(1),
+            coordinator_pending: false,
             decided_below: 40,
         })
     }

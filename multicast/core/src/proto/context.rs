@@ -37,6 +37,12 @@ impl Ctx<'_> {
         self.out.send(to, message);
     }
 
+    /// Sends before the records appended so far are durable (see
+    /// [`Outbox::send_early`]).
+    pub(crate) fn send_early(&mut self, to: NodeId, message: Message) {
+        self.out.send_early(to, message);
+    }
+
     pub(crate) fn me(&self) -> NodeId {
         self.out.me()
     }

@@ -292,6 +292,7 @@ impl Coordinator {
             ballot: self.ballot,
             value: flight.value.clone(),
             votes: VoteSet::default(),
+            coordinator_pending: false,
             decided_below,
         };
         ctx.send(ctx.me(), Message::Accept(accept));

@@ -4,6 +4,7 @@
 //! proposer --Propose--> any acceptor --(forward)--> coordinator of the ring
 //! coordinator --Prepare--> acceptors --Promise/Nack--> coordinator        (Phase 1, once per term)
 //! coordinator --Accept--> successor --Accept(+vote)--> ... --> decider     (Phase 2 along the ring)
+//! coordinator --Durable--> acceptors           (its early votes are on disk: durable storage only)
 //! decider --Decide--> learners;  decider --Chosen--> coordinator (it holds the value)
 //! decider --Decide(relay)--> other acceptors
 //! learner/acceptor --LearnRequest--> acceptor --Decide | Trimmed--> requester   (gap recovery)
@@ -42,6 +43,8 @@ pub enum Message {
     Checkpointed(Checkpointed),
     /// A decision without its value, for an acceptor that voted for it.
     Chosen(Chosen),
+    /// The coordinator's votes that left before its disk had them are durable now.
+    Durable(Durable),
 }
 
 impl Message {
@@ -59,6 +62,7 @@ impl Message {
             Message::Heartbeat(_) => None,
             Message::Checkpointed(m) => Some(m.ring),
             Message::Chosen(m) => Some(m.ring),
+            Message::Durable(m) => Some(m.ring),
         }
     }
 }
@@ -137,6 +141,11 @@ pub struct Accept {
     pub value: Value,
     /// Acceptors (positions in ring order) that voted so far.
     pub votes: VoteSet,
+    /// The coordinator's vote in `votes` left before its record was durable
+    /// (durable storage overlaps the coordinator's write with its
+    /// successor's): it counts towards the quorum only once a [`Durable`]
+    /// from the coordinator covers this instance at this ballot.
+    pub coordinator_pending: bool,
     /// Every instance below this is decided, as far as the coordinator knows;
     /// acceptors that accepted one of them in `ballot` may mark it decided.
     pub decided_below: Instance,
@@ -177,6 +186,22 @@ pub struct Chosen {
     pub instance: Instance,
     /// The ballot of the decision.
     pub ballot: Ballot,
+}
+
+/// "My votes at `ballot` for the instances in `ranges`, sent along the ring
+/// before they were on my disk, are durable now": the coordinator to the
+/// ring's other acceptors, after the sync that covered them. Only these
+/// votes count as the coordinator's in a quorum (see
+/// [`Accept::coordinator_pending`]), so a decision never rests on a vote a
+/// crash can take back.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Durable {
+    /// Ring.
+    pub ring: RingId,
+    /// The coordinator's ballot.
+    pub ballot: Ballot,
+    /// Half-open instance ranges `[start, end)`, ascending and disjoint.
+    pub ranges: Vec<(Instance, Instance)>,
 }
 
 /// "Send me the decided instances in `[from, to)`."

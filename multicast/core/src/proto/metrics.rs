@@ -29,6 +29,12 @@ pub struct NodeMetrics {
     /// Value-less decisions ([`super::Chosen`]) for a vote this node no
     /// longer holds at that ballot (left to gap recovery).
     pub chosen_unknown: u64,
+    /// Accepts this node passed on as coordinator before its vote was
+    /// durable (durable storage: its write overlaps its successor's).
+    pub early_accepts: u64,
+    /// Decisions this node made when the coordinator's notice that its
+    /// early vote is durable arrived after this node's own vote.
+    pub durable_waits: u64,
     /// Decisions that contradict one this node already knew (must stay 0).
     pub conflicting_decisions: u64,
     /// Learn requests answered.

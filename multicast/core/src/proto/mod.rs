@@ -28,6 +28,7 @@ mod messages;
 mod metrics;
 mod node;
 mod outbox;
+mod overlap;
 mod proposer;
 mod seqmap;
 mod types;
@@ -40,8 +41,8 @@ pub use config::{
 pub use learner::{DedupeImage, Delivery, ImageError, Learner, LearnerError, Lost};
 pub use merger::{MergeCut, MergeError, Merged, Merger};
 pub use messages::{
-    Accept, Checkpointed, Chosen, Decide, Heartbeat, LearnRequest, Message, Nack, Prepare, Promise,
-    PromisedSlot, Propose, RingBeat, Transmit, Trimmed,
+    Accept, Checkpointed, Chosen, Decide, Durable, Heartbeat, LearnRequest, Message, Nack, Prepare,
+    Promise, PromisedSlot, Propose, RingBeat, Transmit, Trimmed,
 };
 pub use metrics::{LearnerMetrics, NodeMetrics};
 pub use node::{AcceptorNode, NodeError, Ready, RingPositions};

@@ -70,7 +70,13 @@ pub enum NodeError {
 pub struct Ready {
     /// Promises and votes appended since the last `Ready`.
     pub records: Vec<Record>,
-    /// Messages to other nodes, in order.
+    /// Messages that may leave before `records` are durable: a
+    /// coordinator's Accepts under durable storage, whose votes count once
+    /// the node's `Durable` notice follows the sync (see
+    /// [`AcceptorNode::synced`]).
+    pub early: VecDeque<Transmit>,
+    /// Messages to other nodes, in order, once `records` (and every
+    /// earlier `Ready`'s) are durable.
     pub messages: VecDeque<Transmit>,
 }
 
@@ -399,13 +405,31 @@ impl AcceptorNode {
             self.flush_due = false;
             self.flush_coordinators();
         }
-        if self.outbox.remote.is_empty() {
+        if self.outbox.remote.is_empty() && self.outbox.early.is_empty() {
             return None;
+        }
+        for state in self.rings.values_mut() {
+            state.acceptor.taken();
         }
         Some(Ready {
             records: std::mem::take(&mut self.records),
+            early: std::mem::take(&mut self.outbox.early),
             messages: std::mem::take(&mut self.outbox.remote),
         })
+    }
+
+    /// The driver made the records of every [`Ready`] it took durable:
+    /// the coordinators tell their rings which early votes that covered
+    /// (messages of the next `Ready`).
+    pub fn synced(&mut self) {
+        if self.halted.is_some() {
+            return;
+        }
+        let now = self.last_now;
+        for i in 0..self.ring_ids.len() {
+            let ring = self.ring_ids[i];
+            self.with_ring(now, ring, |ctx, state| state.acceptor.synced(ctx));
+        }
     }
 
     /// The driver could not make a [`Ready`]'s records durable: the node
@@ -417,6 +441,7 @@ impl AcceptorNode {
     fn halt(&mut self, error: StorageError) {
         self.halted = Some(error);
         self.outbox.remote.clear();
+        self.outbox.early.clear();
         self.records.clear();
     }
 
@@ -632,6 +657,7 @@ fn on_ring_message(
         Message::Accept(a) => state.acceptor.on_accept(ctx, a)?,
         Message::Decide(d) => state.acceptor.on_decide(ctx, d)?,
         Message::Chosen(c) => state.acceptor.on_chosen(ctx, c)?,
+        Message::Durable(d) => state.acceptor.on_durable(ctx, from, d)?,
         Message::LearnRequest(r) => state.acceptor.on_learn_request(ctx, from, r),
         Message::Trimmed(t) => state.acceptor.on_trimmed(ctx, t)?,
         Message::Checkpointed(c) => state.acceptor.on_checkpointed(ctx, from, c),

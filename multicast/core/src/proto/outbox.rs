@@ -24,6 +24,9 @@ pub(crate) struct Decided {
 pub(crate) struct Outbox {
     me: NodeId,
     pub(crate) remote: VecDeque<Transmit>,
+    /// Messages that may leave before the records appended with them are
+    /// durable (a coordinator's Accept under durable storage).
+    pub(crate) early: VecDeque<Transmit>,
     pub(crate) local: VecDeque<Message>,
     /// Instances newly known to be decided while handling the current input;
     /// the node hands them to its coordinators.
@@ -35,6 +38,7 @@ impl Outbox {
         Outbox {
             me,
             remote: VecDeque::new(),
+            early: VecDeque::new(),
             local: VecDeque::new(),
             decided: Vec::new(),
         }
@@ -46,6 +50,13 @@ impl Outbox {
         } else {
             self.remote.push_back(Transmit { to, message });
         }
+    }
+
+    /// Queues a message that need not wait for the sync of what was
+    /// appended with it (never to this node: those are handled at once).
+    pub(crate) fn send_early(&mut self, to: NodeId, message: Message) {
+        debug_assert_ne!(to, self.me, "a local message needs no early path");
+        self.early.push_back(Transmit { to, message });
     }
 
     pub(crate) fn me(&self) -> NodeId {

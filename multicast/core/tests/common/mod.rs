@@ -42,11 +42,19 @@ pub(crate) fn ballot(round: u64, node: NodeId) -> Ballot {
     Ballot { round, node }
 }
 
-/// The next `Ready`, heartbeats left out of its messages.
+/// The next `Ready`, its early messages first, heartbeats left out; the
+/// node is then told its records are durable, as a driver would after
+/// its sync.
 pub(crate) fn next_ready(node: &mut AcceptorNode) -> Option<(Vec<Record>, Vec<Transmit>)> {
-    let Ready { records, messages } = node.poll_ready()?;
-    let messages = messages
+    let Ready {
+        records,
+        early,
+        messages,
+    } = node.poll_ready()?;
+    node.synced();
+    let messages = early
         .into_iter()
+        .chain(messages)
         .filter(|t| !matches!(t.message, Message::Heartbeat(_)))
         .collect();
     Some((records, messages))
