@@ -430,7 +430,7 @@ impl AcceptorRing {
             let Some(slot) = self.log.get(&instance) else {
                 continue;
             };
-            if slot.ballot != d.ballot || slot.decided || instance < self.frontier {
+            if slot.ballot != d.ballot || slot.decided {
                 continue;
             }
             let value = slot.value.clone();

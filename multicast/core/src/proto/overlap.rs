@@ -172,7 +172,7 @@ impl Overlap {
         }
     }
 
-    /// Instances waiting for a coordinator's notice (for tests and metrics).
+    /// Instances waiting for a coordinator's notice.
     #[cfg(test)]
     pub(crate) fn waiting(&self) -> usize {
         self.awaiting.len()
